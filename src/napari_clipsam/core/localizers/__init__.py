@@ -1,0 +1,22 @@
+"""CLIP localizers behind one interface: ``get_localizer(name, model, tokenizer, **params)``."""
+
+from __future__ import annotations
+
+from .base import Localizer, check_prompts, min_max
+from .gem import GEMLocalizer
+from .raw import RawLocalizer
+
+LOCALIZERS: dict[str, type[Localizer]] = {
+    cls.name: cls for cls in (GEMLocalizer, RawLocalizer)
+}
+
+
+def get_localizer(name: str, model, tokenizer, **params) -> Localizer:
+    """Build the localizer called ``name`` (see ``LOCALIZERS``) over an open_clip model."""
+    key = str(name).lower()
+    if key not in LOCALIZERS:
+        raise ValueError(f"unknown localizer {name!r}; choose one of {sorted(LOCALIZERS)}")
+    return LOCALIZERS[key](model, tokenizer, **params)
+
+
+__all__ = ["LOCALIZERS", "Localizer", "check_prompts", "get_localizer", "min_max"]

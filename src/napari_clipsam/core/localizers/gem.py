@@ -1,0 +1,85 @@
+"""GEM: Grounding Everything (Bousselham et al., CVPR 2024), training-free.
+
+A parallel path through the last ``depth - 1`` blocks replaces query-key attention with
+self-self attention: for each of q, k and v (of the *original* stream's ``ln_1`` input),
+tokens are L2-normalised and attend to their own kind with an adaptive inverse temperature
+(mean token norm x head_dim^-0.5, per image), refined ``ss_attn_iter`` times; the three
+resulting attentions each aggregate v and are averaged, projected, and added residually to
+the GEM stream (no MLP on that path). The original stream runs unchanged alongside and
+feeds every block's attention input. Both streams end with ln_post @ proj.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import vit
+from .base import TokenSimilarityLocalizer
+
+
+def self_self_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inv_temp: torch.Tensor | float, iters: int
+) -> torch.Tensor:
+    """GEM's qkv self-self attention on (B, heads, N, d) tensors -> (B, heads, N, d)."""
+
+    def attend(feat):
+        feat = F.normalize(feat, dim=-1)
+        return ((feat @ feat.transpose(-2, -1)) * inv_temp).softmax(dim=-1), feat
+
+    outs = []
+    for feat in (v, k, q):  # the reference's order (v, k, q) fixes the float summation order
+        for _ in range(iters):
+            attn, feat = attend(feat)
+            feat = attn @ feat
+        attn, _ = attend(feat)
+        outs.append(attn @ v)
+    return (outs[0] + outs[1] + outs[2]) / 3
+
+
+class GEMLocalizer(TokenSimilarityLocalizer):
+    """depth: GEM's ``depth`` (the path spans the last ``depth - 1`` blocks, reference: 7).
+    ss_attn_iter: self-self refinement iterations (1). ss_attn_temp: fixed inverse
+    temperature, or None for the adaptive one."""
+
+    name = "gem"
+
+    def __init__(self, model, tokenizer, *, depth: int = 7, ss_attn_iter: int = 1,
+                 ss_attn_temp: float | None = None, **kwargs):
+        super().__init__(model, tokenizer, **kwargs)
+        n_blocks = len(vit.resblocks(model.visual)) if vit.is_vit(model.visual) else 0
+        if not vit.is_vit(model.visual):
+            raise ValueError("GEM needs a ViT CLIP (open_clip VisionTransformer); pick 'maskclip' or 'gradcam' for ResNets")
+        if not 2 <= depth <= n_blocks + 1:
+            raise ValueError(f"GEM depth must be in 2..{n_blocks + 1} for this {n_blocks}-block model, got {depth}")
+        if ss_attn_iter < 0:
+            raise ValueError(f"ss_attn_iter must be >= 0, got {ss_attn_iter}")
+        self.depth, self.ss_attn_iter, self.ss_attn_temp = int(depth), int(ss_attn_iter), ss_attn_temp
+
+    @torch.no_grad()
+    def token_streams(self, pixels):
+        """(GEM tokens, original tokens), each (B, 1 + N, D) after ln_post @ proj, and the grid."""
+        visual = self.model.visual
+        blocks = vit.resblocks(visual)
+        start = len(blocks) - (self.depth - 1)
+        x, grid = vit.embed(visual, pixels)
+        x = vit.run_blocks(visual, x, blocks[:start])
+        x_gem = x
+        for blk in blocks[start:]:
+            h = blk.ln_1(x)
+            q, k, v = vit.attn_qkv(blk, h)
+            scale = q.shape[-1] ** -0.5
+            ori = ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1) @ v
+            if self.ss_attn_temp is None:
+                inv_temp = (h.norm(dim=-1).mean(dim=-1) * scale).view(-1, 1, 1, 1)
+            else:
+                inv_temp = self.ss_attn_temp
+            gem = self_self_attention(q, k, v, inv_temp, self.ss_attn_iter)
+            x_gem = x_gem + blk.ls_1(vit.attn_merge(blk, gem))
+            x = x + blk.ls_1(vit.attn_merge(blk, ori))
+            x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+        return vit.project(visual, x_gem), vit.project(visual, x), grid
+
+    def tokens(self, pixels):
+        feat_gem, _, grid = self.token_streams(pixels)
+        return feat_gem, grid
