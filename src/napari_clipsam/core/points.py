@@ -1,0 +1,121 @@
+"""Heatmaps -> point prompts: positive peaks (one object each, or one per prompt) and
+negative points in the coldest regions.
+
+Points are napari (row, col). Each point carries whether it is positive, the object it
+prompts (ids start at 1, unique across prompts) and its prompt/class index. A negative
+point with object id 0 is shared by every object of its prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from skimage.feature import peak_local_max
+
+__all__ = ["PointPrompts", "heatmaps_to_points", "object_point_sets"]
+
+
+@dataclass
+class PointPrompts:
+    """N point prompts. points: (N, 2) float64 (row, col); positive: (N,) bool;
+    object_id: (N,) int32 (0 = negative shared by the prompt's objects); prompt: (N,) int32;
+    score: (N,) float32 heatmap value at the point."""
+
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    positive: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    object_id: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    prompt: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    score: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+def _peaks(img: np.ndarray, min_distance: int, threshold: float, count: int) -> np.ndarray:
+    if count <= 0:
+        return np.zeros((0, 2), int)
+    return peak_local_max(img, min_distance=min_distance, threshold_abs=threshold,
+                          num_peaks=count, exclude_border=False)
+
+
+def heatmaps_to_points(
+    heatmaps: np.ndarray,
+    *,
+    threshold: float = 0.6,
+    min_distance: int | None = None,
+    max_objects: int = 5,
+    negatives: int = 2,
+    negative_threshold: float = 0.15,
+    one_object_per_prompt: bool = False,
+) -> PointPrompts:
+    """Peaks of (P, H, W) heatmaps in [0, 1] -> point prompts.
+
+    threshold: a peak must reach this value to become a positive point.
+    min_distance: minimum pixel distance between peaks (default: 1/20 of the shorter side).
+    max_objects: at most this many positive peaks per prompt (highest first).
+    negatives: negative points per prompt, at local maxima of (1 - heatmap) whose heatmap
+        value is at most ``negative_threshold``.
+    one_object_per_prompt: all peaks of a prompt prompt a single object (semantic mode)
+        instead of one object per peak (instance mode).
+    """
+    hm = np.asarray(heatmaps, dtype=np.float32)
+    if hm.ndim == 2:
+        hm = hm[None]
+    if hm.ndim != 3:
+        raise ValueError(f"heatmaps must be (P, H, W) or (H, W), got shape {hm.shape}")
+    if not np.isfinite(hm).all():
+        raise ValueError("heatmaps contain NaN/inf; recompute them from a finite image")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be within [0, 1], got {threshold}")
+    H, W = hm.shape[1:]
+    md = int(min_distance) if min_distance is not None else max(1, min(H, W) // 20)
+
+    pts, pos, obj, cls, score = [], [], [], [], []
+    next_id = 1
+    for p, m in enumerate(hm):
+        peaks = _peaks(m, md, threshold, max_objects)
+        if len(peaks) == 0:
+            continue  # nothing confident for this prompt: no points, no object
+        if one_object_per_prompt:
+            ids = [next_id] * len(peaks)
+            next_id += 1
+            neg_id = ids[0]
+        else:
+            ids = list(range(next_id, next_id + len(peaks)))
+            next_id += len(peaks)
+            neg_id = 0
+        cold = _peaks(1.0 - m, md, 1.0 - negative_threshold, negatives)
+        for rc, oid in zip(peaks, ids):
+            pts.append(rc); pos.append(True); obj.append(oid); cls.append(p); score.append(m[tuple(rc)])
+        for rc in cold:
+            pts.append(rc); pos.append(False); obj.append(neg_id); cls.append(p); score.append(m[tuple(rc)])
+    if not pts:
+        return PointPrompts()
+    return PointPrompts(
+        points=np.asarray(pts, dtype=np.float64).reshape(-1, 2),
+        positive=np.asarray(pos, bool),
+        object_id=np.asarray(obj, np.int32),
+        prompt=np.asarray(cls, np.int32),
+        score=np.asarray(score, np.float32),
+    )
+
+
+def object_point_sets(prompts: PointPrompts) -> dict[int, tuple[np.ndarray, np.ndarray, int]]:
+    """Group point prompts by object: {object_id: (points (n,2) rc, labels (n,) 1/0, prompt)}.
+
+    An object gets its own points plus its prompt's shared negatives (object id 0). Objects
+    without a positive point are dropped (SAM needs something to segment).
+    """
+    out: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
+    for oid in np.unique(prompts.object_id):
+        if oid == 0:
+            continue
+        own = prompts.object_id == oid
+        if not prompts.positive[own].any():
+            continue
+        cls = int(np.bincount(prompts.prompt[own & prompts.positive]).argmax())
+        shared = (prompts.object_id == 0) & (prompts.prompt == cls) & ~prompts.positive
+        sel = own | shared
+        out[int(oid)] = (prompts.points[sel], prompts.positive[sel].astype(np.int32), cls)
+    return out

@@ -1,0 +1,117 @@
+"""Segment Anything session: the image embedding computed once, then cheap point decodes.
+
+Wraps segment-anything's own ``SamPredictor`` (so pre/post-processing is exactly the
+library's) and adds what an interactive tool needs: napari (row, col) points, an embedding
+cache keyed by image content, and many objects -> one labels array.
+This is the one place where (row, col) becomes SAM's (x, y).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+import numpy as np
+
+from .image import to_rgb_uint8
+from .points import PointPrompts, object_point_sets
+
+__all__ = ["SamSession", "paint_labels"]
+
+
+def _image_key(rgb: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(rgb.shape).encode())
+    h.update(np.ascontiguousarray(rgb).data)
+    return h.hexdigest()
+
+
+class SamSession:
+    """sam: a segment-anything ``Sam`` (any kind). cache_size: embeddings kept in memory."""
+
+    def __init__(self, sam, cache_size: int = 4):
+        from segment_anything import SamPredictor
+
+        self.predictor = SamPredictor(sam)
+        self.cache_size = int(cache_size)
+        self._cache: OrderedDict[str, tuple] = OrderedDict()
+        self._key: str | None = None
+
+    @property
+    def image_shape(self) -> tuple[int, int] | None:
+        return tuple(self.predictor.original_size) if self._key else None
+
+    def set_image(self, image: np.ndarray) -> None:
+        """Compute (or fetch from the cache) the embedding of a 2D grayscale/RGB(A) image."""
+        rgb = to_rgb_uint8(image)
+        key = _image_key(rgb)
+        if key == self._key:
+            return
+        p = self.predictor
+        if key in self._cache:
+            p.reset_image()
+            p.features, p.original_size, p.input_size = self._cache[key]
+            p.is_image_set = True
+            self._cache.move_to_end(key)
+        else:
+            p.set_image(rgb, image_format="RGB")
+            self._cache[key] = (p.features, p.original_size, p.input_size)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        self._key = key
+
+    def _check_points(self, points_rc, labels) -> tuple[np.ndarray, np.ndarray]:
+        if self._key is None:
+            raise RuntimeError("call set_image(image) before predict")
+        pts = np.asarray(points_rc, dtype=np.float64).reshape(-1, 2)
+        lab = np.asarray(labels).reshape(-1).astype(np.int64)
+        if len(pts) == 0:
+            raise ValueError("no points given: SAM needs at least one positive point")
+        if len(pts) != len(lab):
+            raise ValueError(f"{len(pts)} points but {len(lab)} labels")
+        if not np.isfinite(pts).all():
+            raise ValueError("points contain NaN/inf coordinates")
+        return pts, lab
+
+    def predict(self, points_rc, labels, multimask: bool = True) -> np.ndarray:
+        """Mask (H, W) bool for one object from (N, 2) napari (row, col) points, labels 1/0.
+
+        multimask: let SAM propose three masks and keep the best-scoring one (what
+        ``SamPredictor.predict(..., multimask_output=True)`` + argmax of scores gives).
+        """
+        mask, _ = self.predict_with_score(points_rc, labels, multimask)
+        return mask
+
+    def predict_with_score(self, points_rc, labels, multimask: bool = True) -> tuple[np.ndarray, float]:
+        pts, lab = self._check_points(points_rc, labels)
+        masks, scores, _ = self.predictor.predict(
+            point_coords=pts[:, ::-1].copy(), point_labels=lab, multimask_output=multimask
+        )
+        best = int(np.argmax(scores))
+        return masks[best].astype(bool), float(scores[best])
+
+    def predict_objects(self, prompts: PointPrompts, objects=None) -> dict[int, tuple[np.ndarray, float, int]]:
+        """{object_id: (mask (H, W) bool, SAM score, prompt index)} for every object (or ``objects``).
+
+        A single-point object uses SAM's multimask output (its answer to ambiguity); objects
+        with several points use the single-mask output, as SAM's authors advise.
+        """
+        out = {}
+        for oid, (pts, lab, cls) in object_point_sets(prompts).items():
+            if objects is not None and oid not in objects:
+                continue
+            mask, score = self.predict_with_score(pts, lab, multimask=len(pts) == 1)
+            out[oid] = (mask, score, cls)
+        return out
+
+
+def paint_labels(masks: dict[int, tuple], shape: tuple[int, int]) -> np.ndarray:
+    """Objects' masks -> one (H, W) int32 labels array, value = object id, 0 = background.
+
+    Larger masks are painted first, so a small object inside a large one stays visible.
+    """
+    labels = np.zeros(shape, dtype=np.int32)
+    order = sorted(masks.items(), key=lambda kv: -int(kv[1][0].sum()))
+    for oid, (mask, *_rest) in order:
+        labels[mask] = oid
+    return labels

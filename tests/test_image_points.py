@@ -1,0 +1,76 @@
+"""Image preparation and heatmap -> points."""
+
+import numpy as np
+import pytest
+
+from napari_clipsam.core.image import take_displayed_slice, to_rgb_uint8
+from napari_clipsam.core.points import heatmaps_to_points, object_point_sets
+
+
+def test_grayscale_uint16_scaled_by_contrast_limits():
+    img = np.array([[0, 1000], [2000, 4000]], np.uint16)
+    out = to_rgb_uint8(img, contrast_limits=(0, 2000))
+    assert out.shape == (2, 2, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[..., 0], [[0, 128], [255, 255]])
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])
+
+
+def test_float_without_limits_uses_data_range_and_rgba_drops_alpha():
+    out = to_rgb_uint8(np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3))
+    assert out.min() == 0 and out.max() == 255
+    rgba = np.dstack([np.full((3, 3), v, np.uint8) for v in (10, 20, 30, 40)])
+    np.testing.assert_array_equal(to_rgb_uint8(rgba, rgb=True)[0, 0], [10, 20, 30])
+
+
+def test_uint8_rgb_passes_through_unchanged():
+    img = np.random.default_rng(0).integers(0, 255, (5, 6, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(to_rgb_uint8(img, rgb=True, contrast_limits=(0, 10)), img)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.zeros((4, 4, 4, 4)), "expected a 2D image"),
+    (np.zeros((4, 4, 5)), "expected a 2D image"),
+    (np.array([[np.nan, 1.0]]), "NaN"),
+    (np.zeros((3, 3), complex), "complex"),
+    (np.array([["a"]]), "numeric"),
+])
+def test_unusable_images_raise_value_error_naming_shape(bad, match):
+    with pytest.raises(ValueError, match=match):
+        to_rgb_uint8(bad)
+
+
+def test_displayed_slice_of_nd_stack():
+    stack = np.arange(3 * 4 * 5 * 6).reshape(3, 4, 5, 6)
+    np.testing.assert_array_equal(take_displayed_slice(stack, (2, 1, 0, 0), rgb=False), stack[2, 1])
+    rgb_stack = np.zeros((7, 5, 6, 3))
+    assert take_displayed_slice(rgb_stack, (99, 0, 0), rgb=True).shape == (5, 6, 3)
+
+
+def _blob_heatmap(h=80, w=100, centers=((20, 30), (60, 70))):
+    yy, xx = np.mgrid[:h, :w]
+    m = sum(np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / 50.0) for r, c in centers)
+    return (m / m.max()).astype(np.float32)
+
+
+def test_peaks_become_objects_with_negatives():
+    heat = np.stack([_blob_heatmap(), _blob_heatmap(centers=((40, 50),))])
+    pts = heatmaps_to_points(heat, threshold=0.5, negatives=2, min_distance=5)
+    pos = pts.points[pts.positive]
+    assert sorted(map(tuple, pos.astype(int))) == [(20, 30), (40, 50), (60, 70)]
+    assert sorted(pts.object_id[pts.positive]) == [1, 2, 3]  # one object per peak, unique ids
+    assert (pts.object_id[~pts.positive] == 0).all() and (~pts.positive).sum() == 4
+    assert (pts.score[~pts.positive] <= 0.15).all()
+    groups = object_point_sets(pts)
+    assert set(groups) == {1, 2, 3}
+    for oid, (p, lab, cls) in groups.items():
+        assert lab.sum() == 1 and (lab == 0).sum() == 2  # own positive + prompt's shared negatives
+
+
+def test_threshold_caps_and_class_mode():
+    heat = _blob_heatmap()[None]
+    assert len(heatmaps_to_points(heat, threshold=0.5, max_objects=1, negatives=0)) == 1
+    assert len(heatmaps_to_points(heat * 0.4, threshold=0.5)) == 0  # nothing confident: no points
+    sem = heatmaps_to_points(heat, threshold=0.5, one_object_per_prompt=True, negatives=1)
+    assert set(sem.object_id) == {1}
+    with pytest.raises(ValueError, match="threshold"):
+        heatmaps_to_points(heat, threshold=2)

@@ -1,0 +1,92 @@
+"""GEM and raw patch-text similarity against the reference fixtures (tests/data/reference)."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_clipsam.core.localizers import get_localizer, vit
+from reference_model import load_reference_clip, reference_arrays, reference_pixels, reference_sizes
+
+TOL = 1e-5
+SIZES = reference_sizes()
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return load_reference_clip()
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return [str(p) for p in reference_arrays()["meta/prompts"]]
+
+
+def test_text_features_match_gem_reference(clip, prompts):
+    loc = get_localizer("gem", *clip)
+    feats = loc.text_features(prompts)
+    assert feats.shape == (3, 64) and feats.dtype == torch.float32
+    np.testing.assert_allclose(feats.numpy(), reference_arrays()["gem/text_features"], atol=TOL, rtol=0)
+    np.testing.assert_allclose(feats.norm(dim=-1).numpy(), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_gem_patch_maps_and_tokens_match_reference(clip, prompts, size):
+    Z = reference_arrays()
+    loc = get_localizer("gem", *clip)
+    px = reference_pixels(size)
+    feat_gem, feat_ori, grid = loc.token_streams(px)
+    np.testing.assert_allclose(feat_gem.numpy(), Z[f"gem/{size}/feat_gem"], atol=TOL, rtol=0)
+    np.testing.assert_allclose(feat_ori.numpy(), Z[f"gem/{size}/feat_ori"], atol=TOL, rtol=0)
+    pos = vit.resample_pos_embed(clip[0].visual.positional_embedding, grid)
+    np.testing.assert_allclose(pos.detach().numpy(), Z[f"gem/{size}/pos_embedding"], atol=TOL, rtol=0)
+    maps = loc.patch_maps(px, prompts)
+    assert maps.shape == Z[f"gem/{size}/patch_maps"].shape
+    np.testing.assert_allclose(maps.numpy(), Z[f"gem/{size}/patch_maps"], atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_raw_patch_maps_match_reference(clip, prompts, size):
+    Z = reference_arrays()
+    loc = get_localizer("raw", *clip)
+    np.testing.assert_allclose(loc.text_features(prompts).numpy(), Z["raw/text_features"], atol=TOL, rtol=0)
+    maps = loc.patch_maps(reference_pixels(size), prompts)
+    np.testing.assert_allclose(maps.numpy(), Z[f"raw/{size}/patch_maps"], atol=TOL, rtol=0)
+
+
+def test_gem_differs_from_raw(clip, prompts):
+    """GEM's path must actually change the maps (guards against silently running vanilla CLIP)."""
+    px = reference_pixels("224x224")
+    gem = get_localizer("gem", *clip).patch_maps(px, prompts)
+    raw = get_localizer("raw", *clip).patch_maps(px, prompts)
+    assert (gem - raw).abs().max() > 1e-2
+
+
+def test_gem_upsampled_maps_match_reference_maps_raw(clip, prompts):
+    """Bilinear upsampling of patch maps to input size reproduces GEM's maps_raw."""
+    Z = reference_arrays()
+    px = reference_pixels("448x336")
+    maps = get_localizer("gem", *clip).patch_maps(px, prompts)
+    up = torch.nn.functional.interpolate(maps, size=(448, 336), mode="bilinear")
+    np.testing.assert_allclose(up.numpy(), Z["gem/448x336/maps_raw"], atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["gem", "raw"])
+@pytest.mark.parametrize("shape", [(300, 451, 3), (17, 90), (120, 40)])
+def test_heatmaps_shape_range_dtype(clip, name, shape):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, shape, dtype=np.uint8)
+    heat = get_localizer(name, *clip, input_size=224).heatmaps(image, ["cat", "sofa"])
+    assert heat.shape == (2, *shape[:2]) and heat.dtype == np.float32
+    assert heat.min() == 0.0 and heat.max() == 1.0
+
+
+def test_bad_prompts_and_names_raise_clear_errors(clip):
+    loc = get_localizer("gem", *clip)
+    with pytest.raises(ValueError, match="no prompts"):
+        loc.text_features([])
+    with pytest.raises(ValueError, match="empty"):
+        loc.text_features(["cat", "  "])
+    with pytest.raises(ValueError, match="unknown localizer 'nope'"):
+        get_localizer("nope", *clip)
+    with pytest.raises(ValueError, match="depth"):
+        get_localizer("gem", *clip, depth=50)

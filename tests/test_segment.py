@@ -1,0 +1,95 @@
+"""SamSession on a tiny real Sam: identical to segment-anything's SamPredictor."""
+
+import numpy as np
+import pytest
+from segment_anything import SamPredictor
+from skimage import data
+
+from napari_clipsam.core.points import PointPrompts
+from napari_clipsam.core.segment import SamSession, paint_labels
+from tiny_sam import build_tiny_sam
+
+
+@pytest.fixture(scope="module")
+def sam():
+    return build_tiny_sam()
+
+
+@pytest.fixture(scope="module")
+def image():
+    return data.chelsea()[::2, ::2]  # (150, 226, 3)
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+@pytest.mark.parametrize("points_rc,labels", [
+    ([[40, 100]], [1]),
+    ([[40, 100], [120, 20]], [1, 0]),
+    ([[10, 10], [75, 113], [140, 200]], [1, 1, 0]),
+])
+def test_predict_equals_sam_predictor(sam, image, points_rc, labels, multimask):
+    session = SamSession(sam)
+    session.set_image(image)
+    ours = session.predict(np.array(points_rc), np.array(labels), multimask=multimask)
+
+    ref = SamPredictor(sam)
+    ref.set_image(image)
+    xy = np.array(points_rc, dtype=float)[:, ::-1]
+    masks, scores, _ = ref.predict(point_coords=xy, point_labels=np.array(labels), multimask_output=multimask)
+    expected = masks[np.argmax(scores)]
+    assert ours.dtype == bool and ours.shape == image.shape[:2]
+    np.testing.assert_array_equal(ours, expected)
+
+
+def test_points_are_row_col_not_xy(sam, image):
+    """Swapping (row, col) must matter: the same numbers as (x, y) give another mask."""
+    session = SamSession(sam)
+    session.set_image(image)
+    a = session.predict([[20, 150]], [1])
+    ref = SamPredictor(sam)
+    ref.set_image(image)
+    masks, scores, _ = ref.predict(point_coords=np.array([[20.0, 150.0]]), point_labels=np.array([1]))
+    assert not np.array_equal(a, masks[np.argmax(scores)])
+
+
+def test_embedding_is_cached_per_image(sam, image, monkeypatch):
+    session = SamSession(sam, cache_size=2)
+    calls = []
+    original = session.predictor.set_image
+    monkeypatch.setattr(session.predictor, "set_image", lambda *a, **k: (calls.append(1), original(*a, **k)))
+    session.set_image(image)
+    first = session.predict([[40, 100]], [1])
+    other = np.ascontiguousarray(image[:, ::-1])
+    session.set_image(other)
+    session.set_image(image)  # from the cache: no new encoder run
+    assert len(calls) == 2
+    np.testing.assert_array_equal(session.predict([[40, 100]], [1]), first)
+
+
+def test_predict_objects_and_paint_labels(sam, image):
+    session = SamSession(sam)
+    session.set_image(image)
+    prompts = PointPrompts(
+        points=np.array([[40.0, 100.0], [100.0, 50.0], [140.0, 220.0]]),
+        positive=np.array([True, True, False]),
+        object_id=np.array([1, 2, 0], np.int32),
+        prompt=np.array([0, 1, 0], np.int32),
+        score=np.ones(3, np.float32),
+    )
+    objects = session.predict_objects(prompts)
+    assert set(objects) == {1, 2}
+    # object 1 uses its point plus prompt 0's shared negative
+    expected1 = session.predict([[40, 100], [140, 220]], [1, 0], multimask=False)
+    np.testing.assert_array_equal(objects[1][0], expected1)
+    labels = paint_labels(objects, image.shape[:2])
+    assert labels.dtype == np.int32 and set(np.unique(labels)) <= {0, 1, 2}
+
+
+def test_bad_calls_raise(sam, image):
+    session = SamSession(sam)
+    with pytest.raises(RuntimeError, match="set_image"):
+        session.predict([[1, 1]], [1])
+    session.set_image(image)
+    with pytest.raises(ValueError, match="no points"):
+        session.predict(np.zeros((0, 2)), [])
+    with pytest.raises(ValueError, match="2 points but 1 labels"):
+        session.predict([[1, 1], [2, 2]], [1])
