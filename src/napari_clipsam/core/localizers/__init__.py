@@ -5,9 +5,15 @@ from __future__ import annotations
 from .base import Localizer, check_prompts, min_max
 from .gem import GEMLocalizer
 from .raw import RawLocalizer
+from .surgery import SurgeryLocalizer
+from .gradcam import GradCAMLocalizer
+from .attention import AttentionLocalizer
+from .variants import ClearCLIPLocalizer, MaskCLIPLocalizer, NACLIPLocalizer, SCLIPLocalizer
 
 LOCALIZERS: dict[str, type[Localizer]] = {
-    cls.name: cls for cls in (GEMLocalizer, RawLocalizer)
+    cls.name: cls for cls in (GEMLocalizer, RawLocalizer,
+                           MaskCLIPLocalizer, SCLIPLocalizer, ClearCLIPLocalizer, NACLIPLocalizer, AttentionLocalizer,
+                           SurgeryLocalizer, GradCAMLocalizer)
 }
 
 

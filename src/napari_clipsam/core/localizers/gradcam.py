@@ -1,0 +1,178 @@
+"""Grad-CAM (Selvaraju et al., ICCV 2017) on a CLIP image encoder, as pytorch-grad-cam does it.
+
+Target per prompt: the cosine between the L2-normalised image embedding and the prompt's
+text feature. At one layer (default: the last block's ``ln_1`` output on a ViT, the last
+bottleneck of ``layer4`` on a ResNet), the channel weights are the gradients of the target
+averaged over the patch grid, and the map is the weighted sum of the activations over
+channels (class and other prefix tokens dropped). ReLU and min-max scaling come after.
+
+The image goes through the model's own ``forward``; at other input sizes the positional
+embedding (ViT) or the attention-pool embedding (ResNet) is resized the way open_clip's
+``force_image_size`` does (bicubic, antialias), passed functionally: the shared model is not
+modified. Gradients are taken only with respect to the hooked activation; the hook is
+removed afterwards, and no parameter's ``requires_grad`` is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from ..image import to_rgb_uint8
+from . import vit
+from .base import Localizer, Progress, check_prompts, min_max
+
+__all__ = ["GradCAMLocalizer", "cam_from_activations"]
+
+
+def _is_resnet(visual) -> bool:
+    return all(hasattr(visual, a) for a in ("layer4", "attnpool"))
+
+
+def cam_from_activations(
+    activations: torch.Tensor, gradients: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grad-CAM on (B, C, gh, gw) activations and their gradients.
+
+    Returns the map before ReLU, sum_c w_c * A_c: (B, gh, gw), and the weights w (B, C),
+    the gradients averaged over the grid.
+    """
+    weights = gradients.mean(dim=(2, 3))
+    return (weights[:, :, None, None] * activations).sum(dim=1), weights
+
+
+class GradCAMLocalizer(Localizer):
+    """layer: the hooked module: an int picks a block (ViT: ``transformer.resblocks[layer].ln_1``,
+    ResNet: ``layer4[layer]``; default -1, the last), a str is a module path inside
+    ``model.visual`` (e.g. "transformer.resblocks.6.ln_1")."""
+
+    name = "gradcam"
+
+    def __init__(self, model, tokenizer, *, layer: int | str = -1, **kwargs):
+        super().__init__(model, tokenizer, **kwargs)
+        visual = model.visual
+        if not (vit.is_vit(visual) or _is_resnet(visual)):
+            raise ValueError("Grad-CAM supports open_clip ViT and ResNet (ModifiedResNet) image encoders")
+        self.layer = layer
+        _ = self.target_layer  # a bad layer fails here, not at first use
+
+    @property
+    def target_layer(self) -> nn.Module:
+        """The module whose output is differentiated."""
+        visual = self.model.visual
+        if isinstance(self.layer, str):
+            try:
+                return visual.get_submodule(self.layer)
+            except AttributeError as err:
+                raise ValueError(f"no module {self.layer!r} in the image encoder") from err
+        stack = vit.resblocks(visual) if vit.is_vit(visual) else list(visual.layer4)
+        if not -len(stack) <= int(self.layer) < len(stack):
+            raise ValueError(f"layer {self.layer} out of range for {len(stack)} blocks")
+        block = stack[int(self.layer)]
+        return block.ln_1 if vit.is_vit(visual) else block
+
+    # -- forward with a size-adapted positional embedding ------------------------------
+    def _size_overrides(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Parameters to swap in for this input size (open_clip's resize_pos_embed)."""
+        visual = self.model.visual
+        ph, pw = self.patch_size
+        grid = (pixels.shape[-2] // ph, pixels.shape[-1] // pw)
+        if vit.is_vit(visual):
+            name, pos = "positional_embedding", visual.positional_embedding
+        else:
+            name, pos = "attnpool.positional_embedding", visual.attnpool.positional_embedding
+        new = vit.resample_pos_embed(pos, grid)
+        return {} if new is pos else {name: new}
+
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The model's own image forward at this input size: (B, D), not normalised."""
+        out = functional_call(self.model.visual, self._size_overrides(pixels), (pixels,))
+        return out[0] if isinstance(out, tuple) else out  # output_tokens=True gives (pooled, tokens)
+
+    @torch.no_grad()
+    def image_embedding(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, D) float32 L2-normalised image embedding (the Grad-CAM targets' image side)."""
+        return F.normalize(self._encode(pixels.to(self.device, self.dtype)).float(), dim=-1)
+
+    def _grid_activations(self, act: torch.Tensor, batch: int, grid_hw: tuple[int, int]) -> torch.Tensor:
+        """A hooked output -> (B, C, gh, gw): conv maps as they are; ViT tokens (batch-first
+        or not) without their prefix tokens, on the row-major patch grid."""
+        if act.ndim == 4:
+            return act
+        if act.ndim != 3:
+            raise ValueError(f"Grad-CAM layer output has shape {tuple(act.shape)}; expected tokens or a conv map")
+        gh, gw = grid_hw
+        if act.shape[0] != batch or act.shape[1] < gh * gw:
+            act = act.transpose(0, 1)  # (L, B, C) -> (B, L, C)
+        if act.shape[0] != batch or act.shape[1] < gh * gw:
+            raise ValueError(f"cannot place layer output {tuple(act.shape)} on a {gh}x{gw} grid")
+        tokens = act[:, act.shape[1] - gh * gw:]
+        return tokens.reshape(batch, gh, gw, -1).permute(0, 3, 1, 2)
+
+    def cam(
+        self, pixels: torch.Tensor, prompts: Sequence[str] | str, progress: Progress | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """pixels (B, 3, H, W) -> raw CAM before ReLU (B, P, gh, gw) and weights (B, P, C), float32."""
+        prompts = check_prompts(prompts)
+        text_features = self.text_features(prompts)
+        layer = self.target_layer
+        store: list[torch.Tensor] = []
+
+        def hook(_module, _inputs, output):
+            if not torch.is_tensor(output):
+                raise ValueError("the Grad-CAM layer must output a single tensor")
+            # a fresh leaf: gradients stop here, whatever the parameters' requires_grad
+            leaf = output.detach().requires_grad_(True)
+            store.append(leaf)
+            return leaf
+
+        handle = layer.register_forward_hook(hook)
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                # clones: tensors made under inference_mode cannot enter autograd
+                x = pixels.to(self.device, self.dtype).clone()
+                text = text_features.to(self.device).clone()
+                out = self._encode(x)
+                if len(store) != 1:
+                    raise ValueError(f"the Grad-CAM layer ran {len(store)} times in one forward; pick another layer")
+                act = store[0]
+                cosines = (F.normalize(out.float(), dim=-1) @ text.T).sum(dim=0)  # (P,), summed over the batch
+                ph, pw = self.patch_size
+                grid = (x.shape[-2] // ph, x.shape[-1] // pw)
+                a = self._grid_activations(act.detach(), x.shape[0], grid).float()
+                maps, weights = [], []
+                for i in range(len(prompts)):
+                    (grad,) = torch.autograd.grad(cosines[i], act, retain_graph=i + 1 < len(prompts))
+                    m, w = cam_from_activations(a, self._grid_activations(grad, x.shape[0], grid).float())
+                    maps.append(m)
+                    weights.append(w)
+                    if progress:
+                        progress(i + 1, len(prompts))
+        finally:
+            handle.remove()
+            store.clear()
+        return torch.stack(maps, dim=1).detach(), torch.stack(weights, dim=1).detach()
+
+    def patch_maps(self, pixels: torch.Tensor, prompts: Sequence[str] | str) -> torch.Tensor:
+        """Grad-CAM before ReLU: (B, P, gh, gw)."""
+        return self.cam(pixels, prompts)[0]
+
+    def grid_heatmaps(self, pixels: torch.Tensor, prompts: Sequence[str] | str) -> torch.Tensor:
+        """The library's CAM on the patch grid: ReLU, then per-map min-max. (B, P, gh, gw) in [0, 1]."""
+        return min_max(self.patch_maps(pixels, prompts).clamp_min(0))
+
+    def heatmaps(self, image: np.ndarray, prompts: Sequence[str] | str, progress: Progress | None = None) -> np.ndarray:
+        """(P, H, W) float32 in [0, 1]: ReLU on the grid, bilinear to image size, min-max
+        (the library's order; its intermediate rescaling is affine and drops out)."""
+        prompts = check_prompts(prompts)
+        rgb = to_rgb_uint8(image)
+        if progress:
+            progress(0, len(prompts))
+        maps = self.cam(self.preprocess(rgb), prompts, progress)[0].clamp_min(0)
+        maps = F.interpolate(maps, size=rgb.shape[:2], mode="bilinear", align_corners=False)
+        return min_max(maps)[0].cpu().numpy().astype(np.float32)

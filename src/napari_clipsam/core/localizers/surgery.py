@@ -1,0 +1,230 @@
+"""CLIP Surgery (Li et al., 2023; xmed-lab/CLIP_Surgery), training-free.
+
+Architecture surgery: in the last ``depth - 1`` blocks a second path adds v-v attention
+(softmax(v v^T / sqrt(d)) v, the block's own q/k/v and output projections) residually,
+without the MLP; its attention input is always the *original* stream's ``ln_1`` output,
+which runs unchanged alongside. The class token comes from the original stream; every token
+then goes through ln_post @ proj and is L2-normalised. The positional embedding is resized
+bilinearly (no antialias), as the reference does.
+
+Feature surgery: the cosine of each token with each prompt, minus what is common to all
+prompts. With several prompts ("classes"), the per-channel products token x text are
+weighted by the class token's softmax over prompts (temperature 1/2) and their mean over
+prompts is removed; with one prompt ("empty"), the ensemble feature of the empty prompt ""
+is subtracted from the text feature.
+
+Text features are the 85-template ensemble of the reference (normalised mean of normalised
+template embeddings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..image import to_rgb_uint8
+from . import vit
+from .base import Localizer, Progress, check_prompts, min_max
+
+__all__ = ["CLIP_SURGERY_TEMPLATES", "SurgeryLocalizer", "feature_surgery", "similarity_map",
+           "similarity_map_to_points"]
+
+#: The 85 prompt templates of CLIP Surgery's ``encode_text_with_prompt_ensemble``, in order.
+CLIP_SURGERY_TEMPLATES: tuple[str, ...] = (
+    "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.",
+    "a photo of the hard to see {}.", "a low resolution photo of the {}.", "a rendering of a {}.",
+    "graffiti of a {}.", "a bad photo of the {}.", "a cropped photo of the {}.",
+    "a tattoo of a {}.", "the embroidered {}.", "a photo of a hard to see {}.",
+    "a bright photo of a {}.", "a photo of a clean {}.", "a photo of a dirty {}.",
+    "a dark photo of the {}.", "a drawing of a {}.", "a photo of my {}.", "the plastic {}.",
+    "a photo of the cool {}.", "a close-up photo of a {}.", "a black and white photo of the {}.",
+    "a painting of the {}.", "a painting of a {}.", "a pixelated photo of the {}.",
+    "a sculpture of the {}.", "a bright photo of the {}.", "a cropped photo of a {}.",
+    "a plastic {}.", "a photo of the dirty {}.", "a jpeg corrupted photo of a {}.",
+    "a blurry photo of the {}.", "a photo of the {}.", "a good photo of the {}.",
+    "a rendering of the {}.", "a {} in a video game.", "a photo of one {}.", "a doodle of a {}.",
+    "a close-up photo of the {}.", "a photo of a {}.", "the origami {}.", "the {} in a video game.",
+    "a sketch of a {}.", "a doodle of the {}.", "a origami {}.", "a low resolution photo of a {}.",
+    "the toy {}.", "a rendition of the {}.", "a photo of the clean {}.", "a photo of a large {}.",
+    "a rendition of a {}.", "a photo of a nice {}.", "a photo of a weird {}.",
+    "a blurry photo of a {}.", "a cartoon {}.", "art of a {}.", "a sketch of the {}.",
+    "a embroidered {}.", "a pixelated photo of a {}.", "itap of the {}.",
+    "a jpeg corrupted photo of the {}.", "a good photo of a {}.", "a plushie {}.",
+    "a photo of the nice {}.", "a photo of the small {}.", "a photo of the weird {}.",
+    "the cartoon {}.", "art of the {}.", "a drawing of the {}.", "a photo of the large {}.",
+    "a black and white photo of a {}.", "the plushie {}.", "a dark photo of a {}.", "itap of a {}.",
+    "graffiti of the {}.", "a toy {}.", "itap of my {}.", "a photo of a cool {}.",
+    "a photo of a small {}.", "a tattoo of the {}.", "there is a {} in the scene.",
+    "there is the {} in the scene.", "this is a {} in the scene.", "this is the {} in the scene.",
+    "this is one {} in the scene.",
+)
+
+Redundancy = Literal["auto", "classes", "empty"]
+
+
+def feature_surgery(
+    image_features: torch.Tensor, text_features: torch.Tensor, redundant: torch.Tensor | None = None
+) -> torch.Tensor:
+    """CLIP Surgery's similarity: (B, 1 + N, D) normalised tokens (class first), (P, D) text.
+
+    redundant: None for the class-weighted mode (needs P >= 2; the class token sets the
+    weights), or a (1, D) feature subtracted from every text feature ("empty" mode).
+    Returns (B, 1 + N, P).
+    """
+    if redundant is not None:
+        return image_features @ (text_features - redundant).T
+    # sum_c (f_c t_pc w_p - mean_p' f_c t_p'c w_p') = w_p (f . t_p) - mean_p' w_p' (f . t_p')
+    prob = (image_features[:, :1] @ text_features.T * 2).softmax(dim=-1)  # (B, 1, P)
+    weights = prob / prob.mean(dim=-1, keepdim=True)
+    weighted = (image_features @ text_features.T) * weights  # (B, 1 + N, P)
+    return weighted - weighted.mean(dim=-1, keepdim=True)
+
+
+def similarity_map(maps: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """The reference's ``get_similarity_map``: per-map min-max over the patch grid, then
+    bilinear upsampling. (B, P, gh, gw) -> (B, P, h, w)."""
+    return F.interpolate(min_max(maps.float()), size=tuple(shape), mode="bilinear", align_corners=False)
+
+
+def similarity_map_to_points(
+    grid_map: torch.Tensor | np.ndarray, shape: tuple[int, int], t: float = 0.8, down_sample: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """The reference's ``similarity_map_to_points`` on a (gh, gw) grid (any aspect ratio).
+
+    The map is bilinearly down-sampled by ``down_sample``, min-max normalised and ranked;
+    K = min(#cells >= t, cells // 2) positives (hottest cells, ascending score), then K
+    negatives (coldest cells, ascending score), at cell centres scaled to ``shape`` = (h, w).
+    Returns napari points (2K, 2) int64 (row, col) and labels (2K,) uint8 (1 = positive).
+    """
+    sm = torch.as_tensor(grid_map).detach().float().cpu()
+    if sm.ndim != 2:
+        raise ValueError(f"expected a (gh, gw) map, got shape {tuple(sm.shape)}")
+    if down_sample < 1:
+        raise ValueError(f"down_sample must be >= 1, got {down_sample}")
+    h, w = max(1, sm.shape[0] // down_sample), max(1, sm.shape[1] // down_sample)
+    sm = F.interpolate(sm[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0].reshape(-1)
+    sm = min_max(sm.view(1, -1)).view(-1)  # a constant map becomes zeros: no points
+    rank = sm.sort(0)[1]
+    num = min(int((sm >= t).sum()), sm.shape[0] // 2)
+    idx = torch.cat([rank[sm.shape[0] - num:], rank[:num]])
+    # float32 arithmetic and truncation exactly as the reference
+    cols = ((idx % w + 0.5) * (float(shape[1]) / w)).clamp(max=shape[1] - 1)
+    rows = ((idx // w + 0.5) * (float(shape[0]) / h)).clamp(max=shape[0] - 1)
+    points = torch.stack([rows, cols], dim=1).to(torch.int64).numpy()
+    labels = np.zeros(2 * num, np.uint8)
+    labels[:num] = 1
+    return points, labels
+
+
+class SurgeryLocalizer(Localizer):
+    """depth: the v-v path spans the last ``depth - 1`` blocks (reference: 7, i.e. 6 blocks;
+    same meaning as GEM's ``depth``). redundancy: "classes" (class-weighted removal across
+    prompts, needs >= 2 prompts), "empty" (subtract the "" ensemble feature) or "auto"
+    (classes for >= 2 prompts, empty for one). Templates default to the 85 of the reference."""
+
+    name = "surgery"
+    default_templates = CLIP_SURGERY_TEMPLATES
+
+    def __init__(self, model, tokenizer, *, depth: int = 7, redundancy: Redundancy = "auto", **kwargs):
+        super().__init__(model, tokenizer, **kwargs)
+        if not vit.is_vit(model.visual):
+            raise ValueError("CLIP Surgery here needs a ViT CLIP (open_clip VisionTransformer); "
+                             "pick 'gradcam' for ResNets")
+        n_blocks = len(vit.resblocks(model.visual))
+        if not 2 <= depth <= n_blocks + 1:
+            raise ValueError(f"CLIP Surgery depth must be in 2..{n_blocks + 1} for this {n_blocks}-block model, got {depth}")
+        if redundancy not in ("auto", "classes", "empty"):
+            raise ValueError(f"redundancy must be 'auto', 'classes' or 'empty', got {redundancy!r}")
+        self.depth, self.redundancy = int(depth), redundancy
+        self._text_cache: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+    # -- text ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def _ensemble(self, prompt: str) -> torch.Tensor:
+        """(D,) normalised mean of the normalised template embeddings of one prompt (cached:
+        85 sentences per prompt)."""
+        key = (prompt, self.device)
+        if key not in self._text_cache:
+            if len(self._text_cache) >= 256:
+                self._text_cache.clear()
+            t = self.encode_texts([tpl.format(prompt) for tpl in self.templates])
+            self._text_cache[key] = F.normalize(t.mean(dim=0), dim=-1)
+        return self._text_cache[key]
+
+    def text_features(self, prompts: Sequence[str] | str) -> torch.Tensor:
+        """(P, D) float32, L2-normalised: the template ensemble of each prompt."""
+        return torch.stack([self._ensemble(p) for p in check_prompts(prompts)])
+
+    def empty_features(self) -> torch.Tensor:
+        """(1, D): the template ensemble of the empty prompt ""."""
+        return torch.stack([self._ensemble("")])
+
+    def redundancy_mode(self, n_prompts: int) -> Literal["classes", "empty"]:
+        """The mode used for ``n_prompts`` prompts ("auto" resolved)."""
+        if self.redundancy == "auto":
+            return "classes" if n_prompts >= 2 else "empty"
+        if self.redundancy == "classes" and n_prompts < 2:
+            raise ValueError("redundancy 'classes' needs at least two prompts (one prompt would map to "
+                             "all zeros); use 'empty' or 'auto'")
+        return self.redundancy
+
+    # -- image --------------------------------------------------------------------------
+    @torch.no_grad()
+    def image_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """pixels (B, 3, H, W) -> L2-normalised tokens (B, 1 + gh*gw, D), float32, class
+        token (from the original path) first; and the grid (gh, gw)."""
+        visual = self.model.visual
+        blocks = vit.resblocks(visual)
+        start = len(blocks) - (self.depth - 1)
+        x, grid = vit.embed(visual, pixels.to(self.device, self.dtype), pos_mode="bilinear", pos_antialias=False)
+        x = vit.run_blocks(visual, x, blocks[:start])
+        x_vv = x
+        for blk in blocks[start:]:
+            q, k, v = vit.attn_qkv(blk, blk.ln_1(x))
+            scale = q.shape[-1] ** -0.5
+            ori = ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1) @ v
+            vv = ((v @ v.transpose(-2, -1)) * scale).softmax(dim=-1) @ v
+            x_vv = x_vv + blk.ls_1(vit.attn_merge(blk, vv))
+            x = x + blk.ls_1(vit.attn_merge(blk, ori))
+            x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+        tokens = torch.cat([x[:, :1], x_vv[:, 1:]], dim=1)
+        return F.normalize(vit.project(visual, tokens).float(), dim=-1), grid
+
+    @torch.no_grad()
+    def similarity_tokens(self, pixels: torch.Tensor, prompts: Sequence[str] | str) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Feature-surgery similarity of every token: (B, 1 + gh*gw, P), class row first; grid."""
+        prompts = check_prompts(prompts)
+        mode = self.redundancy_mode(len(prompts))
+        text = self.text_features(prompts).to(self.device)
+        feats, grid = self.image_features(pixels)
+        redundant = self.empty_features().to(self.device) if mode == "empty" else None
+        return feature_surgery(feats, text, redundant), grid
+
+    @torch.no_grad()
+    def patch_maps(self, pixels: torch.Tensor, prompts: Sequence[str] | str) -> torch.Tensor:
+        sim, (gh, gw) = self.similarity_tokens(pixels, prompts)
+        return sim[:, 1:].transpose(1, 2).reshape(sim.shape[0], -1, gh, gw)
+
+    def heatmaps(self, image: np.ndarray, prompts: Sequence[str] | str, progress: Progress | None = None) -> np.ndarray:
+        """(P, H, W) float32 in [0, 1]: the reference's order, min-max on the grid, then bilinear."""
+        prompts = check_prompts(prompts)
+        rgb = to_rgb_uint8(image)
+        if progress:
+            progress(0, 1)
+        maps = similarity_map(self.patch_maps(self.preprocess(rgb), prompts), rgb.shape[:2])
+        if progress:
+            progress(1, 1)
+        return maps[0].cpu().numpy().astype(np.float32)
+
+    def points(
+        self, image: np.ndarray, prompts: Sequence[str] | str, *, t: float = 0.8, down_sample: int = 2
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The reference's SAM point prompts per prompt: [(points (K, 2) row/col, labels (K,))]."""
+        prompts = check_prompts(prompts)
+        rgb = to_rgb_uint8(image)
+        maps = self.patch_maps(self.preprocess(rgb), prompts)[0]
+        return [similarity_map_to_points(m, rgb.shape[:2], t=t, down_sample=down_sample) for m in maps]

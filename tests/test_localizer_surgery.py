@@ -1,0 +1,163 @@
+"""CLIP Surgery against the reference fixtures (tests/data/reference, keys cs/* and raw_cs/*)."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_clipsam.core.localizers import LOCALIZERS, get_localizer, vit
+from napari_clipsam.core.localizers.surgery import (
+    CLIP_SURGERY_TEMPLATES,
+    SurgeryLocalizer,
+    feature_surgery,
+    similarity_map,
+    similarity_map_to_points,
+)
+from reference_model import REFERENCE_DIR, load_reference_clip, reference_arrays, reference_pixels, reference_sizes
+
+TOL = 1e-5
+#: sizes the reference could run (it needs a square grid); the others are checked for shape
+CS_SIZES = [s for s in reference_sizes() if f"cs/{s}/image_features" in reference_arrays()]
+OTHER_SIZES = [s for s in reference_sizes() if s not in CS_SIZES]
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return load_reference_clip()
+
+
+@pytest.fixture(scope="module")
+def loc(clip):
+    return get_localizer("surgery", *clip)
+
+
+@pytest.fixture(scope="module")
+def loc_empty(loc):
+    """The same localizer in "empty" mode (a shallow copy shares the text cache: fast)."""
+    other = copy.copy(loc)
+    other.redundancy = "empty"
+    return other
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return [str(p) for p in reference_arrays()["meta/prompts"]]
+
+
+def _close(actual, key):
+    np.testing.assert_allclose(np.asarray(actual), reference_arrays()[key], atol=TOL, rtol=0, err_msg=key)
+
+
+def test_registered_and_templates_are_the_reference_ones(loc):
+    assert LOCALIZERS["surgery"] is SurgeryLocalizer and isinstance(loc, SurgeryLocalizer)
+    assert list(CLIP_SURGERY_TEMPLATES) == json.loads((REFERENCE_DIR / "clip_surgery_templates.json").read_text())
+    assert loc.templates == CLIP_SURGERY_TEMPLATES
+
+
+def test_text_and_empty_prompt_features(loc, prompts):
+    _close(loc.text_features(prompts), "cs/text_features")
+    _close(loc.empty_features(), "cs/redundant_features")
+
+
+@pytest.mark.parametrize("size", CS_SIZES)
+def test_tokens_similarities_maps_and_points_match_reference(clip, loc, loc_empty, prompts, size):
+    Z = reference_arrays()
+    px = reference_pixels(size)
+    feats, (gh, gw) = loc.image_features(px)
+    pos = vit.resample_pos_embed(clip[0].visual.positional_embedding, (gh, gw), mode="bilinear", antialias=False)
+    _close(pos.detach(), f"cs/{size}/pos_embedding")
+    _close(feats, f"cs/{size}/image_features")
+    # the class row too (from the original path)
+    _close(feature_surgery(feats, loc.text_features(prompts)), f"cs/{size}/similarity_multi")
+
+    multi = loc.patch_maps(px, prompts)  # auto -> classes for 3 prompts
+    single = loc_empty.patch_maps(px, prompts)
+    assert multi.shape == single.shape == (1, 3, gh, gw)
+    for maps, mode in ((multi, "multi"), (single, "single")):
+        tokens = maps.flatten(2).transpose(1, 2)  # (1, N, P): the reference's layout without the class row
+        np.testing.assert_allclose(tokens.numpy(), Z[f"cs/{size}/similarity_{mode}"][:, 1:], atol=TOL, rtol=0)
+        h0, w0 = (int(v) for v in Z["meta/image_hw"])
+        _close(similarity_map(maps, (h0, w0)).permute(0, 2, 3, 1), f"cs/{size}/similarity_map_{mode}")
+        for i in range(len(prompts)):
+            pts, labels = similarity_map_to_points(maps[0, i], (h0, w0), t=0.8, down_sample=2)
+            np.testing.assert_array_equal(pts[:, ::-1], Z[f"cs/{size}/points_{mode}/{i}"])  # (row, col) -> [x, y]
+            np.testing.assert_array_equal(labels, Z[f"cs/{size}/labels_{mode}/{i}"])
+
+
+def test_single_prompt_auto_mode_subtracts_the_empty_prompt(loc, prompts):
+    px = reference_pixels("224x224")
+    one = loc.patch_maps(px, prompts[1])
+    expected = reference_arrays()["cs/224x224/similarity_single"][0, 1:, 1]
+    np.testing.assert_allclose(one.flatten(2)[0, 0].numpy(), expected, atol=TOL, rtol=0)
+    sim, grid = loc.similarity_tokens(px, prompts)
+    assert grid == (14, 14)
+    _close(sim, "cs/224x224/similarity_multi")  # class row included
+
+
+@pytest.mark.parametrize("size", OTHER_SIZES)
+def test_non_square_inputs(loc, prompts, size):
+    h, w = (int(v) for v in size.split("x"))
+    gh, gw = h // 16, w // 16
+    px = reference_pixels(size)
+    feats, grid = loc.image_features(px)
+    assert grid == (gh, gw) and feats.shape == (1, 1 + gh * gw, 64)
+    np.testing.assert_allclose(feats.norm(dim=-1).numpy(), 1.0, atol=1e-5)
+    for p in (prompts, prompts[:1]):
+        maps = loc.patch_maps(px, p)
+        assert maps.shape == (1, len(p), gh, gw) and torch.isfinite(maps).all()
+    pts, labels = similarity_map_to_points(maps[0, 0], (300, 451))
+    assert len(pts) == len(labels) > 0 and labels.sum() * 2 == len(labels)
+    assert pts.min() >= 0 and (pts < [300, 451]).all()
+    portrait = loc.patch_maps(px[..., :160, :96].transpose(-1, -2).contiguous(), prompts)
+    assert portrait.shape == (1, 3, 6, 10) and torch.isfinite(portrait).all()
+
+
+def test_heatmaps_and_points_on_the_photo(loc, prompts):
+    from skimage.io import imread
+
+    img = imread(REFERENCE_DIR / "image.png")
+    calls = []
+    heat = loc.heatmaps(img, prompts, progress=lambda d, t: calls.append((d, t)))
+    assert heat.shape == (3, *img.shape[:2]) and heat.dtype == np.float32
+    assert heat.min() >= 0 and heat.max() <= 1 and calls[-1] == (1, 1)
+    per_prompt = loc.points(img, prompts)
+    assert len(per_prompt) == 3
+    for pts, labels in per_prompt:
+        assert len(pts) == len(labels) > 0 and set(labels.tolist()) == {0, 1}
+        assert (pts >= 0).all() and (pts < img.shape[:2]).all()
+
+
+def test_parameters_are_validated(clip):
+    with pytest.raises(ValueError, match="redundancy"):
+        SurgeryLocalizer(*clip, redundancy="nope")
+    with pytest.raises(ValueError, match="depth"):
+        SurgeryLocalizer(*clip, depth=20)
+    with pytest.raises(ValueError, match="two prompts"):
+        SurgeryLocalizer(*clip, redundancy="classes").patch_maps(reference_pixels("224x224"), ["cat"])
+
+
+def test_depth_two_runs(loc):
+    """depth 2: only the last block gets the v-v path."""
+    shallow = copy.copy(loc)
+    shallow.depth = 2
+    maps = shallow.patch_maps(reference_pixels("224x224"), ["cat", "sofa"])
+    assert maps.shape == (1, 2, 14, 14) and torch.isfinite(maps).all()
+
+
+def test_constant_map_gives_no_points():
+    pts, labels = similarity_map_to_points(np.ones((6, 6), np.float32), (60, 60))
+    assert pts.shape == (0, 2) and labels.shape == (0,)
+
+
+def test_raw_cs_baseline_via_raw_localizer(clip, loc):
+    """The CLIP Surgery demo's CLIP baseline = raw tokens vs the 85-template text (native size)."""
+    Z = reference_arrays()
+    size = "224x224"
+    tokens, _ = get_localizer("raw", *clip).tokens(reference_pixels(size))
+    feats = F.normalize(tokens, dim=-1)
+    _close(feats, f"raw_cs/{size}/image_features")
+    prompts = [str(p) for p in Z["meta/prompts"]]
+    _close(feats @ loc.text_features(prompts).T, f"raw_cs/{size}/similarity")  # 85-template text
