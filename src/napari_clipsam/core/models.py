@@ -2,233 +2,255 @@
 
 Both loaders take a weight *source* that is either a name the ecosystem knows (an open_clip
 pretrained tag; a SAM kind with its official checkpoint URL and sha256) or a local file.
+Where names resolve to files, how they are downloaded, verified and cached: see ``weights``.
 Cached files are used without touching the network; with ``HF_HUB_OFFLINE=1`` (or
 ``NAPARI_CLIPSAM_OFFLINE=1``) a missing file fails at once with a message that says what
-to fetch and where to put it.
+to fetch and where to put it. A file that is not a checkpoint, is truncated or is for
+another architecture gives a :class:`WeightsError` that names it, never a torch traceback.
+
+Precision (``precision=``): ``"auto"`` is float32 everywhere (see ``resolve_precision``);
+``"fp16"``/``"bf16"`` cast only the image encoder (CLIP ``model.visual``, SAM
+``image_encoder``) and make it take and return float32 at its boundary, so callers
+(localizers, ``SamPredictor``) need not change. Text tower, prompt encoder and mask decoder
+stay float32.
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from .runtime import pick_device
+from .weights import (
+    CLIP_CHOICES,
+    SAM_CHECKPOINTS,
+    WeightsError,
+    WeightsFile,
+    cache_dir,
+    clip_weights,
+    fetch,
+    is_offline,
+    sam_weights,
+)
 
 __all__ = [
     "CLIP_CHOICES",
+    "PRECISIONS",
     "SAM_CHECKPOINTS",
     "SAM_BUILDERS",
     "SamCheckpoint",
     "WeightsError",
     "cache_dir",
+    "fetch_sam_checkpoint",
     "is_offline",
     "load_clip",
     "load_sam",
+    "resolve_precision",
 ]
 
-#: (open_clip model name, pretrained tag) pairs offered in the widget, best first for localizing.
-CLIP_CHOICES: tuple[tuple[str, str], ...] = (
-    ("ViT-B-16", "openai"),
-    ("ViT-B-32", "openai"),
-    ("ViT-L-14", "openai"),
-    ("ViT-B-16", "laion2b_s34b_b88k"),
-    ("RN50", "openai"),
-)
+#: kept for compatibility: SAM_CHECKPOINTS values (url, sha256, size, filename)
+SamCheckpoint = WeightsFile
 
+Progress = Callable[[int, "int | None"], None]
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
-class WeightsError(RuntimeError):
-    """Weights are missing, corrupt, or for another architecture. The message says what to do."""
-
-
-@dataclass(frozen=True)
-class SamCheckpoint:
-    url: str
-    sha256: str
-    size: int  # bytes
-
-    @property
-    def filename(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
-
-
-_SAM_BASE = "https://dl.fbaipublicfiles.com/segment_anything/"
-SAM_CHECKPOINTS: dict[str, SamCheckpoint] = {
-    "vit_b": SamCheckpoint(_SAM_BASE + "sam_vit_b_01ec64.pth",
-                           "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375_042_383),
-    "vit_l": SamCheckpoint(_SAM_BASE + "sam_vit_l_0b3195.pth",
-                           "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", 1_249_524_607),
-    "vit_h": SamCheckpoint(_SAM_BASE + "sam_vit_h_4b8939.pth",
-                           "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2_564_550_879),
-}
-
-
-def _sam_builders() -> dict[str, Callable]:
-    from segment_anything import sam_model_registry
-
-    return {k: v for k, v in sam_model_registry.items() if k != "default"}
-
-
-#: SAM kind -> builder(checkpoint=None) -> Sam. Extend it to offer more variants.
+#: SAM kind -> builder(checkpoint=None) -> Sam. The official kinds (vit_b/l/h) are added on
+#: first use; add entries to offer more variants (tests register a tiny one).
 SAM_BUILDERS: dict[str, Callable] = {}
+_official_builders_added = False
 
 
-def is_offline() -> bool:
-    truthy = {"1", "true", "yes", "on"}
-    return (os.environ.get("HF_HUB_OFFLINE", "").lower() in truthy
-            or os.environ.get("NAPARI_CLIPSAM_OFFLINE", "").lower() in truthy)
+def resolve_precision(precision: str | None, device: str):
+    """The torch dtype for the image encoder.
+
+    ``"auto"``/None -> float32 on every device. Half precision is opt-in: with the real
+    weights unavailable to our test suite we could not show that GEM's self-self attention
+    (CLIP) or SAM's ViT keep their outputs within tolerance in fp16, and on a GPU the
+    encoders at our sizes (<= 1024 px, one image) are fast in fp32 anyway. ``"fp16"`` and
+    ``"bf16"`` are honoured on any device (useful on CUDA; slow and for tests on CPU).
+    """
+    import torch
+
+    p = (precision or "auto").lower()
+    if p not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
+    return {"auto": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[p]
 
 
-def cache_dir() -> Path:
-    """Where SAM checkpoints are cached: ``$NAPARI_CLIPSAM_CACHE`` or the OS cache dir."""
-    env = os.environ.get("NAPARI_CLIPSAM_CACHE")
-    if env:
-        return Path(env).expanduser()
-    import pooch
+def _half_encoder(module, dtype) -> None:
+    """Cast ``module`` to ``dtype``; its forward takes any float input and returns float32."""
+    import torch
 
-    return Path(pooch.os_cache("napari-clipsam"))
+    if dtype == torch.float32:
+        return
+    module.to(dtype)
+
+    def to_dtype(_m, args):
+        if args and torch.is_tensor(args[0]) and args[0].is_floating_point():
+            return (args[0].to(dtype), *args[1:])
+        return None
+
+    def to_fp32(_m, _args, out):
+        return out.float() if torch.is_tensor(out) and out.is_floating_point() else out
+
+    module.register_forward_pre_hook(to_dtype)
+    module.register_forward_hook(to_fp32)
 
 
 def _looks_like_path(source: str) -> bool:
     return (os.sep in source or "/" in source or source.endswith((".pt", ".pth", ".bin", ".safetensors"))
-            or Path(source).exists())
+            or Path(source).is_file())
+
+
+def _is_torchscript(path: Path) -> bool:
+    """OpenAI's original CLIP releases are TorchScript archives (need torch.jit.load)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            # torch.load's own test (``constants.pkl`` at the archive's top level): only then does
+            # it hand the file to torch.jit.load, so weights_only=False never unpickles Python objects
+            return any(n.split("/", 1)[-1] == "constants.pkl" for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _describe_keys(keys, n: int = 3) -> str:
+    keys = list(keys)
+    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def _load_error(path: Path, exc: BaseException, expected: str) -> WeightsError:
+    """A torch/safetensors failure -> what it means for the user."""
+    msg = str(exc)
+    if isinstance(exc, RuntimeError) and ("Missing key" in msg or "Unexpected key" in msg or "size mismatch" in msg):
+        first = msg.strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])[:400]
+        return WeightsError(f"{path} is a checkpoint for another architecture, expected {expected}: {detail}")
+    return WeightsError(
+        f"{path} is not a readable {expected} ({type(exc).__name__}: {msg.strip()[:200]}); "
+        "the file may be truncated or not a checkpoint: download it again."
+    )
 
 
 # --------------------------------------------------------------------------------- CLIP
-def _cached_open_clip_file(name: str, tag: str) -> str | None:
-    """Local path of an open_clip pretrained file already in the cache, else None."""
-    from open_clip import pretrained as ocp
-
-    cfg = ocp.get_pretrained_cfg(name, tag)
-    hub = cfg.get("hf_hub", "")
-    if hub:
-        from huggingface_hub import try_to_load_from_cache
-
-        parts = hub.strip("/").split("/")  # "org/repo/" or "org/repo/file"
-        repo_id = "/".join(parts[:2])
-        for fname in ([parts[2]] if len(parts) > 2 else []) + [ocp.HF_SAFE_WEIGHTS_NAME, ocp.HF_WEIGHTS_NAME]:
-            hit = try_to_load_from_cache(repo_id, fname)
-            if isinstance(hit, str) and os.path.isfile(hit):
-                return hit
-    url = cfg.get("url", "")
-    if url:
-        local = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
-        if local.is_file():
-            return str(local)
-    return None
-
-
-def load_clip(name: str = "ViT-B-16", pretrained: str | None = "openai", device: str | None = None):
+def load_clip(name: str = "ViT-B-16", pretrained: str | os.PathLike | None = "openai", device: str | None = None,
+              *, precision: str = "auto", progress: Progress | None = None, quick_gelu: bool | None = None):
     """Load an open_clip model and its tokenizer.
 
     name: an open_clip model name (``open_clip.list_models()``).
-    pretrained: a pretrained tag (``open_clip.list_pretrained_tags_by_model(name)``), a path to a
-        local checkpoint, or None for random weights (tests only).
+    pretrained: a pretrained tag (``open_clip.list_pretrained_tags_by_model(name)``; fetched
+        through ``weights.fetch``: cache first, then download with ``progress``), a path to a
+        local checkpoint (.safetensors, .bin/.pt state dict or an OpenAI TorchScript .pt), or
+        None for random weights (tests only).
+    quick_gelu: force the activation; None takes it from the tag's config (OpenAI weights use
+        QuickGELU), or True for OpenAI TorchScript files, else the model config's.
     Returns (model in eval mode on ``device``, tokenizer).
     """
     import open_clip
+
     device = pick_device(device)
+    dtype = resolve_precision(precision, device)
     if name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models() (e.g. 'ViT-B-16')")
-    weights: str | None = None
+    path: Path | None = None
+    tag_cfg: dict = {}
     if pretrained:
-        if _looks_like_path(pretrained):
-            path = Path(pretrained).expanduser()
+        src = os.fspath(pretrained)
+        if isinstance(pretrained, os.PathLike) or _looks_like_path(src):
+            path = Path(src).expanduser()
             if not path.is_file():
                 raise WeightsError(f"CLIP checkpoint file not found: {path}")
-            weights = str(path)
         else:
-            tags = open_clip.list_pretrained_tags_by_model(name)
-            if pretrained not in tags:
-                raise ValueError(f"{name} has no pretrained tag {pretrained!r}; available: {tags}")
-            weights = _cached_open_clip_file(name, pretrained)
-            if weights is None and is_offline():
-                cfg = open_clip.get_pretrained_cfg(name, pretrained)
-                src = cfg.get("hf_hub") or cfg.get("url")
-                raise WeightsError(
-                    f"CLIP weights {name}/{pretrained} are not cached and this machine is offline "
-                    f"(HF_HUB_OFFLINE). Download them on a connected machine from {src} and choose "
-                    "the file as a local checkpoint, or copy the Hugging Face cache over."
-                )
-    try:  # a resolved file, else the tag (open_clip downloads it), else random weights
-        model = open_clip.create_model(name, pretrained=weights or pretrained or None, device=device)
-    except (RuntimeError, OSError, ValueError, KeyError, EOFError) as exc:
-        what = weights or f"{name}/{pretrained}"
-        raise WeightsError(
-            f"could not load CLIP weights {what} into {name}: {type(exc).__name__}: {str(exc)[:300]}. "
-            f"Check the file is a complete open_clip/OpenAI checkpoint for {name}."
-        ) from exc
+            tag_cfg = open_clip.get_pretrained_cfg(name, src) or {}
+            path = fetch(clip_weights(name, src), progress=progress)
+    if quick_gelu is None:
+        quick_gelu = bool(tag_cfg.get("quick_gelu")) or (path is not None and not tag_cfg and _is_torchscript(path))
+    pre = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
+    kwargs = dict(device="cpu", force_quick_gelu=quick_gelu, force_preprocess_cfg=pre or None,
+                  pretrained_image=False, pretrained_text=False)
+    if path is None:
+        model = open_clip.create_model(name, pretrained=None, **kwargs)
+    else:
+        try:  # open_clip's own load_checkpoint (strict), which knows all its checkpoint layouts
+            model = open_clip.create_model(name, pretrained=str(path), weights_only=not _is_torchscript(path),
+                                           **kwargs)
+        except Exception as exc:  # noqa: BLE001 - torch, safetensors, zip, pickle errors alike
+            raise _load_error(path, exc, f"open_clip checkpoint for {name}") from exc
     model.eval()
-    if device != "cpu":
-        model.to(device)
+    _half_encoder(model.visual, dtype)
+    model.to(device)
     return model, open_clip.get_tokenizer(name)
 
 
 # --------------------------------------------------------------------------------- SAM
 def _sam_builder(kind: str) -> Callable:
-    if not SAM_BUILDERS:
-        SAM_BUILDERS.update(_sam_builders())
+    global _official_builders_added
+    if not _official_builders_added:
+        from segment_anything import sam_model_registry
+
+        for k, v in sam_model_registry.items():
+            if k != "default":
+                SAM_BUILDERS.setdefault(k, v)
+        _official_builders_added = True
     if kind not in SAM_BUILDERS:
         raise ValueError(f"unknown SAM kind {kind!r}; choose one of {sorted(SAM_BUILDERS)}")
     return SAM_BUILDERS[kind]
 
 
-def fetch_sam_checkpoint(kind: str, progress: bool = True) -> Path:
-    """Path of the official checkpoint for ``kind``, downloading (sha256-verified) if needed."""
-    ck = SAM_CHECKPOINTS.get(kind)
-    if ck is None:
-        raise WeightsError(f"no official checkpoint is known for SAM kind {kind!r}; pass a local file")
-    target = cache_dir() / ck.filename
-    if target.is_file():
-        return target
-    if is_offline():
-        raise WeightsError(
-            f"SAM {kind} checkpoint is not cached and this machine is offline. Download {ck.url} "
-            f"({ck.size / 1e6:.0f} MB, sha256 {ck.sha256}) and save it as {target}, or pick it as a local file."
-        )
-    import pooch
-
-    try:
-        path = pooch.retrieve(ck.url, known_hash=f"sha256:{ck.sha256}", fname=ck.filename,
-                              path=cache_dir(), progressbar=progress)
-    except Exception as exc:  # pooch raises requests/ValueError/OSError variants
-        raise WeightsError(
-            f"downloading SAM {kind} from {ck.url} to {target} failed ({type(exc).__name__}: {exc}). "
-            f"Download it by hand (sha256 {ck.sha256}) and save it there, or pick it as a local file."
-        ) from exc
-    return Path(path)
+def fetch_sam_checkpoint(kind: str, progress: Progress | None = None, *, url: str | None = None) -> Path:
+    """Path of the official checkpoint for ``kind``: cached, else downloaded and sha256-verified."""
+    return fetch(sam_weights(kind), progress=progress, url=url)
 
 
-def load_sam(kind: str = "vit_b", checkpoint: str | os.PathLike | None = None, device: str | None = None):
+_SAM_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+
+
+def _guess_sam_kind(state: dict) -> str | None:
+    w = state.get("image_encoder.patch_embed.proj.weight")
+    return _SAM_WIDTHS.get(int(w.shape[0])) if hasattr(w, "shape") else None
+
+
+def load_sam(kind: str = "vit_b", checkpoint: str | os.PathLike | None = None, device: str | None = None,
+             *, precision: str = "auto", progress: Progress | None = None):
     """Build a segment-anything ``Sam`` of ``kind`` and load its weights.
 
-    checkpoint: a local file, or None for the official checkpoint (downloaded once, verified).
+    checkpoint: a local file, or None for the official checkpoint (downloaded once, verified,
+        reported through ``progress(done, total)``).
     """
     import torch
 
-    builder = _sam_builder(kind)
     device = pick_device(device)
-    path = Path(checkpoint).expanduser() if checkpoint else fetch_sam_checkpoint(kind)
+    dtype = resolve_precision(precision, device)
+    if not checkpoint and kind in SAM_CHECKPOINTS:  # cache/offline answer first: no heavy imports
+        path = fetch_sam_checkpoint(kind, progress)
+        builder = _sam_builder(kind)
+    else:
+        builder = _sam_builder(kind)
+        path = Path(checkpoint).expanduser() if checkpoint else fetch_sam_checkpoint(kind, progress)
     if not path.is_file():
         raise WeightsError(f"SAM checkpoint file not found: {path}")
+    expected = f"SAM {kind} checkpoint (a state dict of image_encoder.*, prompt_encoder.*, mask_decoder.*)"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(
-            f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {str(exc)[:200]}); "
-            "the file may be truncated: download it again."
-        ) from exc
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+    except Exception as exc:  # noqa: BLE001 - zip, pickle, EOF errors alike
+        raise _load_error(path, exc, expected) from exc
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path} holds a {type(state).__name__}, not a SAM state dict")
+    if not isinstance(state, dict) or not state:
+        raise WeightsError(f"{path} holds a {type(state).__name__}, not a {expected}")
+    if not any(str(k).startswith("image_encoder.") for k in state):
+        raise WeightsError(
+            f"{path} is not a {expected}: its keys look like {_describe_keys(state)} "
+            "(an open_clip checkpoint? choose it in the CLIP model box instead)"
+        )
     model = builder(checkpoint=None)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise WeightsError(
-            f"{path} does not fit SAM {kind}: {str(exc).splitlines()[0][:200]}. "
-            "Pick the SAM kind that matches the checkpoint (vit_b / vit_l / vit_h)."
-        ) from exc
-    return model.to(device).eval()
+        guess = _guess_sam_kind(state)
+        hint = f" It looks like a {guess} checkpoint: choose SAM kind {guess}." if guess and guess != kind else ""
+        raise WeightsError(f"{path} does not fit SAM {kind}: {str(exc).strip().splitlines()[0][:200]}.{hint}") from exc
+    model.eval()
+    _half_encoder(model.image_encoder, dtype)
+    return model.to(device)

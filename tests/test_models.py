@@ -1,0 +1,291 @@
+"""models: load_clip / load_sam from local files and from (loopback) downloads; clear errors.
+
+CLIP: the tiny real open_clip model of tests/data/reference. SAM: tests/tiny_sam.py's tiny
+real ``Sam``, registered as kind "tiny".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_weights import Recorder, cache, server  # noqa: F401 - fixtures
+from tiny_sam import build_tiny_sam
+
+from napari_clipsam.core import models, weights
+from napari_clipsam.core.weights import WeightsError, WeightsFile
+
+REF = Path(__file__).parent / "data" / "reference"
+CLIP_NAME = "tiny_ref_models"
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture
+def tiny_clip(monkeypatch):
+    """Register the reference config under CLIP_NAME; returns (name, weights path)."""
+    import open_clip
+
+    cfg = json.loads((REF / "clip_config.json").read_text())
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, CLIP_NAME, cfg)
+    return CLIP_NAME, REF / "clip_weights.pt"
+
+
+@pytest.fixture
+def tiny_kind(monkeypatch):
+    monkeypatch.setitem(models.SAM_BUILDERS, "tiny", build_tiny_sam)
+    return "tiny"
+
+
+@pytest.fixture(scope="module")
+def sam_file(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("sam") / "sam_tiny.pth"
+    torch.save(build_tiny_sam(seed=3).state_dict(), p)
+    return p
+
+
+@pytest.fixture(scope="module")
+def clip_fp32():
+    """The reference CLIP loaded once through load_clip (fp32, cpu): (model, tokenizer)."""
+    import open_clip
+
+    cfg = json.loads((REF / "clip_config.json").read_text())
+    open_clip.factory._MODEL_CONFIGS[CLIP_NAME + "_shared"] = cfg
+    try:
+        yield models.load_clip(CLIP_NAME + "_shared", REF / "clip_weights.pt", device="cpu")
+    finally:
+        open_clip.factory._MODEL_CONFIGS.pop(CLIP_NAME + "_shared", None)
+
+
+def truncated(src: Path, dst: Path) -> Path:
+    dst.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    return dst
+
+
+def same_weights(model, path) -> bool:
+    ref = torch.load(path, map_location="cpu", weights_only=True)
+    sd = model.state_dict()
+    return all(torch.equal(sd[k].float(), v.float()) for k, v in ref.items() if k in sd)
+
+
+# ----------------------------------------------------------------------------- SAM
+def test_load_sam_local_file(tiny_kind, sam_file):
+    from segment_anything.modeling import Sam
+
+    sam = models.load_sam(tiny_kind, sam_file, device="cpu")
+    assert isinstance(sam, Sam) and not sam.training
+    assert same_weights(sam, sam_file)
+
+
+def test_load_sam_downloads_verifies_then_works_offline(tiny_kind, sam_file, server, cache, monkeypatch):
+    data = sam_file.read_bytes()
+    server.add("sam_tiny.pth", data)
+    monkeypatch.setitem(weights.SAM_CHECKPOINTS, "tiny", WeightsFile(
+        "SAM tiny", "https://example.invalid/sam_tiny.pth", "sam_tiny.pth", "sam",
+        hashlib.sha256(data).hexdigest(), len(data)))
+    monkeypatch.setenv("NAPARI_CLIPSAM_SAM_URL_BASE", server.base)
+    rec = Recorder()
+    sam = models.load_sam("tiny", device="cpu", progress=rec)
+    assert same_weights(sam, sam_file)
+    assert rec.calls[-1] == (len(data), len(data))
+    assert (cache / "sam" / "sam_tiny.pth").read_bytes() == data
+    n = len(server.log)
+    monkeypatch.setenv("NAPARI_CLIPSAM_OFFLINE", "1")
+    assert same_weights(models.load_sam("tiny", device="cpu"), sam_file)
+    assert len(server.log) == n
+
+
+def test_load_sam_missing_offline_names_file(cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError) as err:
+        models.load_sam("vit_b", device="cpu")
+    msg = str(err.value)
+    assert "sam_vit_b_01ec64.pth" in msg and str(cache / "sam" / "sam_vit_b_01ec64.pth") in msg
+    assert "ec2df627" in msg
+
+
+def test_load_sam_truncated(tiny_kind, sam_file, tmp_path):
+    bad = truncated(sam_file, tmp_path / "cut.pth")
+    with pytest.raises(WeightsError, match="truncated") as err:
+        models.load_sam(tiny_kind, bad, device="cpu")
+    assert str(bad) in str(err.value)
+
+
+def test_load_sam_not_a_checkpoint(tiny_kind, tmp_path):
+    bad = tmp_path / "notes.pth"
+    bad.write_text("these are not weights\n")
+    with pytest.raises(WeightsError, match="notes.pth"):
+        models.load_sam(tiny_kind, bad, device="cpu")
+
+
+def test_load_sam_clip_file_is_rejected(tiny_kind, tiny_clip):
+    _, clip_path = tiny_clip
+    with pytest.raises(WeightsError, match="not a SAM tiny checkpoint") as err:
+        models.load_sam(tiny_kind, clip_path, device="cpu")
+    assert str(clip_path) in str(err.value)
+
+
+def test_load_sam_other_variant_is_rejected(tiny_kind, tmp_path):
+    other = tmp_path / "sam_tiny_64.pth"
+    torch.save(build_tiny_sam(img_size=64).state_dict(), other)
+    with pytest.raises(WeightsError, match="does not fit SAM tiny") as err:
+        models.load_sam(tiny_kind, other, device="cpu")
+    assert str(other) in str(err.value)
+
+
+def test_load_sam_missing_file(tiny_kind, tmp_path):
+    with pytest.raises(WeightsError, match="not found"):
+        models.load_sam(tiny_kind, tmp_path / "nope.pth", device="cpu")
+
+
+def test_sam_kinds_include_official_and_registered(tiny_kind):
+    models._sam_builder("tiny")
+    assert {"vit_b", "vit_l", "vit_h", "tiny"} <= set(models.SAM_BUILDERS)
+    with pytest.raises(ValueError, match="unknown SAM kind"):
+        models._sam_builder("vit_q")
+
+
+def test_sam_half_precision_encoder_only(tiny_kind, sam_file):
+    from segment_anything import SamPredictor
+
+    ref = models.load_sam(tiny_kind, sam_file, device="cpu")
+    sam = models.load_sam(tiny_kind, sam_file, device="cpu", precision="bf16")
+    assert next(sam.image_encoder.parameters()).dtype == torch.bfloat16
+    assert next(sam.mask_decoder.parameters()).dtype == torch.float32
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        a, b = ref.image_encoder(x), sam.image_encoder(x)
+    assert b.dtype == torch.float32
+    assert torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1] > 0.99
+    img = (np.random.default_rng(0).random((96, 80, 3)) * 255).astype(np.uint8)
+    pred = SamPredictor(sam)
+    pred.set_image(img)
+    masks, scores, _ = pred.predict(point_coords=np.array([[40.0, 50.0]]), point_labels=np.array([1]))
+    assert masks.shape == (3, 96, 80) and np.isfinite(scores).all()
+
+
+def test_resolve_precision():
+    assert models.resolve_precision("auto", "cpu") == torch.float32
+    assert models.resolve_precision(None, "cuda") == torch.float32
+    assert models.resolve_precision("fp16", "cuda") == torch.float16
+    with pytest.raises(ValueError, match="precision"):
+        models.resolve_precision("int8", "cpu")
+
+
+# ----------------------------------------------------------------------------- CLIP
+def test_load_clip_local_file(clip_fp32):
+    model, tok = clip_fp32
+    assert not model.training and same_weights(model, REF / "clip_weights.pt")
+    assert tok(["a cat"]).shape == (1, 77)
+
+
+def test_load_clip_accepts_str_path(tiny_clip):
+    name, path = tiny_clip
+    model, _ = models.load_clip(name, str(path), device="cpu")
+    assert same_weights(model, path)
+
+
+def test_load_clip_matches_reference_features(clip_fp32):
+    from napari_clipsam.core.localizers import get_localizer
+
+    model, tok = clip_fp32
+    z = np.load(REF / "reference.npz")
+    gem = get_localizer("gem", model, tok)
+    got = gem.text_features(list(z["meta/prompts"])).numpy()
+    assert np.abs(got - z["gem/text_features"]).max() < 1e-5
+
+
+def test_load_clip_truncated(tiny_clip, tmp_path):
+    name, path = tiny_clip
+    bad = truncated(path, tmp_path / "clip_cut.pt")
+    with pytest.raises(WeightsError, match="truncated") as err:
+        models.load_clip(name, bad, device="cpu")
+    assert str(bad) in str(err.value)
+
+
+def test_load_clip_wrong_architecture(tiny_clip, sam_file):
+    name, _ = tiny_clip
+    with pytest.raises(WeightsError, match="another architecture") as err:
+        models.load_clip(name, sam_file, device="cpu")
+    assert str(sam_file) in str(err.value) and name in str(err.value)
+
+
+def test_load_clip_not_a_checkpoint(tiny_clip, tmp_path):
+    name, _ = tiny_clip
+    bad = tmp_path / "weights.safetensors"
+    bad.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(WeightsError, match="weights.safetensors"):
+        models.load_clip(name, bad, device="cpu")
+
+
+def test_load_clip_missing_file(tiny_clip, tmp_path):
+    name, _ = tiny_clip
+    with pytest.raises(WeightsError, match="not found"):
+        models.load_clip(name, tmp_path / "none.pt", device="cpu")
+
+
+def test_load_clip_tag_downloads_applies_tag_config_then_offline(tiny_clip, server, cache, monkeypatch):
+    import open_clip
+    from open_clip.transformer import QuickGELU
+
+    name, path = tiny_clip
+    cfg = json.loads((REF / "clip_config.json").read_text())
+    cfg.pop("quick_gelu")  # the architecture alone says GELU; the tag's config says QuickGELU
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, name, cfg)
+    mean = (0.5, 0.5, 0.5)
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, name,
+                        {"test": open_clip.pretrained._pcfg(url="unused", quick_gelu=True, mean=mean)})
+    data = path.read_bytes()
+    bad = WeightsFile("CLIP tiny / test", server.url("open_clip_model.safetensors"), "open_clip_model.safetensors",
+                      "clip/test")  # 404: next candidate
+    good = WeightsFile("CLIP tiny / test", server.add("clip_weights.pt", data), "clip_weights.pt", "clip/test",
+                       sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    monkeypatch.setitem(weights.CLIP_EXTRA, (name, "test"), (bad, good))
+    monkeypatch.setattr(weights, "CHUNK_SIZE", 1 << 20)  # 20 MB: fewer, larger steps
+    rec = Recorder()
+    model, _ = models.load_clip(name, "test", device="cpu", progress=rec)
+    assert same_weights(model, path) and rec.calls[-1] == (len(data), len(data))
+    assert isinstance(model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    assert tuple(model.visual.preprocess_cfg["mean"]) == mean
+    n = len(server.log)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model2, _ = models.load_clip(name, "test", device="cpu")
+    assert same_weights(model2, path) and len(server.log) == n
+
+
+def test_load_clip_unknown_tag_or_model(tiny_clip):
+    name, _ = tiny_clip
+    with pytest.raises(WeightsError, match="no pretrained tag"):
+        models.load_clip(name, "nonsense", device="cpu")
+    with pytest.raises(ValueError, match="unknown open_clip model"):
+        models.load_clip("ViT-Q-99", "openai", device="cpu")
+
+
+def test_load_clip_offline_missing_is_fast(cache, monkeypatch, tmp_path):
+    import time
+
+    monkeypatch.setenv("NAPARI_CLIPSAM_OFFLINE", "1")
+    monkeypatch.setattr(weights, "_hf_cached", lambda f: None)  # ignore a real HF cache on this machine
+    monkeypatch.setenv("HOME", str(tmp_path))  # ... and a real ~/.cache/clip
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsError) as err:
+        models.load_clip("ViT-B-16", "openai", device="cpu")
+    assert time.perf_counter() - t0 < 2.0
+    msg = str(err.value)
+    assert "open_clip_model.safetensors" in msg and "timm/vit_base_patch16_clip_224.openai" in msg
+
+
+def test_clip_half_precision_visual_only(tiny_clip, clip_fp32):
+    name, path = tiny_clip
+    ref, _ = clip_fp32
+    model, _ = models.load_clip(name, path, device="cpu", precision="bf16")
+    assert next(model.visual.parameters()).dtype == torch.bfloat16
+    assert model.token_embedding.weight.dtype == torch.float32
+    px = torch.from_numpy(np.load(REF / "pixels_224x224.npy"))
+    with torch.no_grad():
+        a, b = ref.encode_image(px), model.encode_image(px)  # float32 in, float32 out
+    assert b.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.98

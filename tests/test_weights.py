@@ -1,0 +1,371 @@
+"""weights: registry, download (progress, resume, clean retry, checksum), cache and offline use.
+
+Every download is served by a loopback HTTP server started here (127.0.0.1, port 0) from
+files made in tmp_path; nothing reaches the internet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from napari_clipsam.core import weights
+from napari_clipsam.core.weights import WeightsError, WeightsFile
+
+
+# ----------------------------------------------------------------------------- loopback server
+@dataclass
+class Served:
+    data: bytes
+    mode: str = "ok"  # "ok" | "break_once": first GET sends half of Content-Length, then closes
+    ranges: bool = True  # honour "Range: bytes=N-" with 206
+    gets: int = 0
+
+
+@dataclass
+class Server:
+    base: str
+    files: dict[str, Served] = field(default_factory=dict)
+    log: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range)
+
+    def add(self, name: str, data: bytes, **kw) -> str:
+        self.files["/" + name] = Served(data, **kw)
+        return self.url(name)
+
+    def url(self, name: str) -> str:
+        return f"{self.base}/{name}"
+
+    @property
+    def gets(self) -> list[tuple[str, str, str | None]]:
+        return [r for r in self.log if r[0] == "GET"]
+
+
+def _handler(server: Server):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):  # keep pytest output clean
+            pass
+
+        def do_HEAD(self):
+            self._serve(body=False)
+
+        def do_GET(self):
+            self._serve(body=True)
+
+        def _serve(self, body: bool):
+            rng = self.headers.get("Range")
+            server.log.append((self.command, self.path, rng))
+            f = server.files.get(self.path)
+            if f is None:
+                self.send_error(404, "not here")
+                return
+            data, start, status = f.data, 0, 200
+            m = re.fullmatch(r"bytes=(\d+)-", rng or "")
+            if m and f.ranges:
+                start = int(m.group(1))
+                if start >= len(data):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(data)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                status = 206
+            chunk = data[start:]
+            self.send_response(status)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(chunk)))
+            if status == 206:
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.end_headers()
+            if not body:
+                return
+            f.gets += 1
+            if f.mode == "break_once" and f.gets == 1:
+                self.wfile.write(chunk[: len(chunk) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(chunk)
+
+    return Handler
+
+
+@pytest.fixture
+def server():
+    state = Server(base="")
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    httpd.daemon_threads = True
+    state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    t.start()
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """A fresh cache folder, online, small chunks (so progress has several steps)."""
+    d = tmp_path / "cache"
+    monkeypatch.setenv("NAPARI_CLIPSAM_CACHE", str(d))
+    monkeypatch.delenv("NAPARI_CLIPSAM_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("NAPARI_CLIPSAM_SAM_URL_BASE", raising=False)
+    monkeypatch.setattr(weights, "CHUNK_SIZE", 16 * 1024)
+    return d
+
+
+def blob(n: int = 300_000, seed: int = 1) -> bytes:
+    return (hashlib.sha256(str(seed).encode()).digest() * (n // 32 + 1))[:n]
+
+
+def entry(url: str, data: bytes, name: str = "model.pth", **kw) -> WeightsFile:
+    kw.setdefault("sha256", hashlib.sha256(data).hexdigest())
+    kw.setdefault("size", len(data))
+    return WeightsFile("test model", url, name, "test", **kw)
+
+
+class Recorder:
+    def __init__(self, cancel_after: int | None = None):
+        self.calls: list[tuple[int, int | None]] = []
+        self.cancel_after = cancel_after
+
+    def __call__(self, done, total):
+        self.calls.append((done, total))
+        if self.cancel_after is not None and done >= self.cancel_after:
+            raise Cancelled()
+
+
+class Cancelled(Exception):
+    pass
+
+
+def leftovers(d: Path) -> list[str]:
+    return sorted(p.name for p in d.rglob("*") if p.is_file() and p.suffix in (".part", ".pth"))
+
+
+# ----------------------------------------------------------------------------- (1) good download
+def test_download_reports_monotonic_progress_and_is_then_cached(server, cache):
+    data = blob()
+    f = entry(server.add("model.pth", data), data)
+    rec = Recorder()
+    path = weights.fetch(f, progress=rec)
+    assert path == cache / "test" / "model.pth" and path.read_bytes() == data
+    done = [d for d, _ in rec.calls]
+    assert len(done) >= 5 and done == sorted(done) and len(set(done)) == len(done)
+    assert rec.calls[-1] == (len(data), len(data)) and all(t == len(data) for _, t in rec.calls)
+    assert leftovers(cache) == ["model.pth"]
+    n = len(server.log)
+    assert weights.fetch(f) == path and len(server.log) == n  # cached: no request at all
+
+
+def test_unknown_size_reports_server_length(server, cache):
+    data = blob(100_000)
+    f = entry(server.add("m.pth", data), data, size=None)
+    rec = Recorder()
+    weights.fetch(f, progress=rec)
+    assert rec.calls[-1] == (len(data), len(data))
+
+
+# ----------------------------------------------------------------------------- (2) interruption
+def test_broken_connection_resumes_with_range(server, cache):
+    data = blob()
+    f = entry(server.add("model.pth", data, mode="break_once"), data)
+    rec = Recorder()
+    path = weights.fetch(f, progress=rec)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == f.sha256
+    (_, _, r1), (_, _, r2) = server.gets
+    assert r1 is None and r2 is not None
+    resumed_at = int(r2.split("=")[1].rstrip("-"))
+    assert 0 < resumed_at < len(data)  # only the rest was asked for
+    done = [d for d, _ in rec.calls]
+    assert done == sorted(done) and done[-1] == len(data)
+    assert leftovers(cache) == ["model.pth"]
+
+
+def test_broken_connection_clean_retry_when_range_is_ignored(server, cache):
+    data = blob()
+    f = entry(server.add("model.pth", data, mode="break_once", ranges=False), data)
+    path = weights.fetch(f)
+    assert path.read_bytes() == data and len(server.gets) == 2
+    assert leftovers(cache) == ["model.pth"]
+
+
+def test_cancel_keeps_part_and_next_call_resumes(server, cache):
+    data = blob()
+    f = entry(server.add("model.pth", data), data)
+    with pytest.raises(Cancelled):  # the callback's exception comes through unchanged
+        weights.fetch(f, progress=Recorder(cancel_after=len(data) // 3))
+    assert not f.target.exists()
+    part = f.target.with_name("model.pth.part")
+    kept = part.stat().st_size
+    assert 0 < kept < len(data)
+    path = weights.fetch(f)
+    assert path.read_bytes() == data and not part.exists()
+    assert server.gets[-1][2] == f"bytes={kept}-"
+
+
+def test_stale_part_is_discarded_after_bad_checksum(server, cache):
+    data = blob()
+    f = entry(server.add("model.pth", data), data)
+    part = f.target.with_name("model.pth.part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"\0" * 1000)  # bytes from some other file: resumed result mismatches
+    assert weights.fetch(f).read_bytes() == data
+    assert [r[2] for r in server.gets] == ["bytes=1000-", None]  # resumed, then once from 0
+
+
+# ----------------------------------------------------------------------------- (3) checksum mismatch
+def test_checksum_mismatch_raises_and_leaves_nothing(server, cache):
+    data = blob()
+    url = server.add("model.pth", data)
+    f = entry(url, data, sha256="ab" * 32)
+    with pytest.raises(WeightsError) as err:
+        weights.fetch(f)
+    msg = str(err.value)
+    actual = hashlib.sha256(data).hexdigest()
+    for part in ("model.pth", url, str(f.target), "ab" * 32, actual):
+        assert part in msg
+    assert leftovers(cache) == []
+
+
+def test_bad_cached_copy_is_replaced(server, cache):
+    data = blob()
+    f = entry(server.add("model.pth", data), data)
+    f.target.parent.mkdir(parents=True)
+    f.target.write_bytes(data[:-1] + b"x")  # right size, wrong bytes
+    assert weights.fetch(f).read_bytes() == data
+    assert len(server.gets) == 1
+
+
+# ----------------------------------------------------------------------------- (4) HTTP errors
+def test_404_names_url_and_target(server, cache):
+    f = entry(server.url("missing.pth"), b"x", name="missing.pth")
+    with pytest.raises(WeightsError) as err:
+        weights.fetch(f)
+    msg = str(err.value)
+    assert "404" in msg and server.url("missing.pth") in msg and str(f.target) in msg
+    assert "by hand" in msg
+    assert leftovers(cache) == []
+
+
+def test_candidates_fall_back_to_next_source(server, cache):
+    data = blob()
+    good = entry(server.add("b.pth", data), data, name="b.pth")
+    bad = entry(server.url("a.safetensors"), data, name="a.safetensors")
+    assert weights.fetch([bad, good]) == good.target
+    with pytest.raises(WeightsError, match="no source worked"):
+        weights.fetch([bad, entry(server.url("c.pth"), data, name="c.pth")])
+
+
+# ----------------------------------------------------------------------------- (5) offline
+@pytest.mark.parametrize("env", ["NAPARI_CLIPSAM_OFFLINE", "HF_HUB_OFFLINE", None])
+def test_cached_copy_needs_no_network(server, cache, monkeypatch, env):
+    data = blob()
+    f = entry(server.add("model.pth", data), data)
+    f.target.parent.mkdir(parents=True)
+    f.target.write_bytes(data)  # placed by hand: verified on first use, then remembered
+    if env:
+        monkeypatch.setenv(env, "1")
+    assert weights.fetch(f) == f.target
+    assert weights.fetch(f) == f.target
+    assert server.log == []
+
+
+@pytest.mark.parametrize("env", ["NAPARI_CLIPSAM_OFFLINE", "HF_HUB_OFFLINE"])
+def test_offline_missing_fails_fast_and_names_file(server, cache, monkeypatch, env):
+    monkeypatch.setenv(env, "1")
+    data = blob()
+    f = entry(server.add("model.pth", data), data)
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsError) as err:
+        weights.fetch(f)
+    assert time.perf_counter() - t0 < 2.0
+    msg = str(err.value)
+    assert "offline" in msg and "model.pth" in msg and str(f.target) in msg and f.url in msg
+    assert server.log == []
+
+
+def test_unreachable_server_fails_fast(cache):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    port = httpd.server_address[1]
+    httpd.server_close()  # nothing listens there now: connection refused
+    f = entry(f"http://127.0.0.1:{port}/model.pth", b"abc")
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsError) as err:
+        weights.fetch(f)
+    assert time.perf_counter() - t0 < 2.0
+    assert "model.pth" in str(err.value) and str(f.target) in str(err.value)
+    assert leftovers(cache) == []
+
+
+# ----------------------------------------------------------------------------- registry
+def test_registry_covers_every_offered_model():
+    reg = weights.registry()
+    for name, tag in weights.CLIP_CHOICES:
+        files = reg[f"clip/{name}/{tag}"]
+        assert files and all(f.url for f in files)
+    assert {k for k in reg if k.startswith("sam/")} == {f"sam/{k}" for k in weights.SAM_CHECKPOINTS}
+    b = reg["sam/vit_b"][0]
+    assert b.sha256 == "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"
+    assert b.size == 375_042_383 and b.url.endswith("/segment_anything/sam_vit_b_01ec64.pth")
+    assert reg["sam/vit_h"][0].size == 2_564_550_879
+    openai = reg["clip/ViT-B-16/openai"]
+    assert [f.filename for f in openai][:2] == ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    assert openai[0].hf_repo == "timm/vit_base_patch16_clip_224.openai"
+    pt = openai[-1]  # OpenAI's own URL, its folder is the file's sha256
+    assert pt.filename == "ViT-B-16.pt" and pt.sha256 and pt.sha256 in pt.url
+    assert reg["clip/ViT-B-16/laion2b_s34b_b88k"][0].hf_repo == "laion/CLIP-ViT-B-16-laion2B-s34B-b88K"
+
+
+def test_sam_url_base_env_override(monkeypatch):
+    monkeypatch.setenv("NAPARI_CLIPSAM_SAM_URL_BASE", "http://127.0.0.1:9/mirror/")
+    assert weights.sam_weights("vit_l").url == "http://127.0.0.1:9/mirror/sam_vit_l_0b3195.pth"
+    with pytest.raises(WeightsError, match="vit_x"):
+        weights.sam_weights("vit_x")
+
+
+def test_cache_dir_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("NAPARI_CLIPSAM_CACHE", str(tmp_path / "x"))
+    assert weights.cache_dir() == tmp_path / "x"
+    assert weights.sam_weights("vit_b").target == tmp_path / "x" / "sam" / "sam_vit_b_01ec64.pth"
+    monkeypatch.delenv("NAPARI_CLIPSAM_CACHE")
+    assert "napari-clipsam" in str(weights.cache_dir())
+
+
+def test_verify_file_hashes_once_until_the_file_changes(cache, tmp_path, monkeypatch):
+    data = blob()
+    p = tmp_path / "w.pth"
+    p.write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    reads = []
+    real = weights._sha256
+    monkeypatch.setattr(weights, "_sha256", lambda path: reads.append(path) or real(path))
+    weights.verify_file(p, sha)
+    weights.verify_file(p, sha[:16])  # a prefix (open_clip's mlfoundations URLs) is enough
+    assert len(reads) == 1  # remembered in cache_dir()/verified.json
+    os.utime(p, ns=(1, 1))  # touched: checked again
+    weights.verify_file(p, sha)
+    assert len(reads) == 2
+    p.write_bytes(data[:-1] + b"!")
+    with pytest.raises(WeightsError, match="checksum mismatch"):
+        weights.verify_file(p, sha)
+    with pytest.raises(WeightsError, match="expected 1"):
+        weights.verify_file(p, None, size=1)
+
+
+def test_offline_message_mentions_deleted_bad_copy(cache, monkeypatch):
+    monkeypatch.setenv("NAPARI_CLIPSAM_OFFLINE", "1")
+    f = entry("http://127.0.0.1:9/model.pth", blob())
+    f.target.parent.mkdir(parents=True)
+    f.target.write_bytes(b"wrong")
+    with pytest.raises(WeightsError, match="bad and has been deleted"):
+        weights.fetch(f)
+    assert not f.target.exists()
