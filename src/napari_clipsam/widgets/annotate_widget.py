@@ -15,7 +15,7 @@ import numpy as np
 from .. import core as _core  # noqa: F401  (puts the triton/Mesa guard in place before torch)
 from ..core.image import take_displayed_slice, to_rgb_uint8
 from ..core.localizers import LOCALIZERS, check_prompts
-from ..core.models import CLIP_CHOICES, SAM_CHECKPOINTS, load_clip, load_sam
+from ..core.models import CLIP_CHOICES, SAM_CHECKPOINTS, WeightsError, load_clip, load_sam
 from ..core.pipeline import Annotation, Step, annotate
 from ..core.points import PointPrompts, object_point_sets
 from ..core.segment import SamSession
@@ -43,6 +43,20 @@ METHOD_HELP = {
     "gradcam": "Grad-CAM against the image-text score: a class-discriminative explanation; coarse.",
     "attention": "Attention of the best-matching patch: an explanation view, not a segmentation.",
 }
+
+
+class RunFailed(str):
+    """An expected failure's message, returned (not raised) by the worker.
+
+    (Not an Exception: superqt's worker raises a returned Exception instance.)"""
+
+
+class RunCancelled(str):
+    """Returned by the worker when Cancel stopped a download."""
+
+
+class DownloadCancelled(Exception):
+    """Raised from a download's progress callback when the user pressed Cancel."""
 
 
 def _clip_label(name: str, tag: str) -> str:
@@ -100,6 +114,9 @@ class ClipSamWidget(Container):
         self._cancel_btn = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="progress", min=0, max=4, value=0)
         self._status = Label(label="status", value="ready")
+        self._download_bar = ProgressBar(label="download", min=0, max=1000, value=0, visible=False)
+        self._download_state: tuple[str, int, int] | None = None
+        self.download_log: list[tuple[str, int, int]] = []
         self._new_object_btn = PushButton(text="New object",
                                           tooltip="Next points added to the points layer start a new object.")
         self._flip_btn = PushButton(text="Flip +/-", tooltip="Make the selected points negative/positive (key: T).")
@@ -107,13 +124,17 @@ class ClipSamWidget(Container):
         self.extend([
             self._image, self._prompts, self._method, self._clip, self._clip_file, self._sam, self._sam_file,
             self._threshold, self._max_objects, self._one_object, self._run_btn, self._cancel_btn,
-            self._progress, self._status, self._new_object_btn, self._flip_btn, self._export_btn,
+            self._progress, self._status, self._download_bar, self._new_object_btn, self._flip_btn, self._export_btn,
         ])
         self._run_btn.changed.connect(self.run)
         self._cancel_btn.changed.connect(self.cancel)
         self._new_object_btn.changed.connect(self.new_object)
         self._flip_btn.changed.connect(self.flip_selected)
         self._export_btn.changed.connect(self._export_dialog)
+
+        self._download_timer = QTimer()
+        self._download_timer.setInterval(200)
+        self._download_timer.timeout.connect(self._show_download)
 
         self._debounce = QTimer()
         self._debounce.setSingleShot(True)
@@ -145,8 +166,10 @@ class ClipSamWidget(Container):
         name, tag = (s.strip() for s in label.split("/", 1))
         key = (name, str(path) if path else tag)
         if key not in self._clip_cache:
+            model = load_clip(name, str(path) if path else tag, device,
+                              progress=self._download_progress(f"CLIP {name}/{tag}"))
             self._clip_cache.clear()  # keep one CLIP in memory
-            self._clip_cache[key] = load_clip(name, str(path) if path else tag, device)
+            self._clip_cache[key] = model
         return self._clip_cache[key]
 
     def _get_sam(self, kind: str, path, device=None):
@@ -154,10 +177,37 @@ class ClipSamWidget(Container):
             return self._models_override["sam"]
         key = (kind, str(path) if path else None)
         if key not in self._sam_cache:
+            model = load_sam(kind, path or None, device, progress=self._download_progress(f"SAM {kind}"))
             self._sam_cache.clear()
             self._sessions.clear()
-            self._sam_cache[key] = load_sam(kind, path, device)
+            self._sam_cache[key] = model
         return self._sam_cache[key]
+
+    def _download_progress(self, label: str):
+        """A progress(done, total) callback for weight downloads, run in the worker thread.
+
+        It only records the numbers (the GUI thread shows them) and raises DownloadCancelled
+        when Cancel was pressed, which stops the download (the partial file is kept to resume).
+        """
+        worker = self._worker
+
+        def progress(done: int, total: int) -> None:
+            if worker is not None and worker.abort_requested:
+                raise DownloadCancelled(f"download of {label} cancelled")
+            self._download_state = (label, int(done), int(total or 0))
+            self.download_log.append(self._download_state)
+
+        return progress
+
+    def _show_download(self) -> None:
+        state = self._download_state
+        if state is None:
+            return
+        label, done, total = state
+        self._download_bar.visible = True
+        self._download_bar.value = int(1000 * done / total) if total else 0
+        size = f"{done / 1e6:.1f}/{total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB"
+        self._status.value = f"downloading {label}: {size}"
 
     def _session(self, sam) -> SamSession:
         if id(sam) not in self._sessions:
@@ -209,17 +259,29 @@ class ClipSamWidget(Container):
         self._progress.max = 5
         self._progress.value = 0
         self._status.value = "starting"
+        self._download_state = None
+        self._download_timer.start()
         worker.start()
 
     def _work(self, rgb, prompts, cfg):
-        """Runs in the worker thread; yields between stages so Cancel takes effect."""
-        yield Step("loading models", 0, 5)
-        clip_model, tokenizer = self._get_clip(cfg["clip"], cfg["clip_file"])
-        yield Step("loading SAM", 0, 5)
-        sam = self._get_sam(cfg["sam"], cfg["sam_file"])
-        localizer = LOCALIZERS[cfg["method"]](clip_model, tokenizer)
-        session = self._session(sam)
-        result = yield from annotate(rgb, prompts, localizer, session, **cfg["points"])
+        """Runs in the worker thread; yields between stages so Cancel takes effect.
+
+        Expected failures (bad weights, bad input) and a cancelled download come back as
+        ``RunFailed`` / ``DownloadCancelled`` values, shown as plain notifications; only
+        real bugs propagate as exceptions.
+        """
+        try:
+            yield Step("loading models", 0, 5)
+            clip_model, tokenizer = self._get_clip(cfg["clip"], cfg["clip_file"])
+            yield Step("loading SAM", 0, 5)
+            sam = self._get_sam(cfg["sam"], cfg["sam_file"])
+            localizer = LOCALIZERS[cfg["method"]](clip_model, tokenizer)
+            session = self._session(sam)
+            result = yield from annotate(rgb, prompts, localizer, session, **cfg["points"])
+        except DownloadCancelled as exc:
+            return RunCancelled(str(exc))
+        except (ValueError, WeightsError, OSError) as exc:
+            return RunFailed(f"{exc}")
         return result, session
 
     def cancel(self) -> None:
@@ -237,11 +299,24 @@ class ClipSamWidget(Container):
         show_error(f"napari-clipsam failed: {exc}" if str(exc) else f"napari-clipsam failed: {type(exc).__name__}")
 
     def _on_finished(self) -> None:
+        if self._worker is not None and self._worker.abort_requested and "cancelled" not in self._status.value:
+            # superqt emits neither `returned` nor `aborted` when the generator ended after a
+            # cancel request without yielding again (e.g. a download stopped by Cancel)
+            self._status.value = "cancelled: nothing was changed (a partial download resumes next time)"
+        self._download_timer.stop()
+        self._download_bar.visible = False
         self._worker = None
         self._run_btn.enabled = True
         self._cancel_btn.enabled = False
 
     def _on_result(self, image_layer, payload) -> None:
+        if isinstance(payload, RunCancelled):
+            self._status.value = "cancelled: download stopped (it resumes next time); nothing was changed"
+            return
+        if isinstance(payload, RunFailed):
+            self._status.value = "failed: nothing was changed"
+            show_error(f"napari-clipsam: {payload}")
+            return
         result, session = payload
         if image_layer not in self.viewer.layers:
             self._status.value = "image layer was removed: results discarded"

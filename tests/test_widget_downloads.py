@@ -1,0 +1,91 @@
+"""The widget downloads SAM weights from a loopback server with visible progress, and Cancel
+stops the download (nothing added to the viewer, partial file kept for resume)."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from napari_clipsam.core import models, weights
+from napari_clipsam.core.weights import WeightsFile
+from napari_clipsam.widgets import ClipSamWidget
+from reference_model import load_reference_clip
+from test_weights import cache, server  # noqa: F401 - fixtures
+from tiny_sam import build_tiny_sam
+
+TIMEOUT = 120_000
+
+
+@pytest.fixture
+def served_sam(server, cache, monkeypatch, tmp_path):  # noqa: F811
+    path = tmp_path / "sam_tiny.pth"
+    torch.save(build_tiny_sam(img_size=256, seed=3).state_dict(), path)
+    payload = path.read_bytes()
+    server.add("sam_tiny.pth", payload)
+    monkeypatch.setitem(models.SAM_BUILDERS, "tiny", lambda checkpoint=None: build_tiny_sam(img_size=256))
+    monkeypatch.setitem(weights.SAM_CHECKPOINTS, "tiny", WeightsFile(
+        "SAM tiny", "https://example.invalid/sam_tiny.pth", "sam_tiny.pth", "sam",
+        hashlib.sha256(payload).hexdigest(), len(payload)))
+    monkeypatch.setenv("NAPARI_CLIPSAM_SAM_URL_BASE", server.base)
+    return payload
+
+
+@pytest.fixture
+def widget(make_napari_viewer, served_sam):
+    viewer = make_napari_viewer()
+    viewer.add_image(data.chelsea(), name="chelsea")
+    w = ClipSamWidget(viewer)
+    w.use_models(clip=load_reference_clip())  # CLIP from the fixture; SAM through the real download path
+    w._sam.value = "tiny"
+    w._prompts.value = "cat"
+    viewer.window.add_dock_widget(w)
+    return viewer, w
+
+
+def test_download_progress_then_labels(qtbot, widget, served_sam, cache):  # noqa: F811
+    viewer, w = widget
+    w.run()
+    qtbot.waitUntil(lambda: not w.is_running, timeout=TIMEOUT)
+    assert w.download_log and w.download_log[-1] == ("SAM tiny", len(served_sam), len(served_sam))
+    dones = [d for _, d, _ in w.download_log]
+    assert dones == sorted(dones)
+    assert (cache / "sam" / "sam_tiny.pth").read_bytes() == served_sam
+    assert "chelsea labels" in viewer.layers
+    assert not w._download_bar.visible  # hidden again once the run is over
+
+
+def test_cancel_during_download_changes_nothing(qtbot, widget, served_sam, cache):  # noqa: F811
+    viewer, w = widget
+    original = w._download_progress
+
+    def cancelling(label):
+        inner = original(label)
+
+        def progress(done, total):
+            w._worker.quit()  # what Cancel does (a thread-safe flag), pressed mid-download
+            inner(done, total)
+
+        return progress
+
+    w._download_progress = cancelling
+    w.run()
+    qtbot.waitUntil(lambda: not w.is_running, timeout=TIMEOUT)
+    assert [layer.name for layer in viewer.layers] == ["chelsea"]
+    assert "cancelled" in w._status.value
+    assert not (cache / "sam" / "sam_tiny.pth").exists()
+
+
+def test_missing_weights_offline_is_a_clean_notification(qtbot, widget, monkeypatch):
+    from napari.utils.notifications import notification_manager
+
+    viewer, w = widget
+    monkeypatch.setenv("NAPARI_CLIPSAM_OFFLINE", "1")  # and the file is not cached
+    before = len(notification_manager.records)
+    w.run()
+    qtbot.waitUntil(lambda: not w.is_running, timeout=TIMEOUT)
+    assert [layer.name for layer in viewer.layers] == ["chelsea"]
+    new = [str(n.message) for n in notification_manager.records[before:]]
+    assert any("sam_tiny.pth" in m and "offline" in m for m in new), new
+    assert "failed" in w._status.value
