@@ -369,3 +369,12 @@ def test_offline_message_mentions_deleted_bad_copy(cache, monkeypatch):
     with pytest.raises(WeightsError, match="bad and has been deleted"):
         weights.fetch(f)
     assert not f.target.exists()
+
+
+def test_api_shows_a_terminal_bar_without_callback(server, cache, capsys):
+    data = os.urandom(50_000)
+    f = WeightsFile("bar test", server.add("bar.bin", data), "bar.bin", "t",
+                    hashlib.sha256(data).hexdigest(), len(data))
+    assert weights.fetch(f).read_bytes() == data
+    err = capsys.readouterr().err
+    assert "bar test" in err and "100%" in err

@@ -509,6 +509,23 @@ def _drop_if_empty(part: Path) -> None:
             part.unlink()
 
 
+def terminal_progress(label: str) -> Progress:
+    """The API's default progress: a tqdm bar on the terminal (bytes, rate, time left)."""
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def progress(done: int, total: int | None) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=True)
+        bar.update(done - bar.n)
+        if total and done >= total:
+            bar.close()
+
+    return progress
+
+
 def _download(f: WeightsFile, url: str, progress: Progress | None) -> Path:
     import requests
 
@@ -618,7 +635,7 @@ def fetch(files: WeightsFile | Sequence[WeightsFile], *, progress: Progress | No
         if not f.url:
             continue
         try:
-            return _download(f, f.url, progress)
+            return _download(f, f.url, progress if progress is not None else terminal_progress(f.label))
         except WeightsError as exc:
             errors.append(exc)
             if "is corrupt and was deleted" in str(exc):
