@@ -11,16 +11,6 @@ TOL = 1e-5
 SIZES = reference_sizes()
 
 
-@pytest.fixture(scope="module")
-def clip():
-    return load_reference_clip()
-
-
-@pytest.fixture(scope="module")
-def prompts():
-    return [str(p) for p in reference_arrays()["meta/prompts"]]
-
-
 def test_text_features_match_gem_reference(clip, prompts):
     loc = get_localizer("gem", *clip)
     feats = loc.text_features(prompts)

@@ -24,16 +24,6 @@ SIZES = ["224x224", "448x336"]
 VIT_METHODS = ["maskclip", "sclip", "clearclip", "naclip"]
 
 
-@pytest.fixture(scope="module")
-def clip():
-    return load_reference_clip()
-
-
-@pytest.fixture(scope="module")
-def prompts():
-    return [str(p) for p in reference_arrays()["meta/prompts"]]
-
-
 # ---------------------------------------------------------------------------------------
 # plain ViT CLIP forward from the state dict (OpenAI layout, QuickGELU, batch-first)
 # ---------------------------------------------------------------------------------------

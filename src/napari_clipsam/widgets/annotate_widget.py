@@ -347,11 +347,9 @@ class ClipSamWidget(Container):
         labels_layer = L.upsert_layer(self.viewer, "labels", L.labels_name(name), result.labels,
                                       metadata={"classes": dict(result.classes), "prompts": list(result.prompts)},
                                       **geo)
-        labels_layer.metadata["classes"] = dict(result.classes)
         points_layer = L.upsert_layer(self.viewer, "points", L.points_name(name), pts.points, features=features,
                                       size=size, face_color=L.point_colors(pts.positive) if len(pts) else "lime",
                                       border_color="white", metadata={"prompts": list(result.prompts)}, **geo)
-        points_layer.features = features
         self._recolor(points_layer)
         if len(pts):
             points_layer.feature_defaults = features.iloc[[int(np.argmax(pts.positive))]].reset_index(drop=True)
