@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .base import Localizer, check_prompts, min_max
+from .base import Localizer, Tiling, min_max
+from .prompts import CLIP_SURGERY_TEMPLATES, TEMPLATE_SETS, check_prompts, split_synonyms
 from .gem import GEMLocalizer
 from .raw import RawLocalizer
 from .surgery import SurgeryLocalizer
@@ -25,4 +26,5 @@ def get_localizer(name: str, model, tokenizer, **params) -> Localizer:
     return LOCALIZERS[key](model, tokenizer, **params)
 
 
-__all__ = ["LOCALIZERS", "Localizer", "check_prompts", "get_localizer", "min_max"]
+__all__ = ["CLIP_SURGERY_TEMPLATES", "LOCALIZERS", "Localizer", "TEMPLATE_SETS", "Tiling", "check_prompts",
+           "get_localizer", "min_max", "split_synonyms"]

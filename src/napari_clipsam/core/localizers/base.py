@@ -1,43 +1,51 @@
 """The localizer interface: CLIP model + prompts -> similarity on the patch grid -> heatmaps.
 
 Every localizer implements ``patch_maps`` (the method's own similarity on the patch grid,
-exactly as its reference computes it). Everything after that (upsampling to image size,
-normalising to [0, 1]) is shared here, so methods differ only where their papers differ.
+exactly as its reference computes it). Everything around it is shared here, so methods
+differ only where their papers differ:
+
+* text: prompt templates (a named set or the user's own), synonyms per class ("cell;
+  nucleus"), background prompts that compete with the user's prompts;
+* image: resizing to the working resolution (aspect ratio kept), and sliding-window
+  inference over crops of the working image, logits averaged where windows overlap;
+* output: raw similarity at image size (``similarity``), heatmaps in [0, 1] (``heatmaps``),
+  and the image-level zero-shot score that says whether a prompt is there at all
+  (``presence``).
+
+Memory: the working image is uint8, windows are processed ``batch_size`` at a time and
+accumulated on the patch grid, so beyond the (P, H, W) float32 output a run needs the
+uint8 RGB copy of the image, its uint8 working copy and a few windows' activations.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torch.func import functional_call
 
 from ..image import to_rgb_uint8
 from . import vit
+from .prompts import check_prompts, resolve_templates, split_synonyms
 
-__all__ = ["Localizer", "Progress", "check_prompts", "min_max"]
+__all__ = ["Localizer", "Progress", "Tiling", "TokenSimilarityLocalizer", "check_prompts", "min_max", "min_max_"]
 
-#: progress callback: (done, total) -> None. It may raise to abort the computation.
+#: progress callback: (done, total) -> None, called once per window batch. It may raise to
+#: abort the computation.
 Progress = Callable[[int, int], None]
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
-
-def check_prompts(prompts: Sequence[str] | str) -> list[str]:
-    """Validate prompts: a non-empty list of non-empty strings."""
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    prompts = [str(p).strip() for p in prompts]
-    if not prompts:
-        raise ValueError("no prompts given: type at least one word, e.g. 'nucleus'")
-    empty = [i for i, p in enumerate(prompts) if not p]
-    if empty:
-        raise ValueError(f"prompt(s) at position {empty} are empty; remove blank lines or type a word")
-    return prompts
+#: a single pass over more patch tokens than this is refused (attention is quadratic in
+#: the token count); larger working images need sliding windows.
+MAX_SINGLE_PASS_TOKENS = 128 * 128
 
 
 def min_max(maps: torch.Tensor) -> torch.Tensor:
@@ -49,30 +57,95 @@ def min_max(maps: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, (maps - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(maps))
 
 
+def min_max_(maps: torch.Tensor) -> torch.Tensor:
+    """``min_max`` in place on (..., H, W) maps, one map at a time (no full-size temporaries)."""
+    for m in maps.reshape(-1, *maps.shape[-2:]):
+        lo, hi = m.min(), m.max()
+        if hi > lo:
+            m.sub_(lo).div_(hi - lo)
+        else:
+            m.zero_()
+    return maps
+
+
+def _axis_starts(length: int, crop: int, stride: int) -> list[int]:
+    starts = list(range(0, length - crop + 1, stride))
+    if starts[-1] + crop < length:
+        starts.append(length - crop)
+    return starts
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Where the windows of one run lie. All sizes in working-image pixels, multiples of
+    the patch size; ``grid`` is the working image's patch grid."""
+
+    image_shape: tuple[int, int]
+    working_shape: tuple[int, int]
+    crop: tuple[int, int]
+    starts: tuple[tuple[int, int], ...]
+    patch: tuple[int, int]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.working_shape[0] // self.patch[0], self.working_shape[1] // self.patch[1]
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+
 class Localizer(ABC):
     """Base class. Subclasses set ``name`` and implement ``patch_maps``.
 
     model: an open_clip ``CLIP`` (eval mode is set here); tokenizer: its open_clip tokenizer.
-    templates: prompt templates with one ``{}`` each; text features are the normalised mean
-        of the normalised template embeddings (one template: just normalised).
-    input_size: the longer side, in pixels, images are resized to before the encoder
-        (aspect ratio kept, both sides rounded to whole patches).
+    templates: a template-set name ("single", "imagenet" (CLIP's 80), "imagenet-simple",
+        "surgery" (85)), or the user's own templates with one ``{}`` each; None = the
+        method's default. A class feature is the normalised mean over its synonyms of the
+        normalised mean of the normalised template embeddings.
+    input_size: the longer side, in pixels, of the working image the encoder sees (aspect
+        ratio kept, both sides rounded to whole patches); None = the image's own size.
+    window: side of the square sliding window, in working pixels (rounded to whole
+        patches); None = one pass over the whole working image. Windows larger than the
+        working image shrink to it.
+    stride: step between windows (default: half the window), rounded to whole patches.
+    batch_size: windows per forward pass.
+    background: prompts that compete with the user's prompts without becoming heatmaps:
+        each prompt's similarity becomes its margin over the best background prompt, and
+        they take part in ``presence``.
     """
 
     name: ClassVar[str] = ""
-    default_templates: ClassVar[tuple[str, ...]] = ("a photo of a {}.",)
+    default_templates: ClassVar[str | tuple[str, ...]] = "single"
 
-    def __init__(self, model, tokenizer, *, templates: Sequence[str] | None = None, input_size: int = 448):
+    def __init__(self, model, tokenizer, *, templates: str | Sequence[str] | None = None,
+                 input_size: int | None = 448, window: int | None = None, stride: int | None = None,
+                 batch_size: int = 1, background: Sequence[str] | str = ()):
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.templates = tuple(templates) if templates else self.default_templates
-        bad = [t for t in self.templates if "{}" not in t]
-        if bad:
-            raise ValueError(f"prompt templates must contain '{{}}' where the prompt goes: {bad}")
-        self.input_size = int(input_size)
+        self.templates = resolve_templates(templates if templates is not None else self.default_templates, ())
+        ph, pw = self.patch_size
+        if input_size is not None and int(input_size) < max(ph, pw):
+            raise ValueError(f"input_size must be at least the patch size {max(ph, pw)}, got {input_size}")
+        self.input_size = None if input_size is None else int(input_size)
+        if window is not None:
+            if int(window) < max(ph, pw):
+                raise ValueError(f"window must be at least the patch size {max(ph, pw)} px, got {window}")
+            window = max(ph, pw) * max(1, int(round(int(window) / max(ph, pw))))
+            stride = window // 2 if stride is None else int(stride)
+            if not 1 <= stride <= window:
+                raise ValueError(f"stride must be in 1..window ({window}), got {stride}")
+            stride = max(ph, pw) * max(1, int(round(stride / max(ph, pw))))
+        elif stride is not None:
+            raise ValueError("stride needs a window size: pass window=... too")
+        self.window, self.stride = window, stride
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.background = tuple(check_prompts(background)) if (background and len(background)) else ()
         cfg = getattr(model.visual, "preprocess_cfg", None) or {}
         self.mean = tuple(cfg.get("mean", OPENAI_MEAN))
         self.std = tuple(cfg.get("std", OPENAI_STD))
+        self._text_cache: dict[tuple[str, str], torch.Tensor] = {}
 
     # -- parameters -------------------------------------------------------------------
     @property
@@ -89,6 +162,12 @@ class Localizer(ABC):
             return vit.patch_size(self.model.visual)
         return (32, 32)  # ResNet CLIP: output stride 32
 
+    @property
+    def native_size(self) -> int:
+        """The longer side of the model's training resolution (224 for most CLIPs)."""
+        size = getattr(self.model.visual, "image_size", 224)
+        return int(max(size)) if isinstance(size, (tuple, list)) else int(size)
+
     # -- text ---------------------------------------------------------------------------
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
@@ -97,54 +176,184 @@ class Localizer(ABC):
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
     @torch.no_grad()
+    def class_feature(self, prompt: str) -> torch.Tensor:
+        """(D,) normalised feature of one class: templates x synonyms (cached per device).
+        The empty prompt "" is allowed here (CLIP Surgery's redundancy feature)."""
+        key = (prompt, str(self.device))
+        if key not in self._text_cache:
+            if len(self._text_cache) >= 256:
+                self._text_cache.clear()
+            feats = []
+            for synonym in split_synonyms(prompt) or [""]:
+                t = self.encode_texts([tpl.format(synonym) for tpl in self.templates])
+                feats.append(t[0] if len(t) == 1 else F.normalize(t.mean(dim=0), dim=-1))
+            self._text_cache[key] = feats[0] if len(feats) == 1 else F.normalize(torch.stack(feats).mean(0), dim=-1)
+        return self._text_cache[key]
+
     def text_features(self, prompts: Sequence[str] | str) -> torch.Tensor:
-        """(P, D) float32, L2-normalised: template ensemble per prompt."""
+        """(P, D) float32, L2-normalised class features."""
+        return torch.stack([self.class_feature(p) for p in check_prompts(prompts)])
+
+    def classes(self, prompts: Sequence[str] | str) -> list[str]:
+        """The user's prompts followed by the background prompts (checked for clashes)."""
         prompts = check_prompts(prompts)
-        feats = []
-        for p in prompts:
-            t = self.encode_texts([tpl.format(p) for tpl in self.templates])
-            feats.append(t[0] if len(t) == 1 else F.normalize(t.mean(dim=0), dim=-1))
-        return torch.stack(feats)
+        clash = sorted(set(prompts) & set(self.background))
+        if clash:
+            raise ValueError(f"{clash} is both a prompt and a background prompt; remove it from one list")
+        return prompts + list(self.background)
 
     # -- image --------------------------------------------------------------------------
-    def working_size(self, h: int, w: int) -> tuple[int, int]:
-        """Encoder input size for an h x w image: longer side ``input_size``, aspect kept."""
+    def working_size(self, h: int, w: int, longer: int | None = None) -> tuple[int, int]:
+        """Encoder input size for an h x w image: longer side ``longer`` (default
+        ``input_size``; None = the image's own), aspect kept, whole patches."""
         ph, pw = self.patch_size
-        s = self.input_size / max(h, w)
+        longer = self.input_size if longer is None else longer
+        s = 1.0 if longer is None else longer / max(h, w)
         return max(ph, int(round(h * s / ph)) * ph), max(pw, int(round(w * s / pw)) * pw)
 
+    @staticmethod
+    def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """(H, W, 3) uint8 -> (h, w, 3) uint8: antialiased bicubic (PIL, as CLIP's own
+        preprocessing), no float copy of the full image."""
+        if tuple(rgb.shape[:2]) == tuple(size):
+            return rgb
+        out = Image.fromarray(np.ascontiguousarray(rgb)).resize((size[1], size[0]), Image.BICUBIC)
+        return np.asarray(out)
+
+    def working_image(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 -> the working image (h, w, 3) uint8 at ``working_size``."""
+        return self.resize_rgb(rgb, self.working_size(*rgb.shape[:2]))
+
+    def normalize(self, crops: np.ndarray) -> torch.Tensor:
+        """(B, h, w, 3) or (h, w, 3) uint8 -> (B, 3, h, w) normalised tensor on the model's device."""
+        x = torch.from_numpy(np.ascontiguousarray(crops))
+        x = (x[None] if x.ndim == 3 else x).permute(0, 3, 1, 2).to(self.device, torch.float32) / 255.0
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        return ((x - mean) / std).to(self.dtype)
+
     def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 -> (1, 3, h, w) normalised tensor at ``working_size``."""
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255.0
-        size = self.working_size(*rgb.shape[:2])
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return ((x - mean) / std).to(self.device, self.dtype)
+        """(H, W, 3) uint8 -> (1, 3, h, w) normalised tensor of the whole working image."""
+        return self.normalize(self.working_image(rgb))
+
+    def tiling(self, shape: tuple[int, int]) -> Tiling:
+        """The windows for an image of ``shape`` (H, W)."""
+        h, w = self.working_size(*shape)
+        patch = self.patch_size
+        if self.window is None:
+            if (h // patch[0]) * (w // patch[1]) > MAX_SINGLE_PASS_TOKENS:
+                raise ValueError(
+                    f"a {h}x{w} working image is {h // patch[0]}x{w // patch[1]} patches, too many for one pass; "
+                    f"use sliding windows (e.g. window={self.native_size}) or a smaller input_size"
+                )
+            return Tiling(tuple(shape), (h, w), (h, w), ((0, 0),), patch)
+        ch, cw = min(self.window, h), min(self.window, w)
+        starts = tuple((y, x) for y in _axis_starts(h, ch, self.stride) for x in _axis_starts(w, cw, self.stride))
+        return Tiling(tuple(shape), (h, w), (ch, cw), starts, patch)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The model's own image forward at this input size: (B, D), not normalised. The
+        positional embedding (ViT) or attention-pool embedding (ResNet) is resized the way
+        open_clip's ``force_image_size`` does, passed functionally (the model is untouched)."""
+        visual = self.model.visual
+        ph, pw = self.patch_size
+        grid = (pixels.shape[-2] // ph, pixels.shape[-1] // pw)
+        if vit.is_vit(visual):
+            name, pos = "positional_embedding", visual.positional_embedding
+        else:
+            name, pos = "attnpool.positional_embedding", visual.attnpool.positional_embedding
+        new = vit.resample_pos_embed(pos, grid)
+        out = functional_call(visual, {} if new is pos else {name: new}, (pixels,))
+        return out[0] if isinstance(out, tuple) else out  # output_tokens=True gives (pooled, tokens)
 
     # -- the method ---------------------------------------------------------------------
     @abstractmethod
     def patch_maps(self, pixels: torch.Tensor, prompts: Sequence[str] | str) -> torch.Tensor:
         """pixels (B, 3, H, W) normalised -> (B, P, gh, gw) similarity on the patch grid."""
 
-    @torch.no_grad()
+    def grid_steps(self, image: np.ndarray, prompts: Sequence[str] | str
+                   ) -> Generator[tuple[int, int], None, tuple[torch.Tensor, tuple[int, int]]]:
+        """Sliding-window similarity as a generator: yields (windows done, windows) after
+        each batch; returns (maps (P, GH, GW) float32 on the working image's patch grid,
+        image shape (H, W)). With background prompts, each map is the prompt's margin over
+        the best background prompt."""
+        classes = self.classes(prompts)
+        n_prompts = len(classes) - len(self.background)
+        rgb = to_rgb_uint8(image)
+        tiling = self.tiling(rgb.shape[:2])
+        work = self.working_image(rgb)
+        (ch, cw), (ph, pw) = tiling.crop, tiling.patch
+        gh, gw = ch // ph, cw // pw
+        acc = torch.zeros(len(classes), *tiling.grid)
+        count = torch.zeros(tiling.grid)
+        yield 0, len(tiling)
+        for b0 in range(0, len(tiling), self.batch_size):
+            batch = tiling.starts[b0:b0 + self.batch_size]
+            crops = np.stack([work[y:y + ch, x:x + cw] for y, x in batch])
+            with torch.no_grad():
+                maps = self.patch_maps(self.normalize(crops), classes).float().cpu()
+            if maps.shape[-2:] != (gh, gw):  # a method whose grid is not pixels // patch
+                maps = F.interpolate(maps, size=(gh, gw), mode="bilinear", align_corners=False)
+            for (y, x), m in zip(batch, maps):
+                acc[:, y // ph:y // ph + gh, x // pw:x // pw + gw] += m
+                count[y // ph:y // ph + gh, x // pw:x // pw + gw] += 1
+            yield min(b0 + self.batch_size, len(tiling)), len(tiling)
+        acc /= count
+        if self.background:
+            acc = acc[:n_prompts] - acc[n_prompts:].max(dim=0, keepdim=True).values
+        return acc, tuple(rgb.shape[:2])
+
+    def grid_similarity(self, image: np.ndarray, prompts: Sequence[str] | str, progress: Progress | None = None
+                        ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``grid_steps`` run to the end, reporting to ``progress``."""
+        steps = self.grid_steps(image, prompts)
+        while True:
+            try:
+                done, total = next(steps)
+            except StopIteration as stop:
+                return stop.value
+            if progress:
+                progress(done, total)
+
+    @staticmethod
+    def upsample(grid: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+        """(P, gh, gw) -> (P, H, W) bilinear (half-pixel centres)."""
+        return F.interpolate(grid[None].float(), size=tuple(shape), mode="bilinear", align_corners=False)[0]
+
+    def scores(self, grid: torch.Tensor) -> torch.Tensor:
+        """What ``heatmaps`` min-max normalises, on the grid (identity; Grad-CAM: ReLU)."""
+        return grid
+
+    def grid_to_heatmaps(self, grid: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+        """(P, gh, gw) similarity -> (P, H, W) heatmaps in [0, 1]: upsample, then per-map min-max."""
+        return min_max_(self.upsample(self.scores(grid), shape))
+
     def similarity(self, image: np.ndarray, prompts: Sequence[str] | str, progress: Progress | None = None) -> np.ndarray:
         """The method's raw similarity, bilinearly upsampled to image size: (P, H, W) float32."""
-        prompts = check_prompts(prompts)
-        rgb = to_rgb_uint8(image)
-        if progress:
-            progress(0, 1)
-        maps = self.patch_maps(self.preprocess(rgb), prompts).float()
-        maps = F.interpolate(maps, size=rgb.shape[:2], mode="bilinear", align_corners=False)
-        if progress:
-            progress(1, 1)
-        return maps[0].cpu().numpy().astype(np.float32)
+        grid, shape = self.grid_similarity(image, prompts, progress)
+        return self.upsample(grid, shape).numpy()
 
     def heatmaps(self, image: np.ndarray, prompts: Sequence[str] | str, progress: Progress | None = None) -> np.ndarray:
         """numpy image -> (P, H, W) float32 in [0, 1] at image resolution (per-prompt min-max)."""
-        sim = torch.from_numpy(self.similarity(image, prompts, progress))
-        return min_max(sim).numpy().astype(np.float32)
+        grid, shape = self.grid_similarity(image, prompts, progress)
+        return self.grid_to_heatmaps(grid, shape).numpy()
+
+    # -- absence ------------------------------------------------------------------------
+    @torch.no_grad()
+    def presence(self, image: np.ndarray, prompts: Sequence[str] | str) -> np.ndarray:
+        """Image-level zero-shot score of each prompt: (P,) float32 probabilities, CLIP's
+        softmax (its logit scale) over the prompts and background prompts of the cosine
+        between the whole image (longer side at the model's native size) and each class.
+        With a single class and no background the probability is 1 by definition: give
+        background prompts to make it informative."""
+        classes = self.classes(prompts)
+        rgb = to_rgb_uint8(image)
+        view = self.resize_rgb(rgb, self.working_size(*rgb.shape[:2], longer=self.native_size))
+        emb = F.normalize(self.encode_image(self.normalize(view)).float(), dim=-1)
+        cos = (emb @ self.text_features(classes).to(emb.device).T)[0]
+        scale = self.model.logit_scale.exp().float() if hasattr(self.model, "logit_scale") else 100.0
+        prob = (cos * scale).softmax(dim=-1)
+        return prob[: len(classes) - len(self.background)].cpu().numpy().astype(np.float32)
 
 
 class TokenSimilarityLocalizer(Localizer):

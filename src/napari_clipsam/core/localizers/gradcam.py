@@ -17,13 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
-from ..image import to_rgb_uint8
 from . import vit
 from .base import Localizer, Progress, check_prompts, min_max
 
@@ -76,28 +73,10 @@ class GradCAMLocalizer(Localizer):
         block = stack[int(self.layer)]
         return block.ln_1 if vit.is_vit(visual) else block
 
-    # -- forward with a size-adapted positional embedding ------------------------------
-    def _size_overrides(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Parameters to swap in for this input size (open_clip's resize_pos_embed)."""
-        visual = self.model.visual
-        ph, pw = self.patch_size
-        grid = (pixels.shape[-2] // ph, pixels.shape[-1] // pw)
-        if vit.is_vit(visual):
-            name, pos = "positional_embedding", visual.positional_embedding
-        else:
-            name, pos = "attnpool.positional_embedding", visual.attnpool.positional_embedding
-        new = vit.resample_pos_embed(pos, grid)
-        return {} if new is pos else {name: new}
-
-    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The model's own image forward at this input size: (B, D), not normalised."""
-        out = functional_call(self.model.visual, self._size_overrides(pixels), (pixels,))
-        return out[0] if isinstance(out, tuple) else out  # output_tokens=True gives (pooled, tokens)
-
     @torch.no_grad()
     def image_embedding(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, D) float32 L2-normalised image embedding (the Grad-CAM targets' image side)."""
-        return F.normalize(self._encode(pixels.to(self.device, self.dtype)).float(), dim=-1)
+        return F.normalize(self.encode_image(pixels.to(self.device, self.dtype)).float(), dim=-1)
 
     def _grid_activations(self, act: torch.Tensor, batch: int, grid_hw: tuple[int, int]) -> torch.Tensor:
         """A hooked output -> (B, C, gh, gw): conv maps as they are; ViT tokens (batch-first
@@ -137,7 +116,7 @@ class GradCAMLocalizer(Localizer):
                 # clones: tensors made under inference_mode cannot enter autograd
                 x = pixels.to(self.device, self.dtype).clone()
                 text = text_features.to(self.device).clone()
-                out = self._encode(x)
+                out = self.encode_image(x)
                 if len(store) != 1:
                     raise ValueError(f"the Grad-CAM layer ran {len(store)} times in one forward; pick another layer")
                 act = store[0]
@@ -166,13 +145,7 @@ class GradCAMLocalizer(Localizer):
         """The library's CAM on the patch grid: ReLU, then per-map min-max. (B, P, gh, gw) in [0, 1]."""
         return min_max(self.patch_maps(pixels, prompts).clamp_min(0))
 
-    def heatmaps(self, image: np.ndarray, prompts: Sequence[str] | str, progress: Progress | None = None) -> np.ndarray:
-        """(P, H, W) float32 in [0, 1]: ReLU on the grid, bilinear to image size, min-max
-        (the library's order; its intermediate rescaling is affine and drops out)."""
-        prompts = check_prompts(prompts)
-        rgb = to_rgb_uint8(image)
-        if progress:
-            progress(0, len(prompts))
-        maps = self.cam(self.preprocess(rgb), prompts, progress)[0].clamp_min(0)
-        maps = F.interpolate(maps, size=rgb.shape[:2], mode="bilinear", align_corners=False)
-        return min_max(maps)[0].cpu().numpy().astype(np.float32)
+    def scores(self, grid: torch.Tensor) -> torch.Tensor:
+        """The library's ReLU before scaling; ``heatmaps`` then upsamples and min-maxes (the
+        library's order; its intermediate rescaling is affine and drops out)."""
+        return grid.clamp_min(0)

@@ -26,42 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..image import to_rgb_uint8
 from . import vit
-from .base import Localizer, Progress, check_prompts, min_max
+from .base import Localizer, check_prompts, min_max
+from .prompts import CLIP_SURGERY_TEMPLATES
 
 __all__ = ["CLIP_SURGERY_TEMPLATES", "SurgeryLocalizer", "feature_surgery", "similarity_map",
            "similarity_map_to_points"]
-
-#: The 85 prompt templates of CLIP Surgery's ``encode_text_with_prompt_ensemble``, in order.
-CLIP_SURGERY_TEMPLATES: tuple[str, ...] = (
-    "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.",
-    "a photo of the hard to see {}.", "a low resolution photo of the {}.", "a rendering of a {}.",
-    "graffiti of a {}.", "a bad photo of the {}.", "a cropped photo of the {}.",
-    "a tattoo of a {}.", "the embroidered {}.", "a photo of a hard to see {}.",
-    "a bright photo of a {}.", "a photo of a clean {}.", "a photo of a dirty {}.",
-    "a dark photo of the {}.", "a drawing of a {}.", "a photo of my {}.", "the plastic {}.",
-    "a photo of the cool {}.", "a close-up photo of a {}.", "a black and white photo of the {}.",
-    "a painting of the {}.", "a painting of a {}.", "a pixelated photo of the {}.",
-    "a sculpture of the {}.", "a bright photo of the {}.", "a cropped photo of a {}.",
-    "a plastic {}.", "a photo of the dirty {}.", "a jpeg corrupted photo of a {}.",
-    "a blurry photo of the {}.", "a photo of the {}.", "a good photo of the {}.",
-    "a rendering of the {}.", "a {} in a video game.", "a photo of one {}.", "a doodle of a {}.",
-    "a close-up photo of the {}.", "a photo of a {}.", "the origami {}.", "the {} in a video game.",
-    "a sketch of a {}.", "a doodle of the {}.", "a origami {}.", "a low resolution photo of a {}.",
-    "the toy {}.", "a rendition of the {}.", "a photo of the clean {}.", "a photo of a large {}.",
-    "a rendition of a {}.", "a photo of a nice {}.", "a photo of a weird {}.",
-    "a blurry photo of a {}.", "a cartoon {}.", "art of a {}.", "a sketch of the {}.",
-    "a embroidered {}.", "a pixelated photo of a {}.", "itap of the {}.",
-    "a jpeg corrupted photo of the {}.", "a good photo of a {}.", "a plushie {}.",
-    "a photo of the nice {}.", "a photo of the small {}.", "a photo of the weird {}.",
-    "the cartoon {}.", "art of the {}.", "a drawing of the {}.", "a photo of the large {}.",
-    "a black and white photo of a {}.", "the plushie {}.", "a dark photo of a {}.", "itap of a {}.",
-    "graffiti of the {}.", "a toy {}.", "itap of my {}.", "a photo of a cool {}.",
-    "a photo of a small {}.", "a tattoo of the {}.", "there is a {} in the scene.",
-    "there is the {} in the scene.", "this is a {} in the scene.", "this is the {} in the scene.",
-    "this is one {} in the scene.",
-)
 
 Redundancy = Literal["auto", "classes", "empty"]
 
@@ -140,28 +110,11 @@ class SurgeryLocalizer(Localizer):
         if redundancy not in ("auto", "classes", "empty"):
             raise ValueError(f"redundancy must be 'auto', 'classes' or 'empty', got {redundancy!r}")
         self.depth, self.redundancy = int(depth), redundancy
-        self._text_cache: dict[tuple[str, torch.device], torch.Tensor] = {}
 
     # -- text ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def _ensemble(self, prompt: str) -> torch.Tensor:
-        """(D,) normalised mean of the normalised template embeddings of one prompt (cached:
-        85 sentences per prompt)."""
-        key = (prompt, self.device)
-        if key not in self._text_cache:
-            if len(self._text_cache) >= 256:
-                self._text_cache.clear()
-            t = self.encode_texts([tpl.format(prompt) for tpl in self.templates])
-            self._text_cache[key] = F.normalize(t.mean(dim=0), dim=-1)
-        return self._text_cache[key]
-
-    def text_features(self, prompts: Sequence[str] | str) -> torch.Tensor:
-        """(P, D) float32, L2-normalised: the template ensemble of each prompt."""
-        return torch.stack([self._ensemble(p) for p in check_prompts(prompts)])
-
     def empty_features(self) -> torch.Tensor:
         """(1, D): the template ensemble of the empty prompt ""."""
-        return torch.stack([self._ensemble("")])
+        return self.class_feature("")[None]
 
     def redundancy_mode(self, n_prompts: int) -> Literal["classes", "empty"]:
         """The mode used for ``n_prompts`` prompts ("auto" resolved)."""
@@ -209,22 +162,13 @@ class SurgeryLocalizer(Localizer):
         sim, (gh, gw) = self.similarity_tokens(pixels, prompts)
         return sim[:, 1:].transpose(1, 2).reshape(sim.shape[0], -1, gh, gw)
 
-    def heatmaps(self, image: np.ndarray, prompts: Sequence[str] | str, progress: Progress | None = None) -> np.ndarray:
-        """(P, H, W) float32 in [0, 1]: the reference's order, min-max on the grid, then bilinear."""
-        prompts = check_prompts(prompts)
-        rgb = to_rgb_uint8(image)
-        if progress:
-            progress(0, 1)
-        maps = similarity_map(self.patch_maps(self.preprocess(rgb), prompts), rgb.shape[:2])
-        if progress:
-            progress(1, 1)
-        return maps[0].cpu().numpy().astype(np.float32)
+    def grid_to_heatmaps(self, grid: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+        """The reference's order: per-map min-max on the grid, then bilinear to image size."""
+        return similarity_map(grid[None], shape)[0]
 
     def points(
         self, image: np.ndarray, prompts: Sequence[str] | str, *, t: float = 0.8, down_sample: int = 2
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """The reference's SAM point prompts per prompt: [(points (K, 2) row/col, labels (K,))]."""
-        prompts = check_prompts(prompts)
-        rgb = to_rgb_uint8(image)
-        maps = self.patch_maps(self.preprocess(rgb), prompts)[0]
-        return [similarity_map_to_points(m, rgb.shape[:2], t=t, down_sample=down_sample) for m in maps]
+        grid, shape = self.grid_similarity(image, prompts)
+        return [similarity_map_to_points(m, shape, t=t, down_sample=down_sample) for m in grid]
