@@ -3,16 +3,35 @@
 Everything here is numpy only. The two models we feed (CLIP and SAM) both take 8-bit RGB,
 so this is the single conversion point: grayscale is replicated to three channels, alpha
 is dropped, and non-uint8 data is scaled by the layer's contrast limits (what the user
-sees) or, without them, by the data's own finite range.
+sees) or, without them, by the data's own finite range. Multichannel data (several
+single-channel planes, or one array with a channel axis) is blended into one RGB image
+the way napari shows it with additive blending (``composite_rgb``, ``channels_to_rgb``).
+
+Memory: images can be large (whole-slide scans, big mosaics), so conversions work in
+blocks of rows. The only full-size allocation is the (H, W, 3) uint8 result; float
+temporaries are bounded by the block size, whatever the image size. Inputs are read one
+block at a time, so dask/zarr-backed planes are never loaded whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["to_rgb_uint8", "take_displayed_slice"]
+__all__ = [
+    "CHANNEL_COLORS",
+    "channels_to_rgb",
+    "composite_rgb",
+    "default_channel_colors",
+    "take_displayed_slice",
+    "to_rgb_uint8",
+]
+
+# Pixels per block of rows in the chunked conversions: bounds the float temporaries
+# (a few times this many float64 values, i.e. tens of MB) independently of image size.
+_CHUNK_PIXELS = 1 << 20
 
 
 def _describe(data: np.ndarray) -> str:
@@ -44,6 +63,52 @@ def take_displayed_slice(data, point: Sequence[float] | None, rgb: bool) -> np.n
     return np.asarray(data[tuple(index)])
 
 
+def _as_array(data):
+    """``data`` as something with numpy ``shape``/``dtype`` that can be sliced lazily.
+
+    numpy arrays (subclasses included, e.g. masked arrays) become plain ndarrays; array
+    likes with a numpy dtype (dask, zarr, xarray) are kept as they are so that only the
+    rows being processed are read; anything else (lists, tensors) goes through np.asarray.
+    """
+    if isinstance(data, np.ndarray):
+        return np.asarray(data)
+    if (
+        isinstance(getattr(data, "dtype", None), np.dtype)
+        and hasattr(data, "shape")
+        and hasattr(data, "ndim")
+        and hasattr(data, "__getitem__")
+    ):
+        return data
+    return np.asarray(data)
+
+
+def _row_blocks(n_rows: int, n_cols: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) row ranges of about ``_CHUNK_PIXELS`` pixels each (at least one row)."""
+    step = max(1, _CHUNK_PIXELS // max(int(n_cols), 1))
+    for start in range(0, int(n_rows), step):
+        yield start, min(int(n_rows), start + step)
+
+
+def _scan(arr, *, need_range: bool, check_finite: bool) -> tuple[int, float, float]:
+    """One blockwise pass over ``arr`` (rows first): (non-finite count, min, max).
+
+    min/max are Python floats of the data's own min/max (NaN when not asked for, or when
+    non-finite values were found: the caller raises then). No full-size temporaries.
+    """
+    bad = 0
+    lo, hi = np.inf, -np.inf
+    for r0, r1 in _row_blocks(arr.shape[0], arr.shape[1]):
+        block = np.asarray(arr[r0:r1])
+        if check_finite:
+            bad += block.size - int(np.count_nonzero(np.isfinite(block)))
+        if need_range and not bad:
+            lo = min(lo, float(block.min()))
+            hi = max(hi, float(block.max()))
+    if not need_range or bad:
+        return bad, float("nan"), float("nan")
+    return bad, lo, hi
+
+
 def to_rgb_uint8(
     data,
     *,
@@ -56,8 +121,12 @@ def to_rgb_uint8(
     contrast_limits: (low, high) mapped to (0, 255); ignored for uint8 RGB(A), which napari
         shows as-is. Without it, non-uint8 data is scaled by its finite min..max.
     Raises ValueError naming the shape/dtype when the data cannot be used.
+
+    Works in blocks of rows: besides the uint8 result, memory use does not grow with the
+    image (no whole-image float copies). Values are computed per pixel in float32 as
+    ``round(clip((x - low) * 255 / (high - low), 0, 255))``; ``high <= low`` gives 0.
     """
-    arr = np.asarray(data)
+    arr = _as_array(data)
     if arr.dtype.kind == "c":
         raise ValueError(f"complex image data ({_describe(arr)}) is not supported; pass its magnitude (np.abs)")
     if arr.dtype.kind not in "biuf":
@@ -78,25 +147,361 @@ def to_rgb_uint8(
         )
     if min(arr.shape[:2]) < 1:
         raise ValueError(f"image is empty ({_describe(arr)})")
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        bad = int((~np.isfinite(arr)).sum())
+
+    if arr.dtype == np.uint8 and (rgb or contrast_limits is None):
+        # Shown as-is: no arithmetic, just RGB layout (grayscale replicated).
+        out = np.asarray(arr)
+        if out.ndim == 2:
+            out = np.repeat(out[..., None], 3, axis=-1)
+        return np.ascontiguousarray(out)
+
+    need_range = arr.dtype != np.bool_ and contrast_limits is None
+    check_finite = arr.dtype.kind == "f"
+    bad, data_lo, data_hi = 0, float("nan"), float("nan")
+    if need_range or check_finite:
+        bad, data_lo, data_hi = _scan(arr, need_range=need_range, check_finite=check_finite)
+    if bad:
         raise ValueError(
             f"image contains {bad} NaN/inf values ({_describe(arr)}); replace them first, "
             "e.g. np.nan_to_num(data)"
         )
 
-    if arr.dtype == np.uint8 and (rgb or contrast_limits is None):
-        out = arr
-    elif arr.dtype == np.bool_:
-        out = arr.astype(np.uint8) * 255
+    h, w = arr.shape[:2]
+    out = np.empty((h, w, 3), np.uint8)
+    if arr.dtype == np.bool_:
+        for r0, r1 in _row_blocks(h, w):
+            block = np.asarray(arr[r0:r1]).astype(np.uint8) * 255
+            out[r0:r1] = block if block.ndim == 3 else block[..., None]
+        return out
+
+    if contrast_limits is not None:
+        lo, hi = (float(v) for v in contrast_limits)
     else:
-        if contrast_limits is not None:
-            lo, hi = (float(v) for v in contrast_limits)
-        else:
-            lo, hi = float(arr.min()), float(arr.max())
-        scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        out = np.clip((arr.astype(np.float32) - lo) * scale, 0, 255)
-        out = np.round(out).astype(np.uint8)
-    if out.ndim == 2:
-        out = np.repeat(out[..., None], 3, axis=-1)
-    return np.ascontiguousarray(out)
+        lo, hi = data_lo, data_hi
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    for r0, r1 in _row_blocks(h, w):
+        block = np.asarray(arr[r0:r1])
+        # float32 arithmetic with Python-float lo/scale, exactly as for a whole image.
+        scaled = np.clip((block.astype(np.float32) - lo) * scale, 0, 255)
+        block8 = np.round(scaled).astype(np.uint8)
+        out[r0:r1] = block8 if block8.ndim == 3 else block8[..., None]
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Multichannel composite (napari's additive blending)
+# --------------------------------------------------------------------------------------
+
+#: Colour names accepted as LUTs, as RGB in [0, 1] ("grey" is accepted for "gray").
+CHANNEL_COLORS: dict[str, tuple[float, float, float]] = {
+    "gray": (1.0, 1.0, 1.0),
+    "red": (1.0, 0.0, 0.0),
+    "green": (0.0, 1.0, 0.0),
+    "blue": (0.0, 0.0, 1.0),
+    "cyan": (0.0, 1.0, 1.0),
+    "magenta": (1.0, 0.0, 1.0),
+    "yellow": (1.0, 1.0, 0.0),
+}
+_COLOR_ALIASES = {"grey": "gray"}
+_COLOR_CYCLE = ("cyan", "magenta", "yellow", "red", "green", "blue")
+# channels_to_rgb without an explicit ``channels`` refuses more channels than this: a
+# larger axis is almost always the wrong axis (or a z/t stack), and blending that many
+# additive colours saturates to white anyway.
+_MAX_DEFAULT_CHANNELS = 8
+
+
+def default_channel_colors(n: int) -> list[str]:
+    """Default colour names for ``n`` planes, as used by ``composite_rgb(luts=None)``.
+
+    1 plane: gray; 2: green, magenta; 3: red, green, blue; 4 or more: cyan, magenta,
+    yellow, red, green, blue, then again from cyan.
+    """
+    n = int(n)
+    if n == 1:
+        return ["gray"]
+    if n == 2:
+        return ["green", "magenta"]
+    if n == 3:
+        return ["red", "green", "blue"]
+    return [_COLOR_CYCLE[i % len(_COLOR_CYCLE)] for i in range(n)]
+
+
+def _parse_lut(lut, index: int) -> np.ndarray:
+    """A plane's LUT as float64: shape (3,) for a colour, (N, 3) for a lookup table."""
+    names = ", ".join(CHANNEL_COLORS)
+    if isinstance(lut, str):
+        key = lut.strip().lower()
+        key = _COLOR_ALIASES.get(key, key)
+        if key not in CHANNEL_COLORS:
+            raise ValueError(
+                f"unknown colour name {lut!r} for plane {index}; use one of {names}, "
+                "or pass an RGB colour (3,) or an (N, 3) lookup table with values in [0, 1]"
+            )
+        return np.array(CHANNEL_COLORS[key], np.float64)
+    try:
+        table = np.asarray(lut, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"LUT for plane {index} ({type(lut).__name__}) is neither a colour name ({names}) "
+            "nor numeric; pass an RGB colour (3,) or an (N, 3) lookup table with values in [0, 1]"
+        ) from None
+    if not (table.shape == (3,) or (table.ndim == 2 and table.shape[1] == 3 and table.shape[0] >= 2)):
+        raise ValueError(
+            f"LUT for plane {index} has shape {table.shape}; expected an RGB colour of shape (3,) "
+            "or a lookup table of shape (N, 3) with N >= 2 (for an RGBA table drop alpha: lut[:, :3])"
+        )
+    if not np.isfinite(table).all() or table.min() < 0 or table.max() > 1:
+        raise ValueError(
+            f"LUT for plane {index} has values outside [0, 1] (min {np.nanmin(table)}, max {np.nanmax(table)}, "
+            "or NaN/inf); colours are floats in [0, 1]: divide 0..255 colours by 255"
+        )
+    return table
+
+
+def _parse_pair(pair, which: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in pair)
+    except (TypeError, ValueError):
+        raise ValueError(f"contrast limits for {which} must be a (low, high) pair of numbers, got {pair!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"contrast limits for {which} are ({lo}, {hi}); both must be finite numbers")
+    if lo > hi:
+        raise ValueError(
+            f"contrast limits for {which} are ({lo}, {hi}): low is above high; "
+            "pass them as (low, high) with low <= high"
+        )
+    return lo, hi
+
+
+def _parse_limits(contrast_limits, n: int) -> list[tuple[float, float] | None]:
+    """Per-plane (low, high), None where the plane's own range is to be used."""
+    if contrast_limits is None:
+        return [None] * n
+    items = list(contrast_limits)
+    if len(items) == 2 and all(x is not None and np.ndim(x) == 0 for x in items):
+        # two scalars: one (low, high) pair for every plane
+        pair = _parse_pair(items, "plane 0" if n == 1 else "all planes")
+        return [pair] * n
+    if len(items) != n:
+        raise ValueError(
+            f"got {len(items)} contrast limits for {n} planes; pass one (low, high) pair for all, "
+            "one pair (or None for the plane's own range) per plane, or None"
+        )
+    return [None if item is None else _parse_pair(item, f"plane {i}") for i, item in enumerate(items)]
+
+
+def _parse_gammas(gammas, n: int) -> list[float]:
+    if gammas is None:
+        return [1.0] * n
+    if np.ndim(gammas) == 0:
+        items = [gammas] * n
+    else:
+        items = list(gammas)
+        if len(items) != n:
+            raise ValueError(f"got {len(items)} gammas for {n} planes; pass one number, or one per plane")
+    out = []
+    for i, g in enumerate(items):
+        if g is None:
+            out.append(1.0)
+            continue
+        try:
+            g = float(g)
+        except (TypeError, ValueError):
+            raise ValueError(f"gamma for plane {i} must be a number, got {g!r}") from None
+        if not (np.isfinite(g) and g > 0):
+            raise ValueError(f"gamma for plane {i} is {g}; it must be a finite number > 0 (1 = linear)")
+        out.append(g)
+    return out
+
+
+def composite_rgb(
+    planes: Sequence,
+    *,
+    luts: Sequence | None = None,
+    contrast_limits=None,
+    gammas=None,
+) -> np.ndarray:
+    """Blend single-channel planes into one (H, W, 3) uint8 RGB image, as napari's additive
+    blending displays a stack of image layers.
+
+    Each plane is scaled to [0, 1] by its contrast limits (values outside are clipped),
+    raised to its gamma, mapped through its LUT to RGB; the planes' RGB are summed, the
+    sum is clipped to [0, 1] and converted to uint8 as ``round(255 * value)`` (round half
+    to even, like np.round).
+
+    planes: non-empty sequence of 2D arrays of one shape (H, W), any real or bool dtype;
+        numpy, dask or zarr arrays (read one block of rows at a time).
+    luts: one per plane (None entries take the default), each either
+        - a colour name: "gray", "red", "green", "blue", "cyan", "magenta", "yellow";
+        - an RGB colour (3,) in [0, 1]: the plane's value multiplies it (black -> colour);
+        - an (N, 3) lookup table in [0, 1], N >= 2: the colormap sampled at N evenly spaced
+          values; a value v uses row round(v * (N - 1)).
+        Default (luts None): see ``default_channel_colors``; 1 plane gray, 2 green + magenta,
+        3 red + green + blue, more cycle through cyan, magenta, yellow, red, green, blue.
+    contrast_limits: None (every plane by its own finite min..max), one (low, high) pair
+        for all planes, or one per plane (None entries: that plane's own range). low must
+        not exceed high; a plane whose low equals high (e.g. a constant plane) maps to 0.
+        Bool planes are False=0, True=1, with default limits (0, 1).
+    gammas: None (1 = linear), one number for all planes, or one per plane (None = 1);
+        applied to the [0, 1] value after contrast scaling: v ** gamma.
+
+    Memory: besides the uint8 result, temporaries are bounded by a block of rows
+    (about a million pixels of float64), not by the image size. Computing default
+    contrast limits reads each such plane once more (blockwise).
+
+    Raises ValueError, saying what is wrong, for: no planes, planes that are not 2D or
+    differ in shape, empty planes, complex or non-numeric dtypes, NaN/inf values (plane
+    index and count), bad LUTs (shape, range, unknown name), bad contrast limits
+    (low > high, non-finite, wrong count) and bad gammas.
+    """
+    planes = [_as_array(p) for p in planes]
+    n = len(planes)
+    if n == 0:
+        raise ValueError("no planes to composite; pass a non-empty list of 2D arrays (one per channel)")
+    shape = None
+    for i, p in enumerate(planes):
+        if p.dtype.kind == "c":
+            raise ValueError(f"plane {i} is complex ({_describe(p)}); pass its magnitude (np.abs)")
+        if p.dtype.kind not in "biuf":
+            raise ValueError(
+                f"plane {i} must be numeric ({_describe(p)}); convert it to uint8, uint16, float or bool"
+            )
+        if p.ndim != 2:
+            raise ValueError(
+                f"plane {i} is not 2D ({_describe(p)}); pass 2D (H, W) planes, take the displayed "
+                "slice of nD data first, and use channels_to_rgb for one array with a channel axis"
+            )
+        if shape is None:
+            shape = tuple(p.shape)
+        elif tuple(p.shape) != shape:
+            raise ValueError(
+                f"plane {i} has shape {tuple(p.shape)} but plane 0 has shape {shape}; all planes "
+                "must have the same (H, W): resample or crop them to a common grid first"
+            )
+    if min(shape) < 1:
+        raise ValueError(f"planes are empty (shape {shape}); nothing to composite")
+
+    if luts is None:
+        lut_items = [None] * n
+    elif isinstance(luts, str):
+        raise ValueError(f"luts must be a sequence with one entry per plane, got the string {luts!r}; "
+                         f"for one plane pass [{luts!r}]")
+    else:
+        lut_items = list(luts)
+        if len(lut_items) != n:
+            raise ValueError(f"got {len(lut_items)} LUTs for {n} planes; pass one per plane (None = default colour)")
+    defaults = default_channel_colors(n)
+    tables = [_parse_lut(defaults[i] if lut is None else lut, i) for i, lut in enumerate(lut_items)]
+    limits = _parse_limits(contrast_limits, n)
+    gamma_values = _parse_gammas(gammas, n)
+
+    # One validation pass per plane: NaN/inf check (float) and default range.
+    for i, p in enumerate(planes):
+        is_bool = p.dtype == np.bool_
+        need_range = limits[i] is None and not is_bool
+        check_finite = p.dtype.kind == "f"
+        if need_range or check_finite:
+            bad, lo, hi = _scan(p, need_range=need_range, check_finite=check_finite)
+            if bad:
+                raise ValueError(
+                    f"plane {i} contains {bad} NaN/inf values ({_describe(p)}); replace them "
+                    "first, e.g. np.nan_to_num(plane), or mask them to a finite value"
+                )
+            if need_range:
+                limits[i] = (lo, hi)
+        if limits[i] is None:  # bool with default limits
+            limits[i] = (0.0, 1.0)
+
+    h, w = shape
+    out = np.empty((h, w, 3), np.uint8)
+    acc_buf = tmp_buf = None  # block buffers, allocated once (the first block is the largest)
+    for r0, r1 in _row_blocks(h, w):
+        if acc_buf is None:
+            acc_buf = np.empty((3, r1 - r0, w), np.float64)
+            tmp_buf = np.empty((r1 - r0, w), np.float64)
+        acc, tmp = acc_buf[:, : r1 - r0], tmp_buf[: r1 - r0]
+        acc.fill(0.0)
+        for p, table, (lo, hi), gamma in zip(planes, tables, limits, gamma_values):
+            value = np.asarray(p[r0:r1]).astype(np.float64)  # a fresh copy: modified in place
+            if hi > lo:
+                value -= lo
+                value /= hi - lo
+                np.clip(value, 0.0, 1.0, out=value)
+            else:
+                value.fill(0.0)
+            if gamma != 1.0:
+                np.power(value, gamma, out=value)
+            if table.ndim == 1:  # colour: black -> colour, linear in value
+                for c in range(3):
+                    if table[c] != 0.0:
+                        np.multiply(value, table[c], out=tmp)
+                        acc[c] += tmp
+            else:  # sampled colormap
+                index = np.rint(value * (table.shape[0] - 1)).astype(np.intp)
+                for c in range(3):
+                    np.take(table[:, c], index, out=tmp)
+                    acc[c] += tmp
+        np.clip(acc, 0.0, 1.0, out=acc)
+        acc *= 255.0
+        np.rint(acc, out=acc)
+        for c in range(3):
+            out[r0:r1, :, c] = acc[c]
+    return out
+
+
+def channels_to_rgb(data, channel_axis: int, channels=None, **composite_kwargs) -> np.ndarray:
+    """Composite one array with a channel axis, e.g. (C, H, W) or (H, W, C), to RGB uint8.
+
+    data: 3D array (two spatial axes plus ``channel_axis``); numpy, dask or zarr. For nD
+        stacks take the displayed plane of every channel first.
+    channel_axis: which axis holds the channels (negative counts from the end).
+    channels: indices along that axis to blend, in order (negative indices count from the
+        end; a single int is one channel). Default: all channels, but at most 8; with more,
+        pass ``channels`` explicitly (more usually means the wrong axis).
+    composite_kwargs: ``luts``, ``contrast_limits``, ``gammas`` for ``composite_rgb``,
+        one entry per *selected* channel.
+    """
+    arr = _as_array(data)
+    if arr.ndim != 3:
+        raise ValueError(
+            f"channels_to_rgb needs 3D data, two spatial axes plus the channel axis, got {_describe(arr)}; "
+            "for nD stacks take the displayed plane of each channel first"
+        )
+    try:
+        axis = operator.index(channel_axis)
+    except TypeError:
+        raise ValueError(f"channel_axis must be an integer axis index, got {channel_axis!r}") from None
+    if not -arr.ndim <= axis < arr.ndim:
+        raise ValueError(
+            f"channel_axis {axis} is out of range for data with {arr.ndim} axes ({_describe(arr)}); "
+            "use 0, 1 or 2 (or -1 for the last axis)"
+        )
+    axis %= arr.ndim
+    n_channels = int(arr.shape[axis])
+    if channels is None:
+        if n_channels > _MAX_DEFAULT_CHANNELS:
+            raise ValueError(
+                f"data has {n_channels} entries along channel_axis {axis} ({_describe(arr)}); "
+                f"blending more than {_MAX_DEFAULT_CHANNELS} is refused by default: check channel_axis, "
+                "or pass channels=[...] with the channel indices to composite"
+            )
+        selected = list(range(n_channels))
+    else:
+        items = [channels] if np.ndim(channels) == 0 else list(channels)
+        if not items:
+            raise ValueError("channels is empty; pass at least one channel index (or None for all)")
+        selected = []
+        for c in items:
+            try:
+                ci = operator.index(c)
+            except TypeError:
+                raise ValueError(f"channel index {c!r} is not an integer") from None
+            if not -n_channels <= ci < n_channels:
+                raise ValueError(
+                    f"channel index {ci} is out of range: channel_axis {axis} has {n_channels} channels "
+                    f"({_describe(arr)}), valid indices are 0..{n_channels - 1}"
+                )
+            selected.append(ci % n_channels)
+    lead = (slice(None),) * axis
+    planes = [arr[lead + (c,)] for c in selected]
+    return composite_rgb(planes, **composite_kwargs)

@@ -19,7 +19,6 @@ the positional embedding resampled to the input's grid, so any input size works.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from . import vit
 
