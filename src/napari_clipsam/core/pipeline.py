@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .absence import AbsenceRule, heatmap_thresholds
 from .image import to_rgb_uint8
 from .localizers import Localizer, check_prompts
 from .points import PointPrompts, heatmaps_to_points
@@ -23,16 +24,21 @@ __all__ = ["Step", "Annotation", "annotate", "segment_points", "run_to_end"]
 
 @dataclass(frozen=True)
 class Step:
-    """A progress report: stage name, index of the stage, number of stages."""
+    """A progress report: stage name, index of the stage, number of stages, and within a
+    stage ``done`` of ``of`` units (windows of the sliding-window pass; 0 of 0 if none)."""
 
     stage: str
     index: int
     total: int
+    done: int = 0
+    of: int = 0
 
 
 @dataclass
 class Annotation:
-    """What one run produces. heatmaps (P, H, W) float32 [0, 1]; labels (H, W) int32."""
+    """What one run produces. heatmaps (P, H, W) float32 [0, 1]; labels (H, W) int32;
+    presence (P,) image-level zero-shot probabilities; absent: prompts that got no points
+    because of the absence rule."""
 
     prompts: list[str]
     heatmaps: np.ndarray
@@ -40,6 +46,8 @@ class Annotation:
     labels: np.ndarray
     classes: dict[int, str] = field(default_factory=dict)
     scores: dict[int, float] = field(default_factory=dict)
+    presence: np.ndarray | None = None
+    absent: list[str] = field(default_factory=list)
 
 
 def segment_points(session: SamSession, points: PointPrompts, prompts: Sequence[str],
@@ -57,19 +65,37 @@ def annotate(
     prompts: Sequence[str] | str,
     localizer: Localizer,
     session: SamSession | None,
+    *,
+    absence: AbsenceRule | None = None,
     **point_params,
 ) -> Generator[Step, None, Annotation]:
     """Run the pipeline on a 2D image; ``session`` None stops after the points.
 
+    absence: when a prompt counts as absent (no points): image-level presence and a floor on
+    the raw similarity (see ``absence``); None = no check.
     point_params go to ``heatmaps_to_points`` (threshold, max_objects, negatives, ...).
     """
     prompts = check_prompts(prompts)
     rgb = to_rgb_uint8(image)
     total = 4 if session is not None else 2
-    yield Step("heatmaps", 0, total)
-    heat = localizer.heatmaps(rgb, prompts)
+    steps = localizer.grid_steps(rgb, prompts)
+    while True:
+        try:
+            done, of = next(steps)
+        except StopIteration as stop:
+            grid, shape = stop.value
+            break
+        yield Step("heatmaps", 0, total, done, of)
+    heat = localizer.grid_to_heatmaps(grid, shape).numpy()
+    presence = localizer.presence(rgb, prompts)
     yield Step("points", 1, total)
-    points = heatmaps_to_points(heat, **point_params)
+    threshold = point_params.pop("threshold", 0.6)
+    absent: list[str] = []
+    if absence is not None:
+        floors = heatmap_thresholds(localizer.scores(grid).numpy(), absence, presence)
+        absent = [p for p, f in zip(prompts, floors) if f > 1.0]
+        threshold = np.maximum(float(threshold), floors)
+    points = heatmaps_to_points(heat, threshold=threshold, **point_params)
     labels = np.zeros(rgb.shape[:2], np.int32)
     classes: dict[int, str] = {}
     scores: dict[int, float] = {}
@@ -78,7 +104,7 @@ def annotate(
         session.set_image(rgb)
         yield Step("masks", 3, total)
         labels, classes, scores = segment_points(session, points, prompts, rgb.shape[:2])
-    return Annotation(prompts, heat, points, labels, classes, scores)
+    return Annotation(prompts, heat, points, labels, classes, scores, presence, absent)
 
 
 def run_to_end(gen: Generator):

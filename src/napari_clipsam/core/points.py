@@ -42,7 +42,7 @@ def _peaks(img: np.ndarray, min_distance: int, threshold: float, count: int) -> 
 def heatmaps_to_points(
     heatmaps: np.ndarray,
     *,
-    threshold: float = 0.6,
+    threshold: float | np.ndarray = 0.6,
     min_distance: int | None = None,
     max_objects: int = 5,
     negatives: int = 2,
@@ -51,7 +51,9 @@ def heatmaps_to_points(
 ) -> PointPrompts:
     """Peaks of (P, H, W) heatmaps in [0, 1] -> point prompts.
 
-    threshold: a peak must reach this value to become a positive point.
+    threshold: a peak must reach this value to become a positive point; one value for all
+        prompts or one per prompt (a value above 1, e.g. inf, gives that prompt no points:
+        see ``absence.heatmap_thresholds``).
     min_distance: minimum pixel distance between peaks (default: 1/20 of the shorter side).
     max_objects: at most this many positive peaks per prompt (highest first).
     negatives: negative points per prompt, at local maxima of (1 - heatmap) whose heatmap
@@ -66,15 +68,23 @@ def heatmaps_to_points(
         raise ValueError(f"heatmaps must be (P, H, W) or (H, W), got shape {hm.shape}")
     if not np.isfinite(hm).all():
         raise ValueError("heatmaps contain NaN/inf; recompute them from a finite image")
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be within [0, 1], got {threshold}")
+    if np.ndim(threshold) == 0:
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold must be within [0, 1], got {threshold}")
+        thr = np.full(hm.shape[0], float(threshold))
+    else:
+        thr = np.asarray(threshold, dtype=np.float64).ravel()
+        if len(thr) != hm.shape[0] or np.isnan(thr).any() or (thr < 0).any():
+            raise ValueError(f"per-prompt thresholds must be {hm.shape[0]} values >= 0, got {thr.tolist()}")
     H, W = hm.shape[1:]
     md = int(min_distance) if min_distance is not None else max(1, min(H, W) // 20)
 
     pts, pos, obj, cls, score = [], [], [], [], []
     next_id = 1
     for p, m in enumerate(hm):
-        peaks = _peaks(m, md, threshold, max_objects)
+        if thr[p] > 1.0:
+            continue  # absent: nothing reaches the floor
+        peaks = _peaks(m, md, thr[p], max_objects)
         if len(peaks) == 0:
             continue  # nothing confident for this prompt: no points, no object
         if one_object_per_prompt:
