@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from napari_clipsam.core.localizers import get_localizer, vit
-from reference_model import load_reference_clip, reference_arrays, reference_pixels, reference_sizes
+from reference_model import reference_arrays, reference_pixels, reference_sizes
 
 TOL = 1e-5
 SIZES = reference_sizes()

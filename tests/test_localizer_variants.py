@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_clipsam.core.localizers import LOCALIZERS, get_localizer
-from reference_model import load_reference_clip, reference_arrays, reference_pixels
+from reference_model import reference_arrays, reference_pixels
 
 TOL = 1e-5
 SIZES = ["224x224", "448x336"]

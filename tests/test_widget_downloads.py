@@ -3,7 +3,6 @@ stops the download (nothing added to the viewer, partial file kept for resume)."
 
 import hashlib
 
-import numpy as np
 import pytest
 import torch
 from skimage import data

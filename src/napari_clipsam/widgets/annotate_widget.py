@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import core as _core  # noqa: F401  (puts the triton/Mesa guard in place before torch)
-from ..core.image import take_displayed_slice, to_rgb_uint8
-from ..core.localizers import LOCALIZERS, check_prompts
+from ..core.absence import FLOOR_MODES, AbsenceRule
+from ..core.image import composite_rgb, take_displayed_slice, to_rgb_uint8
+from ..core.localizers import LOCALIZERS, TEMPLATE_SETS, check_prompts, get_localizer
 from ..core.models import CLIP_CHOICES, SAM_CHECKPOINTS, WeightsError, load_clip, load_sam
 from ..core.pipeline import Annotation, Step, annotate
 from ..core.points import PointPrompts, object_point_sets
@@ -23,15 +24,16 @@ from . import layers as L
 
 import pandas as pd
 from magicgui.widgets import (
-    CheckBox, ComboBox, Container, FileEdit, FloatSlider, Label, ProgressBar, PushButton, SpinBox, TextEdit,
+    CheckBox, ComboBox, Container, FileEdit, FloatSlider, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton,
+    Select, SpinBox, TextEdit,
 )
 from napari.layers import Image, Points
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import Qt, QTimer
 
 METHOD_HELP = {
-    "gem": "GEM (default): self-self attention path; sharp, well-localised maps on most photos and cells.",
+    "gem": "GEM (default): self-self attention on a parallel path through the last blocks; a good first choice.",
     "raw": "Raw patch-text cosine of vanilla CLIP: a baseline that often highlights the background "
            "('opposite visualization'); for comparison only.",
     "surgery": "CLIP Surgery: v-v path plus feature surgery; removes activations shared by all prompts. "
@@ -92,10 +94,37 @@ class ClipSamWidget(Container):
 
         self._image = ComboBox(label="image", choices=self._image_layers, nullable=True,
                                tooltip="The image layer to annotate (nD: the displayed slice).")
+        self._composite = Select(label="composite with", choices=self._image_layers, value=[],
+                                 tooltip="Multichannel images: pick other channel layers to blend with the image "
+                                         "as napari shows them (colormap, contrast limits, gamma) before CLIP and "
+                                         "SAM see it. Leave empty to use the image alone.")
         self._prompts = TextEdit(label="prompts", value="",
-                                 tooltip="One prompt per line, e.g. 'nucleus'. Each becomes a heatmap and a class.")
-        self._method = ComboBox(label="method", choices=list(LOCALIZERS), value="gem",
-                                tooltip="\n".join(f"{k}: {v}" for k, v in METHOD_HELP.items() if k in LOCALIZERS))
+                                 tooltip="One prompt per line, e.g. 'nucleus'. Each becomes a heatmap and a class.\n"
+                                         "Synonyms of one class on one line, separated by ';': 'cell; nucleus'.")
+        self._method = ComboBox(label="method", choices=list(LOCALIZERS), value="gem")
+        self._templates = ComboBox(label="templates", choices=["method default", *TEMPLATE_SETS], value="method default",
+                                   tooltip="Sentences each prompt is put into, averaged: 'single' ('a photo of a "
+                                           "{}.'), 'imagenet' (CLIP's 80), 'imagenet-simple' (7), 'surgery' (85).")
+        self._background = LineEdit(label="background", value="",
+                                    tooltip="Comma-separated prompts for what is not wanted (e.g. 'background, "
+                                            "debris'). They compete with your prompts: each heatmap becomes the "
+                                            "margin over the best background prompt. No layers are made for them.")
+        self._resolution = SpinBox(label="resolution", min=32, max=32768, step=32, value=448,
+                                   tooltip="Longer side, in pixels, of the image CLIP sees (aspect ratio kept). "
+                                           "Larger finds smaller things; use a window above ~900.")
+        self._window = SpinBox(label="window", min=0, max=4096, step=16, value=0,
+                               tooltip="Sliding window size in pixels at that resolution (0 = one pass). 224 "
+                                       "matches most CLIPs; windows overlap by half and their logits are averaged.")
+        self._floor = ComboBox(label="absence floor", choices=list(FLOOR_MODES), value="none",
+                               tooltip="A floor on the method's raw similarity that a point must reach; prompts "
+                                       "with nothing above it get no points. absolute: a value in the method's "
+                                       "units (cosine; 0 with background prompts); quantile: keep the top 1-q; "
+                                       "otsu: Otsu's threshold.")
+        self._floor_value = FloatSpinBox(label="floor value", min=-1000.0, max=1000.0, step=0.01, value=0.9,
+                                         tooltip="absolute: the raw similarity; quantile: q in [0, 1).")
+        self._min_presence = FloatSlider(label="min presence", min=0.0, max=1.0, step=0.01, value=0.0,
+                                         tooltip="Image-level zero-shot probability (softmax over prompts and "
+                                                 "background) a prompt needs to get points; 0 = no check.")
         self._clip = ComboBox(label="CLIP model", choices=[_clip_label(n, t) for n, t in CLIP_CHOICES],
                               tooltip="open_clip architecture / pretrained weights (downloaded once, then cached).")
         self._clip_file = FileEdit(label="CLIP file", mode="r", nullable=True,
@@ -122,10 +151,14 @@ class ClipSamWidget(Container):
         self._flip_btn = PushButton(text="Flip +/-", tooltip="Make the selected points negative/positive (key: T).")
         self._export_btn = PushButton(text="Export labels…")
         self.extend([
-            self._image, self._prompts, self._method, self._clip, self._clip_file, self._sam, self._sam_file,
-            self._threshold, self._max_objects, self._one_object, self._run_btn, self._cancel_btn,
+            self._image, self._composite, self._prompts, self._method, self._templates, self._background,
+            self._clip, self._clip_file, self._sam, self._sam_file, self._resolution, self._window,
+            self._threshold, self._max_objects, self._one_object, self._floor, self._floor_value,
+            self._min_presence, self._run_btn, self._cancel_btn,
             self._progress, self._status, self._download_bar, self._new_object_btn, self._flip_btn, self._export_btn,
         ])
+        self._method_tooltips()
+        self._method.changed.connect(self._method_tooltips)
         self._run_btn.changed.connect(self.run)
         self._cancel_btn.changed.connect(self.cancel)
         self._new_object_btn.changed.connect(self.new_object)
@@ -150,6 +183,13 @@ class ClipSamWidget(Container):
             self._image.value = active
 
     # ------------------------------------------------------------------ choices / models
+    def _method_tooltips(self, *_) -> None:
+        """Each method's 'when to use' on its own item, and the current one's on the box."""
+        box = self._method.native
+        for i in range(box.count()):
+            box.setItemData(i, METHOD_HELP.get(box.itemText(i), ""), Qt.ItemDataRole.ToolTipRole)
+        self._method.tooltip = f"{self._method.value}: {METHOD_HELP.get(self._method.value, '')}"
+
     def _image_layers(self, *_):
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
 
@@ -219,12 +259,43 @@ class ClipSamWidget(Container):
     def is_running(self) -> bool:
         return self._worker is not None
 
-    def _input_plane(self, layer) -> np.ndarray:
+    def _displayed_plane(self, layer) -> np.ndarray:
         data = layer.data[0] if layer.multiscale else layer.data
         point = layer.world_to_data(self.viewer.dims.point)
-        plane = take_displayed_slice(data, point, layer.rgb)
-        limits = None if (layer.rgb and plane.dtype == np.uint8) else layer.contrast_limits
-        return to_rgb_uint8(plane, rgb=layer.rgb, contrast_limits=limits)
+        return take_displayed_slice(data, point, layer.rgb)
+
+    def _input_plane(self, layer) -> np.ndarray:
+        """The RGB uint8 image CLIP and SAM see: the layer's displayed plane, or the additive
+        composite of it and the 'composite with' layers as napari shows them."""
+        others = [lay for lay in (self._composite.value or []) if lay is not layer and lay in self.viewer.layers]
+        plane = self._displayed_plane(layer)
+        if not others:
+            limits = None if (layer.rgb and plane.dtype == np.uint8) else layer.contrast_limits
+            return to_rgb_uint8(plane, rgb=layer.rgb, contrast_limits=limits)
+        channels = [layer, *others]
+        rgb_layers = [lay.name for lay in channels if lay.rgb]
+        if rgb_layers:
+            raise ValueError(f"RGB layers cannot be composited as channels: {rgb_layers}; "
+                             "pick single-channel layers in 'composite with' or clear it")
+        planes = [plane] + [self._displayed_plane(lay) for lay in others]
+        shapes = {lay.name: p.shape for lay, p in zip(channels, planes)}
+        if len(set(shapes.values())) > 1:
+            raise ValueError(f"channel layers must have the same size to be composited, got {shapes}")
+        ramp = np.linspace(0.0, 1.0, 256)
+        return composite_rgb(planes, luts=[np.asarray(lay.colormap.map(ramp))[:, :3] for lay in channels],
+                             contrast_limits=[tuple(lay.contrast_limits) for lay in channels],
+                             gammas=[float(lay.gamma) for lay in channels])
+
+    def _localizer_params(self) -> dict:
+        background = [b.strip() for b in self._background.value.split(",") if b.strip()]
+        window = int(self._window.value)
+        return dict(templates=None if self._templates.value == "method default" else self._templates.value,
+                    input_size=int(self._resolution.value), window=window or None,
+                    background=check_prompts(background) if background else ())
+
+    def _absence_rule(self) -> AbsenceRule | None:
+        rule = AbsenceRule(self._floor.value, float(self._floor_value.value), float(self._min_presence.value))
+        return None if (rule.floor == "none" and rule.min_presence == 0) else rule
 
     def run(self) -> None:
         """Start a run on the chosen image layer (no-op with a message if one is running)."""
@@ -238,12 +309,14 @@ class ClipSamWidget(Container):
         try:
             prompts = check_prompts([ln for ln in self._prompts.value.splitlines() if ln.strip()])
             rgb = self._input_plane(layer)
+            localizer_params = self._localizer_params()
+            absence = self._absence_rule()
         except ValueError as exc:
             show_error(f"napari-clipsam: {exc}")
             return
         cfg = dict(
             method=self._method.value, clip=self._clip.value, clip_file=self._clip_file.value,
-            sam=self._sam.value, sam_file=self._sam_file.value,
+            sam=self._sam.value, sam_file=self._sam_file.value, localizer=localizer_params, absence=absence,
             points=dict(threshold=float(self._threshold.value), max_objects=int(self._max_objects.value),
                         one_object_per_prompt=bool(self._one_object.value)),
         )
@@ -275,9 +348,9 @@ class ClipSamWidget(Container):
             clip_model, tokenizer = self._get_clip(cfg["clip"], cfg["clip_file"])
             yield Step("loading SAM", 0, 5)
             sam = self._get_sam(cfg["sam"], cfg["sam_file"])
-            localizer = LOCALIZERS[cfg["method"]](clip_model, tokenizer)
+            localizer = get_localizer(cfg["method"], clip_model, tokenizer, **cfg["localizer"])
             session = self._session(sam)
-            result = yield from annotate(rgb, prompts, localizer, session, **cfg["points"])
+            result = yield from annotate(rgb, prompts, localizer, session, absence=cfg["absence"], **cfg["points"])
         except DownloadCancelled as exc:
             return RunCancelled(str(exc))
         except (ValueError, WeightsError, OSError) as exc:
@@ -292,7 +365,7 @@ class ClipSamWidget(Container):
     def _on_step(self, step) -> None:
         if isinstance(step, Step):
             self._progress.value = min(step.index + 1, self._progress.max)
-            self._status.value = step.stage
+            self._status.value = f"{step.stage} {step.done}/{step.of}" if step.of > 1 else step.stage
 
     def _on_error(self, exc) -> None:
         self._status.value = "failed: nothing was changed"
@@ -334,9 +407,15 @@ class ClipSamWidget(Container):
         name = image_layer.name
         geo = dict(scale=image_layer.scale[-2:], translate=image_layer.translate[-2:])
         for i, prompt in enumerate(result.prompts):
+            presence = None if result.presence is None else float(result.presence[i])
             L.upsert_layer(self.viewer, "image", L.heatmap_name(name, prompt), result.heatmaps[i],
                            colormap="inferno", blending="additive", opacity=0.6, contrast_limits=(0.0, 1.0),
-                           metadata={"prompt": prompt}, **geo)
+                           visible=prompt not in result.absent,
+                           metadata={"prompt": prompt, "presence": presence, "absent": prompt in result.absent},
+                           **geo)
+        if result.absent:
+            show_info(f"napari-clipsam: no points for {result.absent}: below the absence floor or the minimum "
+                      "presence (their heatmaps are added hidden)")
         pts = result.points
         features = pd.DataFrame({
             "positive": pts.positive.astype(bool),

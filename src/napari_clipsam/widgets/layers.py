@@ -51,6 +51,8 @@ def upsert_layer(viewer, kind: str, name: str, data, *, metadata: dict | None = 
                 existing.features = kwargs["features"]
         else:
             existing.data = data
+        if "visible" in kwargs:
+            existing.visible = kwargs["visible"]
         existing.metadata.update(meta)
         return existing
     name = _free_name(viewer, name)

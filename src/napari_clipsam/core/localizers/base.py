@@ -141,7 +141,8 @@ class Localizer(ABC):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
-        self.background = tuple(check_prompts(background)) if (background and len(background)) else ()
+        background = [background] if isinstance(background, str) else [str(b) for b in background]
+        self.background = tuple(check_prompts(background)) if background else ()
         cfg = getattr(model.visual, "preprocess_cfg", None) or {}
         self.mean = tuple(cfg.get("mean", OPENAI_MEAN))
         self.std = tuple(cfg.get("std", OPENAI_STD))

@@ -1,0 +1,134 @@
+"""The widget's localizer options on a real viewer: method tooltips, channel composite,
+sliding windows (progress and Cancel between windows), background prompts, absence."""
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+from skimage import data
+
+from napari_clipsam.core.image import composite_rgb
+from napari_clipsam.core.localizers import LOCALIZERS
+from napari_clipsam.widgets import ClipSamWidget
+from reference_model import load_reference_clip
+from tiny_sam import build_tiny_sam
+
+TIMEOUT = 120_000
+
+
+@pytest.fixture(scope="module")
+def models():
+    return load_reference_clip(), build_tiny_sam(img_size=256, seed=3)
+
+
+@pytest.fixture
+def viewer_widget(make_napari_viewer, models):
+    viewer = make_napari_viewer()
+    viewer.add_image(data.chelsea(), name="chelsea")
+    widget = ClipSamWidget(viewer)
+    widget.use_models(clip=models[0], sam=models[1])
+    return viewer, widget
+
+
+def _run(qtbot, widget, prompts="cat\nsofa"):
+    widget._prompts.value = prompts
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+
+
+def test_every_method_is_offered_with_its_own_tooltip(viewer_widget):
+    _, widget = viewer_widget
+    box = widget._method.native
+    items = [box.itemText(i) for i in range(box.count())]
+    assert sorted(items) == sorted(LOCALIZERS)
+    tips = {box.itemText(i): box.itemData(i, Qt.ItemDataRole.ToolTipRole) for i in range(box.count())}
+    assert all(isinstance(t, str) and len(t) > 30 for t in tips.values()) and len(set(tips.values())) == len(tips)
+    widget._method.value = "surgery"
+    assert widget._method.tooltip.startswith("surgery:") and tips["surgery"] in widget._method.tooltip
+
+
+def test_channel_layers_are_composited_as_displayed(viewer_widget):
+    viewer, widget = viewer_widget
+    from skimage.color import rgb2hed
+
+    hed = rgb2hed(data.immunohistochemistry()[:256, :256])  # stain channels: hematoxylin (nuclei), DAB
+    cells = [np.ascontiguousarray(hed[..., 0]), np.ascontiguousarray(hed[..., 2])]
+    lim0 = (float(cells[0].min()), float(cells[0].max()))
+    lim1 = (float(cells[1].min()), float(np.quantile(cells[1], 0.99)))
+    mem = viewer.add_image(cells[0], name="hematoxylin", colormap="green", contrast_limits=lim0)
+    nuc = viewer.add_image(cells[1], name="DAB", colormap="magenta", contrast_limits=lim1, gamma=0.8)
+    widget.reset_choices()
+    widget._image.value = mem
+    widget._composite.value = [nuc]
+    rgb = widget._input_plane(mem)
+    expected = composite_rgb([cells[0], cells[1]], luts=["green", "magenta"],
+                             contrast_limits=[lim0, lim1], gammas=[1.0, 0.8])
+    assert rgb.shape == (256, 256, 3) and np.abs(rgb.astype(int) - expected).max() <= 1
+    assert (rgb[..., 0] > 0).any() and (rgb[..., 1] > 0).any()  # magenta's red and green's green both there
+    viewer.add_image(np.zeros((10, 10), np.uint16), name="small")
+    widget.reset_choices()
+    widget._composite.value = [viewer.layers["small"]]
+    widget._prompts.value = "nucleus"
+    widget.run()  # a size mismatch is a notification, not a run
+    assert not widget.is_running and "small" in viewer.layers and len(viewer.layers) == 4
+
+
+def test_windowed_run_reports_windows_and_cancel_between_windows_changes_nothing(qtbot, viewer_widget):
+    viewer, widget = viewer_widget
+    widget._resolution.value = 896
+    widget._window.value = 224
+    steps = []
+    widget._prompts.value = "cat"
+    widget.run()
+    widget._worker.yielded.connect(steps.append)
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    windows = [(s.done, s.of) for s in steps if s.stage == "heatmaps"]
+    n = 5 * 7  # 300 x 451 at 896 px: a 592 x 896 working image, 224 px windows, stride 112
+    assert windows == [(i, n) for i in range(n + 1)]
+    assert viewer.layers["chelsea heatmap [cat]"].data.shape == (300, 451)
+    # cancel as soon as the first window reports
+    for layer in list(viewer.layers)[1:]:
+        viewer.layers.remove(layer)
+    widget._prompts.value = "sofa"
+
+    def cancel_on_window(step):
+        if getattr(step, "of", 0) > 1 and step.done == 1:
+            widget.cancel()
+
+    widget.run()
+    widget._worker.yielded.connect(cancel_on_window)
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    assert [layer.name for layer in viewer.layers] == ["chelsea"] and "cancelled" in widget._status.value
+
+
+def test_background_prompts_and_absence_floor(qtbot, viewer_widget):
+    viewer, widget = viewer_widget
+    widget._background.value = "grass, sky"
+    widget._floor.value = "absolute"
+    widget._floor_value.value = 50.0  # far above any margin: every prompt is absent
+    _run(qtbot, widget, "cat\nsofa")
+    result = widget.last_result
+    assert result.absent == ["cat", "sofa"] and len(result.points) == 0
+    for p in ("cat", "sofa"):
+        layer = viewer.layers[f"chelsea heatmap [{p}]"]
+        assert not layer.visible and layer.metadata["absent"] is True
+        assert 0 < layer.metadata["presence"] < 1  # softmax over prompts and background
+    assert "grass" not in " ".join(layer.name for layer in viewer.layers)
+    # no floor, no minimum presence: points again and visible heatmaps
+    widget._floor.value = "none"
+    _run(qtbot, widget, "cat\nsofa")
+    assert widget.last_result.absent == [] and len(widget.last_result.points) > 0
+    assert viewer.layers["chelsea heatmap [cat]"].visible
+
+
+def test_bad_options_are_notifications(qtbot, viewer_widget):
+    viewer, widget = viewer_widget
+    widget._floor.value = "quantile"
+    widget._floor_value.value = 3.0
+    widget._prompts.value = "cat"
+    widget.run()
+    assert not widget.is_running and len(viewer.layers) == 1
+    widget._floor.value = "none"
+    widget._background.value = "cat"
+    widget.run()  # both a prompt and a background prompt
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    assert len(viewer.layers) == 1 and "failed" in widget._status.value
