@@ -332,3 +332,14 @@ def test_maskclip_resnet_heatmaps_non_square(rn_clip):
 def test_vit_only_methods_reject_resnet(rn_clip, name):
     with pytest.raises(ValueError, match=f"'{name}'.*ViT.*'maskclip'"):
         get_localizer(name, *rn_clip)
+
+
+@pytest.mark.parametrize("name", ["raw", "gem", "surgery"])
+def test_other_vit_only_methods_reject_resnet_and_name_the_alternatives(rn_clip, name):
+    with pytest.raises(ValueError, match="ViT.*'maskclip'"):
+        get_localizer(name, *rn_clip)
+
+
+def test_gem_rejects_a_non_positive_temperature(clip):
+    with pytest.raises(ValueError, match="ss_attn_temp"):
+        get_localizer("gem", *clip, ss_attn_temp=0)

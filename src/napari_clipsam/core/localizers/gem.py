@@ -54,6 +54,9 @@ class GEMLocalizer(TokenSimilarityLocalizer):
             raise ValueError(f"GEM depth must be in 2..{n_blocks + 1} for this {n_blocks}-block model, got {depth}")
         if ss_attn_iter < 0:
             raise ValueError(f"ss_attn_iter must be >= 0, got {ss_attn_iter}")
+        if ss_attn_temp is not None and not float(ss_attn_temp) > 0:
+            raise ValueError(f"ss_attn_temp is an inverse temperature and must be > 0 (or None for adaptive), "
+                             f"got {ss_attn_temp}")
         self.depth, self.ss_attn_iter, self.ss_attn_temp = int(depth), int(ss_attn_iter), ss_attn_temp
 
     @torch.no_grad()

@@ -16,6 +16,12 @@ from .base import TokenSimilarityLocalizer
 class RawLocalizer(TokenSimilarityLocalizer):
     name = "raw"
 
+    def __init__(self, model, tokenizer, **kwargs):
+        super().__init__(model, tokenizer, **kwargs)
+        if not vit.is_vit(model.visual):
+            raise ValueError("'raw' needs a ViT CLIP (open_clip VisionTransformer): a ResNet CLIP has no patch "
+                             "tokens in the joint space; use 'maskclip' or 'gradcam' for ResNets")
+
     @torch.no_grad()
     def tokens(self, pixels):
         visual = self.model.visual

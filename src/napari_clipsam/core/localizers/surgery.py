@@ -103,7 +103,7 @@ class SurgeryLocalizer(Localizer):
         super().__init__(model, tokenizer, **kwargs)
         if not vit.is_vit(model.visual):
             raise ValueError("CLIP Surgery here needs a ViT CLIP (open_clip VisionTransformer); "
-                             "pick 'gradcam' for ResNets")
+                             "pick 'maskclip' or 'gradcam' for ResNets")
         n_blocks = len(vit.resblocks(model.visual))
         if not 2 <= depth <= n_blocks + 1:
             raise ValueError(f"CLIP Surgery depth must be in 2..{n_blocks + 1} for this {n_blocks}-block model, got {depth}")
