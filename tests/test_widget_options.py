@@ -132,3 +132,19 @@ def test_bad_options_are_notifications(qtbot, viewer_widget):
     widget.run()  # both a prompt and a background prompt
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
     assert len(viewer.layers) == 1 and "failed" in widget._status.value
+
+
+def test_custom_templates_reach_the_localizer_and_bad_ones_are_notifications(viewer_widget):
+    _, widget = viewer_widget
+    assert widget._custom_templates.native.isHidden()  # the viewer is not shown: ask Qt if hidden
+    widget._templates.value = "custom"
+    assert not widget._custom_templates.native.isHidden()
+    widget._custom_templates.value = "a micrograph of {}. | an image of {} in tissue."
+    params = widget._localizer_params()
+    assert params["templates"] == ["a micrograph of {}.", "an image of {} in tissue."]
+    widget._custom_templates.value = "no slot here"
+    with pytest.raises(ValueError, match="must contain"):
+        widget._localizer_params()
+    widget._prompts.value = "cat"
+    widget.run()
+    assert not widget.is_running

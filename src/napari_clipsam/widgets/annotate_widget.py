@@ -16,6 +16,7 @@ from .. import core as _core  # noqa: F401  (puts the triton/Mesa guard in place
 from ..core.absence import FLOOR_MODES, AbsenceRule
 from ..core.image import composite_rgb, take_displayed_slice, to_rgb_uint8
 from ..core.localizers import LOCALIZERS, TEMPLATE_SETS, check_prompts, get_localizer
+from ..core.localizers.prompts import resolve_templates
 from ..core.models import CLIP_CHOICES, SAM_CHECKPOINTS, WeightsError, load_clip, load_sam
 from ..core.pipeline import Annotation, Step, annotate
 from ..core.points import PointPrompts, object_point_sets
@@ -102,9 +103,16 @@ class ClipSamWidget(Container):
                                  tooltip="One prompt per line, e.g. 'nucleus'. Each becomes a heatmap and a class.\n"
                                          "Synonyms of one class on one line, separated by ';': 'cell; nucleus'.")
         self._method = ComboBox(label="method", choices=list(LOCALIZERS), value="gem")
-        self._templates = ComboBox(label="templates", choices=["method default", *TEMPLATE_SETS], value="method default",
+        self._templates = ComboBox(label="templates", choices=["method default", *TEMPLATE_SETS, "custom"],
+                                   value="method default",
                                    tooltip="Sentences each prompt is put into, averaged: 'single' ('a photo of a "
-                                           "{}.'), 'imagenet' (CLIP's 80), 'imagenet-simple' (7), 'surgery' (85).")
+                                           "{}.'), 'imagenet' (CLIP's 80), 'imagenet-simple' (7), 'surgery' (85), "
+                                           "or 'custom' (your own, below).")
+        self._custom_templates = LineEdit(label="custom templates", value="a fluorescence micrograph of {}.",
+                                          visible=False,
+                                          tooltip="Your templates separated by '|', each with {} where the prompt "
+                                                  "goes, e.g. 'a micrograph of {}. | an image of {} in tissue.'")
+        self._templates.changed.connect(lambda v: setattr(self._custom_templates, "visible", v == "custom"))
         self._background = LineEdit(label="background", value="",
                                     tooltip="Comma-separated prompts for what is not wanted (e.g. 'background, "
                                             "debris'). They compete with your prompts: each heatmap becomes the "
@@ -151,7 +159,8 @@ class ClipSamWidget(Container):
         self._flip_btn = PushButton(text="Flip +/-", tooltip="Make the selected points negative/positive (key: T).")
         self._export_btn = PushButton(text="Export labels…")
         self.extend([
-            self._image, self._composite, self._prompts, self._method, self._templates, self._background,
+            self._image, self._composite, self._prompts, self._method, self._templates, self._custom_templates,
+            self._background,
             self._clip, self._clip_file, self._sam, self._sam_file, self._resolution, self._window,
             self._threshold, self._max_objects, self._one_object, self._floor, self._floor_value,
             self._min_presence, self._run_btn, self._cancel_btn,
@@ -289,7 +298,11 @@ class ClipSamWidget(Container):
     def _localizer_params(self) -> dict:
         background = [b.strip() for b in self._background.value.split(",") if b.strip()]
         window = int(self._window.value)
-        return dict(templates=None if self._templates.value == "method default" else self._templates.value,
+        templates = self._templates.value
+        if templates == "custom":
+            templates = [t.strip() for t in self._custom_templates.value.split("|") if t.strip()]
+            resolve_templates(templates, ())  # a bad template is a notification before the run
+        return dict(templates=None if templates == "method default" else templates,
                     input_size=int(self._resolution.value), window=window or None,
                     background=check_prompts(background) if background else ())
 
