@@ -227,7 +227,8 @@ class Localizer(ABC):
 
     def normalize(self, crops: np.ndarray) -> torch.Tensor:
         """(B, h, w, 3) or (h, w, 3) uint8 -> (B, 3, h, w) normalised tensor on the model's device."""
-        x = torch.from_numpy(np.ascontiguousarray(crops))
+        crops = np.ascontiguousarray(crops)
+        x = torch.from_numpy(crops if crops.flags.writeable else crops.copy())  # PIL's arrays are read-only
         x = (x[None] if x.ndim == 3 else x).permute(0, 3, 1, 2).to(self.device, torch.float32) / 255.0
         mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
