@@ -23,3 +23,26 @@ def clip():
 def prompts():
     """The reference prompts ['cat', 'sofa', 'remote control']."""
     return [str(p) for p in reference_arrays()["meta/prompts"]]
+
+
+@pytest.fixture(scope="module")
+def models():
+    """Tiny real models for widget tests: ((CLIP model, tokenizer), SAM)."""
+    from tiny_sam import build_tiny_sam
+
+    return load_reference_clip(), build_tiny_sam(img_size=256, seed=3)
+
+
+@pytest.fixture
+def viewer_widget(make_napari_viewer, models):
+    """A real viewer with skimage's chelsea and the docked widget using the tiny models."""
+    from skimage import data
+
+    from napari_clipsam.widgets import ClipSamWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(data.chelsea(), name="chelsea")
+    widget = ClipSamWidget(viewer)
+    widget.use_models(clip=models[0], sam=models[1])
+    viewer.window.add_dock_widget(widget)
+    return viewer, widget

@@ -6,26 +6,8 @@ from napari.layers import Image, Labels, Points
 from skimage import data
 
 from napari_clipsam.core.points import object_point_sets
-from napari_clipsam.widgets import ClipSamWidget
-from reference_model import load_reference_clip
-from tiny_sam import build_tiny_sam
 
 TIMEOUT = 120_000
-
-
-@pytest.fixture(scope="module")
-def models():
-    return load_reference_clip(), build_tiny_sam(img_size=256, seed=3)
-
-
-@pytest.fixture
-def viewer_widget(make_napari_viewer, models):
-    viewer = make_napari_viewer()
-    viewer.add_image(data.chelsea(), name="chelsea")
-    widget = ClipSamWidget(viewer)
-    widget.use_models(clip=models[0], sam=models[1])
-    viewer.window.add_dock_widget(widget)
-    return viewer, widget
 
 
 def _run(qtbot, widget, prompts="cat\nsofa"):

@@ -8,25 +8,8 @@ from skimage import data
 
 from napari_clipsam.core.image import composite_rgb
 from napari_clipsam.core.localizers import LOCALIZERS
-from napari_clipsam.widgets import ClipSamWidget
-from reference_model import load_reference_clip
-from tiny_sam import build_tiny_sam
 
 TIMEOUT = 120_000
-
-
-@pytest.fixture(scope="module")
-def models():
-    return load_reference_clip(), build_tiny_sam(img_size=256, seed=3)
-
-
-@pytest.fixture
-def viewer_widget(make_napari_viewer, models):
-    viewer = make_napari_viewer()
-    viewer.add_image(data.chelsea(), name="chelsea")
-    widget = ClipSamWidget(viewer)
-    widget.use_models(clip=models[0], sam=models[1])
-    return viewer, widget
 
 
 def _run(qtbot, widget, prompts="cat\nsofa"):
