@@ -131,3 +131,15 @@ def test_custom_templates_reach_the_localizer_and_bad_ones_are_notifications(vie
     widget._prompts.value = "cat"
     widget.run()
     assert not widget.is_running
+
+
+def test_more_options_fold_away_and_channel_choices_exclude_rgb_and_our_layers(qtbot, viewer_widget):
+    viewer, widget = viewer_widget
+    assert widget._advanced.native.isHidden() and widget._templates in widget._advanced
+    widget._show_advanced.value = True
+    assert not widget._advanced.native.isHidden()
+    _run(qtbot, widget, "cat")
+    viewer.add_image(np.zeros((300, 451), np.uint16), name="dapi")
+    widget.reset_choices()
+    names = [c for c in widget._composite.choices]
+    assert [getattr(c, "name", c) for c in names] == ["dapi"]  # not chelsea (RGB), not our heatmap

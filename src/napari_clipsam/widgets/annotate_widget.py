@@ -95,7 +95,7 @@ class ClipSamWidget(Container):
 
         self._image = ComboBox(label="image", choices=self._image_layers, nullable=True,
                                tooltip="The image layer to annotate (nD: the displayed slice).")
-        self._composite = Select(label="composite with", choices=self._image_layers, value=[],
+        self._composite = Select(label="composite with", choices=self._channel_layers, value=[],
                                  tooltip="Multichannel images: pick other channel layers to blend with the image "
                                          "as napari shows them (colormap, contrast limits, gamma) before CLIP and "
                                          "SAM see it. Leave empty to use the image alone.")
@@ -158,12 +158,19 @@ class ClipSamWidget(Container):
                                           tooltip="Next points added to the points layer start a new object.")
         self._flip_btn = PushButton(text="Flip +/-", tooltip="Make the selected points negative/positive (key: T).")
         self._export_btn = PushButton(text="Export labels…")
+        # what most runs need stays in view; the rest folds away under "more options"
+        self._composite.native.setMaximumHeight(90)
+        self._advanced = Container(labels=True, visible=False, widgets=[
+            self._composite, self._templates, self._custom_templates, self._background, self._resolution, self._window,
+            self._max_objects, self._one_object, self._floor, self._floor_value, self._min_presence,
+            self._clip_file, self._sam_file,
+        ])
+        self._advanced.margins = (0, 0, 0, 0)
+        self._show_advanced = CheckBox(text="more options (channels, prompts, large images, absence, local files)", value=False)
+        self._show_advanced.changed.connect(lambda v: setattr(self._advanced, "visible", bool(v)))
         self.extend([
-            self._image, self._composite, self._prompts, self._method, self._templates, self._custom_templates,
-            self._background,
-            self._clip, self._clip_file, self._sam, self._sam_file, self._resolution, self._window,
-            self._threshold, self._max_objects, self._one_object, self._floor, self._floor_value,
-            self._min_presence, self._run_btn, self._cancel_btn,
+            self._image, self._prompts, self._method, self._clip, self._sam, self._threshold,
+            self._show_advanced, self._advanced, self._run_btn, self._cancel_btn,
             self._progress, self._status, self._download_bar, self._new_object_btn, self._flip_btn, self._export_btn,
         ])
         self._method_tooltips()
@@ -201,6 +208,11 @@ class ClipSamWidget(Container):
 
     def _image_layers(self, *_):
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _channel_layers(self, *_):
+        """Layers that can be blended in as channels: single-channel images that are not ours."""
+        return [(layer.name, layer) for layer in self.viewer.layers
+                if isinstance(layer, Image) and not layer.rgb and not L.is_ours(layer)]
 
     def use_models(self, clip=None, sam=None) -> None:
         """Use already-loaded models: clip = (open_clip model, tokenizer), sam = a ``Sam``."""
