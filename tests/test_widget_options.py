@@ -106,6 +106,10 @@ def test_background_prompts_and_absence_floor(qtbot, viewer_widget):
 def test_bad_options_are_notifications(qtbot, viewer_widget):
     viewer, widget = viewer_widget
     widget._floor.value = "quantile"
+    assert widget._floor_value.value == 0.9  # each mode starts from a sensible value
+    widget._floor.value = "absolute"
+    assert widget._floor_value.value == 0.0
+    widget._floor.value = "quantile"
     widget._floor_value.value = 3.0
     widget._prompts.value = "cat"
     widget.run()

@@ -166,6 +166,7 @@ class ClipSamWidget(Container):
             self._clip_file, self._sam_file,
         ])
         self._advanced.margins = (0, 0, 0, 0)
+        self._floor.changed.connect(self._floor_default)
         self._show_advanced = CheckBox(text="more options (channels, prompts, large images, absence, local files)", value=False)
         self._show_advanced.changed.connect(lambda v: setattr(self._advanced, "visible", bool(v)))
         self.extend([
@@ -306,6 +307,13 @@ class ClipSamWidget(Container):
         return composite_rgb(planes, luts=[np.asarray(lay.colormap.map(ramp))[:, :3] for lay in channels],
                              contrast_limits=[tuple(lay.contrast_limits) for lay in channels],
                              gammas=[float(lay.gamma) for lay in channels])
+
+    #: a sensible starting value per absence floor mode (absolute 0: "beats every background prompt")
+    FLOOR_DEFAULTS = {"absolute": 0.0, "quantile": 0.9}
+
+    def _floor_default(self, mode) -> None:
+        if mode in self.FLOOR_DEFAULTS:
+            self._floor_value.value = self.FLOOR_DEFAULTS[mode]
 
     def _localizer_params(self) -> dict:
         background = [b.strip() for b in self._background.value.split(",") if b.strip()]
