@@ -46,3 +46,28 @@ def viewer_widget(make_napari_viewer, models):
     widget.use_models(clip=models[0], sam=models[1])
     viewer.window.add_dock_widget(widget)
     return viewer, widget
+
+
+@pytest.fixture
+def server():
+    """A loopback HTTP server for weight files (see loopback_server.py)."""
+    from loopback_server import start_server
+
+    state, httpd = start_server()
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A fresh weights cache folder, online, small chunks (so progress has several steps)."""
+    from napari_clipsam.core import weights
+
+    d = tmp_path / "cache"
+    monkeypatch.setenv("NAPARI_CLIPSAM_CACHE", str(d))
+    monkeypatch.delenv("NAPARI_CLIPSAM_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("NAPARI_CLIPSAM_SAM_URL_BASE", raising=False)
+    monkeypatch.setattr(weights, "CHUNK_SIZE", 16 * 1024)
+    return d

@@ -343,3 +343,15 @@ def test_cache_serves_every_image_and_presence(clip, square):
         loc.presence(square, ["cat", "sofa"])
         assert counter.calls == n
     assert "encode_text" not in vars(model)
+
+
+def test_the_same_class_written_twice_is_refused(clip):
+    from napari_clipsam.core.localizers import check_prompts
+
+    with pytest.raises(ValueError, match="'cat' and 'cat;' are the same class"):
+        check_prompts(["cat", "cat;"])
+    with pytest.raises(ValueError, match="both a prompt and a background prompt"):
+        get_localizer("gem", *clip, background=["sky;"]).classes(["sky"])
+    with pytest.raises(ValueError, match="same class"):
+        check_prompts(["cat; kitten", "kitten ;cat"])
+    assert check_prompts(["cat; kitten", "cat"]) == ["cat; kitten", "cat"]  # different synonym sets

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_weights import Recorder, cache, server  # noqa: F401 - fixtures
+from loopback_server import Recorder
 from tiny_sam import build_tiny_sam
 
 from napari_clipsam.core import models, weights

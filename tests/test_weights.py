@@ -9,117 +9,14 @@ from __future__ import annotations
 import hashlib
 import http.server
 import os
-import re
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from napari_clipsam.core import weights
 from napari_clipsam.core.weights import WeightsError, WeightsFile
-
-
-# ----------------------------------------------------------------------------- loopback server
-@dataclass
-class Served:
-    data: bytes
-    mode: str = "ok"  # "ok" | "break_once": first GET sends half of Content-Length, then closes
-    ranges: bool = True  # honour "Range: bytes=N-" with 206
-    gets: int = 0
-
-
-@dataclass
-class Server:
-    base: str
-    files: dict[str, Served] = field(default_factory=dict)
-    log: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range)
-
-    def add(self, name: str, data: bytes, **kw) -> str:
-        self.files["/" + name] = Served(data, **kw)
-        return self.url(name)
-
-    def url(self, name: str) -> str:
-        return f"{self.base}/{name}"
-
-    @property
-    def gets(self) -> list[tuple[str, str, str | None]]:
-        return [r for r in self.log if r[0] == "GET"]
-
-
-def _handler(server: Server):
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):  # keep pytest output clean
-            pass
-
-        def do_HEAD(self):
-            self._serve(body=False)
-
-        def do_GET(self):
-            self._serve(body=True)
-
-        def _serve(self, body: bool):
-            rng = self.headers.get("Range")
-            server.log.append((self.command, self.path, rng))
-            f = server.files.get(self.path)
-            if f is None:
-                self.send_error(404, "not here")
-                return
-            data, start, status = f.data, 0, 200
-            m = re.fullmatch(r"bytes=(\d+)-", rng or "")
-            if m and f.ranges:
-                start = int(m.group(1))
-                if start >= len(data):
-                    self.send_response(416)
-                    self.send_header("Content-Range", f"bytes */{len(data)}")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                status = 206
-            chunk = data[start:]
-            self.send_response(status)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(chunk)))
-            if status == 206:
-                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            self.end_headers()
-            if not body:
-                return
-            f.gets += 1
-            if f.mode == "break_once" and f.gets == 1:
-                self.wfile.write(chunk[: len(chunk) // 2])
-                self.wfile.flush()
-                self.close_connection = True
-                return
-            self.wfile.write(chunk)
-
-    return Handler
-
-
-@pytest.fixture
-def server():
-    state = Server(base="")
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    httpd.daemon_threads = True
-    state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    t.start()
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    """A fresh cache folder, online, small chunks (so progress has several steps)."""
-    d = tmp_path / "cache"
-    monkeypatch.setenv("NAPARI_CLIPSAM_CACHE", str(d))
-    monkeypatch.delenv("NAPARI_CLIPSAM_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("NAPARI_CLIPSAM_SAM_URL_BASE", raising=False)
-    monkeypatch.setattr(weights, "CHUNK_SIZE", 16 * 1024)
-    return d
+from loopback_server import Cancelled, Recorder
 
 
 def blob(n: int = 300_000, seed: int = 1) -> bytes:
@@ -130,21 +27,6 @@ def entry(url: str, data: bytes, name: str = "model.pth", **kw) -> WeightsFile:
     kw.setdefault("sha256", hashlib.sha256(data).hexdigest())
     kw.setdefault("size", len(data))
     return WeightsFile("test model", url, name, "test", **kw)
-
-
-class Recorder:
-    def __init__(self, cancel_after: int | None = None):
-        self.calls: list[tuple[int, int | None]] = []
-        self.cancel_after = cancel_after
-
-    def __call__(self, done, total):
-        self.calls.append((done, total))
-        if self.cancel_after is not None and done >= self.cancel_after:
-            raise Cancelled()
-
-
-class Cancelled(Exception):
-    pass
 
 
 def leftovers(d: Path) -> list[str]:

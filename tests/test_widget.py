@@ -1,9 +1,7 @@
 """The dock widget on a real napari viewer, tiny real CLIP + SAM, waiting on the real worker."""
 
 import numpy as np
-import pytest
 from napari.layers import Image, Labels, Points
-from skimage import data
 
 from napari_clipsam.core.points import object_point_sets
 

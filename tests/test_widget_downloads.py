@@ -11,7 +11,6 @@ from napari_clipsam.core import models, weights
 from napari_clipsam.core.weights import WeightsFile
 from napari_clipsam.widgets import ClipSamWidget
 from reference_model import load_reference_clip
-from test_weights import cache, server  # noqa: F401 - fixtures
 from tiny_sam import build_tiny_sam
 
 TIMEOUT = 120_000

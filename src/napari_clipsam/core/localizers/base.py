@@ -32,7 +32,7 @@ from torch.func import functional_call
 
 from ..image import to_rgb_uint8
 from . import vit
-from .prompts import check_prompts, resolve_templates, split_synonyms
+from .prompts import canonical, check_prompts, resolve_templates, split_synonyms
 
 __all__ = ["Localizer", "Progress", "Tiling", "TokenSimilarityLocalizer", "check_prompts", "min_max", "min_max_"]
 
@@ -198,7 +198,8 @@ class Localizer(ABC):
     def classes(self, prompts: Sequence[str] | str) -> list[str]:
         """The user's prompts followed by the background prompts (checked for clashes)."""
         prompts = check_prompts(prompts)
-        clash = sorted(set(prompts) & set(self.background))
+        background = {canonical(b) for b in self.background}
+        clash = [p for p in prompts if canonical(p) in background]
         if clash:
             raise ValueError(f"{clash} is both a prompt and a background prompt; remove it from one list")
         return prompts + list(self.background)

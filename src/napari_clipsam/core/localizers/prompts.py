@@ -104,9 +104,16 @@ def check_prompts(prompts: Sequence[str] | str) -> list[str]:
     empty = [i for i, p in enumerate(prompts) if not split_synonyms(p)]
     if empty:
         raise ValueError(f"prompt(s) at position {empty} are empty; remove blank lines or type a word")
-    seen: set[str] = set()
+    seen: dict[tuple[str, ...], str] = {}
     for p in prompts:
-        if p in seen:
-            raise ValueError(f"prompt {p!r} is given twice; each prompt is one class, remove the repeat")
-        seen.add(p)
+        key = canonical(p)
+        if key in seen:
+            same = f"{p!r} is given twice" if seen[key] == p else f"{seen[key]!r} and {p!r} are the same class"
+            raise ValueError(f"prompt {same}; each prompt is one class, remove the repeat")
+        seen[key] = p
     return prompts
+
+
+def canonical(prompt: str) -> tuple[str, ...]:
+    """What identifies a class: its set of synonyms ('cat;' == 'cat', 'a; b' == 'b; a')."""
+    return tuple(sorted(set(split_synonyms(prompt))))
