@@ -109,6 +109,18 @@ def _scan(arr, *, need_range: bool, check_finite: bool) -> tuple[int, float, flo
     return bad, lo, hi
 
 
+def _checked_range(arr, *, need_range: bool, what: str, hint: str) -> tuple[float, float]:
+    """One blockwise pass: refuse NaN/inf in float data (naming ``what``, suggesting ``hint``)
+    and, when ``need_range``, return the data's min..max (else NaNs)."""
+    check_finite = arr.dtype.kind == "f"
+    if not (need_range or check_finite):
+        return float("nan"), float("nan")
+    bad, lo, hi = _scan(arr, need_range=need_range, check_finite=check_finite)
+    if bad:
+        raise ValueError(f"{what} contains {bad} NaN/inf values ({_describe(arr)}); replace them first, {hint}")
+    return lo, hi
+
+
 def to_rgb_uint8(
     data,
     *,
@@ -155,16 +167,8 @@ def to_rgb_uint8(
             out = np.repeat(out[..., None], 3, axis=-1)
         return np.ascontiguousarray(out)
 
-    need_range = arr.dtype != np.bool_ and contrast_limits is None
-    check_finite = arr.dtype.kind == "f"
-    bad, data_lo, data_hi = 0, float("nan"), float("nan")
-    if need_range or check_finite:
-        bad, data_lo, data_hi = _scan(arr, need_range=need_range, check_finite=check_finite)
-    if bad:
-        raise ValueError(
-            f"image contains {bad} NaN/inf values ({_describe(arr)}); replace them first, "
-            "e.g. np.nan_to_num(data)"
-        )
+    data_lo, data_hi = _checked_range(arr, need_range=arr.dtype != np.bool_ and contrast_limits is None,
+                                      what="image", hint="e.g. np.nan_to_num(data)")
 
     h, w = arr.shape[:2]
     out = np.empty((h, w, 3), np.uint8)
@@ -397,18 +401,11 @@ def composite_rgb(
 
     # One validation pass per plane: NaN/inf check (float) and default range.
     for i, p in enumerate(planes):
-        is_bool = p.dtype == np.bool_
-        need_range = limits[i] is None and not is_bool
-        check_finite = p.dtype.kind == "f"
-        if need_range or check_finite:
-            bad, lo, hi = _scan(p, need_range=need_range, check_finite=check_finite)
-            if bad:
-                raise ValueError(
-                    f"plane {i} contains {bad} NaN/inf values ({_describe(p)}); replace them "
-                    "first, e.g. np.nan_to_num(plane), or mask them to a finite value"
-                )
-            if need_range:
-                limits[i] = (lo, hi)
+        need_range = limits[i] is None and p.dtype != np.bool_
+        lo, hi = _checked_range(p, need_range=need_range, what=f"plane {i}",
+                                hint="e.g. np.nan_to_num(plane), or mask them to a finite value")
+        if need_range:
+            limits[i] = (lo, hi)
         if limits[i] is None:  # bool with default limits
             limits[i] = (0.0, 1.0)
 
