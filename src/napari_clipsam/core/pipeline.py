@@ -1,14 +1,13 @@
-"""The whole path, prompt -> heatmaps -> points -> masks -> labels, as a generator.
+"""The whole path, prompt -> heatmaps -> points -> masks -> labels, as one function.
 
-Each stage yields a ``Progress`` step before it starts, so a caller running this in a
-worker thread can report progress and cancel between stages (napari's generator workers
-stop at the next ``yield``). The same generator is the scripting API:
-``result = run_to_end(annotate(...))``.
+Each stage reports to an optional ``progress.Task`` before it starts (and the localizer per
+window), so a caller running this in a worker thread shows progress and cancels between
+stages. The same function is the scripting API: ``result = annotate(...)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,22 +15,11 @@ import numpy as np
 from .absence import AbsenceRule, heatmap_thresholds
 from .image import to_rgb_uint8
 from .localizers import Localizer, check_prompts
+from .progress import Task, as_task
 from .points import PointPrompts, heatmaps_to_points
 from .segment import SamSession, paint_labels
 
-__all__ = ["Step", "Annotation", "annotate", "segment_points", "run_to_end"]
-
-
-@dataclass(frozen=True)
-class Step:
-    """A progress report: stage name, index of the stage, number of stages, and within a
-    stage ``done`` of ``of`` units (windows of the sliding-window pass; 0 of 0 if none)."""
-
-    stage: str
-    index: int
-    total: int
-    done: int = 0
-    of: int = 0
+__all__ = ["Annotation", "annotate", "segment_points"]
 
 
 @dataclass
@@ -66,51 +54,40 @@ def annotate(
     localizer: Localizer,
     session: SamSession | None,
     *,
+    threshold: float = 0.6,
     absence: AbsenceRule | None = None,
+    task: Task | None = None,
     **point_params,
-) -> Generator[Step, None, Annotation]:
+) -> Annotation:
     """Run the pipeline on a 2D image; ``session`` None stops after the points.
 
+    threshold: heatmap value a peak needs to become a positive point.
     absence: when a prompt counts as absent (no points): image-level presence and a floor on
-    the raw similarity (see ``absence``); None = no check.
-    point_params go to ``heatmaps_to_points`` (threshold, max_objects, negatives, ...).
+        the raw similarity (see ``absence``); None = no check.
+    task: progress reports ("heatmaps" per window, "points", "image embedding", "masks")
+        and cancellation between them (``progress.Task``).
+    point_params go to ``heatmaps_to_points`` (max_objects, negatives, ...).
     """
+    task = as_task(task)
     prompts = check_prompts(prompts)
     rgb = to_rgb_uint8(image)
-    total = 4 if session is not None else 2
-    steps = localizer.grid_steps(rgb, prompts)
-    while True:
-        try:
-            done, of = next(steps)
-        except StopIteration as stop:
-            grid, shape = stop.value
-            break
-        yield Step("heatmaps", 0, total, done, of)
+    grid, shape = localizer.grid_similarity(rgb, prompts, task)
     heat = localizer.grid_to_heatmaps(grid, shape).numpy()
     presence = localizer.presence(rgb, prompts)
-    yield Step("points", 1, total)
-    threshold = point_params.pop("threshold", 0.6)
+    task.report("points")
     absent: list[str] = []
+    thresholds: float | np.ndarray = float(threshold)
     if absence is not None:
         floors = heatmap_thresholds(localizer.scores(grid).numpy(), absence, presence)
         absent = [p for p, f in zip(prompts, floors) if f > 1.0]
-        threshold = np.maximum(float(threshold), floors)
-    points = heatmaps_to_points(heat, threshold=threshold, **point_params)
+        thresholds = np.maximum(float(threshold), floors)
+    points = heatmaps_to_points(heat, threshold=thresholds, **point_params)
     labels = np.zeros(rgb.shape[:2], np.int32)
     classes: dict[int, str] = {}
     scores: dict[int, float] = {}
     if session is not None:
-        yield Step("image embedding", 2, total)
+        task.report("image embedding")
         session.set_image(rgb)
-        yield Step("masks", 3, total)
+        task.report("masks")
         labels, classes, scores = segment_points(session, points, prompts, rgb.shape[:2])
     return Annotation(prompts, heat, points, labels, classes, scores, presence, absent)
-
-
-def run_to_end(gen: Generator):
-    """Drive a pipeline generator to completion and return its result."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value

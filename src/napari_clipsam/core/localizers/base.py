@@ -20,7 +20,7 @@ uint8 RGB copy of the image, its uint8 working copy and a few windows' activatio
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -31,14 +31,11 @@ from PIL import Image
 from torch.func import functional_call
 
 from ..image import to_rgb_uint8
+from ..progress import Task, as_task
 from . import vit
 from .prompts import canonical, check_prompts, resolve_templates, split_synonyms
 
-__all__ = ["Localizer", "Progress", "Tiling", "TokenSimilarityLocalizer", "check_prompts", "min_max", "min_max_"]
-
-#: progress callback: (done, total) -> None, called once per window batch. It may raise to
-#: abort the computation.
-Progress = Callable[[int, int], None]
+__all__ = ["Localizer", "Tiling", "TokenSimilarityLocalizer", "check_prompts", "min_max", "min_max_"]
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -274,12 +271,13 @@ class Localizer(ABC):
     def patch_maps(self, pixels: torch.Tensor, prompts: Sequence[str] | str) -> torch.Tensor:
         """pixels (B, 3, H, W) normalised -> (B, P, gh, gw) similarity on the patch grid."""
 
-    def grid_steps(self, image: np.ndarray, prompts: Sequence[str] | str
-                   ) -> Generator[tuple[int, int], None, tuple[torch.Tensor, tuple[int, int]]]:
-        """Sliding-window similarity as a generator: yields (windows done, windows) after
-        each batch; returns (maps (P, GH, GW) float32 on the working image's patch grid,
-        image shape (H, W)). With background prompts, each map is the prompt's margin over
-        the best background prompt."""
+    def grid_similarity(self, image: np.ndarray, prompts: Sequence[str] | str, task: Task | None = None
+                        ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Sliding-window similarity: (maps (P, GH, GW) float32 on the working image's patch
+        grid, image shape (H, W)). With background prompts, each map is the prompt's margin
+        over the best background prompt. ``task`` gets a "heatmaps" report (windows done of
+        windows) before the first and after each batch, and can cancel between batches."""
+        task = as_task(task)
         classes = self.classes(prompts)
         n_prompts = len(classes) - len(self.background)
         rgb = to_rgb_uint8(image)
@@ -289,7 +287,7 @@ class Localizer(ABC):
         gh, gw = ch // ph, cw // pw
         acc = torch.zeros(len(classes), *tiling.grid)
         count = torch.zeros(tiling.grid)
-        yield 0, len(tiling)
+        task.report("heatmaps", 0, len(tiling), "windows")
         for b0 in range(0, len(tiling), self.batch_size):
             batch = tiling.starts[b0:b0 + self.batch_size]
             crops = np.stack([work[y:y + ch, x:x + cw] for y, x in batch])
@@ -300,23 +298,11 @@ class Localizer(ABC):
             for (y, x), m in zip(batch, maps):
                 acc[:, y // ph:y // ph + gh, x // pw:x // pw + gw] += m
                 count[y // ph:y // ph + gh, x // pw:x // pw + gw] += 1
-            yield min(b0 + self.batch_size, len(tiling)), len(tiling)
+            task.report("heatmaps", min(b0 + self.batch_size, len(tiling)), len(tiling), "windows")
         acc /= count
         if self.background:
             acc = acc[:n_prompts] - acc[n_prompts:].max(dim=0, keepdim=True).values
         return acc, tuple(rgb.shape[:2])
-
-    def grid_similarity(self, image: np.ndarray, prompts: Sequence[str] | str, progress: Progress | None = None
-                        ) -> tuple[torch.Tensor, tuple[int, int]]:
-        """``grid_steps`` run to the end, reporting to ``progress``."""
-        steps = self.grid_steps(image, prompts)
-        while True:
-            try:
-                done, total = next(steps)
-            except StopIteration as stop:
-                return stop.value
-            if progress:
-                progress(done, total)
 
     @staticmethod
     def upsample(grid: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -331,14 +317,14 @@ class Localizer(ABC):
         """(P, gh, gw) similarity -> (P, H, W) heatmaps in [0, 1]: upsample, then per-map min-max."""
         return min_max_(self.upsample(self.scores(grid), shape))
 
-    def similarity(self, image: np.ndarray, prompts: Sequence[str] | str, progress: Progress | None = None) -> np.ndarray:
+    def similarity(self, image: np.ndarray, prompts: Sequence[str] | str, task: Task | None = None) -> np.ndarray:
         """The method's raw similarity, bilinearly upsampled to image size: (P, H, W) float32."""
-        grid, shape = self.grid_similarity(image, prompts, progress)
+        grid, shape = self.grid_similarity(image, prompts, task)
         return self.upsample(grid, shape).numpy()
 
-    def heatmaps(self, image: np.ndarray, prompts: Sequence[str] | str, progress: Progress | None = None) -> np.ndarray:
+    def heatmaps(self, image: np.ndarray, prompts: Sequence[str] | str, task: Task | None = None) -> np.ndarray:
         """numpy image -> (P, H, W) float32 in [0, 1] at image resolution (per-prompt min-max)."""
-        grid, shape = self.grid_similarity(image, prompts, progress)
+        grid, shape = self.grid_similarity(image, prompts, task)
         return self.grid_to_heatmaps(grid, shape).numpy()
 
     # -- absence ------------------------------------------------------------------------

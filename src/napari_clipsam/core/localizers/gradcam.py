@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import vit
-from .base import Localizer, Progress, check_prompts, min_max
+from ..progress import Task
+from .base import Localizer, check_prompts, min_max
 
 __all__ = ["GradCAMLocalizer", "cam_from_activations"]
 
@@ -94,7 +95,7 @@ class GradCAMLocalizer(Localizer):
         return tokens.reshape(batch, gh, gw, -1).permute(0, 3, 1, 2)
 
     def cam(
-        self, pixels: torch.Tensor, prompts: Sequence[str] | str, progress: Progress | None = None
+        self, pixels: torch.Tensor, prompts: Sequence[str] | str, task: Task | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """pixels (B, 3, H, W) -> raw CAM before ReLU (B, P, gh, gw) and weights (B, P, C), float32."""
         prompts = check_prompts(prompts)
@@ -130,8 +131,8 @@ class GradCAMLocalizer(Localizer):
                     m, w = cam_from_activations(a, self._grid_activations(grad, x.shape[0], grid).float())
                     maps.append(m)
                     weights.append(w)
-                    if progress:
-                        progress(i + 1, len(prompts))
+                    if task is not None:
+                        task.report("Grad-CAM prompts", i + 1, len(prompts), "prompts")
         finally:
             handle.remove()
             store.clear()

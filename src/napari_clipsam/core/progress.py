@@ -1,0 +1,77 @@
+"""Progress and cancellation: the one way long work reports how far it is and stops early.
+
+Every long operation of the core (weight downloads, localizer passes and windows, SAM
+embeddings and decodes, whole pipeline runs, batches) takes an optional ``task: Task``.
+It calls ``task.report(stage, done, total)`` as it goes; ``report`` raises ``Cancelled``
+once ``task.cancel()`` was called (from any thread), so work stops at its next report.
+``task.check()`` is the same without a report.
+
+A caller that wants to see progress passes ``Task(on_progress)``; ``on_progress`` receives
+``Progress`` values in the worker's thread (a GUI must hand them to its own thread).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["Cancelled", "Progress", "Task", "as_task"]
+
+
+class Cancelled(Exception):
+    """Raised inside work whose ``Task`` was cancelled; the work leaves nothing half-done."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One report: ``stage`` (what is being done, e.g. "heatmaps", "download SAM vit_b"),
+    ``done`` of ``total`` units within that stage (``total`` 0: unknown), ``unit``
+    ("windows", "bytes", "images", ...)."""
+
+    stage: str
+    done: int = 0
+    total: int = 0
+    unit: str = ""
+
+    @property
+    def fraction(self) -> float | None:
+        """done / total in [0, 1], or None when the total is unknown."""
+        if self.total <= 0:
+            return None
+        return min(1.0, max(0.0, self.done / self.total))
+
+
+class Task:
+    """Progress reports and a cancellation flag for one piece of work (thread-safe)."""
+
+    def __init__(self, on_progress: Callable[[Progress], None] | None = None):
+        self.on_progress = on_progress
+        self._cancelled = threading.Event()
+        self.last: Progress | None = None
+
+    def cancel(self) -> None:
+        """Ask the work to stop at its next ``report`` or ``check``."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def check(self) -> None:
+        """Raise ``Cancelled`` if ``cancel()`` was called."""
+        if self._cancelled.is_set():
+            raise Cancelled("cancelled")
+
+    def report(self, stage: str, done: int = 0, total: int = 0, unit: str = "") -> None:
+        """Report progress (to ``on_progress``), then stop here if cancelled."""
+        self.check()
+        self.last = Progress(stage, int(done), int(total or 0), unit)
+        if self.on_progress is not None:
+            self.on_progress(self.last)
+        self.check()
+
+
+def as_task(task: Task | None) -> Task:
+    """``task``, or a silent task that is never cancelled (for callers that pass none)."""
+    return task if task is not None else Task()
