@@ -6,8 +6,9 @@ from skimage.filters import threshold_otsu
 
 from napari_clipsam.core.absence import AbsenceRule, heatmap_thresholds, raw_floor
 from napari_clipsam.core.localizers import get_localizer
-from napari_clipsam.core.pipeline import Step, annotate, run_to_end
+from napari_clipsam.core.pipeline import annotate
 from napari_clipsam.core.points import heatmaps_to_points
+from napari_clipsam.core.progress import Progress, Task
 
 
 def _blob(center, shape=(64, 80), sigma=6.0):
@@ -65,28 +66,22 @@ def test_pipeline_reports_windows_and_drops_absent_prompts(clip):
     img = np.random.default_rng(0).integers(0, 255, (300, 451, 3), dtype=np.uint8)
     prompts = ["cat", "sofa", "remote control"]
     loc = get_localizer("gem", *clip, window=224, stride=112)
-    gen = annotate(img, prompts, loc, None, threshold=0.5)
     steps = []
-    while True:
-        try:
-            steps.append(next(gen))
-        except StopIteration as stop:
-            plain = stop.value
-            break
+    plain = annotate(img, prompts, loc, None, threshold=0.5, task=Task(steps.append))
     n = len(loc.tiling(img.shape[:2]))
-    assert [(s.done, s.of) for s in steps if s.stage == "heatmaps"] == [(i, n) for i in range(n + 1)]
-    assert all(isinstance(s, Step) for s in steps) and steps[-1].stage == "points"
+    assert [(s.done, s.total) for s in steps if s.stage == "heatmaps"] == [(i, n) for i in range(n + 1)]
+    assert all(isinstance(s, Progress) for s in steps) and steps[-1].stage == "points"
     assert plain.absent == [] and plain.presence.shape == (3,) and plain.presence.sum() == pytest.approx(1, abs=1e-5)
     assert set(plain.points.prompt[plain.points.positive].tolist()) == {0, 1, 2}
     # an absolute floor between the prompts' best raw similarities removes the weaker ones
     grid, _ = loc.grid_similarity(img, prompts)
     best = grid.amax(dim=(1, 2)).numpy()
     floor = float(np.sort(best)[-1] + np.sort(best)[-2]) / 2
-    ruled = run_to_end(annotate(img, prompts, loc, None, threshold=0.5, absence=AbsenceRule("absolute", floor)))
+    ruled = annotate(img, prompts, loc, None, threshold=0.5, absence=AbsenceRule("absolute", floor))
     kept = int(np.argmax(best))
     assert ruled.absent == [p for i, p in enumerate(prompts) if i != kept]
     assert set(ruled.points.prompt.tolist()) == {kept}
     np.testing.assert_array_equal(ruled.heatmaps, plain.heatmaps)  # heatmaps themselves untouched
     # the image-level check alone: require more than the best prompt's probability
-    gated = run_to_end(annotate(img, prompts, loc, None, absence=AbsenceRule(min_presence=float(plain.presence.max()) + 1e-6)))
+    gated = annotate(img, prompts, loc, None, absence=AbsenceRule(min_presence=float(plain.presence.max()) + 1e-6))
     assert gated.absent == prompts and len(gated.points) == 0

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from napari_clipsam.core.localizers import LOCALIZERS, get_localizer
 from napari_clipsam.core.localizers.gradcam import GradCAMLocalizer
+from napari_clipsam.core.progress import Task
 from reference_model import REFERENCE_DIR, load_reference_clip, reference_arrays, reference_pixels, reference_sizes
 
 TOL = 1e-5
@@ -88,10 +89,10 @@ def test_heatmaps_leave_the_model_untouched(clip, loc, prompts):
         before = _model_state(model)
         calls = []
         with torch.inference_mode():
-            heat = loc.heatmaps(img, prompts[:2], progress=lambda d, t: calls.append((d, t)))
+            heat = loc.heatmaps(img, prompts[:2], task=Task(lambda p: calls.append((p.stage, p.done, p.total))))
         assert heat.shape == (2, *img.shape[:2]) and heat.dtype == np.float32
         assert heat.min() == 0 and heat.max() == 1 and np.isfinite(heat).all()
-        assert calls[0] == (0, 1) and calls[-1] == (1, 1)  # one window
+        assert calls == [("heatmaps", 0, 1), ("heatmaps", 1, 1)]  # one window
         with torch.no_grad():
             sim = loc.similarity(img, prompts[:1])  # base path: raw CAM upsampled, under no_grad
         assert sim.shape == (1, *img.shape[:2]) and (sim < 0).any() and (sim > 0).any()

@@ -16,6 +16,7 @@ from napari_clipsam.core.localizers.surgery import (
     similarity_map,
     similarity_map_to_points,
 )
+from napari_clipsam.core.progress import Task
 from reference_model import REFERENCE_DIR, load_reference_clip, reference_arrays, reference_pixels, reference_sizes
 
 TOL = 1e-5
@@ -120,7 +121,7 @@ def test_heatmaps_and_points_on_the_photo(loc, prompts):
 
     img = imread(REFERENCE_DIR / "image.png")
     calls = []
-    heat = loc.heatmaps(img, prompts, progress=lambda d, t: calls.append((d, t)))
+    heat = loc.heatmaps(img, prompts, task=Task(lambda p: calls.append((p.done, p.total))))
     assert heat.shape == (3, *img.shape[:2]) and heat.dtype == np.float32
     assert heat.min() >= 0 and heat.max() <= 1 and calls[-1] == (1, 1)
     per_prompt = loc.points(img, prompts)

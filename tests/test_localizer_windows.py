@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from napari_clipsam.core.localizers import get_localizer
+from napari_clipsam.core.progress import Cancelled, Task
 
 PROMPTS = ["cat", "sofa"]
 
@@ -70,14 +71,14 @@ def test_heatmaps_on_extreme_aspect_ratios(clip, name, shape):
     img = _image(shape, seed=3)
     calls = []
     loc = get_localizer(name, *clip, window=224, stride=112)
-    heat = loc.heatmaps(img, PROMPTS, progress=lambda d, t: calls.append((d, t)))
+    heat = loc.heatmaps(img, PROMPTS, task=Task(lambda p: calls.append((p.stage, p.done, p.total, p.unit))))
     n = len(loc.tiling(shape))
     assert heat.shape == (2, *shape) and heat.dtype == np.float32 and np.isfinite(heat).all()
     if name == "surgery":  # min-max on the grid, then bilinear: the extremes are not always hit
         assert heat.min() >= 0.0 and heat.max() <= 1.0 and heat.max() > 0.5
     else:
         assert heat.min() == 0.0 and heat.max() == 1.0
-    assert calls == [(i, n) for i in range(n + 1)]  # progress per window
+    assert calls == [("heatmaps", i, n, "windows") for i in range(n + 1)]  # progress per window
     # and without windows too
     assert get_localizer(name, *clip).heatmaps(img, PROMPTS).shape == (2, *shape)
 
@@ -89,18 +90,21 @@ def test_batched_windows_give_the_same_maps(clip):
     np.testing.assert_allclose(four, one, atol=1e-5)
 
 
-def test_progress_can_abort_between_windows(clip):
+def test_a_task_cancelled_between_windows_stops_the_run(clip):
     loc = get_localizer("gem", *clip, window=224, stride=112)
     seen = []
+    task = Task()
 
-    def progress(done, total):
-        seen.append(done)
-        if done == 2:
-            raise KeyboardInterrupt
+    def on_progress(p):
+        seen.append(p.done)
+        if p.done == 2:
+            task.cancel()
 
-    with pytest.raises(KeyboardInterrupt):
-        loc.heatmaps(_image((448, 448)), PROMPTS, progress=progress)
+    task.on_progress = on_progress
+    with pytest.raises(Cancelled):
+        loc.heatmaps(_image((448, 448)), PROMPTS, task=task)
     assert seen == [0, 1, 2]
+    assert len(loc.tiling((448, 448))) > 2  # it really stopped early
 
 
 def test_a_single_pass_too_large_for_attention_is_refused_with_advice(clip):
