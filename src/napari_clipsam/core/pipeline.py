@@ -17,7 +17,8 @@ from .image import to_rgb_uint8
 from .localizers import Localizer, check_prompts
 from .progress import Task, as_task
 from .points import PointPrompts, heatmaps_to_points
-from .segment import SamSession, paint_labels
+from .annotation import Plane, PlaneAnnotation, SamObject, decode_objects, objects_from_prompts
+from .segment import SamSession
 
 __all__ = ["Annotation", "annotate", "segment_points"]
 
@@ -26,7 +27,7 @@ __all__ = ["Annotation", "annotate", "segment_points"]
 class Annotation:
     """What one run produces. heatmaps (P, H, W) float32 [0, 1]; labels (H, W) int32;
     presence (P,) image-level zero-shot probabilities; absent: prompts that got no points
-    because of the absence rule."""
+    because of the absence rule; objects: id -> SamObject (prompts, score, packed mask)."""
 
     prompts: list[str]
     heatmaps: np.ndarray
@@ -36,16 +37,20 @@ class Annotation:
     scores: dict[int, float] = field(default_factory=dict)
     presence: np.ndarray | None = None
     absent: list[str] = field(default_factory=list)
+    objects: dict[int, SamObject] = field(default_factory=dict)
 
 
 def segment_points(session: SamSession, points: PointPrompts, prompts: Sequence[str],
-                   shape: tuple[int, int]) -> tuple[np.ndarray, dict[int, str], dict[int, float]]:
-    """Decode every object of ``points`` with an embedded session -> (labels, classes, scores)."""
-    masks = session.predict_objects(points) if len(points) else {}
-    labels = paint_labels(masks, shape)
-    classes = {oid: prompts[cls] for oid, (_m, _s, cls) in masks.items() if 0 <= cls < len(prompts)}
-    scores = {oid: s for oid, (_m, s, _c) in masks.items()}
-    return labels, classes, scores
+                   shape: tuple[int, int], task: Task | None = None) -> PlaneAnnotation:
+    """Decode every object of ``points`` with an embedded session, one mask at a time.
+
+    Returns the plane's annotation (2D plane of ``shape``; objects with their masks);
+    ``.compose()`` gives the labels (H, W) int32."""
+    plane = PlaneAnnotation(Plane(2, 0, 1), tuple(shape), session.key or "", list(prompts))
+    objects = objects_from_prompts(points)
+    decode_objects(session, objects.values(), task)
+    plane.objects = objects
+    return plane
 
 
 def annotate(
@@ -85,9 +90,13 @@ def annotate(
     labels = np.zeros(rgb.shape[:2], np.int32)
     classes: dict[int, str] = {}
     scores: dict[int, float] = {}
+    objects: dict[int, SamObject] = {}
     if session is not None:
         task.report("image embedding")
         session.set_image(rgb)
-        task.report("masks")
-        labels, classes, scores = segment_points(session, points, prompts, rgb.shape[:2])
-    return Annotation(prompts, heat, points, labels, classes, scores, presence, absent)
+        state = segment_points(session, points, prompts, rgb.shape[:2], task)
+        labels = state.compose()
+        classes = state.classes
+        scores = {oid: o.score for oid, o in state.objects.items()}
+        objects = state.objects
+    return Annotation(prompts, heat, points, labels, classes, scores, presence, absent, objects)

@@ -16,10 +16,11 @@ import numpy as np
 from .image import to_rgb_uint8
 from .points import PointPrompts, object_point_sets
 
-__all__ = ["SamSession", "paint_labels"]
+__all__ = ["SamSession", "image_key", "paint_labels"]
 
 
-def _image_key(rgb: np.ndarray) -> str:
+def image_key(rgb: np.ndarray) -> str:
+    """A content hash of an image (shape and bytes): equal keys, equal embeddings."""
     h = hashlib.blake2b(digest_size=16)
     h.update(str(rgb.shape).encode())
     h.update(np.ascontiguousarray(rgb).data)
@@ -41,37 +42,84 @@ class SamSession:
     def image_shape(self) -> tuple[int, int] | None:
         return tuple(self.predictor.original_size) if self._key else None
 
-    def set_image(self, image: np.ndarray) -> None:
-        """Compute (or fetch from the cache) the embedding of a 2D grayscale/RGB(A) image."""
-        rgb = to_rgb_uint8(image)
-        key = _image_key(rgb)
-        if key == self._key:
-            return
-        p = self.predictor
-        if key in self._cache:
-            p.reset_image()
-            p.features, p.original_size, p.input_size = self._cache[key]
-            p.is_image_set = True
-            self._cache.move_to_end(key)
-        else:
-            p.set_image(rgb, image_format="RGB")
-            self._cache[key] = (p.features, p.original_size, p.input_size)
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        self._key = key
+    @property
+    def key(self) -> str | None:
+        """The key (``image_key``) of the image whose embedding is set, or None."""
+        return self._key
 
-    def _check_points(self, points_rc, labels) -> tuple[np.ndarray, np.ndarray]:
+    def use(self, key: str) -> bool:
+        """Make the cached embedding of ``key`` current; False if it is not cached."""
+        if key == self._key:
+            return True
+        if key not in self._cache:
+            return False
+        p = self.predictor
+        p.reset_image()
+        p.features, p.original_size, p.input_size = self._cache[key]
+        p.is_image_set = True
+        self._cache.move_to_end(key)
+        self._key = key
+        return True
+
+    def set_image(self, image: np.ndarray) -> str:
+        """Compute (or fetch from the cache) the embedding of a 2D grayscale/RGB(A) image;
+        returns its key."""
+        rgb = to_rgb_uint8(image)
+        key = image_key(rgb)
+        if self.use(key):
+            return key
+        p = self.predictor
+        p.set_image(rgb, image_format="RGB")
+        self._cache[key] = (p.features, p.original_size, p.input_size)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        self._key = key
+        return key
+
+    def _check_points(self, points_rc, labels, box=None) -> tuple[np.ndarray, np.ndarray]:
         if self._key is None:
             raise RuntimeError("call set_image(image) before predict")
-        pts = np.asarray(points_rc, dtype=np.float64).reshape(-1, 2)
-        lab = np.asarray(labels).reshape(-1).astype(np.int64)
-        if len(pts) == 0:
-            raise ValueError("no points given: SAM needs at least one positive point")
+        pts = np.asarray(points_rc, dtype=np.float64)
+        if pts.size and (pts.ndim != 2 or pts.shape[1] != 2):
+            raise ValueError(f"points must be (N, 2) (row, col) on the image plane, got shape {pts.shape}")
+        pts = pts.reshape(-1, 2)
+        lab = np.asarray(labels).reshape(-1)
         if len(pts) != len(lab):
             raise ValueError(f"{len(pts)} points but {len(lab)} labels")
+        if len(pts) and not np.isin(lab, (0, 1)).all():
+            raise ValueError(f"point labels must be 1 (positive) or 0 (negative), got {sorted(set(lab.tolist()))}")
+        lab = lab.astype(np.int64)
+        if box is None and not (lab == 1).any():
+            raise ValueError("SAM needs a positive point or a box for an object; only negative points were given")
         if not np.isfinite(pts).all():
             raise ValueError("points contain NaN/inf coordinates")
+        h, w = self.image_shape
+        outside = (pts[:, 0] < -0.5) | (pts[:, 0] > h - 0.5) | (pts[:, 1] < -0.5) | (pts[:, 1] > w - 0.5)
+        if outside.any():
+            raise ValueError(f"points {pts[outside].round(1).tolist()} lie outside the {h} x {w} image; "
+                             "move or delete them")
         return pts, lab
+
+    def decode(self, points_rc, labels, box=None, candidate: int | None = None
+               ) -> tuple[np.ndarray, float]:
+        """One object's mask (H, W) bool and SAM score from points (row, col), labels 1/0,
+        an optional box (row0, col0, row1, col1) and a multimask candidate (0-2; None: a
+        single point alone gets SAM's best of three, anything else its single mask)."""
+        pts, lab = self._check_points(points_rc, labels, box)
+        sam_box = None
+        if box is not None:
+            r0, c0, r1, c1 = (float(v) for v in box)
+            if not np.isfinite([r0, c0, r1, c1]).all():
+                raise ValueError(f"box {box} has NaN/inf corners")
+            sam_box = np.array([min(c0, c1), min(r0, r1), max(c0, c1), max(r0, r1)], float)
+        multimask = candidate is not None or (len(pts) == 1 and sam_box is None)
+        masks, scores, _ = self.predictor.predict(
+            point_coords=pts[:, ::-1].copy() if len(pts) else None,
+            point_labels=lab if len(pts) else None,
+            box=sam_box, multimask_output=multimask,
+        )
+        pick = int(np.argmax(scores)) if candidate is None else int(candidate) % len(scores)
+        return masks[pick].astype(bool), float(scores[pick])
 
     def predict(self, points_rc, labels, multimask: bool = True) -> np.ndarray:
         """Mask (H, W) bool for one object from (N, 2) napari (row, col) points, labels 1/0.

@@ -1,0 +1,337 @@
+"""The explicit state of one annotated image plane, and the one serial queue for SAM work.
+
+``Plane``: which 2D plane of an nD image is annotated (the axes shown as rows and columns,
+in any dims order, and the index of every other axis); it converts between plane (row,
+col) and the image's nD coordinates.
+
+``SamObject``: one object: its class, point and box prompts, chosen multimask candidate,
+SAM score and the mask the plugin last painted for it, kept as a cropped, bit-packed
+array (memory grows with the objects' areas / 8, never with whole-image masks).
+
+``PlaneAnnotation``: one plane's key (a hash of its pixels), prompts, objects and run
+generation. ``compose`` paints the objects' masks into labels (larger first, so a small
+object inside a large one stays visible); ``update`` merges new plugin labels into the
+user's labels without touching a pixel the user painted (a pixel whose value differs from
+what the plugin last wrote there is the user's, and stays).
+
+``SamQueue``: every use of a SAM model (run, live decodes, embeddings ahead of time)
+goes through one worker thread, so no two threads ever drive a predictor at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .points import PointPrompts, object_point_sets
+from .progress import Task, as_task
+
+__all__ = ["Plane", "SamObject", "PlaneAnnotation", "SamQueue", "LabelsUpdate", "objects_from_prompts",
+           "decode_objects"]
+
+
+@dataclass(frozen=True)
+class Plane:
+    """A 2D plane of an image with ``ndim`` spatial axes.
+
+    rows, cols: the data axes shown vertically and horizontally; fixed: (axis, index) for
+    every other axis, in axis order.
+    """
+
+    ndim: int
+    rows: int
+    cols: int
+    fixed: tuple[tuple[int, int], ...] = ()
+
+    @classmethod
+    def from_view(cls, shape: Sequence[int], point: Sequence[float] | None,
+                  displayed: Sequence[int] | None = None) -> Plane:
+        """The plane of an image of spatial ``shape`` shown at data coordinates ``point``
+        with data axes ``displayed`` (rows, cols; default the last two)."""
+        ndim = len(shape)
+        if ndim < 2:
+            raise ValueError(f"an image needs at least two spatial axes, got shape {tuple(shape)}")
+        rows, cols = (ndim - 2, ndim - 1) if displayed is None else (int(displayed[0]), int(displayed[1]))
+        if not (0 <= rows < ndim and 0 <= cols < ndim) or rows == cols:
+            raise ValueError(f"displayed axes {tuple(displayed or ())} do not fit an image with {ndim} axes")
+        pt = np.zeros(ndim) if point is None else np.asarray(point, dtype=float).ravel()
+        if len(pt) < ndim:
+            pt = np.concatenate([np.zeros(ndim - len(pt)), pt])
+        fixed = []
+        for ax in range(ndim):
+            if ax in (rows, cols):
+                continue
+            v = pt[-ndim + ax]
+            idx = 0 if not np.isfinite(v) else int(np.clip(np.round(v), 0, shape[ax] - 1))
+            fixed.append((ax, idx))
+        return cls(ndim, rows, cols, tuple(fixed))
+
+    @property
+    def index(self) -> tuple:
+        """numpy index of this plane in data of ``ndim`` axes (before any channel axis);
+        the result has (rows, cols) in axis order: transpose with ``transposed``."""
+        idx: list = [slice(None)] * self.ndim
+        for ax, i in self.fixed:
+            idx[ax] = i
+        return tuple(idx)
+
+    @property
+    def transposed(self) -> bool:
+        """True when the rows axis comes after the cols axis in the data."""
+        return self.rows > self.cols
+
+    def take(self, data) -> np.ndarray:
+        """The plane of ``data`` (spatial axes first, an optional trailing channel axis) as
+        (rows, cols[, C]); only this plane is read from lazy arrays."""
+        plane = np.asarray(data[self.index])
+        return np.swapaxes(plane, 0, 1) if self.transposed else plane
+
+    def shape_of(self, shape: Sequence[int]) -> tuple[int, int]:
+        return int(shape[self.rows]), int(shape[self.cols])
+
+    def to_nd(self, rc: np.ndarray) -> np.ndarray:
+        """(N, 2) plane (row, col) -> (N, ndim) image coordinates."""
+        rc = np.asarray(rc, dtype=float).reshape(-1, 2)
+        out = np.zeros((len(rc), self.ndim))
+        for ax, i in self.fixed:
+            out[:, ax] = i
+        out[:, self.rows] = rc[:, 0]
+        out[:, self.cols] = rc[:, 1]
+        return out
+
+    def contains(self, coords: np.ndarray) -> np.ndarray:
+        """(N,) bool: which (N, ndim) coordinates lie on this plane (rounded)."""
+        coords = np.asarray(coords, dtype=float).reshape(-1, self.ndim)
+        inside = np.ones(len(coords), bool)
+        for ax, i in self.fixed:
+            inside &= np.round(coords[:, ax]) == i
+        return inside
+
+    def to_rc(self, coords: np.ndarray) -> np.ndarray:
+        """(N, ndim) image coordinates -> (N, 2) plane (row, col)."""
+        coords = np.asarray(coords, dtype=float).reshape(-1, self.ndim)
+        return coords[:, [self.rows, self.cols]]
+
+    def indices(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Fancy index into nD data for plane pixels (rows, cols)."""
+        out: list = [None] * self.ndim
+        for ax, i in self.fixed:
+            out[ax] = np.full(len(rows), i, dtype=np.intp)
+        out[self.rows] = np.asarray(rows, np.intp)
+        out[self.cols] = np.asarray(cols, np.intp)
+        return tuple(out)
+
+    def describe(self) -> str:
+        return ", ".join(f"axis {ax} = {i}" for ax, i in self.fixed) or "2D"
+
+
+Box = tuple[float, float, float, float]  # (row0, col0, row1, col1) in plane pixels
+
+
+@dataclass
+class SamObject:
+    """One object on a plane: id, class (prompt index), prompts, and its painted mask."""
+
+    id: int
+    prompt: int
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # (n, 2) row, col
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # (n,) 1/0
+    box: Box | None = None
+    candidate: int | None = None  # None: SAM's best-scoring mask
+    score: float = 0.0
+    bbox: tuple[int, int, int, int] | None = None  # (r0, c0, r1, c1) of the mask, exclusive
+    packed: np.ndarray | None = None  # np.packbits of the mask's bbox crop
+    area: int = 0
+
+    def signature(self) -> tuple:
+        """What a decode depends on: equal signatures give equal masks."""
+        box = None if self.box is None else tuple(round(float(v), 3) for v in self.box)
+        return (np.round(self.points, 3).tobytes(), np.asarray(self.labels, np.int32).tobytes(),
+                box, self.candidate)
+
+    def set_mask(self, mask: np.ndarray, score: float) -> None:
+        """Keep ``mask`` (H, W) bool as a packed crop of its bounding box."""
+        self.score = float(score)
+        rows = np.flatnonzero(mask.any(axis=1))
+        if len(rows) == 0:
+            self.bbox, self.packed, self.area = None, None, 0
+            return
+        cols = np.flatnonzero(mask[rows[0]:rows[-1] + 1].any(axis=0))
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        crop = mask[r0:r1, c0:c1]
+        self.bbox = (r0, c0, r1, c1)
+        self.packed = np.packbits(crop, axis=None)
+        self.area = int(crop.sum())
+
+    def mask_crop(self) -> np.ndarray | None:
+        if self.bbox is None:
+            return None
+        r0, c0, r1, c1 = self.bbox
+        n = (r1 - r0) * (c1 - c0)
+        return np.unpackbits(self.packed, count=n).astype(bool).reshape(r1 - r0, c1 - c0)
+
+
+@dataclass
+class LabelsUpdate:
+    """Pixels to set in the labels layer: plane (rows, cols) and their new values, plus
+    how many pixels were left alone because the user painted them."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    values: np.ndarray
+    kept: int = 0
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+_generations = itertools.count(1)
+
+
+@dataclass
+class PlaneAnnotation:
+    """One annotated plane: pixels' key, prompts, objects and the run generation."""
+
+    plane: Plane
+    shape: tuple[int, int]
+    key: str
+    prompts: list[str]
+    objects: dict[int, SamObject] = field(default_factory=dict)
+    generation: int = field(default_factory=lambda: next(_generations))
+
+    def bump(self) -> int:
+        """A new generation: decodes computed for an earlier one are stale."""
+        self.generation = next(_generations)
+        return self.generation
+
+    def compose(self, region: tuple[int, int, int, int] | None = None,
+                objects: Iterable[SamObject] | None = None) -> np.ndarray:
+        """Labels of ``objects`` (default: this plane's) over ``region`` (r0, c0, r1, c1;
+        default the whole plane), larger masks first, ties by id (the higher id on top)."""
+        r0, c0, r1, c1 = region or (0, 0, *self.shape)
+        out = np.zeros((r1 - r0, c1 - c0), np.int32)
+        objs = self.objects.values() if objects is None else objects
+        for obj in sorted(objs, key=lambda o: (-o.area, o.id)):
+            if obj.bbox is None:
+                continue
+            a0, b0, a1, b1 = obj.bbox
+            y0, x0, y1, x1 = max(a0, r0), max(b0, c0), min(a1, r1), min(b1, c1)
+            if y0 >= y1 or x0 >= x1:
+                continue
+            crop = obj.mask_crop()[y0 - a0:y1 - a0, x0 - b0:x1 - b0]
+            out[y0 - r0:y1 - r0, x0 - c0:x1 - c0][crop] = obj.id
+        return out
+
+    def region_of(self, objects: Iterable[SamObject]) -> tuple[int, int, int, int] | None:
+        """The bounding region of the objects' masks, or None if none has a mask."""
+        boxes = [o.bbox for o in objects if o.bbox is not None]
+        if not boxes:
+            return None
+        b = np.array(boxes)
+        return int(b[:, 0].min()), int(b[:, 1].min()), int(b[:, 2].max()), int(b[:, 3].max())
+
+    def update(self, current: Callable[[tuple[int, int, int, int]], np.ndarray],
+               new_objects: Mapping[int, SamObject]) -> LabelsUpdate:
+        """Replace this plane's objects by ``new_objects`` and say which labels change.
+
+        current(region) -> the labels layer's plane over region (what is on screen now).
+        A pixel whose current value differs from what the plugin wrote before (the old
+        objects' composition) was painted by the user: it is kept, and counted in ``kept``.
+        """
+        old = list(self.objects.values())
+        changed = [o for o in old if new_objects.get(o.id) is not o] + \
+                  [o for oid, o in new_objects.items() if self.objects.get(oid) is not o]
+        region = self.region_of(changed)
+        self.objects = dict(new_objects)
+        if region is None:
+            return LabelsUpdate(np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0, np.int32))
+        before = self.compose(region, old)
+        after = self.compose(region)
+        now = np.asarray(current(region))
+        users = now != before
+        target = np.where(users, now, after)
+        diff = target != now
+        rr, cc = np.nonzero(diff)
+        r0, c0 = region[:2]
+        kept = int((users & (after != before)).sum())
+        return LabelsUpdate(rr + r0, cc + c0, target[diff].astype(np.int32), kept)
+
+    @property
+    def classes(self) -> dict[int, str]:
+        return {oid: self.prompts[o.prompt] for oid, o in sorted(self.objects.items())
+                if 0 <= o.prompt < len(self.prompts)}
+
+
+def objects_from_prompts(points: PointPrompts, boxes: Mapping[int, tuple[Box, int]] | None = None,
+                         candidates: Mapping[int, int | None] | None = None) -> dict[int, SamObject]:
+    """Group point prompts (and boxes: {object id: (box, prompt index)}) into objects.
+
+    An object gets its own points plus its prompt's shared negatives (object id 0); an
+    object with neither a positive point nor a box is left out (SAM has nothing to segment).
+    """
+    groups = object_point_sets(points)
+    objects: dict[int, SamObject] = {}
+    for oid, (pts, lab, cls) in groups.items():
+        objects[oid] = SamObject(oid, cls, pts, lab)
+    for oid, (box, cls) in (boxes or {}).items():
+        oid = int(oid)
+        if oid in objects:
+            objects[oid].box = box
+        elif oid > 0:
+            shared = (points.object_id == 0) & (points.prompt == cls) & ~points.positive
+            own = (points.object_id == oid)
+            sel = own | shared
+            objects[oid] = SamObject(oid, int(cls), points.points[sel], points.positive[sel].astype(np.int32), box)
+    for oid, cand in (candidates or {}).items():
+        if oid in objects:
+            objects[oid].candidate = cand
+    return dict(sorted(objects.items()))
+
+
+def decode_objects(session, objects: Iterable[SamObject], task: Task | None = None) -> None:
+    """Decode each object with ``session`` (its image set) and keep its mask, one at a
+    time, so at most one full-size mask exists at once."""
+    objects = list(objects)
+    task = as_task(task)
+    for i, obj in enumerate(objects):
+        task.report("masks", i, len(objects), "objects")
+        mask, score = session.decode(obj.points, obj.labels, obj.box, obj.candidate)
+        obj.set_mask(mask, score)
+        del mask
+    task.report("masks", len(objects), len(objects), "objects")
+
+
+class SamQueue:
+    """One worker thread for all SAM work: jobs run one at a time, in submission order."""
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-clipsam-sam")
+        self._pending = 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable, *args, **kwargs) -> Future:
+        with self._lock:
+            self._pending += 1
+        future = self._pool.submit(fn, *args, **kwargs)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _future) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def run(self, fn: Callable, *args, **kwargs):
+        """Submit and wait (for a caller that is itself a worker thread)."""
+        return self.submit(fn, *args, **kwargs).result()
+
+    @property
+    def busy(self) -> bool:
+        return self._pending > 0
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
