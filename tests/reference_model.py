@@ -45,3 +45,14 @@ def reference_pixels(size: str):
 
 def reference_sizes() -> list[str]:
     return [f"{h}x{w}" for h, w in reference_arrays()["meta/sizes"]]
+
+
+def reference_image_at(size: str) -> np.ndarray:
+    """image.png resized to ``size`` ("HxW") the way the fixture's pixels were made (PIL
+    bicubic, aspect not kept), as uint8 RGB: a localizer with ``input_size=None`` normalises
+    it to exactly ``reference_pixels(size)``, so ``heatmaps`` can be checked end to end."""
+    from PIL import Image
+
+    h, w = (int(v) for v in size.split("x"))
+    with Image.open(REFERENCE_DIR / "image.png") as img:
+        return np.asarray(img.convert("RGB").resize((w, h), Image.BICUBIC))

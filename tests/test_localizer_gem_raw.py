@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from napari_clipsam.core.localizers import get_localizer, vit
-from reference_model import reference_arrays, reference_pixels, reference_sizes
+from reference_model import reference_arrays, reference_image_at, reference_pixels, reference_sizes
 
 TOL = 1e-5
 SIZES = reference_sizes()
@@ -51,13 +51,31 @@ def test_gem_differs_from_raw(clip, prompts):
     assert (gem - raw).abs().max() > 1e-2
 
 
-def test_gem_upsampled_maps_match_reference_maps_raw(clip, prompts):
-    """Bilinear upsampling of patch maps to input size reproduces GEM's maps_raw."""
+@pytest.mark.parametrize("size", SIZES)
+def test_gem_heatmaps_and_similarity_match_reference_maps(clip, prompts, size):
+    """The product path end to end (image -> heatmaps at image size) against GEM's own maps:
+    bilinear upsampling (half-pixel centres) then per-prompt min-max. The image is the
+    fixture photo at the fixture's input size, so the encoder sees exactly its pixels."""
     Z = reference_arrays()
-    px = reference_pixels("448x336")
-    maps = get_localizer("gem", *clip).patch_maps(px, prompts)
-    up = torch.nn.functional.interpolate(maps, size=(448, 336), mode="bilinear")
-    np.testing.assert_allclose(up.numpy(), Z["gem/448x336/maps_raw"], atol=TOL, rtol=0)
+    loc = get_localizer("gem", *clip, input_size=None)
+    image = reference_image_at(size)
+    np.testing.assert_array_equal(loc.preprocess(image).numpy(), reference_pixels(size).numpy())
+    np.testing.assert_allclose(loc.heatmaps(image, prompts), Z[f"gem/{size}/maps"][0], atol=TOL, rtol=0)
+    np.testing.assert_allclose(loc.similarity(image, prompts), Z[f"gem/{size}/maps_raw"][0], atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_raw_similarity_is_the_bilinear_upsampling_of_the_reference_grid(clip, prompts, size):
+    """GEM's return_ori output = bilinear upsampling of raw/{S}/patch_maps (fixture README)."""
+    h, w = (int(v) for v in size.split("x"))
+    grid = torch.from_numpy(reference_arrays()[f"raw/{size}/patch_maps"])
+    expected = torch.nn.functional.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)[0]
+    lo = expected.flatten(1).min(1).values[:, None, None]
+    hi = expected.flatten(1).max(1).values[:, None, None]
+    loc = get_localizer("raw", *clip, input_size=None)
+    image = reference_image_at(size)
+    np.testing.assert_allclose(loc.similarity(image, prompts), expected.numpy(), atol=TOL, rtol=0)
+    np.testing.assert_allclose(loc.heatmaps(image, prompts), ((expected - lo) / (hi - lo)).numpy(), atol=TOL, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["gem", "raw"])

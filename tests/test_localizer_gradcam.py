@@ -10,7 +10,14 @@ import torch.nn.functional as F
 from napari_clipsam.core.localizers import LOCALIZERS, get_localizer
 from napari_clipsam.core.localizers.gradcam import GradCAMLocalizer
 from napari_clipsam.core.progress import Task
-from reference_model import REFERENCE_DIR, load_reference_clip, reference_arrays, reference_pixels, reference_sizes
+from reference_model import (
+    REFERENCE_DIR,
+    load_reference_clip,
+    reference_arrays,
+    reference_image_at,
+    reference_pixels,
+    reference_sizes,
+)
 
 TOL = 1e-5
 SIZES = reference_sizes()
@@ -73,9 +80,25 @@ def test_weights_and_cams_match_reference(loc, prompts, size):
         ref = Z[key]
         err = np.abs(got.numpy() - ref).max() / np.abs(ref).max()  # tiny values: relative to the max
         assert err < TOL, (key, err)
-    np.testing.assert_allclose(loc.grid_heatmaps(px, prompts)[0].numpy(), Z[f"gradcam/{size}/cam_grid"], atol=TOL, rtol=0)
     # the image side of the targets, at this size (the reference used force_image_size)
     np.testing.assert_allclose(loc.image_embedding(px).numpy(), Z[f"gradcam/{size}/image_embedding"], atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_heatmaps_are_the_librarys_cam_upsampled(clip, prompts, size):
+    """The product path (image -> heatmaps) against the library's CAM on the grid (ReLU, then
+    scaling): upsampled bilinearly to the input size and min-maxed here. The ReLU matters:
+    about half of each raw map is negative."""
+    Z = reference_arrays()
+    h, w = (int(v) for v in size.split("x"))
+    loc = get_localizer("gradcam", *clip, input_size=None)
+    image = reference_image_at(size)
+    np.testing.assert_array_equal(loc.preprocess(image).numpy(), reference_pixels(size).numpy())
+    cam = torch.from_numpy(Z[f"gradcam/{size}/cam_grid"])[None]  # (1, P, gh, gw), ReLU'd and scaled
+    up = F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)[0]
+    lo, hi = up.flatten(1).min(1).values[:, None, None], up.flatten(1).max(1).values[:, None, None]
+    assert (Z[f"gradcam/{size}/cam_grid_raw"] < 0).mean() > 0.2
+    np.testing.assert_allclose(loc.heatmaps(image, prompts), ((up - lo) / (hi - lo)).numpy(), atol=TOL, rtol=0)
 
 
 def test_heatmaps_leave_the_model_untouched(clip, loc, prompts):

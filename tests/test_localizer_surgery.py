@@ -14,15 +14,53 @@ from napari_clipsam.core.localizers.surgery import (
     SurgeryLocalizer,
     feature_surgery,
     similarity_map,
-    similarity_map_to_points,
 )
 from napari_clipsam.core.progress import Task
-from reference_model import REFERENCE_DIR, load_reference_clip, reference_arrays, reference_pixels, reference_sizes
+from reference_model import (
+    REFERENCE_DIR,
+    load_reference_clip,
+    reference_arrays,
+    reference_image_at,
+    reference_pixels,
+    reference_sizes,
+)
 
 TOL = 1e-5
 #: sizes the reference could run (it needs a square grid); the others are checked for shape
 CS_SIZES = [s for s in reference_sizes() if f"cs/{s}/image_features" in reference_arrays()]
 OTHER_SIZES = [s for s in reference_sizes() if s not in CS_SIZES]
+
+
+def similarity_map_to_points(
+    grid_map: torch.Tensor | np.ndarray, shape: tuple[int, int], t: float = 0.8, down_sample: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """CLIP Surgery's ``similarity_map_to_points`` written out (test-side: the plugin picks its
+    points in ``core.points``), on a (gh, gw) grid (any aspect ratio).
+
+    The map is bilinearly down-sampled by ``down_sample``, min-max normalised and ranked;
+    K = min(#cells >= t, cells // 2) positives (hottest cells, ascending score), then K
+    negatives (coldest cells, ascending score), at cell centres scaled to ``shape`` = (h, w).
+    Returns napari points (2K, 2) int64 (row, col) and labels (2K,) uint8 (1 = positive).
+    """
+    sm = torch.as_tensor(grid_map).detach().float().cpu()
+    if sm.ndim != 2:
+        raise ValueError(f"expected a (gh, gw) map, got shape {tuple(sm.shape)}")
+    if down_sample < 1:
+        raise ValueError(f"down_sample must be >= 1, got {down_sample}")
+    h, w = max(1, sm.shape[0] // down_sample), max(1, sm.shape[1] // down_sample)
+    sm = F.interpolate(sm[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0].reshape(-1)
+    span = sm.max() - sm.min()
+    sm = (sm - sm.min()) / span if span > 0 else torch.zeros_like(sm)  # a constant map: no points
+    rank = sm.sort(0)[1]
+    num = min(int((sm >= t).sum()), sm.shape[0] // 2)
+    idx = torch.cat([rank[sm.shape[0] - num:], rank[:num]])
+    # float32 arithmetic and truncation exactly as the reference
+    cols = ((idx % w + 0.5) * (float(shape[1]) / w)).clamp(max=shape[1] - 1)
+    rows = ((idx // w + 0.5) * (float(shape[0]) / h)).clamp(max=shape[0] - 1)
+    points = torch.stack([rows, cols], dim=1).to(torch.int64).numpy()
+    labels = np.zeros(2 * num, np.uint8)
+    labels[:num] = 1
+    return points, labels
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +106,7 @@ def test_tokens_similarities_maps_and_points_match_reference(clip, loc, loc_empt
     Z = reference_arrays()
     px = reference_pixels(size)
     feats, (gh, gw) = loc.image_features(px)
-    pos = vit.resample_pos_embed(clip[0].visual.positional_embedding, (gh, gw), mode="bilinear", antialias=False)
+    pos = vit.resample_pos_embed(clip[0].visual.positional_embedding, (gh, gw), "bilinear")
     _close(pos.detach(), f"cs/{size}/pos_embedding")
     _close(feats, f"cs/{size}/image_features")
     # the class row too (from the original path)
@@ -86,6 +124,23 @@ def test_tokens_similarities_maps_and_points_match_reference(clip, loc, loc_empt
             pts, labels = similarity_map_to_points(maps[0, i], (h0, w0), t=0.8, down_sample=2)
             np.testing.assert_array_equal(pts[:, ::-1], Z[f"cs/{size}/points_{mode}/{i}"])  # (row, col) -> [x, y]
             np.testing.assert_array_equal(labels, Z[f"cs/{size}/labels_{mode}/{i}"])
+
+
+@pytest.mark.parametrize("size", CS_SIZES)
+def test_heatmaps_min_max_on_the_grid_then_upsample(clip, prompts, size):
+    """The product path (image -> heatmaps) in the reference's order (``get_similarity_map``):
+    per-prompt min-max over the patch grid of the reference similarity, then bilinear to the
+    image size, written out here."""
+    Z = reference_arrays()
+    h, w = (int(v) for v in size.split("x"))
+    loc = get_localizer("surgery", *clip, input_size=None)
+    image = reference_image_at(size)
+    np.testing.assert_array_equal(loc.preprocess(image).numpy(), reference_pixels(size).numpy())
+    sim = torch.from_numpy(Z[f"cs/{size}/similarity_multi"][0, 1:])  # (N, P), class row dropped
+    lo, hi = sim.min(0).values, sim.max(0).values
+    grid = ((sim - lo) / (hi - lo)).T.reshape(1, -1, h // 16, w // 16)
+    expected = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)[0]
+    np.testing.assert_allclose(loc.heatmaps(image, prompts), expected.numpy(), atol=TOL, rtol=0)
 
 
 def test_single_prompt_auto_mode_subtracts_the_empty_prompt(loc, prompts):
@@ -124,7 +179,8 @@ def test_heatmaps_and_points_on_the_photo(loc, prompts):
     heat = loc.heatmaps(img, prompts, task=Task(lambda p: calls.append((p.done, p.total))))
     assert heat.shape == (3, *img.shape[:2]) and heat.dtype == np.float32
     assert heat.min() >= 0 and heat.max() <= 1 and calls[-1] == (1, 1)
-    per_prompt = loc.points(img, prompts)
+    grid, shape = loc.grid_similarity(img, prompts)
+    per_prompt = [similarity_map_to_points(m, shape) for m in grid]
     assert len(per_prompt) == 3
     for pts, labels in per_prompt:
         assert len(pts) == len(labels) > 0 and set(labels.tolist()) == {0, 1}

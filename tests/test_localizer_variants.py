@@ -6,6 +6,11 @@ the tiny reference CLIP's state dict (nothing from napari_clipsam except the loc
 test). That plain forward pass is itself anchored to the fixtures: run unmodified it must
 reproduce the reference tokens ``gem/{S}/feat_ori``, and its resampled positional embedding
 ``gem/{S}/pos_embedding``. Text features are the fixture's ``gem/text_features``.
+
+At sizes other than the native 224 x 224, each method's positional embedding is resized the
+way its official code does, written out below (``OFFICIAL_POS``), on inputs made from the
+fixture photo (``pixels_at``): non-native square (336 x 336), non-square (448 x 336,
+224 x 336).
 """
 
 import json
@@ -17,11 +22,45 @@ import torch
 import torch.nn.functional as F
 
 from napari_clipsam.core.localizers import LOCALIZERS, get_localizer
-from reference_model import reference_arrays, reference_pixels
+from reference_model import REFERENCE_DIR, reference_arrays, reference_pixels
 
 TOL = 1e-5
-SIZES = ["224x224", "448x336"]
+SIZES = ["224x224", "448x336"]  # the fixture's pixel tensors (feat_ori is known there)
+FORMULA_SIZES = ["224x224", "336x336", "448x336", "224x336"]
 VIT_METHODS = ["maskclip", "sclip", "clearclip", "naclip"]
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def pixels_at(size: str) -> torch.Tensor:
+    """The fixture's pixels where it has them, else the photo resized (PIL bicubic) and
+    normalised the same way."""
+    if (REFERENCE_DIR / f"pixels_{size}.npy").exists():
+        return reference_pixels(size)
+    from PIL import Image
+
+    h, w = (int(v) for v in size.split("x"))
+    img = np.asarray(Image.open(REFERENCE_DIR / "image.png").convert("RGB").resize((w, h), Image.BICUBIC))
+    x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255.0
+    return (x - torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)) / torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
+
+
+# Each official code's positional-embedding resize of the (1, C, g0, g0) grid to (gh, gw):
+def pos_open_clip(grid, gh, gw):  # open_clip resize_pos_embed / GEM: bicubic with antialias
+    return F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False, antialias=True)
+
+
+def pos_dino(grid, gh, gw):  # SCLIP / ClearCLIP / NACLIP: DINO's interpolate_pos_encoding
+    g0 = grid.shape[-1]
+    return F.interpolate(grid, scale_factor=((gh + 0.1) / g0, (gw + 0.1) / g0), mode="bicubic")
+
+
+def pos_mmseg(grid, gh, gw):  # MaskCLIP: mmseg resize_pos_embed, bicubic to the size, no antialias
+    return F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False)
+
+
+OFFICIAL_POS = {"maskclip": pos_mmseg, "sclip": pos_dino, "clearclip": pos_dino, "naclip": pos_dino,
+                "attention": pos_open_clip}
 
 
 # ---------------------------------------------------------------------------------------
@@ -40,21 +79,21 @@ class PlainViT:
     def ln(self, x, name):
         return F.layer_norm(x, (x.shape[-1],), self.W[f"{name}.weight"], self.W[f"{name}.bias"], eps=1e-5)
 
-    def pos_embed(self, gh, gw):
+    def pos_embed(self, gh, gw, resize=pos_open_clip):
         pos = self.W["visual.positional_embedding"]
         side = int(math.isqrt(pos.shape[0] - 1))
         if (gh, gw) == (side, side):
             return pos
-        grid = pos[1:].T.reshape(1, -1, side, side)
-        grid = F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False, antialias=True)
+        grid = resize(pos[1:].T.reshape(1, -1, side, side), gh, gw)
+        assert grid.shape[-2:] == (gh, gw)
         return torch.cat([pos[:1], grid.reshape(-1, gh * gw).T], dim=0)
 
-    def embed(self, px):
+    def embed(self, px, resize=pos_open_clip):
         x = F.conv2d(px, self.W["visual.conv1.weight"], stride=self.p)  # (B, C, gh, gw)
         B, C, gh, gw = x.shape
         x = x.reshape(B, C, gh * gw).transpose(1, 2)
         cls_tok = self.W["visual.class_embedding"].expand(B, 1, C)
-        x = torch.cat([cls_tok, x], dim=1) + self.pos_embed(gh, gw)
+        x = torch.cat([cls_tok, x], dim=1) + self.pos_embed(gh, gw, resize)
         return self.ln(x, "visual.ln_pre"), (gh, gw)
 
     def qkv(self, i, x):
@@ -92,8 +131,8 @@ class PlainViT:
         x = x + self.out_proj(i, self.qk_attention(i, x) @ v)
         return x + self.ffn(i, x)
 
-    def before_last(self, px):
-        x, grid = self.embed(px)
+    def before_last(self, px, resize=pos_open_clip):
+        x, grid = self.embed(px, resize)
         for i in range(self.n_blocks - 1):
             x = self.block(i, x)
         return x, grid
@@ -157,21 +196,58 @@ def test_registered():
         assert LOCALIZERS[name].name == name
 
 
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("size", FORMULA_SIZES)
 @pytest.mark.parametrize("method", VIT_METHODS)
 def test_last_block_variants_match_formula(clip, prompts, plain, plain_streams, method, size):
-    px, x, grid, _ = plain_streams[size]
+    """Native, larger square and non-square inputs, each method with its official
+    positional-embedding resize (the default, ``pos_interpolation="official"``)."""
+    px = pixels_at(size)
+    x, grid = plain.before_last(px, OFFICIAL_POS[method])
     text = torch.from_numpy(reference_arrays()["gem/text_features"])
     expected = PlainViT.cosine_maps(plain.head(last_block_formula(plain, method, x, grid)), text, grid)
-    loc = get_localizer(method, *clip)
+    loc = get_localizer(method, *clip, templates="single")
     feats, g = loc.tokens(px)
     assert g == grid and feats.shape == (1, 1 + grid[0] * grid[1], 64)
     maps = loc.patch_maps(px, prompts)
     assert maps.shape == (1, 3, *grid) and maps.dtype == torch.float32
     err = (maps - expected).abs().max().item()
     assert err < TOL, f"{method} {size}: max |diff| {err:.2e}"
-    # the variants really differ from each other and from the raw CLIP
-    assert (maps - torch.from_numpy(reference_arrays()[f"raw/{size}/patch_maps"])).abs().max() > 1e-3
+    if size in SIZES:  # the variants really differ from each other and from the raw CLIP
+        assert (maps - torch.from_numpy(reference_arrays()[f"raw/{size}/patch_maps"])).abs().max() > 1e-3
+    if size != "224x224":  # the resize matters: open_clip's (antialiased) one is measurably off
+        other = get_localizer(method, *clip, templates="single", pos_interpolation="open_clip")
+        assert (other.patch_maps(px, prompts) - expected).abs().max().item() > 1e-4
+
+
+@pytest.mark.parametrize("method, templates", [("maskclip", "surgery"), ("sclip", "imagenet"),
+                                               ("clearclip", "imagenet"), ("naclip", "imagenet")])
+def test_default_text_features_are_the_official_template_ensembles(clip, prompts, method, templates):
+    """MaskCLIP: the 85 templates of its prompt engineering (the fixture's list, shared with
+    CLIP Surgery); SCLIP, ClearCLIP, NACLIP: CLIP's 80 ImageNet templates. Normalised mean of
+    normalised template embeddings, computed here with the model's own text encoder."""
+    import open_clip
+
+    model, tok = clip
+    if templates == "surgery":
+        tpls = json.loads((REFERENCE_DIR / "clip_surgery_templates.json").read_text())
+    else:
+        tpls = [fn("{}") for fn in open_clip.zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES]
+    assert len(tpls) == {"surgery": 85, "imagenet": 80}[templates]
+    with torch.no_grad():
+        expected = torch.stack([
+            F.normalize(F.normalize(model.encode_text(tok([t.format(p) for t in tpls])), dim=-1).mean(0), dim=0)
+            for p in prompts])
+    loc = get_localizer(method, *clip)
+    assert len(loc.templates) == len(tpls)
+    torch.testing.assert_close(loc.text_features(prompts), expected, atol=1e-6, rtol=0)
+
+
+def test_pos_interpolation_parameter(clip):
+    assert get_localizer("sclip", *clip).pos_interpolation == "dino"
+    assert get_localizer("maskclip", *clip).pos_interpolation == "bicubic"
+    assert get_localizer("sclip", *clip, pos_interpolation="bilinear").pos_interpolation == "bilinear"
+    with pytest.raises(ValueError, match="pos_interpolation must be 'official' or one of"):
+        get_localizer("naclip", *clip, pos_interpolation="nearest")
 
 
 @pytest.mark.parametrize("kind", ["qk", "vv"])
@@ -270,7 +346,8 @@ def rn_clip():
 
 
 def plain_resnet(model, px, pos_embed: bool):
-    """layer4 by the model's own modules; then attention pooling and the value path by hand."""
+    """layer4 by the model's own modules; then attention pooling and the value path by hand
+    (the attention pool's positional embedding resized as MaskCLIP's reference does)."""
     v = model.visual
     with torch.no_grad():
         feat = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(px)))))
@@ -279,8 +356,7 @@ def plain_resnet(model, px, pos_embed: bool):
     pos = ap["positional_embedding"]
     side = int(math.isqrt(pos.shape[0] - 1))
     if (h, w) != (side, side):
-        g = F.interpolate(pos[1:].T.reshape(1, C, side, side), size=(h, w), mode="bicubic",
-                          align_corners=False, antialias=True)
+        g = pos_mmseg(pos[1:].T.reshape(1, C, side, side), h, w)  # MaskCLIP's resize
         pos = torch.cat([pos[:1], g.reshape(C, h * w).T], dim=0)
     x = feat.reshape(B, C, h * w).transpose(1, 2)
     xt = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1) + pos

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import vit
-from .base import Localizer
+from .base import Localizer, require_vit
 from .variants import last_block_input
 
 KINDS = ("qk", "vv")
@@ -37,10 +37,7 @@ class AttentionLocalizer(Localizer):
 
     def __init__(self, model, tokenizer, *, kind: str = "qk", **kwargs):
         super().__init__(model, tokenizer, **kwargs)
-        if not vit.is_vit(model.visual):
-            raise ValueError(
-                "'attention' needs a ViT CLIP (open_clip VisionTransformer); use 'maskclip' for ResNet CLIPs"
-            )
+        require_vit(model, self.name)
         kind = str(kind).lower()
         if kind not in KINDS:
             raise ValueError(f"attention kind must be one of {KINDS}, got {kind!r}")
@@ -50,7 +47,7 @@ class AttentionLocalizer(Localizer):
     def attention_and_raw(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         """(head-mean attention (B, 1 + N, 1 + N) of ``kind``, raw tokens (B, 1 + N, D), grid)."""
         visual = self.model.visual
-        x, grid, blk = last_block_input(visual, pixels.to(self.device, self.dtype))
+        x, grid, blk = last_block_input(visual, pixels.to(self.device, self.dtype), self.pos_interpolation)
         q, k, v = vit.attn_qkv(blk, blk.ln_1(x))
         s = q.shape[-1] ** -0.5
         a, b = (q, k) if self.kind == "qk" else (v, v)

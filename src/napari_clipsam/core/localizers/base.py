@@ -32,10 +32,10 @@ from torch.func import functional_call
 
 from ..image import to_rgb_uint8
 from ..progress import Task, as_task
-from . import vit
+from . import resnet, vit
 from .prompts import canonical, check_prompts, resolve_templates, split_synonyms
 
-__all__ = ["Localizer", "Tiling", "TokenSimilarityLocalizer", "check_prompts", "min_max", "min_max_"]
+__all__ = ["Localizer", "Tiling", "TokenSimilarityLocalizer", "check_prompts", "min_max", "min_max_", "require_vit"]
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -63,6 +63,19 @@ def min_max_(maps: torch.Tensor) -> torch.Tensor:
         else:
             m.zero_()
     return maps
+
+
+def require_vit(model, method: str) -> None:
+    """Raise the one "needs a ViT" error if ``model`` (an open_clip CLIP) has no ViT image
+    encoder; ``method`` is the localizer's name."""
+    visual = model.visual
+    if vit.is_vit(visual):
+        return
+    kind = "ResNet CLIP" if resnet.is_resnet(visual) else f"{type(visual).__name__} vision tower"
+    raise ValueError(
+        f"'{method}' needs a ViT CLIP (open_clip VisionTransformer), got a {kind}; "
+        "use 'maskclip' or 'gradcam' for ResNet CLIPs"
+    )
 
 
 def _axis_starts(length: int, crop: int, stride: int) -> list[int]:
@@ -105,6 +118,10 @@ class Localizer(ABC):
         patches); None = one pass over the whole working image. Windows larger than the
         working image shrink to it.
     stride: step between windows (default: half the window), rounded to whole patches.
+    pos_interpolation: how the positional embedding is resized when the input's patch grid
+        is not the model's native one: "official" (default) = what the method's reference
+        code does (``official_pos_interpolation``), or one of ``vit.POS_INTERPOLATIONS``
+        ("open_clip", "bicubic", "bilinear", "dino"; see there).
     batch_size: windows per forward pass.
     background: prompts that compete with the user's prompts without becoming heatmaps:
         each prompt's similarity becomes its margin over the best background prompt, and
@@ -113,10 +130,12 @@ class Localizer(ABC):
 
     name: ClassVar[str] = ""
     default_templates: ClassVar[str | tuple[str, ...]] = "single"
+    #: the positional-embedding resize of the method's reference code (``vit.POS_INTERPOLATIONS``)
+    official_pos_interpolation: ClassVar[str] = "open_clip"
 
     def __init__(self, model, tokenizer, *, templates: str | Sequence[str] | None = None,
                  input_size: int | None = 448, window: int | None = None, stride: int | None = None,
-                 batch_size: int = 1, background: Sequence[str] | str = ()):
+                 batch_size: int = 1, background: Sequence[str] | str = (), pos_interpolation: str = "official"):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.templates = resolve_templates(templates if templates is not None else self.default_templates, ())
@@ -138,6 +157,11 @@ class Localizer(ABC):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
+        how = self.official_pos_interpolation if pos_interpolation == "official" else pos_interpolation
+        if how not in vit.POS_INTERPOLATIONS:
+            raise ValueError(f"pos_interpolation must be 'official' or one of {vit.POS_INTERPOLATIONS}, "
+                             f"got {pos_interpolation!r}")
+        self.pos_interpolation = how
         background = [background] if isinstance(background, str) else [str(b) for b in background]
         self.background = tuple(check_prompts(background)) if background else ()
         cfg = getattr(model.visual, "preprocess_cfg", None) or {}
@@ -253,8 +277,8 @@ class Localizer(ABC):
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """The model's own image forward at this input size: (B, D), not normalised. The
-        positional embedding (ViT) or attention-pool embedding (ResNet) is resized the way
-        open_clip's ``force_image_size`` does, passed functionally (the model is untouched)."""
+        positional embedding (ViT) or attention-pool embedding (ResNet) is resized as
+        ``pos_interpolation`` says and passed functionally (the model is untouched)."""
         visual = self.model.visual
         ph, pw = self.patch_size
         grid = (pixels.shape[-2] // ph, pixels.shape[-1] // pw)
@@ -262,7 +286,7 @@ class Localizer(ABC):
             name, pos = "positional_embedding", visual.positional_embedding
         else:
             name, pos = "attnpool.positional_embedding", visual.attnpool.positional_embedding
-        new = vit.resample_pos_embed(pos, grid)
+        new = vit.resample_pos_embed(pos, grid, self.pos_interpolation)
         out = functional_call(visual, {} if new is pos else {name: new}, (pixels,))
         return out[0] if isinstance(out, tuple) else out  # output_tokens=True gives (pooled, tokens)
 

@@ -6,7 +6,9 @@ tokens are L2-normalised and attend to their own kind with an adaptive inverse t
 (mean token norm x head_dim^-0.5, per image), refined ``ss_attn_iter`` times; the three
 resulting attentions each aggregate v and are averaged, projected, and added residually to
 the GEM stream (no MLP on that path). The original stream runs unchanged alongside and
-feeds every block's attention input. Both streams end with ln_post @ proj.
+feeds every block's attention input (``vit.dual_stream``). Both streams end with
+ln_post @ proj. The positional embedding is resized as the reference does (bicubic with
+antialias, ``pos_interpolation="open_clip"``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import vit
-from .base import TokenSimilarityLocalizer
+from .base import TokenSimilarityLocalizer, require_vit
 
 
 def self_self_attention(
@@ -43,13 +45,13 @@ class GEMLocalizer(TokenSimilarityLocalizer):
     temperature, or None for the adaptive one."""
 
     name = "gem"
+    official_pos_interpolation = "open_clip"
 
     def __init__(self, model, tokenizer, *, depth: int = 7, ss_attn_iter: int = 1,
                  ss_attn_temp: float | None = None, **kwargs):
         super().__init__(model, tokenizer, **kwargs)
-        n_blocks = len(vit.resblocks(model.visual)) if vit.is_vit(model.visual) else 0
-        if not vit.is_vit(model.visual):
-            raise ValueError("GEM needs a ViT CLIP (open_clip VisionTransformer); pick 'maskclip' or 'gradcam' for ResNets")
+        require_vit(model, self.name)
+        n_blocks = len(vit.resblocks(model.visual))
         if not 2 <= depth <= n_blocks + 1:
             raise ValueError(f"GEM depth must be in 2..{n_blocks + 1} for this {n_blocks}-block model, got {depth}")
         if ss_attn_iter < 0:
@@ -65,22 +67,17 @@ class GEMLocalizer(TokenSimilarityLocalizer):
         visual = self.model.visual
         blocks = vit.resblocks(visual)
         start = len(blocks) - (self.depth - 1)
-        x, grid = vit.embed(visual, pixels)
+        x, grid = vit.embed(visual, pixels, self.pos_interpolation)
         x = vit.run_blocks(visual, x, blocks[:start])
-        x_gem = x
-        for blk in blocks[start:]:
-            h = blk.ln_1(x)
-            q, k, v = vit.attn_qkv(blk, h)
-            scale = q.shape[-1] ** -0.5
-            ori = ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1) @ v
-            if self.ss_attn_temp is None:
-                inv_temp = (h.norm(dim=-1).mean(dim=-1) * scale).view(-1, 1, 1, 1)
+
+        def gem_attention(q, k, v, h):
+            if self.ss_attn_temp is None:  # adaptive: mean token norm of ln_1(x) x head_dim^-0.5
+                inv_temp = (h.norm(dim=-1).mean(dim=-1) * q.shape[-1] ** -0.5).view(-1, 1, 1, 1)
             else:
                 inv_temp = self.ss_attn_temp
-            gem = self_self_attention(q, k, v, inv_temp, self.ss_attn_iter)
-            x_gem = x_gem + blk.ls_1(vit.attn_merge(blk, gem))
-            x = x + blk.ls_1(vit.attn_merge(blk, ori))
-            x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+            return self_self_attention(q, k, v, inv_temp, self.ss_attn_iter)
+
+        x_gem, x = vit.dual_stream(visual, x, blocks[start:], gem_attention)
         return vit.project(visual, x_gem), vit.project(visual, x), grid
 
     def tokens(self, pixels):

@@ -7,9 +7,9 @@ averaged over the patch grid, and the map is the weighted sum of the activations
 channels (class and other prefix tokens dropped). ReLU and min-max scaling come after.
 
 The image goes through the model's own ``forward``; at other input sizes the positional
-embedding (ViT) or the attention-pool embedding (ResNet) is resized the way open_clip's
-``force_image_size`` does (bicubic, antialias), passed functionally: the shared model is not
-modified. Gradients are taken only with respect to the hooked activation; the hook is
+embedding (ViT) or the attention-pool embedding (ResNet) is resized the way the reference run
+(open_clip's ``force_image_size``: bicubic, antialias, ``pos_interpolation="open_clip"``)
+does, passed functionally: the shared model is not modified. Gradients are taken only with respect to the hooked activation; the hook is
 removed afterwards, and no parameter's ``requires_grad`` is touched.
 """
 
@@ -21,15 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import vit
 from ..progress import Task
-from .base import Localizer, check_prompts, min_max
+from . import resnet, vit
+from .base import Localizer, check_prompts
 
 __all__ = ["GradCAMLocalizer", "cam_from_activations"]
-
-
-def _is_resnet(visual) -> bool:
-    return all(hasattr(visual, a) for a in ("layer4", "attnpool"))
 
 
 def cam_from_activations(
@@ -50,11 +46,12 @@ class GradCAMLocalizer(Localizer):
     ``model.visual`` (e.g. "transformer.resblocks.6.ln_1")."""
 
     name = "gradcam"
+    official_pos_interpolation = "open_clip"
 
     def __init__(self, model, tokenizer, *, layer: int | str = -1, **kwargs):
         super().__init__(model, tokenizer, **kwargs)
         visual = model.visual
-        if not (vit.is_vit(visual) or _is_resnet(visual)):
+        if not (vit.is_vit(visual) or resnet.is_resnet(visual)):
             raise ValueError("Grad-CAM supports open_clip ViT and ResNet (ModifiedResNet) image encoders")
         self.layer = layer
         _ = self.target_layer  # a bad layer fails here, not at first use
@@ -141,10 +138,6 @@ class GradCAMLocalizer(Localizer):
     def patch_maps(self, pixels: torch.Tensor, prompts: Sequence[str] | str) -> torch.Tensor:
         """Grad-CAM before ReLU: (B, P, gh, gw)."""
         return self.cam(pixels, prompts)[0]
-
-    def grid_heatmaps(self, pixels: torch.Tensor, prompts: Sequence[str] | str) -> torch.Tensor:
-        """The library's CAM on the patch grid: ReLU, then per-map min-max. (B, P, gh, gw) in [0, 1]."""
-        return min_max(self.patch_maps(pixels, prompts).clamp_min(0))
 
     def scores(self, grid: torch.Tensor) -> torch.Tensor:
         """The library's ReLU before scaling; ``heatmaps`` then upsamples and min-maxes (the

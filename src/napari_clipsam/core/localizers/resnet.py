@@ -1,4 +1,5 @@
-"""Dense features from open_clip's ResNet CLIPs (``ModifiedResNet``): MaskCLIP's ResNet path.
+"""Backbone code for open_clip's ResNet CLIPs (``ModifiedResNet``): dense features for
+MaskCLIP's ResNet path, and the shared ``is_resnet`` test. Not a localizer.
 
 CLIP's ResNets end in an attention pool: the layer4 map (B, C, h, w) gets a mean token
 prepended, a learned positional embedding added, and one multi-head attention in which only
@@ -40,11 +41,10 @@ def trunk(visual, pixels: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def pos_embed_for(attnpool, grid_hw: tuple[int, int]) -> torch.Tensor:
-    """The attention pool's (1 + h*w, C) positional embedding at grid (h, w), mean row first.
-
-    Resampled like ``vit.resample_pos_embed`` (bicubic, antialias = open_clip's resize)."""
-    return vit.resample_pos_embed(attnpool.positional_embedding, grid_hw)
+def pos_embed_for(attnpool, grid_hw: tuple[int, int], how: str = "open_clip") -> torch.Tensor:
+    """The attention pool's (1 + h*w, C) positional embedding at grid (h, w), mean row first,
+    resampled by ``vit.resample_pos_embed`` (``how``: one of ``vit.POS_INTERPOLATIONS``)."""
+    return vit.resample_pos_embed(attnpool.positional_embedding, grid_hw, how)
 
 
 def attnpool_global(attnpool, feat: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -71,12 +71,13 @@ def value_features(attnpool, feat: torch.Tensor, pos: torch.Tensor | None = None
 
 
 @torch.no_grad()
-def tokens(visual, pixels: torch.Tensor, *, pos_embed: bool = False) -> tuple[torch.Tensor, tuple[int, int]]:
+def tokens(visual, pixels: torch.Tensor, *, pos_embed: bool = False, pos_interpolation: str = "open_clip"
+           ) -> tuple[torch.Tensor, tuple[int, int]]:
     """(B, 1 + h*w, D) joint-space tokens (attention-pooled image embedding first, then the
     MaskCLIP value features, row-major) and the grid (h, w)."""
     feat = trunk(visual, pixels)
     grid = (int(feat.shape[-2]), int(feat.shape[-1]))
-    pos = pos_embed_for(visual.attnpool, grid)
+    pos = pos_embed_for(visual.attnpool, grid, pos_interpolation)
     glob = attnpool_global(visual.attnpool, feat, pos)
     dense = value_features(visual.attnpool, feat, pos if pos_embed else None)
     return torch.cat([glob[:, None], dense], dim=1), grid

@@ -4,8 +4,9 @@ Architecture surgery: in the last ``depth - 1`` blocks a second path adds v-v at
 (softmax(v v^T / sqrt(d)) v, the block's own q/k/v and output projections) residually,
 without the MLP; its attention input is always the *original* stream's ``ln_1`` output,
 which runs unchanged alongside. The class token comes from the original stream; every token
-then goes through ln_post @ proj and is L2-normalised. The positional embedding is resized
-bilinearly (no antialias), as the reference does.
+then goes through ln_post @ proj and is L2-normalised (``vit.dual_stream``). The positional
+embedding is resized bilinearly (no antialias), as the reference does
+(``pos_interpolation="bilinear"``).
 
 Feature surgery: the cosine of each token with each prompt, minus what is common to all
 prompts. With several prompts ("classes"), the per-channel products token x text are
@@ -22,16 +23,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import vit
-from .base import Localizer, check_prompts, min_max
+from .base import Localizer, check_prompts, min_max, require_vit
 from .prompts import CLIP_SURGERY_TEMPLATES
 
-__all__ = ["CLIP_SURGERY_TEMPLATES", "SurgeryLocalizer", "feature_surgery", "similarity_map",
-           "similarity_map_to_points"]
+__all__ = ["CLIP_SURGERY_TEMPLATES", "SurgeryLocalizer", "feature_surgery", "similarity_map"]
 
 Redundancy = Literal["auto", "classes", "empty"]
 
@@ -60,36 +59,6 @@ def similarity_map(maps: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(min_max(maps.float()), size=tuple(shape), mode="bilinear", align_corners=False)
 
 
-def similarity_map_to_points(
-    grid_map: torch.Tensor | np.ndarray, shape: tuple[int, int], t: float = 0.8, down_sample: int = 2
-) -> tuple[np.ndarray, np.ndarray]:
-    """The reference's ``similarity_map_to_points`` on a (gh, gw) grid (any aspect ratio).
-
-    The map is bilinearly down-sampled by ``down_sample``, min-max normalised and ranked;
-    K = min(#cells >= t, cells // 2) positives (hottest cells, ascending score), then K
-    negatives (coldest cells, ascending score), at cell centres scaled to ``shape`` = (h, w).
-    Returns napari points (2K, 2) int64 (row, col) and labels (2K,) uint8 (1 = positive).
-    """
-    sm = torch.as_tensor(grid_map).detach().float().cpu()
-    if sm.ndim != 2:
-        raise ValueError(f"expected a (gh, gw) map, got shape {tuple(sm.shape)}")
-    if down_sample < 1:
-        raise ValueError(f"down_sample must be >= 1, got {down_sample}")
-    h, w = max(1, sm.shape[0] // down_sample), max(1, sm.shape[1] // down_sample)
-    sm = F.interpolate(sm[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0].reshape(-1)
-    sm = min_max(sm.view(1, -1)).view(-1)  # a constant map becomes zeros: no points
-    rank = sm.sort(0)[1]
-    num = min(int((sm >= t).sum()), sm.shape[0] // 2)
-    idx = torch.cat([rank[sm.shape[0] - num:], rank[:num]])
-    # float32 arithmetic and truncation exactly as the reference
-    cols = ((idx % w + 0.5) * (float(shape[1]) / w)).clamp(max=shape[1] - 1)
-    rows = ((idx // w + 0.5) * (float(shape[0]) / h)).clamp(max=shape[0] - 1)
-    points = torch.stack([rows, cols], dim=1).to(torch.int64).numpy()
-    labels = np.zeros(2 * num, np.uint8)
-    labels[:num] = 1
-    return points, labels
-
-
 class SurgeryLocalizer(Localizer):
     """depth: the v-v path spans the last ``depth - 1`` blocks (reference: 7, i.e. 6 blocks;
     same meaning as GEM's ``depth``). redundancy: "classes" (class-weighted removal across
@@ -98,12 +67,11 @@ class SurgeryLocalizer(Localizer):
 
     name = "surgery"
     default_templates = CLIP_SURGERY_TEMPLATES
+    official_pos_interpolation = "bilinear"
 
     def __init__(self, model, tokenizer, *, depth: int = 7, redundancy: Redundancy = "auto", **kwargs):
         super().__init__(model, tokenizer, **kwargs)
-        if not vit.is_vit(model.visual):
-            raise ValueError("CLIP Surgery here needs a ViT CLIP (open_clip VisionTransformer); "
-                             "pick 'maskclip' or 'gradcam' for ResNets")
+        require_vit(model, self.name)
         n_blocks = len(vit.resblocks(model.visual))
         if not 2 <= depth <= n_blocks + 1:
             raise ValueError(f"CLIP Surgery depth must be in 2..{n_blocks + 1} for this {n_blocks}-block model, got {depth}")
@@ -133,17 +101,13 @@ class SurgeryLocalizer(Localizer):
         visual = self.model.visual
         blocks = vit.resblocks(visual)
         start = len(blocks) - (self.depth - 1)
-        x, grid = vit.embed(visual, pixels.to(self.device, self.dtype), pos_mode="bilinear", pos_antialias=False)
+        x, grid = vit.embed(visual, pixels.to(self.device, self.dtype), self.pos_interpolation)
         x = vit.run_blocks(visual, x, blocks[:start])
-        x_vv = x
-        for blk in blocks[start:]:
-            q, k, v = vit.attn_qkv(blk, blk.ln_1(x))
-            scale = q.shape[-1] ** -0.5
-            ori = ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1) @ v
-            vv = ((v @ v.transpose(-2, -1)) * scale).softmax(dim=-1) @ v
-            x_vv = x_vv + blk.ls_1(vit.attn_merge(blk, vv))
-            x = x + blk.ls_1(vit.attn_merge(blk, ori))
-            x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+
+        def vv_attention(q, k, v, h):
+            return ((v @ v.transpose(-2, -1)) * v.shape[-1] ** -0.5).softmax(dim=-1) @ v
+
+        x_vv, x = vit.dual_stream(visual, x, blocks[start:], vv_attention)
         tokens = torch.cat([x[:, :1], x_vv[:, 1:]], dim=1)
         return F.normalize(vit.project(visual, tokens).float(), dim=-1), grid
 
@@ -165,10 +129,3 @@ class SurgeryLocalizer(Localizer):
     def grid_to_heatmaps(self, grid: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
         """The reference's order: per-map min-max on the grid, then bilinear to image size."""
         return similarity_map(grid[None], shape)[0]
-
-    def points(
-        self, image: np.ndarray, prompts: Sequence[str] | str, *, t: float = 0.8, down_sample: int = 2
-    ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The reference's SAM point prompts per prompt: [(points (K, 2) row/col, labels (K,))]."""
-        grid, shape = self.grid_similarity(image, prompts)
-        return [similarity_map_to_points(m, shape, t=t, down_sample=down_sample) for m in grid]

@@ -40,10 +40,13 @@ Where the residual/FFN choices come from (papers and their official code):
   patches, and the "reduced architecture" (no residual, no FFN) of the last block (official
   code: ``arch='reduced', attn_strategy='naclip', gaussian_std=5``).
 
-Positional embeddings at non-native sizes are resampled as everywhere in this package
-(``vit.embed``: bicubic with antialias, open_clip's ``resize_pos_embed``); the official SCLIP /
-ClearCLIP / NACLIP code interpolates with ``scale_factor=(g + 0.1) / g0`` and no antialias, so
-at other than the native size those references differ slightly in that one step.
+Defaults are the official ones: positional embeddings at non-native sizes are resized as
+each reference does (``pos_interpolation="official"``): SCLIP, ClearCLIP and NACLIP with
+DINO's ``interpolate_pos_encoding`` (bicubic, no antialias, ``scale_factor=(g + 0.1) / g0``:
+``"dino"``), MaskCLIP with mmseg's ``resize_pos_embed`` (bicubic to the target grid, no
+antialias: ``"bicubic"``); text features are each reference's template ensemble (CLIP's 80
+ImageNet templates for SCLIP, ClearCLIP and NACLIP; the 85 of MaskCLIP's prompt engineering
+for MaskCLIP); NACLIP's Gaussian std is 5.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ from abc import abstractmethod
 import torch
 
 from . import resnet, vit
-from .base import TokenSimilarityLocalizer
+from .base import TokenSimilarityLocalizer, require_vit
+from .prompts import CLIP_SURGERY_TEMPLATES
 
 __all__ = [
     "LastBlockLocalizer",
@@ -66,10 +70,11 @@ __all__ = [
 ]
 
 
-def last_block_input(visual, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], object]:
+def last_block_input(visual, pixels: torch.Tensor, pos_interpolation: str = "open_clip"
+                     ) -> tuple[torch.Tensor, tuple[int, int], object]:
     """Embed and run all blocks but the last: (x (B, 1 + N, C), grid, last block)."""
     blocks = vit.resblocks(visual)
-    x, grid = vit.embed(visual, pixels)
+    x, grid = vit.embed(visual, pixels, pos_interpolation)
     x = vit.run_blocks(visual, x, blocks[:-1])
     return x, grid, blocks[-1]
 
@@ -89,22 +94,19 @@ def gaussian_bias(grid_hw: tuple[int, int], std: float, *, device=None, dtype=to
 
 
 class LastBlockLocalizer(TokenSimilarityLocalizer):
-    """Base: replace the last block of a ViT CLIP by ``last_block``; ViT only by default."""
+    """Base: replace the last block of a ViT CLIP by ``last_block``; ViT only by default.
+    Text features default to CLIP's 80 ImageNet templates, as the SCLIP, ClearCLIP and NACLIP
+    references."""
 
+    default_templates = "imagenet"
+    official_pos_interpolation = "dino"
     #: whether open_clip ResNet CLIPs are supported (only MaskCLIP's value path is)
     supports_resnet = False
 
     def __init__(self, model, tokenizer, **kwargs):
         super().__init__(model, tokenizer, **kwargs)
-        if vit.is_vit(model.visual):
-            return
-        if self.supports_resnet and resnet.is_resnet(model.visual):
-            return
-        kind = "ResNet CLIP" if resnet.is_resnet(model.visual) else f"{type(model.visual).__name__} vision tower"
-        raise ValueError(
-            f"'{self.name}' needs a ViT CLIP (open_clip VisionTransformer), got a {kind}; "
-            "use 'maskclip' for ResNet CLIPs"
-        )
+        if not (self.supports_resnet and resnet.is_resnet(model.visual)):
+            require_vit(model, self.name)
 
     @abstractmethod
     def last_block(self, block, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -113,18 +115,22 @@ class LastBlockLocalizer(TokenSimilarityLocalizer):
     @torch.no_grad()
     def tokens(self, pixels):
         visual = self.model.visual
-        x, grid, blk = last_block_input(visual, pixels)
+        x, grid, blk = last_block_input(visual, pixels, self.pos_interpolation)
         return vit.project(visual, self.last_block(blk, x, grid)), grid
 
 
 class MaskCLIPLocalizer(LastBlockLocalizer):
     """MaskCLIP: the last block's attention replaced by its value path, out_proj(v); residual
     and FFN kept (as MaskCLIP's reference). ResNet CLIPs: c_proj(v_proj(layer4)) per location.
+    Text: the 85 templates of MaskCLIP's prompt engineering (``"surgery"``, which CLIP Surgery
+    took from MaskCLIP); positional embedding: bicubic to the grid, no antialias.
 
     resnet_pos_embed: ResNet only; add the attention pool's (resampled) positional embedding
         before v_proj. False = MaskCLIP's reference (no positional embedding)."""
 
     name = "maskclip"
+    default_templates = CLIP_SURGERY_TEMPLATES
+    official_pos_interpolation = "bicubic"
     supports_resnet = True
 
     def __init__(self, model, tokenizer, *, resnet_pos_embed: bool = False, **kwargs):
@@ -141,7 +147,7 @@ class MaskCLIPLocalizer(LastBlockLocalizer):
         visual = self.model.visual
         if vit.is_vit(visual):
             return super().tokens(pixels)
-        return resnet.tokens(visual, pixels, pos_embed=self.resnet_pos_embed)
+        return resnet.tokens(visual, pixels, pos_embed=self.resnet_pos_embed, pos_interpolation=self.pos_interpolation)
 
 
 class SCLIPLocalizer(LastBlockLocalizer):

@@ -1,28 +1,48 @@
-"""Token-level plumbing for open_clip Vision Transformers, shared by the ViT localizers.
+"""Backbone code for open_clip Vision Transformers, shared by the ViT localizers.
 
-open_clip's ``VisionTransformer.forward`` pools to one vector; localizers need every token,
-at any input size, and the attention internals (q, k, v) of the last blocks. These helpers
-expose exactly that, batch-first, on the model's own modules and weights (nothing copied).
+Not a localizer: the method files (``gem``, ``surgery``, ``variants``, ...) hold the
+algorithms; this module only exposes what they need from the backbone. open_clip's
+``VisionTransformer.forward`` pools to one vector; localizers need every token, at any input
+size (``resample_pos_embed``), the attention internals (q, k, v) of the last blocks, and the
+two-stream loop of GEM and CLIP Surgery (``dual_stream``). Everything is batch-first, on the
+model's own modules and weights (nothing copied).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "POS_INTERPOLATIONS",
     "is_vit",
     "patch_size",
     "resample_pos_embed",
     "embed",
     "resblocks",
     "run_blocks",
+    "dual_stream",
     "attn_qkv",
     "attn_merge",
     "project",
 ]
+
+#: How a positional embedding is resized to another patch grid (``resample_pos_embed``):
+#:
+#: * ``"open_clip"``: bicubic with antialias to the target grid (PIL's bicubic); open_clip's
+#:   ``resize_pos_embed`` (``force_image_size``) and GEM's reference do this.
+#: * ``"bicubic"``: bicubic to the target grid, ``align_corners=False``, no antialias
+#:   (MaskCLIP's reference, mmseg's ``resize_pos_embed``).
+#: * ``"bilinear"``: bilinear to the target grid, ``align_corners=False``, no antialias
+#:   (CLIP Surgery's reference).
+#: * ``"dino"``: bicubic, no antialias, with ``scale_factor = ((gh + 0.1) / g0, (gw + 0.1) / g0)``
+#:   instead of a target size, so PyTorch samples with that slightly larger scale rather than
+#:   gh / g0 (DINO's ``interpolate_pos_encoding``, used by the SCLIP, ClearCLIP and NACLIP
+#:   references).
+POS_INTERPOLATIONS = ("open_clip", "bicubic", "bilinear", "dino")
 
 
 def is_vit(visual) -> bool:
@@ -34,34 +54,36 @@ def patch_size(visual) -> tuple[int, int]:
     return (int(k[0]), int(k[1])) if isinstance(k, tuple) else (int(k), int(k))
 
 
-def resample_pos_embed(
-    pos: torch.Tensor, grid_hw: tuple[int, int], *, mode: str = "bicubic", antialias: bool = True
-) -> torch.Tensor:
-    """Resize a (1 + N0, C) positional embedding (class row first) to a gh x gw patch grid.
-
-    Default = GEM's and open_clip's ``resize_pos_embed``: bicubic with antialias (PIL's
-    bicubic). CLIP Surgery uses ``mode="bilinear", antialias=False``.
-    """
+def resample_pos_embed(pos: torch.Tensor, grid_hw: tuple[int, int], how: str = "open_clip") -> torch.Tensor:
+    """Resize a (1 + g0*g0, C) positional embedding (class row first, square g0 x g0 grid) to a
+    gh x gw patch grid, row-major, the way ``how`` (one of ``POS_INTERPOLATIONS``) says.
+    The native grid is returned unchanged."""
+    if how not in POS_INTERPOLATIONS:
+        raise ValueError(f"unknown positional-embedding interpolation {how!r}; choose one of {POS_INTERPOLATIONS}")
     n0 = pos.shape[0] - 1
     side = int(round(math.sqrt(n0)))
     if side * side != n0:
         raise ValueError(f"positional embedding with {n0} patch rows is not a square grid")
-    gh, gw = grid_hw
+    gh, gw = int(grid_hw[0]), int(grid_hw[1])
     if (gh, gw) == (side, side):
         return pos
     cls_row, grid = pos[:1], pos[1:]
     grid = grid.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-    kwargs = {"antialias": antialias} if mode in ("bilinear", "bicubic") else {}
-    align = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-    grid = F.interpolate(grid, size=(gh, gw), mode=mode, **align, **kwargs)
+    if how == "dino":
+        grid = F.interpolate(grid, scale_factor=((gh + 0.1) / side, (gw + 0.1) / side), mode="bicubic",
+                             align_corners=False)
+        if tuple(grid.shape[-2:]) != (gh, gw):  # float rounding of side * scale; never seen
+            raise RuntimeError(f"'dino' interpolation gave a {tuple(grid.shape[-2:])} grid, expected {(gh, gw)}")
+    else:
+        mode = "bilinear" if how == "bilinear" else "bicubic"
+        grid = F.interpolate(grid, size=(gh, gw), mode=mode, align_corners=False, antialias=how == "open_clip")
     grid = grid.permute(0, 2, 3, 1).reshape(gh * gw, -1)
     return torch.cat([cls_row, grid], dim=0)
 
 
-def embed(
-    visual, pixels: torch.Tensor, *, pos_mode: str = "bicubic", pos_antialias: bool = True
-) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Patchify + class token + (resampled) positional embedding + ln_pre.
+def embed(visual, pixels: torch.Tensor, pos_interpolation: str = "open_clip") -> tuple[torch.Tensor, tuple[int, int]]:
+    """Patchify + class token + positional embedding (resampled with ``pos_interpolation``,
+    see ``POS_INTERPOLATIONS``) + ln_pre.
 
     pixels: (B, 3, H, W) normalised, H and W multiples of the patch size.
     Returns tokens (B, 1 + gh*gw, C) and the grid (gh, gw), row-major.
@@ -75,7 +97,7 @@ def embed(
     x = x.flatten(2).transpose(1, 2)
     cls_tok = visual.class_embedding.to(x.dtype).reshape(1, 1, -1).expand(x.shape[0], -1, -1)
     x = torch.cat([cls_tok, x], dim=1)
-    pos = resample_pos_embed(visual.positional_embedding, (gh, gw), mode=pos_mode, antialias=pos_antialias)
+    pos = resample_pos_embed(visual.positional_embedding, (gh, gw), pos_interpolation)
     x = x + pos.to(x.dtype)
     x = visual.ln_pre(x)
     return x, (int(gh), int(gw))
@@ -95,6 +117,29 @@ def run_blocks(visual, x: torch.Tensor, blocks) -> torch.Tensor:
     if not batch_first:
         x = x.transpose(0, 1)
     return x
+
+
+def dual_stream(
+    visual, x: torch.Tensor, blocks, side_attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                                                             torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two-stream loop of GEM and CLIP Surgery over ``blocks`` (batch-first tokens x).
+
+    The original stream runs each block unchanged (q-k attention, residual, MLP). A side
+    stream starts equal to x and, per block, adds the block's output projection of
+    ``side_attention(q, k, v, h)`` (h = ln_1 of the *original* stream, q, k, v its
+    (B, heads, N, d) projections; returns (B, heads, N, d)), without the MLP.
+    Returns (side stream, original stream), each (B, N, C).
+    """
+    x_side = x
+    for blk in blocks:
+        h = blk.ln_1(x)
+        q, k, v = attn_qkv(blk, h)
+        ori = ((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(dim=-1) @ v
+        x_side = x_side + blk.ls_1(attn_merge(blk, side_attention(q, k, v, h)))
+        x = x + blk.ls_1(attn_merge(blk, ori))
+        x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+    return x_side, x
 
 
 def attn_qkv(block, x_normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
