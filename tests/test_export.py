@@ -1,4 +1,6 @@
-"""Export: real files read back with tifffile / imageio; atomic writes."""
+"""Export: each format written by us and read back by the field's own reader (tifffile,
+imageio, numpy, pycocotools, ome-zarr / zarr) and by ``read_labels``; refusals; overwrite;
+pairs of files that change together; the user's umask."""
 
 import json
 import os
@@ -8,7 +10,20 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_clipsam.core.export import write_labels
+from napari_clipsam.core import export
+from napari_clipsam.core.export import (
+    classes_from_features,
+    features_table,
+    read_labels,
+    read_points_csv,
+    sidecar_path,
+    write_labels,
+    write_points_csv,
+)
+
+CLASSES = {1: "cat", 2: "sofa", 7: "cat"}
+SCORES = {1: 0.91, 2: 0.5, 7: 0.75}
+ALL_SUFFIXES = [".tif", ".tiff", ".png", ".npy", ".json", ".zarr", ".ome.zarr"]
 
 
 @pytest.fixture
@@ -16,42 +31,177 @@ def labels():
     lab = np.zeros((40, 60), np.int32)
     lab[5:15, 5:20] = 1
     lab[20:35, 30:55] = 2
-    lab[0, 0] = 7
+    lab[0, 0:3] = 7
     return lab
 
 
-@pytest.mark.parametrize("suffix,reader", [(".tif", tifffile.imread), (".png", iio.imread), (".npy", np.load)])
-def test_round_trip(tmp_path, labels, suffix, reader):
+def hidden(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.parametrize("suffix", ALL_SUFFIXES)
+def test_round_trip_through_read_labels(tmp_path, labels, suffix):
     path = tmp_path / f"out{suffix}"
-    written = write_labels(path, labels, classes={1: "cat", 2: "sofa", 7: "cat"}, metadata={"method": "gem"})
+    prov = {"prompts": ["sofa", "cat"], "method": "gem"}
+    written = write_labels(path, labels, classes=CLASSES, scores=SCORES, provenance=prov, metadata={"k": 1})
     assert written == [str(path), str(path) + ".json"]
-    np.testing.assert_array_equal(reader(path), labels)
-    info = json.loads((tmp_path / f"out{suffix}.json").read_text())
-    assert info["objects"] == {"1": "cat", "2": "sofa", "7": "cat"} and info["metadata"]["method"] == "gem"
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left
+    back = read_labels(path)
+    np.testing.assert_array_equal(back.labels, labels)
+    assert back.classes == CLASSES and back.scores == SCORES
+    assert back.provenance == prov and back.sidecar["metadata"] == {"k": 1}
+    again = read_labels(sidecar_path(path))  # the sidecar opens the same export
+    np.testing.assert_array_equal(again.labels, labels)
+    assert hidden(tmp_path) == []  # no temp or backup files left
 
 
-def test_png_uses_16_bit_when_needed(tmp_path, labels):
+def test_tiff_read_by_tifffile_with_class_table(tmp_path, labels):
+    write_labels(tmp_path / "a.tif", labels, classes=CLASSES, scores=SCORES, sidecar=False)
+    with tifffile.TiffFile(tmp_path / "a.tif") as tif:
+        np.testing.assert_array_equal(tif.asarray(), labels)
+        assert tif.asarray().dtype == np.uint8
+        table = tif.shaped_metadata[0]["napari_clipsam"]
+    assert table["classes"] == {"1": "cat", "2": "sofa", "7": "cat"}
+    assert read_labels(tmp_path / "a.tif").classes == CLASSES  # without the sidecar, from the TIFF itself
+
+
+def test_tiff_nd_and_32_bit(tmp_path):
+    lab = np.zeros((3, 20, 30), np.int64)
+    lab[1, 2:5, 2:5] = 70000
+    lab[2, 10:12, 3:9] = 2**32 - 1
+    write_labels(tmp_path / "s.tif", lab, sidecar=False)
+    back = tifffile.imread(tmp_path / "s.tif")
+    assert back.dtype == np.uint32
+    np.testing.assert_array_equal(back, lab)
+
+
+def test_png_8_and_16_bit_read_by_imageio(tmp_path, labels):
+    write_labels(tmp_path / "a.png", labels, sidecar=False)
+    assert iio.imread(tmp_path / "a.png").dtype == np.uint8
     labels[1, 1] = 300
-    write_labels(tmp_path / "big.png", labels, sidecar=False)
-    back = iio.imread(tmp_path / "big.png")
+    write_labels(tmp_path / "b.png", labels, sidecar=False)
+    back = iio.imread(tmp_path / "b.png")
     assert back.dtype == np.uint16
     np.testing.assert_array_equal(back, labels)
 
 
-def test_failed_write_keeps_previous_file(tmp_path, labels, monkeypatch):
-    path = tmp_path / "keep.tif"
-    write_labels(path, labels, sidecar=False)
-    before = path.read_bytes()
+def test_npy_read_by_numpy(tmp_path, labels):
+    write_labels(tmp_path / "a.npy", labels, sidecar=False)
+    back = np.load(tmp_path / "a.npy", allow_pickle=False)
+    assert back.dtype == labels.dtype
+    np.testing.assert_array_equal(back, labels)
 
-    def boom(*a, **k):
-        raise OSError("disk full")
 
-    monkeypatch.setattr(tifffile, "imwrite", boom)
-    with pytest.raises(OSError, match="disk full"):
-        write_labels(path, labels + 1, sidecar=False)
-    assert path.read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == ["keep.tif"]
+def test_coco_read_by_pycocotools(tmp_path, labels):
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+
+    path = tmp_path / "a.json"
+    write_labels(path, labels, classes=CLASSES, scores=SCORES, provenance={"prompts": ["sofa", "cat", "dog"]})
+    coco = COCO(str(path))
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["sofa", "cat", "dog"]  # prompt order
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=[1]))
+    assert sorted(a["id"] for a in anns) == [1, 2, 7]
+    for ann in anns:
+        np.testing.assert_array_equal(mask_utils.decode(ann["segmentation"]), (labels == ann["id"]).astype(np.uint8))
+        np.testing.assert_array_equal(coco.annToMask(ann), labels == ann["id"])
+        assert coco.cats[ann["category_id"]]["name"] == CLASSES[ann["id"]]
+        assert ann["score"] == SCORES[ann["id"]]
+        assert ann["area"] == int((labels == ann["id"]).sum())
+    # read_labels without the sidecar: from the COCO file alone
+    os.unlink(sidecar_path(path))
+    back = read_labels(path)
+    np.testing.assert_array_equal(back.labels, labels)
+    assert back.classes == CLASSES and back.scores == SCORES
+
+
+def test_coco_of_other_tools_polygons(tmp_path):
+    data = {"images": [{"id": 3, "height": 10, "width": 10, "file_name": "x"}],
+            "categories": [{"id": 5, "name": "box"}],
+            "annotations": [{"id": 9, "image_id": 3, "category_id": 5, "iscrowd": 0,
+                             "segmentation": [[2, 2, 7, 2, 7, 7, 2, 7]]}]}
+    (tmp_path / "other.json").write_text(json.dumps(data))
+    back = read_labels(tmp_path / "other.json")
+    assert back.classes == {9: "box"} and back.labels[4, 4] == 9 and back.labels[0, 0] == 0
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".ome.zarr"])
+def test_ome_zarr_read_by_ome_zarr_and_zarr(tmp_path, labels, suffix):
+    import zarr
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+
+    image = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    path = tmp_path / f"a{suffix}"
+    write_labels(path, labels, classes=CLASSES, scores=SCORES, image=image)
+    nodes = list(Reader(parse_url(str(path)))())
+    label_nodes = [n for n in nodes if any(isinstance(s, Label) for s in n.specs)]
+    assert len(label_nodes) == 1
+    node = label_nodes[0]
+    np.testing.assert_array_equal(np.asarray(node.data[0])[0], labels)  # (c=1, y, x)
+    assert {k: v["class"] for k, v in node.metadata["properties"].items()} == CLASSES
+    np.testing.assert_array_equal(np.asarray(nodes[0].data[0]), np.moveaxis(image, -1, 0))  # the image, c first
+    group = zarr.open_group(str(path / "labels" / "clipsam"), mode="r")
+    assert "image-label" in group.attrs
+    np.testing.assert_array_equal(group[group.attrs["multiscales"][0]["datasets"][0]["path"]][0], labels)
+    assert zarr.open_group(str(path / "labels"), mode="r").attrs["labels"] == ["clipsam"]
+
+
+def test_ome_zarr_nd_with_pyramid(tmp_path):
+    lab = np.zeros((3, 600, 520), np.uint16)
+    lab[0, 10:300, 20:400] = 5
+    lab[2, 400:590, 100:200] = 65000
+    path = tmp_path / "stack.ome.zarr"
+    write_labels(path, lab, classes={5: "a", 65000: "b"})
+    back = read_labels(path)
+    np.testing.assert_array_equal(back.labels, lab)
+    import zarr
+
+    group = zarr.open_group(str(path / "labels" / "clipsam"), mode="r")
+    paths = [d["path"] for d in group.attrs["multiscales"][0]["datasets"]]
+    assert len(paths) == 2 and group[paths[1]].shape == (3, 300, 260)
+    assert [a["name"] for a in group.attrs["multiscales"][0]["axes"]] == ["z", "y", "x"]
+
+
+def test_labels_added_to_an_existing_ome_zarr_image(tmp_path, labels):
+    import zarr
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_image
+
+    store = tmp_path / "img.ome.zarr"
+    root = zarr.open_group(str(store), mode="w", zarr_format=2)
+    write_image(np.ones((40, 60), np.uint8), root, axes="yx", fmt=FormatV04(), scale_factors=[])
+    written = write_labels(store, labels, classes=CLASSES)
+    assert written == [str(store), str(tmp_path / "img.ome.zarr.clipsam.json")]
+    assert zarr.open_group(str(store / "labels"), mode="r").attrs["labels"] == ["clipsam"]
+    back = read_labels(store)
+    np.testing.assert_array_equal(back.labels, labels)
+    assert back.classes == CLASSES
+    img = zarr.open_group(str(store), mode="r")
+    np.testing.assert_array_equal(img[img.attrs["multiscales"][0]["datasets"][0]["path"]][:], 1)  # untouched
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_labels(store, labels + 1, classes=CLASSES)
+    with pytest.raises(ValueError, match="do not match the image"):
+        write_labels(store, labels[:10], label_name="small")
+
+
+def test_refuses_what_a_format_cannot_hold(tmp_path, labels):
+    big = labels.astype(np.int64)
+    big[0, 0] = 70000
+    with pytest.raises(ValueError, match=r"PNG holds ids up to 65535.*use \.tif"):
+        write_labels(tmp_path / "x.png", big)
+    huge = labels.astype(np.int64)
+    huge[0, 0] = 2**32
+    with pytest.raises(ValueError, match=r"32-bit TIFF .* use \.npy or \.zarr"):
+        write_labels(tmp_path / "x.tif", huge)
+    with pytest.raises(ValueError, match="PNG holds one 2D plane.*use .tif"):
+        write_labels(tmp_path / "x.png", np.stack([labels, labels]))
+    with pytest.raises(ValueError, match="COCO holds one 2D image"):
+        write_labels(tmp_path / "x.json", np.stack([labels, labels]))
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even wrapped
+    write_labels(tmp_path / "x.npy", huge)  # the formats named in the message do hold them
+    write_labels(tmp_path / "x.zarr", huge)
+    np.testing.assert_array_equal(read_labels(tmp_path / "x.npy").labels, huge)
+    np.testing.assert_array_equal(read_labels(tmp_path / "x.zarr").labels, huge)
 
 
 def test_bad_inputs(tmp_path, labels):
@@ -61,5 +211,134 @@ def test_bad_inputs(tmp_path, labels):
         write_labels(tmp_path / "x.tif", labels.astype(float))
     with pytest.raises(ValueError, match="negative"):
         write_labels(tmp_path / "x.tif", labels - 5)
-    with pytest.raises(ValueError, match="65535"):
-        write_labels(tmp_path / "x.png", labels * 10000)
+    with pytest.raises(ValueError, match="at least 2D"):
+        write_labels(tmp_path / "x.tif", labels[0])
+    with pytest.raises(ValueError, match="keys must be label ids"):
+        write_labels(tmp_path / "x.tif", labels, classes={"cat": 1})
+    with pytest.raises(ValueError, match="does not match labels"):
+        write_labels(tmp_path / "x.zarr", labels, image=np.zeros((10, 10)))
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_overwrite_needs_an_explicit_choice(tmp_path, labels, suffix):
+    path = tmp_path / f"a{suffix}"
+    write_labels(path, labels, classes={1: "cat"})
+    before = read_labels(path)
+    with pytest.raises(FileExistsError, match=r"already exists; pass overwrite=True"):
+        write_labels(path, labels * 2, classes={2: "dog"})
+    kept = read_labels(path)
+    np.testing.assert_array_equal(kept.labels, before.labels)
+    assert kept.classes == {1: "cat"}
+    write_labels(path, labels * 2, classes={2: "dog"}, overwrite=True)
+    now = read_labels(path)
+    np.testing.assert_array_equal(now.labels, labels * 2)
+    assert now.classes == {2: "dog"}
+    assert hidden(tmp_path) == []
+
+
+def test_an_orphan_sidecar_also_counts_as_existing(tmp_path, labels):
+    sidecar_path(tmp_path / "a.tif").write_text("{}")
+    with pytest.raises(FileExistsError, match="a.tif.json already exists"):
+        write_labels(tmp_path / "a.tif", labels)
+
+
+def _snapshot(folder):
+    out = {}
+    for root, _dirs, files in os.walk(folder):
+        for f in files:
+            p = os.path.join(root, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, folder)] = fh.read()
+    return out
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".json", ".zarr"])
+def test_failed_sidecar_write_keeps_the_previous_pair(tmp_path, labels, monkeypatch, suffix):
+    path = tmp_path / f"pair{suffix}"
+    write_labels(path, labels, classes={1: "cat"})
+    before = _snapshot(tmp_path)
+
+    def boom(info):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export, "_sidecar_text", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_labels(path, labels * 3, classes={3: "dog"}, overwrite=True)
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_failed_sidecar_move_restores_the_previous_labels(tmp_path, labels, monkeypatch, suffix):
+    """The labels file was already replaced when moving the sidecar fails: it is put back."""
+    path = tmp_path / f"pair{suffix}"
+    write_labels(path, labels, classes={1: "cat"})
+    before = _snapshot(tmp_path)
+    real_replace = os.replace
+    failed = []
+
+    def replace(src, dst):  # the sidecar's move fails once (the rollback's moves succeed)
+        if str(dst).endswith(".json") and os.path.basename(str(src)).startswith(".") and ".tmp-" in str(src) \
+                and not failed:
+            failed.append(dst)
+            raise OSError("sidecar move failed")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(export.os, "replace", replace)
+    with pytest.raises(OSError, match="sidecar move failed"):
+        write_labels(path, labels * 3, classes={3: "dog"}, overwrite=True)
+    monkeypatch.setattr(export.os, "replace", real_replace)
+    assert _snapshot(tmp_path) == before
+    assert hidden(tmp_path) == []
+
+
+def test_failed_first_write_leaves_no_new_pair(tmp_path, labels, monkeypatch):
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tifffile, "imwrite", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_labels(tmp_path / "new.tif", labels)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_files_follow_the_umask(tmp_path, labels, umask, mode):
+    old = os.umask(umask)
+    try:
+        for suffix in (".tif", ".png", ".npy", ".json"):
+            a, b = write_labels(tmp_path / f"m{suffix}", labels)
+            assert oct(os.stat(a).st_mode & 0o777) == oct(mode), suffix
+            assert oct(os.stat(b).st_mode & 0o777) == oct(mode), suffix
+        store, _ = write_labels(tmp_path / "m.zarr", labels)
+        assert os.stat(store).st_mode & 0o777 == mode | 0o111 & ~umask
+        inner = os.path.join(store, "labels", "clipsam", ".zattrs")
+        assert os.stat(inner).st_mode & 0o777 == mode
+        (p,) = write_points_csv(tmp_path / "p.csv", np.zeros((2, 2)))
+        assert os.stat(p).st_mode & 0o777 == mode
+    finally:
+        os.umask(old)
+
+
+def test_features_table_and_back():
+    df = features_table(CLASSES, SCORES)
+    assert list(df.columns) == ["index", "class", "score"]
+    assert df["index"].tolist() == [1, 2, 7] and df["class"].tolist() == ["cat", "sofa", "cat"]
+    assert classes_from_features(df) == (CLASSES, SCORES)
+    assert classes_from_features({"index": [0, 3], "class": ["", "dog"]}) == ({3: "dog"}, {})
+    assert classes_from_features(None, fallback={"4": "cat"}) == ({4: "cat"}, {})
+    assert classes_from_features(df.iloc[:0], fallback={4: "cat"}) == ({4: "cat"}, {})
+
+
+def test_points_csv_round_trip(tmp_path):
+    import pandas as pd
+
+    pts = np.array([[1.5, 2.0], [3.0, 4.25], [5.0, 6.0]])
+    feats = pd.DataFrame({"positive": [True, False, True], "object_id": [1, 0, 2], "prompt": ["cat", "cat", "sofa"]})
+    write_points_csv(tmp_path / "p.csv", pts, feats)
+    raw = pd.read_csv(tmp_path / "p.csv")
+    assert list(raw.columns) == ["index", "axis-0", "axis-1", "positive", "object_id", "prompt"]
+    back, bf = read_points_csv(tmp_path / "p.csv")
+    np.testing.assert_array_equal(back, pts)
+    assert bf["positive"].tolist() == [True, False, True] and bf["object_id"].tolist() == [1, 0, 2]
+    with pytest.raises(FileExistsError):
+        write_points_csv(tmp_path / "p.csv", pts, feats)

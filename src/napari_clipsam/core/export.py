@@ -1,50 +1,515 @@
-"""Export label masks to files other tools read: TIFF (tifffile), PNG (imageio), NumPy.
+"""Export label masks to files other tools read, and read our exports back.
 
-Every file is written atomically: to a temporary file in the target folder, flushed, then
-renamed over the target, so a crash never leaves a half-written file or destroys the old
-one. A JSON sidecar (``<name>.json``) keeps the object -> class mapping and provenance.
+Formats, chosen from the path's suffix, each written by the field's own library:
+
+========================  ===============  ==================================================
+suffix                    library          holds
+========================  ===============  ==================================================
+``.tif`` / ``.tiff``      tifffile         nD, ids < 2**32; class table in the description
+``.png``                  imageio          one 2D plane, 8 bit (ids < 256) or 16 bit (< 65536)
+``.npy``                  numpy            nD, any integer dtype
+``.json``                 pycocotools      COCO instances: one RLE annotation per object, 2D
+``.zarr`` / ``.ome.zarr`` ome-zarr, zarr   nD OME-Zarr: the image, labels under ``labels/``
+========================  ===============  ==================================================
+
+Every labels file gets a JSON sidecar ``<file>.json`` (``sidecar_path``) with the class of
+each object, its score and the provenance of the run (``core.provenance``). The labels file
+and its sidecar change together: both are written to temporary names in the target folder
+first, then moved into place; if anything fails before both are in place, the previous pair
+is restored (``commit_files``). Files are created with the user's umask, like any other file.
+
+Classes also travel as a table ``features_table(classes, scores)`` with columns ``index``
+(label id), ``class`` and ``score``: the shape of a napari Labels layer's ``features``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Callable, Mapping
+import secrets
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_labels", "atomic_write", "SUPPORTED_SUFFIXES"]
+__all__ = [
+    "LABEL_SUFFIXES",
+    "SIDECAR_FORMAT",
+    "SUPPORTED_SUFFIXES",
+    "LabelsFile",
+    "atomic_write",
+    "classes_from_features",
+    "commit_files",
+    "features_table",
+    "file_sha256",
+    "labels_format",
+    "read_labels",
+    "read_points_csv",
+    "read_sidecar",
+    "sidecar_path",
+    "write_labels",
+    "write_points_csv",
+]
 
-SUPPORTED_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
+#: suffix -> format name
+_FORMATS = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".npy": "npy", ".json": "coco",
+            ".zarr": "ome-zarr", ".ome.zarr": "ome-zarr"}
+LABEL_SUFFIXES = tuple(_FORMATS)
+SUPPORTED_SUFFIXES = LABEL_SUFFIXES  # kept for compatibility
+SIDECAR_FORMAT = "napari-clipsam labels"
+SIDECAR_VERSION = 1
+TIFF_MAX_ID = 2**32 - 1
+PNG_MAX_ID = 65535
+#: name of our labels image inside an OME-Zarr image's ``labels/`` group (default)
+OME_LABEL_NAME = "clipsam"
+_BIG_FORMATS = "use .npy or .zarr (OME-Zarr), which hold 64-bit ids"
 
 
-def atomic_write(path: Path, write: Callable[[str], None], suffix: str) -> None:
-    """Call ``write(tmp_path)`` then atomically move tmp_path to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
+# ------------------------------------------------------------------ files: umask, atomic pairs
+def _temp_path(final: Path, tag: str = "tmp") -> Path:
+    """A fresh hidden name beside ``final`` (same folder, so renames stay on one filesystem)."""
+    suffix = "".join(final.suffixes[-2:]) if final.name.endswith(".ome.zarr") else final.suffix
+    return final.with_name(f".{final.name}.{tag}-{secrets.token_hex(4)}{suffix}")
+
+
+def _new_temp_file(final: Path) -> Path:
+    """Create an empty temp file for ``final``; mode 0666 minus the umask (unlike mkstemp's 0600)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = _temp_path(final)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+
+
+def _new_temp_dir(final: Path) -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = _temp_path(final)
+        try:
+            os.mkdir(tmp, 0o777)
+        except FileExistsError:
+            continue
+        return tmp
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    if path.is_file():
+        with open(path, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+
+
+def commit_files(moves: Sequence[tuple[Path, Path]]) -> None:
+    """Move each fully written ``tmp`` onto its ``final`` path, all or nothing.
+
+    Files replace their target atomically (``os.replace``); the old file is kept as a hard
+    link (or copy) until every move succeeded. Directories (OME-Zarr stores) are swapped by
+    renaming the old one aside first. If any move fails, the moves already made are undone
+    and every old target is back as it was; the temps are removed either way.
+    """
+    backups: list[list] = []  # [final, backup or None, moved aside (dir), replaced yet]
+    try:
+        for tmp, final in moves:
+            entry = [final, None, False, False]
+            backups.append(entry)
+            if final.exists() or final.is_symlink():
+                backup = _temp_path(final, "old")
+                if final.is_dir() and not final.is_symlink():
+                    os.rename(final, backup)
+                    entry[2] = True
+                else:
+                    try:
+                        os.link(final, backup)
+                    except OSError:
+                        shutil.copy2(final, backup)
+                entry[1] = backup
+            os.replace(tmp, final)
+            entry[3] = True
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for final, backup, moved_aside, replaced in reversed(backups):
+            try:
+                if replaced or moved_aside:
+                    if final.is_dir() and not final.is_symlink():  # the new store: rename can't replace it
+                        shutil.rmtree(final, ignore_errors=True)
+                    if backup is not None:
+                        os.replace(backup, final)
+                    elif replaced:
+                        _remove(final)
+                elif backup is not None:  # a link/copy of a file that was never replaced
+                    _remove(backup)
+            except OSError:  # pragma: no cover - nothing more we can do; keep rolling back
+                pass
+        for tmp, _final in moves:
+            _remove(tmp)
         raise
+    for _final, backup, _aside, _done in backups:
+        if backup is not None:
+            _remove(backup)
+
+
+def atomic_write(path: Path, write: Callable[[str], None], suffix: str = "") -> None:
+    """Call ``write(tmp_path)`` then atomically move tmp_path to ``path`` (umask honoured)."""
+    path = Path(path)
+    tmp = _new_temp_file(path)
+    try:
+        write(str(tmp))
+        _fsync(tmp)
+    except BaseException:
+        _remove(tmp)
+        raise
+    commit_files([(tmp, path)])
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 hex digest of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------ checks
+def labels_format(path: str | os.PathLike) -> str:
+    """The format written for ``path``: "tiff", "png", "npy", "coco" or "ome-zarr"."""
+    name = Path(path).name.lower()
+    for suffix in sorted(_FORMATS, key=len, reverse=True):
+        if name.endswith(suffix):
+            return _FORMATS[suffix]
+    suffix = Path(path).suffix
+    raise ValueError(f"cannot write labels as {suffix or 'a file without suffix'!r} ({path}); "
+                     f"use one of {', '.join(LABEL_SUFFIXES)}")
 
 
 def _check_labels(labels) -> np.ndarray:
     arr = np.asarray(labels)
     if arr.dtype.kind not in "biu":
-        raise ValueError(f"labels must be an integer array, got dtype {arr.dtype}")
+        raise ValueError(f"labels must be an integer array, got dtype {arr.dtype}; "
+                         "round or cast them (0 = background, 1.. = objects)")
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.uint8)
     if arr.ndim < 2:
         raise ValueError(f"labels must be at least 2D (rows, columns), got shape {arr.shape}")
     if arr.size and arr.min() < 0:
-        raise ValueError("labels contain negative ids; ids must be >= 0 (0 = background)")
+        raise ValueError(f"labels contain negative ids (min {int(arr.min())}); ids must be >= 0 (0 = background)")
     return arr
+
+
+def _smallest_uint(vmax: int) -> np.dtype:
+    for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if vmax <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    raise ValueError(f"label id {vmax} does not fit 64 bits")  # pragma: no cover
+
+
+def _clean_classes(classes: Mapping | None, what: str = "classes") -> dict[int, str]:
+    out: dict[int, str] = {}
+    for k, v in (classes or {}).items():
+        try:
+            key = int(k)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what} keys must be label ids (integers), got {k!r}") from None
+        if key <= 0:
+            raise ValueError(f"{what} key {key} is not an object id; ids start at 1 (0 = background)")
+        out[key] = str(v)
+    return dict(sorted(out.items()))
+
+
+def _clean_scores(scores: Mapping | None) -> dict[int, float]:
+    return {int(k): float(v) for k, v in sorted((scores or {}).items(), key=lambda kv: int(kv[0]))}
+
+
+# ------------------------------------------------------------------ features table
+def features_table(classes: Mapping | None, scores: Mapping | None = None, ids: Sequence[int] | None = None):
+    """A pandas table with columns ``index`` (label id), ``class``, ``score`` (NaN if unknown):
+    the layout of a napari Labels layer's ``features``. ``ids``: rows to include (default: the
+    ids in ``classes`` and ``scores``), in increasing order."""
+    import pandas as pd
+
+    classes = _clean_classes(classes)
+    scores = _clean_scores(scores)
+    keys = sorted(set(ids) if ids is not None else set(classes) | set(scores))
+    return pd.DataFrame({
+        "index": np.asarray(keys, dtype=np.int64),
+        "class": pd.Series([classes.get(k, "") for k in keys], dtype=object),
+        "score": np.asarray([scores.get(k, np.nan) for k in keys], dtype=np.float64),
+    })
+
+
+def classes_from_features(features, fallback: Mapping | None = None) -> tuple[dict[int, str], dict[int, float]]:
+    """(classes, scores) from a features table (pandas DataFrame or dict of columns with
+    ``index`` and ``class``, optional ``score``); rows with an empty class or id 0 are skipped.
+    Without such a table, ``fallback`` (e.g. ``layer.metadata["classes"]``) gives the classes."""
+    import pandas as pd
+
+    df = None
+    if features is not None:
+        df = features if isinstance(features, pd.DataFrame) else pd.DataFrame(dict(features))
+    if df is None or len(df) == 0 or "class" not in df or "index" not in df:
+        return _clean_classes(fallback), {}
+    classes: dict[int, str] = {}
+    scores: dict[int, float] = {}
+    for idx, cls, score in zip(df["index"], df["class"],
+                               df["score"] if "score" in df else [np.nan] * len(df)):
+        if idx is None or (isinstance(idx, float) and np.isnan(idx)) or int(idx) <= 0:
+            continue
+        if cls is not None and not (isinstance(cls, float) and np.isnan(cls)) and str(cls) != "":
+            classes[int(idx)] = str(cls)
+        if score is not None and np.isfinite(float(score)):
+            scores[int(idx)] = float(score)
+    if not classes and fallback:
+        classes = _clean_classes(fallback)
+    return dict(sorted(classes.items())), dict(sorted(scores.items()))
+
+
+# ------------------------------------------------------------------ per-format writers (to a temp)
+def _write_tiff(tmp: Path, arr: np.ndarray, classes: dict, scores: dict) -> None:
+    import tifffile
+
+    vmax = int(arr.max()) if arr.size else 0
+    if vmax > TIFF_MAX_ID:
+        raise ValueError(f"a 32-bit TIFF holds ids up to {TIFF_MAX_ID}, labels go up to {vmax}; {_BIG_FORMATS}")
+    out = arr.astype(_smallest_uint(vmax), copy=False)
+    table = {"napari_clipsam": {"classes": {str(k): v for k, v in classes.items()},
+                                "scores": {str(k): v for k, v in scores.items()}}}
+    tifffile.imwrite(tmp, out, compression="zlib", photometric="minisblack", metadata=table)
+
+
+def _write_png(tmp: Path, arr: np.ndarray) -> None:
+    import imageio.v3 as iio
+
+    if arr.ndim != 2:
+        raise ValueError(f"PNG holds one 2D plane, labels have shape {arr.shape}; use .tif, .npy or .zarr for nD")
+    vmax = int(arr.max()) if arr.size else 0
+    if vmax > PNG_MAX_ID:
+        raise ValueError(f"PNG holds ids up to {PNG_MAX_ID} (16 bit), labels go up to {vmax}; "
+                         f"use .tif (ids up to {TIFF_MAX_ID}), .npy or .zarr")
+    iio.imwrite(tmp, arr.astype(np.uint8 if vmax < 256 else np.uint16), extension=".png")
+
+
+def _write_npy(tmp: Path, arr: np.ndarray) -> None:
+    with open(tmp, "wb") as fh:
+        np.save(fh, arr, allow_pickle=False)
+
+
+def coco_dict(labels: np.ndarray, classes: Mapping[int, str], scores: Mapping[int, float] | None = None, *,
+              categories: Sequence[str] = (), file_name: str = "") -> dict:
+    """A COCO instances dataset for one 2D labels image: one annotation per object id
+    (``id`` = the label id), RLE masks (pycocotools), ``score`` per object. Category ids
+    follow ``categories`` (e.g. the prompts), then class names in order of first object;
+    objects without a class get the category "object"."""
+    from pycocotools import mask as mask_utils
+
+    arr = np.asarray(labels)
+    if arr.ndim != 2:
+        raise ValueError(f"COCO holds one 2D image per file, labels have shape {arr.shape}; "
+                         "use .zarr (OME-Zarr), .tif or .npy for nD, or export one plane")
+    classes = _clean_classes(classes)
+    scores = _clean_scores(scores)
+    ids = [int(i) for i in np.unique(arr) if i != 0]
+    names: list[str] = []
+    for name in [*categories, *(classes.get(i, "object") for i in ids)]:
+        if name not in names:
+            names.append(str(name))
+    cat_id = {n: k + 1 for k, n in enumerate(names)}
+    anns = []
+    if ids:
+        masks = np.asfortranarray(np.stack([arr == i for i in ids], axis=-1).astype(np.uint8))
+        rles = mask_utils.encode(masks)
+        areas = mask_utils.area(rles)
+        boxes = mask_utils.toBbox(rles)
+        for i, rle, area, box in zip(ids, rles, areas, boxes):
+            ann = {
+                "id": i, "image_id": 1, "category_id": cat_id[classes.get(i, "object")],
+                "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                "area": int(area), "bbox": [float(b) for b in box], "iscrowd": 0,
+            }
+            if i in scores:
+                ann["score"] = scores[i]
+            anns.append(ann)
+    return {
+        "info": {"description": "napari-clipsam labels", "napari_clipsam": SIDECAR_VERSION},
+        "images": [{"id": 1, "file_name": file_name, "height": int(arr.shape[0]), "width": int(arr.shape[1])}],
+        "categories": [{"id": k, "name": n, "supercategory": ""} for n, k in cat_id.items()],
+        "annotations": anns,
+    }
+
+
+def _write_coco(tmp: Path, arr: np.ndarray, classes: dict, scores: dict, provenance: Mapping | None) -> None:
+    prov = provenance or {}
+    source = (prov.get("image") or {}).get("source") or ""
+    data = coco_dict(arr, classes, scores, categories=prov.get("prompts") or (),
+                     file_name=Path(str(source)).name if source else "")
+    Path(tmp).write_text(json.dumps(data))
+
+
+def _default_axes(ndim: int) -> str:
+    axes = {2: "yx", 3: "zyx", 4: "tzyx"}.get(ndim)
+    if axes is None:
+        raise ValueError(f"OME-Zarr labels need 2 to 4 axes (t, z, y, x), got {ndim}; pass axes=")
+    return axes
+
+
+def _scale_factors(shape_yx: Sequence[int], min_side: int = 256) -> list[int]:
+    out, f = [], 2
+    while min(shape_yx) // f >= min_side:
+        out.append(f)
+        f *= 2
+    return out
+
+
+def _image_for_ome(image, labels: np.ndarray, axes: str) -> tuple[np.ndarray, str, bool]:
+    """(image, its axes, labels need a channel axis) for labels with ``axes``."""
+    img = np.asarray(image)
+    if img.shape == labels.shape:
+        return img, axes, False
+    if img.ndim == labels.ndim + 1:
+        if img.shape[:-1] == labels.shape:  # channels last (RGB)
+            return np.moveaxis(img, -1, 0), "c" + axes, True
+        if img.shape[1:] == labels.shape:
+            return img, "c" + axes, True
+    raise ValueError(f"image of shape {img.shape} does not match labels of shape {labels.shape}; "
+                     "pass the image the labels were made on (channels first or last)")
+
+
+def _ome_label_metadata(classes: dict, scores: dict) -> dict:
+    props = []
+    for i in sorted(set(classes) | set(scores)):
+        p = {"label-value": i}
+        if i in classes:
+            p["class"] = classes[i]
+        if i in scores:
+            p["score"] = scores[i]
+        props.append(p)
+    return {"properties": props, "source": {"image": "../../"}}
+
+
+def _write_ome_labels(root, arr: np.ndarray, axes: str, name: str, classes: dict, scores: dict, fmt,
+                      channel: bool) -> None:
+    from ome_zarr.writer import write_labels as ome_write_labels
+
+    out = arr.astype(_smallest_uint(int(arr.max()) if arr.size else 0), copy=False)
+    if channel:
+        out, axes = out[None], "c" + axes
+    yx = [out.shape[axes.index("y")], out.shape[axes.index("x")]]
+    factors = [{d: (f if d in "yx" else 1) for d in axes} for f in _scale_factors(yx)]
+    ome_write_labels(out, root, name=name, axes=axes, fmt=fmt, scaler=None, scale_factors=factors,
+                     label_metadata=_ome_label_metadata(classes, scores))
+    root["labels"][name].attrs["napari_clipsam"] = {
+        "classes": {str(k): v for k, v in classes.items()}, "scores": {str(k): v for k, v in scores.items()}}
+
+
+def _write_ome_store(tmp_dir: Path, arr: np.ndarray, classes: dict, scores: dict, image, axes: str | None,
+                     name: str) -> None:
+    import zarr
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_image
+
+    axes = axes or _default_axes(arr.ndim)
+    if len(axes) != arr.ndim:
+        raise ValueError(f"axes {axes!r} do not match labels with {arr.ndim} dimensions")
+    img, img_axes, channel = _image_for_ome(arr if image is None else image, arr, axes)
+    fmt = FormatV04()  # the version most OME-Zarr viewers read today
+    root = zarr.open_group(str(tmp_dir), mode="w", zarr_format=2)
+    yx = [img.shape[img_axes.index("y")], img.shape[img_axes.index("x")]]
+    factors = [{d: (f if d in "yx" else 1) for d in img_axes} for f in _scale_factors(yx)]
+    write_image(img, root, axes=img_axes, fmt=fmt, scale_factors=factors)
+    root.attrs["napari_clipsam"] = {"labels": name, "image_is_labels": image is None}
+    _write_ome_labels(root, arr, axes, name, classes, scores, fmt, channel)
+
+
+def _ome_root_attrs(path: Path) -> dict | None:
+    """The root attributes of an OME-Zarr image at ``path`` (zarr v2 or v3), or None."""
+    if not path.is_dir():
+        return None
+    for meta in (".zattrs", "zarr.json"):
+        f = path / meta
+        if f.is_file():
+            try:
+                attrs = json.loads(f.read_text())
+            except (OSError, ValueError):
+                return None
+            attrs = attrs.get("attributes", attrs)
+            ome = attrs.get("ome", attrs)
+            return {**ome, "napari_clipsam": attrs.get("napari_clipsam")} if "multiscales" in ome else None
+    return None
+
+
+def _adds_to_image(path: Path, image, label_name: str) -> bool:
+    """True when ``path`` is an existing OME-Zarr image the labels go into (rather than a
+    store to replace): someone else's image, or one of ours getting labels of another name."""
+    attrs = _ome_root_attrs(path)
+    if attrs is None or image is not None:
+        return False
+    ours = attrs.get("napari_clipsam")
+    return not ours or ours.get("labels") != label_name
+
+
+def _insert_ome_labels(store: Path, arr: np.ndarray, classes: dict, scores: dict, axes: str | None, name: str,
+                       overwrite: bool) -> tuple[Path, Path]:
+    """Write labels ``name`` into an existing OME-Zarr image's ``labels/`` group.
+    Returns (temp dir holding labels/<name>, final labels/<name> path); the caller commits."""
+    import zarr
+    from ome_zarr.format import format_from_version
+
+    root = zarr.open_group(str(store), mode="r")
+    attrs = dict(root.attrs)
+    attrs = attrs.get("ome", attrs)
+    ms = attrs["multiscales"][0]
+    fmt = format_from_version(str(ms.get("version", attrs.get("version", "0.4"))))
+    img_axes = "".join(a["name"] if isinstance(a, dict) else a for a in ms.get("axes", [])) or _default_axes(arr.ndim)
+    spatial = "".join(a for a in img_axes if a != "c")
+    img_shape = root[ms["datasets"][0]["path"]].shape
+    axes = axes or spatial
+    if len(axes) != arr.ndim:
+        raise ValueError(f"labels of shape {arr.shape} do not fit the image's axes {img_axes!r} in {store}")
+    want = tuple(s for a, s in zip(img_axes, img_shape) if a != "c")
+    if tuple(arr.shape) != want:
+        raise ValueError(f"labels of shape {arr.shape} do not match the image in {store} ({want} without channels)")
+    final = store / "labels" / name
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} already exists; pass overwrite=True to replace it")
+    zarr.open_group(str(store / "labels"), mode="a", zarr_format=fmt.zarr_format)  # the labels/ group itself
+    tmp_dir = _new_temp_dir(store / name)
+    tmp_root = zarr.open_group(str(tmp_dir), mode="w", zarr_format=fmt.zarr_format)
+    _write_ome_labels(tmp_root, arr, axes, name, classes, scores, fmt, "c" in img_axes)
+    return tmp_dir, final
+
+
+def _register_ome_label(store: Path, name: str) -> None:
+    import zarr
+
+    labels = zarr.open_group(str(store / "labels"), mode="a")
+    ome = "ome" in labels.attrs
+    attrs = dict(labels.attrs.get("ome", labels.attrs)) if ome else dict(labels.attrs)
+    names = list(attrs.get("labels", []))
+    if name not in names:
+        names.append(name)
+        if ome:
+            labels.attrs["ome"] = {**attrs, "labels": names}
+        else:
+            labels.attrs["labels"] = names
+
+
+# ------------------------------------------------------------------ the public writer
+def sidecar_path(path: str | os.PathLike, label_name: str | None = None) -> Path:
+    """The JSON sidecar of a labels export: ``<file>.json`` beside it (``out.tif.json``); for
+    labels added to someone else's OME-Zarr image, ``<store>.<label_name>.json``."""
+    p = Path(path)
+    return p.with_name(p.name + (f".{label_name}" if label_name else "") + ".json")
 
 
 def write_labels(
@@ -52,63 +517,295 @@ def write_labels(
     labels,
     *,
     classes: Mapping[int, str] | None = None,
+    scores: Mapping[int, float] | None = None,
+    provenance: Mapping | None = None,
     metadata: Mapping | None = None,
+    image=None,
+    axes: str | None = None,
+    label_name: str = OME_LABEL_NAME,
     sidecar: bool = True,
+    overwrite: bool = False,
 ) -> list[str]:
-    """Write a labels array to ``path`` (format from the suffix: .tif/.tiff, .png, .npy).
+    """Write a labels array to ``path``, format from the suffix (see the module docstring).
 
-    labels: (H, W) (or nD for TIFF/NumPy) non-negative integers, 0 = background.
-    classes: object id -> class name, saved in the sidecar JSON.
-    Returns the written paths (the image, then the sidecar if written).
+    labels: (H, W) or nD non-negative integers, 0 = background, one id per object.
+    classes: object id -> class name (prompt); scores: object id -> SAM score.
+    provenance: how the labels were made (``core.provenance.build_provenance``), in the sidecar.
+    metadata: anything else JSON-able to keep in the sidecar.
+    image: OME-Zarr only: the image the labels belong to, stored as the store's image (the
+        labels go under its ``labels/<label_name>``); without it the label ids stand in as the
+        image. If ``path`` is an existing OME-Zarr image, the labels are added to it.
+    axes: OME-Zarr only: the labels' axes (default "yx", "zyx", "tzyx" by dimension).
+    sidecar: write ``<file>.json`` with classes, scores and provenance.
+    overwrite: replace an existing export (and its sidecar); False raises FileExistsError.
+
+    A format that cannot hold the ids or the dimensions is refused with the format that can.
+    Returns the written paths: the labels file (or store), then the sidecar if written.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise ValueError(f"cannot write labels as {suffix or 'no suffix'!r}; use one of {SUPPORTED_SUFFIXES}")
+    fmt = labels_format(path)
     arr = _check_labels(labels)
-    vmax = int(arr.max()) if arr.size else 0
-    if suffix == ".png":
-        if arr.ndim != 2:
-            raise ValueError(f"PNG holds one 2D plane, labels have shape {arr.shape}; use .tif for nD")
-        if vmax > 65535:
-            raise ValueError(f"PNG holds ids up to 65535, labels go up to {vmax}; use .tif")
-        out = arr.astype(np.uint8 if vmax < 256 else np.uint16)
+    classes = _clean_classes(classes)
+    scores = _clean_scores(scores)
+    inserting = fmt == "ome-zarr" and _adds_to_image(path, image, label_name)
+    side = sidecar_path(path, label_name if inserting else None)
+    if not inserting and not overwrite and (path.exists() or (sidecar and side.exists())):
+        existing = path if path.exists() else side
+        raise FileExistsError(f"{existing} already exists; pass overwrite=True (or confirm in the dialog) "
+                              f"to replace {path.name} and its sidecar {side.name}")
 
-        def write(tmp):
-            import imageio.v3 as iio
+    moves: list[tuple[Path, Path]] = []
+    try:
+        if fmt == "ome-zarr":
+            if inserting:
+                tmp_dir, final = _insert_ome_labels(path, arr, classes, scores, axes, label_name, overwrite)
+                moves.append((tmp_dir / "labels" / label_name, final))
+                cleanup = tmp_dir
+            else:
+                tmp_dir = _new_temp_dir(path)
+                moves.append((tmp_dir, path))
+                cleanup = None
+                _write_ome_store(tmp_dir, arr, classes, scores, image, axes, label_name)
+        else:
+            cleanup = None
+            tmp = _new_temp_file(path)
+            moves.append((tmp, path))
+            if fmt == "tiff":
+                _write_tiff(tmp, arr, classes, scores)
+            elif fmt == "png":
+                _write_png(tmp, arr)
+            elif fmt == "npy":
+                _write_npy(tmp, arr)
+            else:
+                _write_coco(tmp, arr, classes, scores, provenance)
+            _fsync(tmp)
+        if sidecar:
+            info = {
+                "format": SIDECAR_FORMAT,
+                "version": SIDECAR_VERSION,
+                "labels_file": path.name,
+                "labels_format": fmt,
+                "labels_sha256": file_sha256(moves[0][0]) if fmt != "ome-zarr" else None,
+                "shape": list(arr.shape),
+                "max_id": int(arr.max()) if arr.size else 0,
+                "background": 0,
+                "objects": {str(k): v for k, v in classes.items()},
+                "scores": {str(k): v for k, v in scores.items()},
+                "provenance": dict(provenance or {}),
+                "metadata": dict(metadata or {}),
+            }
+            if inserting:
+                info["label_name"] = label_name
+            stmp = _new_temp_file(side)
+            moves.append((stmp, side))
+            stmp.write_text(_sidecar_text(info))
+            _fsync(stmp)
+    except BaseException:
+        for tmp, _ in moves:
+            _remove(tmp)
+        if fmt == "ome-zarr" and inserting and "cleanup" in locals() and cleanup is not None:
+            _remove(cleanup)
+        raise
+    try:
+        commit_files(moves)
+    finally:
+        if fmt == "ome-zarr" and inserting and cleanup is not None:
+            _remove(cleanup)
+    if inserting:
+        _register_ome_label(path, label_name)
+    return [str(path)] + ([str(side)] if sidecar else [])
 
-            iio.imwrite(tmp, out, extension=".png")
-    elif suffix in (".tif", ".tiff"):
-        dtype = np.uint8 if vmax < 256 else np.uint16 if vmax < 65536 else np.uint32
-        out = arr.astype(dtype)
 
-        def write(tmp):
-            import tifffile
+def _sidecar_text(info: Mapping) -> str:
+    return json.dumps(info, indent=1, default=_json_default)
 
-            tifffile.imwrite(tmp, out, compression="zlib")
+
+def _json_default(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, os.PathLike):
+        return os.fspath(o)
+    return str(o)
+
+
+# ------------------------------------------------------------------ reading back
+@dataclass
+class LabelsFile:
+    """One export read back. labels: nD int array; classes/scores by object id; provenance
+    and sidecar: the sidecar's content ({} without one); points: the final point prompts
+    (``provenance["points"]``) or None."""
+
+    path: str
+    format: str
+    labels: np.ndarray
+    classes: dict[int, str] = field(default_factory=dict)
+    scores: dict[int, float] = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    sidecar: dict = field(default_factory=dict)
+
+    @property
+    def points(self) -> dict | None:
+        return self.provenance.get("points") or None
+
+
+def read_sidecar(path: str | os.PathLike, label_name: str | None = None) -> dict | None:
+    """The sidecar of the labels export ``path`` (or ``path`` itself if it is a sidecar), or None."""
+    p = Path(path)
+    for cand in (p, sidecar_path(p, label_name)):
+        if cand.is_file() and cand.name.endswith(".json"):
+            try:
+                info = json.loads(cand.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(info, dict) and info.get("format") == SIDECAR_FORMAT:
+                return info
+    return None
+
+
+def is_coco(data) -> bool:
+    return isinstance(data, dict) and {"images", "annotations", "categories"} <= set(data)
+
+
+def _read_coco(path: Path) -> tuple[np.ndarray, dict[int, str], dict[int, float]]:
+    from pycocotools import mask as mask_utils
+
+    data = json.loads(path.read_text())
+    if not is_coco(data):
+        raise ValueError(f"{path} is neither a COCO instances file nor a napari-clipsam sidecar")
+    if len(data["images"]) != 1:
+        raise ValueError(f"{path} holds {len(data['images'])} images; napari-clipsam reads COCO files of one image")
+    img = data["images"][0]
+    labels = np.zeros((int(img["height"]), int(img["width"])), np.int64)
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    classes, scores = {}, {}
+    for k, ann in enumerate(data["annotations"], start=1):
+        seg = ann["segmentation"]
+        if isinstance(seg, list):  # polygons (other tools' files)
+            rle = mask_utils.merge(mask_utils.frPyObjects(seg, labels.shape[0], labels.shape[1]))
+        elif isinstance(seg.get("counts"), list):  # uncompressed RLE
+            rle = mask_utils.frPyObjects(seg, labels.shape[0], labels.shape[1])
+        else:
+            rle = {"size": seg["size"], "counts": seg["counts"].encode("ascii")}
+        oid = int(ann.get("id", k))
+        labels[mask_utils.decode(rle).astype(bool)] = oid
+        classes[oid] = names.get(ann["category_id"], "object")
+        if "score" in ann:
+            scores[oid] = float(ann["score"])
+    return labels.astype(_smallest_uint(int(labels.max()))), classes, scores
+
+
+def _find_ome_label(path: Path, label_name: str | None):
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r")
+    ours = dict(root.attrs).get("napari_clipsam") or {}
+    lab_group = root["labels"]
+    attrs = dict(lab_group.attrs)
+    attrs = attrs.get("ome", attrs)
+    names = list(attrs.get("labels", []))
+    name = label_name or ours.get("labels") or (OME_LABEL_NAME if OME_LABEL_NAME in names else None) \
+        or (names[0] if names else None)
+    if name is None or name not in names:
+        raise ValueError(f"{path} has no labels {label_name or ''} under labels/ (found {names})")
+    return lab_group[name]
+
+
+def _read_ome(path: Path, label_name: str | None) -> tuple[np.ndarray, dict[int, str], dict[int, float]]:
+    group = _find_ome_label(path, label_name)
+    attrs = dict(group.attrs)
+    attrs = attrs.get("ome", attrs)
+    ms = attrs["multiscales"][0]
+    axes = [a["name"] if isinstance(a, dict) else a for a in ms.get("axes", [])]
+    arr = np.asarray(group[ms["datasets"][0]["path"]][...])
+    if "c" in axes and arr.shape[axes.index("c")] == 1:
+        arr = np.take(arr, 0, axis=axes.index("c"))
+    ours = attrs.get("napari_clipsam") or dict(group.attrs).get("napari_clipsam") or {}
+    classes = _clean_classes(ours.get("classes"))
+    scores = _clean_scores(ours.get("scores"))
+    for p in (attrs.get("image-label") or {}).get("properties", []):  # other tools' class tables
+        if "class" in p and int(p["label-value"]) not in classes and int(p["label-value"]) > 0:
+            classes[int(p["label-value"])] = str(p["class"])
+    return arr, classes, scores
+
+
+def read_labels(path: str | os.PathLike, *, label_name: str | None = None) -> LabelsFile:
+    """Read one of our exports (labels file, OME-Zarr store, COCO file or sidecar) back:
+    labels, classes, scores and the sidecar's provenance. Classes come from the sidecar,
+    else from what the file holds itself (TIFF description, COCO categories, OME-Zarr
+    ``image-label`` properties)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no such labels export: {p}")
+    info = read_sidecar(p, label_name)
+    if info is not None and label_name is None and info.get("label_name") and p.suffix == ".json":
+        label_name = info["label_name"]
+    if info is not None and p.suffix == ".json" and p.name != info["labels_file"]:
+        p = p.with_name(info["labels_file"])  # the sidecar was given
+        if not p.exists():
+            raise FileNotFoundError(f"sidecar {path} names {p.name}, which is missing")
+    fmt = labels_format(p)
+    classes: dict[int, str] = {}
+    scores: dict[int, float] = {}
+    if fmt == "tiff":
+        import tifffile
+
+        with tifffile.TiffFile(p) as tif:
+            labels = tif.asarray()
+            meta = (tif.shaped_metadata or [{}])[0] or {}
+        table = meta.get("napari_clipsam") or {}
+        classes, scores = _clean_classes(table.get("classes")), _clean_scores(table.get("scores"))
+    elif fmt == "png":
+        import imageio.v3 as iio
+
+        labels = iio.imread(p)
+    elif fmt == "npy":
+        labels = np.load(p, allow_pickle=False)
+    elif fmt == "coco":
+        labels, classes, scores = _read_coco(p)
     else:
-        out = arr
+        labels, classes, scores = _read_ome(p, label_name or (info or {}).get("label_name"))
+    if info is not None:
+        classes = _clean_classes(info.get("objects")) or classes
+        scores = _clean_scores(info.get("scores")) or scores
+    return LabelsFile(str(p), fmt, labels, classes, scores, dict((info or {}).get("provenance") or {}), info or {})
 
-        def write(tmp):
-            with open(tmp, "wb") as fh:
-                np.save(fh, out)
 
-    atomic_write(path, write, suffix)
-    written = [str(path)]
-    if sidecar:
-        info = {
-            "labels_file": path.name,
-            "shape": list(out.shape),
-            "dtype": str(out.dtype),
-            "background": 0,
-            "objects": {str(k): v for k, v in sorted((classes or {}).items())},
-            "metadata": dict(metadata or {}),
-        }
-        side = path.with_suffix(path.suffix + ".json")
+# ------------------------------------------------------------------ points (napari's CSV layout)
+def write_points_csv(path: str | os.PathLike, points, features=None, *, overwrite: bool = False) -> list[str]:
+    """Write points as napari's points CSV: ``index``, ``axis-0``.. ``axis-{D-1}``, then one
+    column per feature (ours: ``positive``, ``object_id``, ``prompt``), atomically."""
+    import pandas as pd
 
-        def write_json(tmp):
-            Path(tmp).write_text(json.dumps(info, indent=2, default=str))
+    path = Path(path)
+    if path.suffix.lower() != ".csv":
+        raise ValueError(f"points are written as .csv (napari's points table), got {path.name!r}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (or confirm in the dialog) to replace it")
+    pts = np.asarray(points, dtype=np.float64).reshape(len(points), -1) if len(points) else np.zeros((0, 2))
+    df = pd.DataFrame(pts, columns=[f"axis-{i}" for i in range(pts.shape[1])])
+    df.insert(0, "index", np.arange(len(df)))
+    if features is not None:
+        feats = features if isinstance(features, pd.DataFrame) else pd.DataFrame(dict(features))
+        if len(feats) != len(df):
+            raise ValueError(f"{len(feats)} feature rows for {len(df)} points")
+        for col in feats.columns:
+            df[str(col)] = feats[col].to_numpy()
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+    return [str(path)]
 
-        atomic_write(side, write_json, ".json")
-        written.append(str(side))
-    return written
+
+def read_points_csv(path: str | os.PathLike):
+    """(points (N, D) float64, features DataFrame) from a napari points CSV."""
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    axis_cols = [c for c in df.columns if str(c).startswith("axis-")]
+    if not axis_cols:
+        raise ValueError(f"{path} is not a napari points table (no axis-0, axis-1 columns)")
+    axis_cols.sort(key=lambda c: int(str(c).split("-")[1]))
+    feats = df.drop(columns=[*axis_cols, *(["index"] if "index" in df else [])]).reset_index(drop=True)
+    if "positive" in feats:
+        feats["positive"] = feats["positive"].astype(str).str.lower().isin(["true", "1"])
+    return df[axis_cols].to_numpy(np.float64), feats

@@ -1,0 +1,311 @@
+"""Provenance: how a set of labels was made, enough to run it again and get the same labels.
+
+``build_provenance`` gathers, as one JSON-able dict: the prompts, the method and every
+parameter given to it (templates resolved, background prompts), thresholds and the absence
+rule, point-picking parameters, the CLIP and SAM models (names, tags or files, and the
+sha256 of their weights), the final point prompts and, per object, its class, score, points
+and the box of its mask, the image (source, shape, dtype, slice/plane, channels), package
+versions and the time. ``options_key`` hashes only what decides the result (not the time,
+not the outputs), so a batch can tell whether an existing export matches its options.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from importlib import metadata as _md
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "PACKAGES",
+    "build_provenance",
+    "clip_model_info",
+    "object_records",
+    "options_key",
+    "package_versions",
+    "provenance_from_annotation",
+    "sam_model_info",
+    "state_dict_sha256",
+    "weights_sha256",
+]
+
+#: distributions whose versions are recorded
+PACKAGES = ("napari-clipsam", "numpy", "torch", "open_clip_torch", "segment-anything", "scikit-image",
+            "tifffile", "imageio", "pycocotools", "ome-zarr", "zarr", "napari")
+
+#: keys of a provenance dict that decide the labels (``options_key`` hashes these)
+OPTION_KEYS = ("prompts", "method", "localizer", "threshold", "absence", "point_params", "models", "image_input")
+
+_lock = threading.Lock()
+_file_hashes: dict[tuple[str, int, int], str] = {}
+
+
+def package_versions(packages: Sequence[str] = PACKAGES) -> dict[str, str | None]:
+    """Installed version of each distribution (None when not installed)."""
+    out: dict[str, str | None] = {}
+    for name in packages:
+        try:
+            out[name] = _md.version(name)
+        except _md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def weights_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a weights file, computed once per (path, size, mtime) in this process."""
+    from .export import file_sha256
+
+    p = Path(path).expanduser().resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    with _lock:
+        if key in _file_hashes:
+            return _file_hashes[key]
+    digest = file_sha256(p)
+    with _lock:
+        _file_hashes[key] = digest
+    return digest
+
+
+def state_dict_sha256(module) -> str:
+    """sha256 over a torch module's state dict (names, dtypes, shapes, bytes), for models that
+    were built in memory rather than loaded from a file."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def clip_model_info(name: str, pretrained: str | os.PathLike | None, *, model=None) -> dict:
+    """{"name", "pretrained", "file", "sha256"} of an open_clip model. ``pretrained``: a tag
+    (its cached file is hashed if present) or a local file; ``model``: hash the weights in
+    memory when there is no file."""
+    info: dict = {"name": str(name), "pretrained": None if pretrained is None else os.fspath(pretrained),
+                  "file": None, "sha256": None}
+    path = None
+    if pretrained:
+        src = os.fspath(pretrained)
+        if Path(src).expanduser().is_file():
+            path = Path(src).expanduser()
+        else:
+            try:
+                from .weights import clip_weights, find_cached
+
+                path = find_cached(clip_weights(str(name), src))
+            except Exception:  # noqa: BLE001 - an unknown tag or no cache: record what we know
+                path = None
+    if path is not None:
+        info["file"] = str(path)
+        info["sha256"] = weights_sha256(path)
+    elif model is not None:
+        info["sha256"] = state_dict_sha256(model)
+        info["sha256_of"] = "state_dict"
+    return info
+
+
+def sam_model_info(kind: str, checkpoint: str | os.PathLike | None = None, *, model=None) -> dict:
+    """{"kind", "checkpoint", "sha256"} of a SAM model (official checkpoint if cached, a
+    local file, or the weights in memory)."""
+    info: dict = {"kind": str(kind), "checkpoint": None if checkpoint is None else os.fspath(checkpoint),
+                  "sha256": None}
+    path = Path(checkpoint).expanduser() if checkpoint else None
+    if path is None:
+        try:
+            from .weights import SAM_CHECKPOINTS, find_cached, sam_weights
+
+            if kind in SAM_CHECKPOINTS:
+                path = find_cached(sam_weights(kind))
+        except Exception:  # noqa: BLE001
+            path = None
+    if path is not None and path.is_file():
+        info["checkpoint"] = str(path)
+        info["sha256"] = weights_sha256(path)
+    elif model is not None:
+        info["sha256"] = state_dict_sha256(model)
+        info["sha256_of"] = "state_dict"
+    return info
+
+
+def _mask_box(labels: np.ndarray | None, oid: int) -> list[int] | None:
+    """[min row, min col, max row, max col] (inclusive, last two axes) of object ``oid``."""
+    if labels is None:
+        return None
+    rows, cols = np.nonzero((np.asarray(labels) == oid).reshape(-1, *np.shape(labels)[-2:]).any(axis=0))
+    if rows.size == 0:
+        return None
+    return [int(rows.min()), int(cols.min()), int(rows.max()), int(cols.max())]
+
+
+def object_records(points, prompts: Sequence[str], labels: np.ndarray | None = None,
+                   classes: Mapping[int, str] | None = None, scores: Mapping[int, float] | None = None) -> list[dict]:
+    """Per object: id, class, SAM score, its positive and negative points (row, col; shared
+    negatives of its prompt included, as SAM saw them) and its mask's box."""
+    from .points import object_point_sets
+
+    classes = {int(k): v for k, v in (classes or {}).items()}
+    scores = {int(k): float(v) for k, v in (scores or {}).items()}
+    sets = object_point_sets(points) if points is not None and len(points) else {}
+    ids = sorted(set(sets) | set(classes))
+    out = []
+    for oid in ids:
+        rec: dict = {"id": oid, "class": classes.get(oid), "score": scores.get(oid)}
+        if oid in sets:
+            pts, lab, cls = sets[oid]
+            pts = np.asarray(pts, float)
+            rec["class"] = rec["class"] or (prompts[cls] if 0 <= cls < len(prompts) else None)
+            rec["positive"] = pts[lab == 1].round(3).tolist()
+            rec["negative"] = pts[lab == 0].round(3).tolist()
+        rec["box"] = _mask_box(labels, oid)
+        out.append(rec)
+    return out
+
+
+def _points_table(points, prompts: Sequence[str], plane: Sequence[int] = ()) -> dict:
+    if points is None or not len(points):
+        return {"points": [], "positive": [], "object_id": [], "prompt": []}
+    pts = np.asarray(points.points, float)
+    if plane:
+        pts = np.concatenate([np.tile(np.asarray(plane, float), (len(pts), 1)), pts], axis=1)
+    return {
+        "points": pts.round(3).tolist(),
+        "positive": [bool(v) for v in points.positive],
+        "object_id": [int(v) for v in points.object_id],
+        "prompt": [prompts[int(i)] if 0 <= int(i) < len(prompts) else str(int(i)) for i in points.prompt],
+    }
+
+
+def _jsonable(value):
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "__dataclass_fields__"):
+        import dataclasses
+
+        return _jsonable(dataclasses.asdict(value))
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
+
+
+def _localizer_params(localizer, params: Mapping | None) -> dict:
+    out = dict(params or {})
+    if localizer is not None:
+        for attr in ("templates", "background", "input_size", "window", "stride", "batch_size", "pos_interpolation"):
+            if hasattr(localizer, attr):
+                out[attr] = getattr(localizer, attr)
+    return _jsonable(out)
+
+
+def build_provenance(
+    *,
+    prompts: Sequence[str],
+    method: str,
+    localizer=None,
+    localizer_params: Mapping | None = None,
+    threshold: float | None = None,
+    absence=None,
+    point_params: Mapping | None = None,
+    clip: Mapping | None = None,
+    sam: Mapping | None = None,
+    points=None,
+    labels: np.ndarray | None = None,
+    classes: Mapping[int, str] | None = None,
+    scores: Mapping[int, float] | None = None,
+    presence=None,
+    absent: Sequence[str] = (),
+    image_shape: Sequence[int] | None = None,
+    image_dtype=None,
+    source: str | os.PathLike | None = None,
+    image_sha256: str | None = None,
+    image_slice: Sequence[int] | None = None,
+    channel_axis: int | None = None,
+    channels: Sequence[int] | None = None,
+    extra: Mapping | None = None,
+) -> dict:
+    """One run's provenance as a JSON-able dict (see the module docstring).
+
+    prompts, method: what was asked and with which localizer (``get_localizer`` name).
+    localizer / localizer_params: the localizer object (its resolved templates, background,
+        input size, windows are read from it) and/or the keyword arguments it was built with.
+    threshold, absence (``AbsenceRule``), point_params (``heatmaps_to_points`` keywords).
+    clip, sam: ``clip_model_info(...)``, ``sam_model_info(...)``.
+    points (``PointPrompts``, the final ones, after edits), labels, classes, scores: the result.
+    presence, absent: the image-level presence per prompt and the prompts judged absent.
+    image_shape/image_dtype/source/image_sha256: the whole input image; image_slice: the
+        index of the plane along the leading axes for an nD image (None for 2D);
+        channel_axis/channels: which channels were blended.
+    extra: anything else JSON-able (e.g. {"layer": name}).
+    """
+    prompts = [str(p) for p in prompts]
+    plane = tuple(int(i) for i in image_slice) if image_slice is not None else ()
+    prov = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "software": package_versions(),
+        "prompts": prompts,
+        "method": str(method),
+        "localizer": _localizer_params(localizer, localizer_params),
+        "threshold": None if threshold is None else float(threshold),
+        "absence": _jsonable(absence) if absence is not None else None,
+        "point_params": _jsonable(dict(point_params or {})),
+        "models": {"clip": _jsonable(dict(clip or {})), "sam": _jsonable(dict(sam or {}))},
+        "image_input": {
+            "source": None if source is None else os.fspath(source),
+            "sha256": image_sha256,
+            "shape": None if image_shape is None else [int(s) for s in image_shape],
+            "dtype": None if image_dtype is None else str(np.dtype(image_dtype)),
+            "channel_axis": channel_axis,
+            "channels": None if channels is None else [int(c) for c in channels],
+        },
+        "image": {"source": None if source is None else os.fspath(source),
+                  "shape": None if image_shape is None else [int(s) for s in image_shape],
+                  "slice": list(plane) if image_slice is not None else None},
+        "presence": None if presence is None else {p: float(v) for p, v in zip(prompts, np.asarray(presence).ravel())},
+        "absent": list(absent),
+        "objects": _jsonable(object_records(points, prompts, labels, classes, scores)),
+        "points": _points_table(points, prompts, plane),
+    }
+    if extra:
+        prov["extra"] = _jsonable(dict(extra))
+    prov["options_key"] = options_key(prov)
+    return prov
+
+
+def provenance_from_annotation(result, *, method: str, localizer=None, localizer_params: Mapping | None = None,
+                               threshold: float | None = None, absence=None, point_params: Mapping | None = None,
+                               clip: Mapping | None = None, sam: Mapping | None = None, **image_info) -> dict:
+    """``build_provenance`` for a ``pipeline.Annotation`` (its prompts, points, labels, classes,
+    scores, presence, absent). ``image_info``: image_shape, source, image_slice, ... as there."""
+    return build_provenance(
+        prompts=result.prompts, method=method, localizer=localizer, localizer_params=localizer_params,
+        threshold=threshold, absence=absence, point_params=point_params, clip=clip, sam=sam,
+        points=result.points, labels=result.labels, classes=result.classes, scores=result.scores,
+        presence=result.presence, absent=result.absent, **image_info)
+
+
+def options_key(provenance: Mapping) -> str:
+    """sha256 of the parts of ``provenance`` that decide the labels (``OPTION_KEYS``): equal
+    keys mean the same options on the same input with the same weights."""
+    chosen = {k: provenance.get(k) for k in OPTION_KEYS}
+    models = chosen.get("models") or {}
+    # the model file's location does not matter, its bytes do
+    chosen["models"] = {k: {kk: vv for kk, vv in (v or {}).items() if kk not in ("file",)}
+                        for k, v in models.items()}
+    blob = json.dumps(_jsonable(chosen), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
