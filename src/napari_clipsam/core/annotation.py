@@ -144,6 +144,7 @@ class SamObject:
     box: Box | None = None
     candidate: int | None = None  # None: SAM's best-scoring mask
     score: float = 0.0
+    picked: int | None = None  # the multimask candidate the mask is (None: single-mask output)
     bbox: tuple[int, int, int, int] | None = None  # (r0, c0, r1, c1) of the mask, exclusive
     packed: np.ndarray | None = None  # np.packbits of the mask's bbox crop
     area: int = 0
@@ -154,9 +155,10 @@ class SamObject:
         return (np.round(self.points, 3).tobytes(), np.asarray(self.labels, np.int32).tobytes(),
                 box, self.candidate)
 
-    def set_mask(self, mask: np.ndarray, score: float) -> None:
+    def set_mask(self, mask: np.ndarray, score: float, picked: int | None = None) -> None:
         """Keep ``mask`` (H, W) bool as a packed crop of its bounding box."""
         self.score = float(score)
+        self.picked = picked
         rows = np.flatnonzero(mask.any(axis=1))
         if len(rows) == 0:
             self.bbox, self.packed, self.area = None, None, 0
@@ -300,8 +302,8 @@ def decode_objects(session, objects: Iterable[SamObject], task: Task | None = No
     task = as_task(task)
     for i, obj in enumerate(objects):
         task.report("masks", i, len(objects), "objects")
-        mask, score = session.decode(obj.points, obj.labels, obj.box, obj.candidate)
-        obj.set_mask(mask, score)
+        mask, score, picked = session.decode(obj.points, obj.labels, obj.box, obj.candidate)
+        obj.set_mask(mask, score, picked)
         del mask
     task.report("masks", len(objects), len(objects), "objects")
 
@@ -335,3 +337,27 @@ class SamQueue:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class ImageAnnotation:
+    """Every annotated plane of one image, the SAM session its planes decode against, and
+    whether the image's pixels changed since they were embedded."""
+
+    shape: tuple[int, ...]  # spatial shape of the image (no channel axis)
+    session: object  # a segment.SamSession
+    planes: dict[Plane, PlaneAnnotation] = field(default_factory=dict)
+    pixels_changed: bool = False
+
+    def next_id(self) -> int:
+        """An object id not used on any plane (ids are unique across the whole image)."""
+        used = [oid for ann in self.planes.values() for oid in ann.objects]
+        return max(used, default=0) + 1
+
+    def plane_of(self, coords: np.ndarray) -> PlaneAnnotation | None:
+        """The annotated plane that (ndim,) image coordinates lie on, if any."""
+        coords = np.asarray(coords, float).reshape(1, -1)
+        for plane, ann in self.planes.items():
+            if plane.contains(coords)[0]:
+                return ann
+        return None

@@ -38,6 +38,7 @@ class Annotation:
     presence: np.ndarray | None = None
     absent: list[str] = field(default_factory=list)
     objects: dict[int, SamObject] = field(default_factory=dict)
+    key: str = ""  # image_key of the pixels SAM embedded ("" without SAM)
 
 
 def segment_points(session: SamSession, points: PointPrompts, prompts: Sequence[str],
@@ -91,12 +92,14 @@ def annotate(
     classes: dict[int, str] = {}
     scores: dict[int, float] = {}
     objects: dict[int, SamObject] = {}
+    key = ""
     if session is not None:
         task.report("image embedding")
         session.set_image(rgb)
         state = segment_points(session, points, prompts, rgb.shape[:2], task)
+        key = session.key or ""
         labels = state.compose()
         classes = state.classes
         scores = {oid: o.score for oid, o in state.objects.items()}
         objects = state.objects
-    return Annotation(prompts, heat, points, labels, classes, scores, presence, absent, objects)
+    return Annotation(prompts, heat, points, labels, classes, scores, presence, absent, objects, key)

@@ -101,10 +101,11 @@ class SamSession:
         return pts, lab
 
     def decode(self, points_rc, labels, box=None, candidate: int | None = None
-               ) -> tuple[np.ndarray, float]:
-        """One object's mask (H, W) bool and SAM score from points (row, col), labels 1/0,
-        an optional box (row0, col0, row1, col1) and a multimask candidate (0-2; None: a
-        single point alone gets SAM's best of three, anything else its single mask)."""
+               ) -> tuple[np.ndarray, float, int | None]:
+        """One object's mask (H, W) bool, SAM score and the multimask candidate it is (None
+        for SAM's single-mask output) from points (row, col), labels 1/0, an optional box
+        (row0, col0, row1, col1) and a candidate to pick (0-2; None: a single point alone
+        gets SAM's best of three, anything else SAM's single mask)."""
         pts, lab = self._check_points(points_rc, labels, box)
         sam_box = None
         if box is not None:
@@ -119,7 +120,7 @@ class SamSession:
             box=sam_box, multimask_output=multimask,
         )
         pick = int(np.argmax(scores)) if candidate is None else int(candidate) % len(scores)
-        return masks[pick].astype(bool), float(scores[pick])
+        return masks[pick].astype(bool), float(scores[pick]), (pick if multimask else None)
 
     def predict(self, points_rc, labels, multimask: bool = True) -> np.ndarray:
         """Mask (H, W) bool for one object from (N, 2) napari (row, col) points, labels 1/0.

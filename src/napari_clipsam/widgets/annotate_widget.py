@@ -1,626 +1,593 @@
-"""The dock widget: prompts -> heatmap layers -> editable points -> live SAM labels -> export.
+"""The dock widget: the form plus wiring.
 
-Thin glue only: the work is ``core.pipeline.annotate`` run in a napari generator worker
-(cancellable between stages); results enter the viewer in one go when the run returns, so
-a cancelled or failed run leaves the viewer as it was. Editing the points layer re-runs
-only SAM's prompt decoder, for the objects whose points changed, in a worker as well.
+Run: the chosen image layer's displayed plane (or every plane along an axis) goes through
+``core.pipeline.annotate`` in a worker (``runner``), its SAM work through the widget's one
+``SamQueue``; results enter the viewer only when the run returns (``layer_writer``), so a
+cancelled or failed run leaves the viewer as it was. Each annotated image gets a
+``LiveEditor`` that keeps its labels in step with its points and boxes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
+from napari.layers import Image, Labels, Points
+from napari.utils.notifications import show_info, show_warning
 
-from .. import core as _core  # noqa: F401  (puts the triton/Mesa guard in place before torch)
-from ..core.absence import FLOOR_MODES, AbsenceRule
-from ..core.image import composite_rgb, take_displayed_slice, to_rgb_uint8
-from ..core.localizers import LOCALIZERS, TEMPLATE_SETS, check_prompts, get_localizer
+from .. import core as _core  # noqa: F401  (the triton/Mesa guard before torch)
+from ..core.absence import AbsenceRule
+from ..core.annotation import ImageAnnotation, Plane, PlaneAnnotation, SamQueue
+from ..core.localizers import check_prompts, get_localizer
 from ..core.localizers.prompts import resolve_templates
-from ..core.models import CLIP_CHOICES, SAM_CHECKPOINTS, WeightsError, load_clip, load_sam
-from ..core.pipeline import Annotation, Step, annotate
-from ..core.points import PointPrompts, object_point_sets
+from ..core.models import load_clip, load_sam
+from ..core.pipeline import annotate
 from ..core.segment import SamSession
-from . import layers as L
+from . import layer_writer as LW
+from .form import AnnotateForm
+from .inputs import displayed_plane, plane_rgb, spatial_shape
+from .live_editor import LiveEditor
+from .runner import Runner
 
-import pandas as pd
-from magicgui.widgets import (
-    CheckBox, ComboBox, Container, FileEdit, FloatSlider, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton,
-    Select, SpinBox, TextEdit,
-)
-from napari.layers import Image, Points
-from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt, QTimer
-
-METHOD_HELP = {
-    "gem": "GEM (default): self-self attention on a parallel path through the last blocks; a good first choice.",
-    "raw": "Raw patch-text cosine of vanilla CLIP: a baseline that often highlights the background "
-           "('opposite visualization'); for comparison only.",
-    "surgery": "CLIP Surgery: v-v path plus feature surgery; removes activations shared by all prompts. "
-               "Good with several prompts describing different things in the image.",
-    "maskclip": "MaskCLIP: value embeddings of the last block; fast, works with ResNet CLIPs too.",
-    "sclip": "SCLIP: correlative (q-q + k-k) self-attention in the last block; smooth maps.",
-    "clearclip": "ClearCLIP: q-q attention without residual and FFN; low-noise maps.",
-    "naclip": "NACLIP: k-k attention with a Gaussian neighbourhood; spatially coherent maps.",
-    "gradcam": "Grad-CAM against the image-text score: a class-discriminative explanation; coarse.",
-    "attention": "Attention of the best-matching patch: an explanation view, not a segmentation.",
-}
+#: runs that change more pixels than this write the labels directly (no undo entry: napari's
+#: history would hold 24 bytes of indices per pixel); live edits are always undoable
+UNDO_PIXEL_LIMIT = 4_000_000
 
 
-class RunFailed(str):
-    """An expected failure's message, returned (not raised) by the worker.
-
-    (Not an Exception: superqt's worker raises a returned Exception instance.)"""
-
-
-class RunCancelled(str):
-    """Returned by the worker when Cancel stopped a download."""
-
-
-class DownloadCancelled(Exception):
-    """Raised from a download's progress callback when the user pressed Cancel."""
-
-
-def _clip_label(name: str, tag: str) -> str:
-    return f"{name} / {tag}"
-
-
-@dataclass
-class LiveState:
-    """What the live SAM update of one points layer needs."""
-
-    image_layer: object
-    labels_layer: object
-    prompts: list[str]
-    session: SamSession
-    objects: dict = field(default_factory=dict)  # object id -> (points bytes, labels bytes)
-
-
-class ClipSamWidget(Container):
+class ClipSamWidget(AnnotateForm):
     """Annotate an image layer from words: CLIP heatmaps, points, SAM labels."""
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
+        super().__init__()
         self.viewer = napari_viewer
+        self.sam_queue = SamQueue()
+        self.editors: list[LiveEditor] = []
+        self.last_result = None
+        self._models: dict = {}
         self._clip_cache: dict = {}
         self._sam_cache: dict = {}
-        self._sessions: dict[int, SamSession] = {}
-        self._models_override: dict = {}
-        self._worker = None
-        self._decode_worker = None
-        self._decode_again = False
-        self._live: dict[int, LiveState] = {}
-        self.last_result: Annotation | None = None
+        self._sessions: list[SamSession] = []
+        self.runner = Runner(self.progress, self.show_status)
 
-        self._image = ComboBox(label="image", choices=self._image_layers, nullable=True,
-                               tooltip="The image layer to annotate (nD: the displayed slice).")
-        self._composite = Select(label="composite with", choices=self._channel_layers, value=[],
-                                 tooltip="Multichannel images: pick other channel layers to blend with the image "
-                                         "as napari shows them (colormap, contrast limits, gamma) before CLIP and "
-                                         "SAM see it. Leave empty to use the image alone.")
-        self._prompts = TextEdit(label="prompts", value="",
-                                 tooltip="One prompt per line, e.g. 'nucleus'. Each becomes a heatmap and a class.\n"
-                                         "Synonyms of one class on one line, separated by ';': 'cell; nucleus'.")
-        self._method = ComboBox(label="method", choices=list(LOCALIZERS), value="gem")
-        self._templates = ComboBox(label="templates", choices=["method default", *TEMPLATE_SETS, "custom"],
-                                   value="method default",
-                                   tooltip="Sentences each prompt is put into, averaged: 'single' ('a photo of a "
-                                           "{}.'), 'imagenet' (CLIP's 80), 'imagenet-simple' (7), 'surgery' (85), "
-                                           "or 'custom' (your own, below).")
-        self._custom_templates = LineEdit(label="custom templates", value="a fluorescence micrograph of {}.",
-                                          visible=False,
-                                          tooltip="Your templates separated by '|', each with {} where the prompt "
-                                                  "goes, e.g. 'a micrograph of {}. | an image of {} in tissue.'")
-        self._templates.changed.connect(lambda v: setattr(self._custom_templates, "visible", v == "custom"))
-        self._background = LineEdit(label="background", value="",
-                                    tooltip="Comma-separated prompts for what is not wanted (e.g. 'background, "
-                                            "debris'). They compete with your prompts: each heatmap becomes the "
-                                            "margin over the best background prompt. No layers are made for them.")
-        self._resolution = SpinBox(label="resolution", min=32, max=32768, step=32, value=448,
-                                   tooltip="Longer side, in pixels, of the image CLIP sees (aspect ratio kept). "
-                                           "Larger finds smaller things; use a window above ~900.")
-        self._window = SpinBox(label="window", min=0, max=4096, step=16, value=0,
-                               tooltip="Sliding window size in pixels at that resolution (0 = one pass). 224 "
-                                       "matches most CLIPs; windows overlap by half and their logits are averaged.")
-        self._floor = ComboBox(label="absence floor", choices=list(FLOOR_MODES), value="none",
-                               tooltip="A floor on the method's raw similarity that a point must reach; prompts "
-                                       "with nothing above it get no points. absolute: a value in the method's "
-                                       "units (cosine; 0 with background prompts); quantile: keep the top 1-q; "
-                                       "otsu: Otsu's threshold.")
-        self._floor_value = FloatSpinBox(label="floor value", min=-1000.0, max=1000.0, step=0.01, value=0.9,
-                                         tooltip="absolute: the raw similarity; quantile: q in [0, 1).")
-        self._min_presence = FloatSlider(label="min presence", min=0.0, max=1.0, step=0.01, value=0.0,
-                                         tooltip="Image-level zero-shot probability (softmax over prompts and "
-                                                 "background) a prompt needs to get points; 0 = no check.")
-        self._clip = ComboBox(label="CLIP model", choices=[_clip_label(n, t) for n, t in CLIP_CHOICES],
-                              tooltip="open_clip architecture / pretrained weights (downloaded once, then cached).")
-        self._clip_file = FileEdit(label="CLIP file", mode="r", nullable=True,
-                                   tooltip="Optional local open_clip checkpoint for the architecture above.")
-        self._sam = ComboBox(label="SAM model", choices=list(SAM_CHECKPOINTS), value="vit_b",
-                             tooltip="Segment Anything size: vit_b is fastest, vit_h most accurate.")
-        self._sam_file = FileEdit(label="SAM file", mode="r", nullable=True,
-                                  tooltip="Optional local SAM checkpoint of the kind above.")
-        self._threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.01, value=0.6,
-                                      tooltip="Heatmap value a peak needs to become a positive point.")
-        self._max_objects = SpinBox(label="max objects", min=1, max=200, value=5,
-                                    tooltip="At most this many objects (peaks) per prompt.")
-        self._one_object = CheckBox(text="one object per prompt", value=False,
-                                    tooltip="All peaks of a prompt prompt one object (semantic) instead of one each.")
-        self._run_btn = PushButton(text="Run")
-        self._cancel_btn = PushButton(text="Cancel", enabled=False)
-        self._progress = ProgressBar(label="progress", min=0, max=4, value=0)
-        self._status = Label(label="status", value="ready")
-        self._download_bar = ProgressBar(label="download", min=0, max=1000, value=0, visible=False)
-        self._download_state: tuple[str, int, int] | None = None
-        self.download_log: list[tuple[str, int, int]] = []
-        self._new_object_btn = PushButton(text="New object",
-                                          tooltip="Next points added to the points layer start a new object.")
-        self._flip_btn = PushButton(text="Flip +/-", tooltip="Make the selected points negative/positive (key: T).")
-        self._export_btn = PushButton(text="Export labels…")
-        # what most runs need stays in view; the rest folds away under "more options"
-        self._composite.native.setMaximumHeight(90)
-        self._advanced = Container(labels=True, visible=False, widgets=[
-            self._composite, self._templates, self._custom_templates, self._background, self._resolution, self._window,
-            self._max_objects, self._one_object, self._floor, self._floor_value, self._min_presence,
-            self._clip_file, self._sam_file,
-        ])
-        self._advanced.margins = (0, 0, 0, 0)
-        self._floor.changed.connect(self._floor_default)
-        self._show_advanced = CheckBox(text="more options (channels, prompts, large images, absence, local files)", value=False)
-        self._show_advanced.changed.connect(lambda v: setattr(self._advanced, "visible", bool(v)))
-        self.extend([
-            self._image, self._prompts, self._method, self._clip, self._sam, self._threshold,
-            self._show_advanced, self._advanced, self._run_btn, self._cancel_btn,
-            self._progress, self._status, self._download_bar, self._new_object_btn, self._flip_btn, self._export_btn,
-        ])
-        self._method_tooltips()
-        self._method.changed.connect(self._method_tooltips)
-        self._run_btn.changed.connect(self.run)
-        self._cancel_btn.changed.connect(self.cancel)
-        self._new_object_btn.changed.connect(self.new_object)
-        self._flip_btn.changed.connect(self.flip_selected)
-        self._export_btn.changed.connect(self._export_dialog)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.new_object_button.changed.connect(self.new_object)
+        self.flip_button.changed.connect(self.flip_selected)
+        self.next_mask_button.changed.connect(self.next_mask)
+        self.semantic_button.changed.connect(self.semantic_view)
+        self.export_button.changed.connect(self._export_dialog)
 
-        self._download_timer = QTimer()
-        self._download_timer.setInterval(200)
-        self._download_timer.timeout.connect(self._show_download)
-
-        self._debounce = QTimer()
-        self._debounce.setSingleShot(True)
-        self._debounce.setInterval(120)
-        self._debounce.timeout.connect(self._decode_changed)
-        self._pending_layers: set[int] = set()
-
-        self.viewer.layers.events.inserted.connect(self.reset_choices)
-        self.viewer.layers.events.removed.connect(self.reset_choices)
-        self.viewer.layers.events.removed.connect(self._forget_removed)
-        active = self.viewer.layers.selection.active
+        layers = self.viewer.layers
+        layers.events.inserted.connect(self._layers_changed)
+        layers.events.removed.connect(self._layers_changed)
+        layers.events.moved.connect(self._layers_changed)
+        for layer in layers:
+            layer.events.name.connect(self._layers_changed)
+        self._layers_changed()
+        active = layers.selection.active
         if isinstance(active, Image):
-            self._image.value = active
+            self.image.value = active
 
-    # ------------------------------------------------------------------ choices / models
-    def _method_tooltips(self, *_) -> None:
-        """Each method's 'when to use' on its own item, and the current one's on the box."""
-        box = self._method.native
-        for i in range(box.count()):
-            box.setItemData(i, METHOD_HELP.get(box.itemText(i), ""), Qt.ItemDataRole.ToolTipRole)
-        self._method.tooltip = f"{self._method.value}: {METHOD_HELP.get(self._method.value, '')}"
+    # ------------------------------------------------------------------ layer choices
+    def _layers_changed(self, event=None) -> None:
+        """The image fields follow layers added, removed and renamed."""
+        if event is not None and getattr(event, "type", "") == "inserted":
+            event.value.events.name.connect(self._layers_changed)
+        if event is not None and getattr(event, "type", "") == "removed":
+            self._forget(event.value)
+        images = [lay for lay in self.viewer.layers if isinstance(lay, Image) and not LW.is_ours(lay)]
+        current = self.image.value
+        self.image.choices = [(lay.name, lay) for lay in images]
+        if current in images:
+            self.image.value = current
+        elif images:
+            self.image.value = images[-1]
+        channels = [lay for lay in images if not lay.rgb]
+        chosen = [lay for lay in (self.composite_with.value or []) if lay in channels]
+        self.composite_with.choices = [(lay.name, lay) for lay in channels]
+        self.composite_with.value = chosen
 
-    def _image_layers(self, *_):
-        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+    def reset_choices(self, *_) -> None:
+        self._layers_changed()
 
-    def _channel_layers(self, *_):
-        """Layers that can be blended in as channels: single-channel images that are not ours."""
-        return [(layer.name, layer) for layer in self.viewer.layers
-                if isinstance(layer, Image) and not layer.rgb and not L.is_ours(layer)]
+    def _forget(self, layer) -> None:
+        for editor in list(self.editors):
+            if layer in (editor.image_layer, editor.points_layer, editor.labels_layer):
+                editor.close()
+                self.editors.remove(editor)
 
+    # ------------------------------------------------------------------ models
     def use_models(self, clip=None, sam=None) -> None:
         """Use already-loaded models: clip = (open_clip model, tokenizer), sam = a ``Sam``."""
         if clip is not None:
-            self._models_override["clip"] = clip
+            self._models["clip"] = clip
         if sam is not None:
-            self._models_override["sam"] = sam
+            self._models["sam"] = sam
 
-    def _get_clip(self, label: str, path, device=None):
-        if "clip" in self._models_override:
-            return self._models_override["clip"]
+    def _get_clip(self, label: str, path, task):
+        if "clip" in self._models:
+            return self._models["clip"]
         name, tag = (s.strip() for s in label.split("/", 1))
         key = (name, str(path) if path else tag)
         if key not in self._clip_cache:
-            model = load_clip(name, str(path) if path else tag, device,
-                              progress=self._download_progress(f"CLIP {name}/{tag}"))
+            model = load_clip(name, str(path) if path else tag, None, task=task)
             self._clip_cache.clear()  # keep one CLIP in memory
             self._clip_cache[key] = model
         return self._clip_cache[key]
 
-    def _get_sam(self, kind: str, path, device=None):
-        if "sam" in self._models_override:
-            return self._models_override["sam"]
+    def _get_sam(self, kind: str, path, task):
+        if "sam" in self._models:
+            return self._models["sam"]
         key = (kind, str(path) if path else None)
         if key not in self._sam_cache:
-            model = load_sam(kind, path or None, device, progress=self._download_progress(f"SAM {kind}"))
+            model = load_sam(kind, path or None, None, task=task)
             self._sam_cache.clear()
-            self._sessions.clear()
             self._sam_cache[key] = model
         return self._sam_cache[key]
 
-    def _download_progress(self, label: str):
-        """A progress(done, total) callback for weight downloads, run in the worker thread.
-
-        It only records the numbers (the GUI thread shows them) and raises DownloadCancelled
-        when Cancel was pressed, which stops the download (the partial file is kept to resume).
-        """
-        worker = self._worker
-
-        def progress(done: int, total: int) -> None:
-            if worker is not None and worker.abort_requested:
-                raise DownloadCancelled(f"download of {label} cancelled")
-            self._download_state = (label, int(done), int(total or 0))
-            self.download_log.append(self._download_state)
-
-        return progress
-
-    def _show_download(self) -> None:
-        state = self._download_state
-        if state is None:
-            return
-        label, done, total = state
-        self._download_bar.visible = True
-        self._download_bar.value = int(1000 * done / total) if total else 0
-        size = f"{done / 1e6:.1f}/{total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB"
-        self._status.value = f"downloading {label}: {size}"
-
     def _session(self, sam) -> SamSession:
-        if id(sam) not in self._sessions:
-            self._sessions[id(sam)] = SamSession(sam)
-        return self._sessions[id(sam)]
+        for s in self._sessions:
+            if s.predictor.model is sam:
+                return s
+        session = SamSession(sam)
+        self._sessions = [s for s in self._sessions if any(e.state.session is s for e in self.editors)]
+        self._sessions.append(session)
+        return session
 
-    # ------------------------------------------------------------------ running
+    # ------------------------------------------------------------------ state
     @property
     def is_running(self) -> bool:
-        return self._worker is not None
+        """True while a run (models, heatmaps, points, masks) is going."""
+        return self.runner.is_running
 
-    def _displayed_plane(self, layer) -> np.ndarray:
-        data = layer.data[0] if layer.multiscale else layer.data
-        point = layer.world_to_data(self.viewer.dims.point)
-        return take_displayed_slice(data, point, layer.rgb)
+    @property
+    def is_busy(self) -> bool:
+        """True while a run or any mask update is pending."""
+        return self.is_running or self.sam_queue.busy or any(e.busy for e in self.editors)
 
-    def _input_plane(self, layer) -> np.ndarray:
-        """The RGB uint8 image CLIP and SAM see: the layer's displayed plane, or the additive
-        composite of it and the 'composite with' layers as napari shows them."""
-        others = [lay for lay in (self._composite.value or []) if lay is not layer and lay in self.viewer.layers]
-        plane = self._displayed_plane(layer)
-        if not others:
-            limits = None if (layer.rgb and plane.dtype == np.uint8) else layer.contrast_limits
-            return to_rgb_uint8(plane, rgb=layer.rgb, contrast_limits=limits)
-        channels = [layer, *others]
-        rgb_layers = [lay.name for lay in channels if lay.rgb]
-        if rgb_layers:
-            raise ValueError(f"RGB layers cannot be composited as channels: {rgb_layers}; "
-                             "pick single-channel layers in 'composite with' or clear it")
-        planes = [plane] + [self._displayed_plane(lay) for lay in others]
-        shapes = {lay.name: p.shape for lay, p in zip(channels, planes)}
-        if len(set(shapes.values())) > 1:
-            raise ValueError(f"channel layers must have the same size to be composited, got {shapes}")
-        ramp = np.linspace(0.0, 1.0, 256)
-        return composite_rgb(planes, luts=[np.asarray(lay.colormap.map(ramp))[:, :3] for lay in channels],
-                             contrast_limits=[tuple(lay.contrast_limits) for lay in channels],
-                             gammas=[float(lay.gamma) for lay in channels])
+    def editor_for(self, image_layer) -> LiveEditor | None:
+        for editor in self.editors:
+            if editor.image_layer is image_layer and editor.layers_alive():
+                return editor
+        return None
 
-    #: a sensible starting value per absence floor mode (absolute 0: "beats every background prompt")
-    FLOOR_DEFAULTS = {"absolute": 0.0, "quantile": 0.9}
-
-    def _floor_default(self, mode) -> None:
-        if mode in self.FLOOR_DEFAULTS:
-            self._floor_value.value = self.FLOOR_DEFAULTS[mode]
-
+    # ------------------------------------------------------------------ run
     def _localizer_params(self) -> dict:
-        background = [b.strip() for b in self._background.value.split(",") if b.strip()]
-        window = int(self._window.value)
-        templates = self._templates.value
+        background = [b.strip() for b in self.background.value.split(",") if b.strip()]
+        templates = self.templates.value
         if templates == "custom":
-            templates = [t.strip() for t in self._custom_templates.value.split("|") if t.strip()]
-            resolve_templates(templates, ())  # a bad template is a notification before the run
+            templates = [t.strip() for t in self.custom_templates.value.split("|") if t.strip()]
+            resolve_templates(templates, ())  # a bad template is a message before the run
         return dict(templates=None if templates == "method default" else templates,
-                    input_size=int(self._resolution.value), window=window or None,
+                    input_size=int(self.resolution.value), window=int(self.window.value) or None,
                     background=check_prompts(background) if background else ())
 
     def _absence_rule(self) -> AbsenceRule | None:
-        rule = AbsenceRule(self._floor.value, float(self._floor_value.value), float(self._min_presence.value))
+        rule = AbsenceRule(self.absence_floor.value, float(self.floor_value.value), float(self.min_presence.value))
         return None if (rule.floor == "none" and rule.min_presence == 0) else rule
 
+    def _planes(self, layer) -> list[Plane]:
+        plane = displayed_plane(self.viewer, layer)
+        if self.slices.value == "displayed":
+            return [plane]
+        axis = int(self.slice_axis.value)
+        fixed_axes = [ax for ax, _ in plane.fixed]
+        if axis not in fixed_axes:
+            raise ValueError(f"slice axis {axis} is not a stepping axis of '{layer.name}' (data axes that are not "
+                             f"displayed: {fixed_axes or 'none, the image is 2D'}); pick one of them")
+        size = spatial_shape(layer)[axis]
+        return [Plane(plane.ndim, plane.rows, plane.cols,
+                      tuple((ax, i if ax == axis else idx) for ax, idx in plane.fixed)) for i in range(size)]
+
     def run(self) -> None:
-        """Start a run on the chosen image layer (no-op with a message if one is running)."""
-        if self._worker is not None:
+        """Start a run on the chosen image layer (a message instead if one is running or
+        the input is wrong)."""
+        if self.is_running:
             show_info("napari-clipsam is already running; cancel it first")
             return
-        layer = self._image.value
+        self.clear_error()
+        layer = self.image.value
         if layer is None or layer not in self.viewer.layers:
-            show_error("napari-clipsam: pick an image layer first (open an image, then choose it in 'image')")
+            self._fail("pick an image layer first (open an image, then choose it in 'image')")
             return
         try:
-            prompts = check_prompts([ln for ln in self._prompts.value.splitlines() if ln.strip()])
-            rgb = self._input_plane(layer)
-            localizer_params = self._localizer_params()
+            prompts = check_prompts([ln for ln in self.prompts.value.splitlines() if ln.strip()])
+            planes = self._planes(layer)
+            others = [lay for lay in (self.composite_with.value or []) if lay in self.viewer.layers]
+            first = plane_rgb(layer, planes[0], others)  # bad pixels are a message before the run
+            params = self._localizer_params()
             absence = self._absence_rule()
         except ValueError as exc:
-            show_error(f"napari-clipsam: {exc}")
+            self._fail(str(exc))
             return
-        cfg = dict(
-            method=self._method.value, clip=self._clip.value, clip_file=self._clip_file.value,
-            sam=self._sam.value, sam_file=self._sam_file.value, localizer=localizer_params, absence=absence,
-            points=dict(threshold=float(self._threshold.value), max_objects=int(self._max_objects.value),
-                        one_object_per_prompt=bool(self._one_object.value)),
-        )
-        worker = create_worker(self._work, rgb, prompts, cfg, _start_thread=False)
-        worker.yielded.connect(self._on_step)
-        worker.returned.connect(lambda result, lay=layer: self._on_result(lay, result))
-        worker.errored.connect(self._on_error)
-        worker.aborted.connect(lambda: self._status.set_value("cancelled: nothing was changed"))
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        self._run_btn.enabled = False
-        self._cancel_btn.enabled = True
-        self._progress.max = 5
-        self._progress.value = 0
-        self._status.value = "starting"
-        self._download_state = None
-        self._download_timer.start()
-        worker.start()
+        cfg = dict(method=self.method.value, clip=self.clip_model.value, clip_file=self.clip_file.value,
+                   sam=self.sam_model.value, sam_file=self.sam_file.value, localizer=params, absence=absence,
+                   threshold=float(self.threshold.value), max_objects=int(self.max_objects.value),
+                   one_object_per_prompt=bool(self.one_object_per_prompt.value))
 
-    def _work(self, rgb, prompts, cfg):
-        """Runs in the worker thread; yields between stages so Cancel takes effect.
+        def pixels(plane: Plane) -> np.ndarray:
+            return first if plane == planes[0] else plane_rgb(layer, plane, others)
 
-        Expected failures (bad weights, bad input) and a cancelled download come back as
-        ``RunFailed`` / ``DownloadCancelled`` values, shown as plain notifications; only
-        real bugs propagate as exceptions.
-        """
-        try:
-            yield Step("loading models", 0, 5)
-            clip_model, tokenizer = self._get_clip(cfg["clip"], cfg["clip_file"])
-            yield Step("loading SAM", 0, 5)
-            sam = self._get_sam(cfg["sam"], cfg["sam_file"])
+        def job(task):
+            task.report("loading CLIP")
+            clip_model, tokenizer = self._get_clip(cfg["clip"], cfg["clip_file"], task)
+            task.report("loading SAM")
+            sam = self._get_sam(cfg["sam"], cfg["sam_file"], task)
             localizer = get_localizer(cfg["method"], clip_model, tokenizer, **cfg["localizer"])
             session = self._session(sam)
-            result = yield from annotate(rgb, prompts, localizer, session, absence=cfg["absence"], **cfg["points"])
-        except DownloadCancelled as exc:
-            return RunCancelled(str(exc))
-        except (ValueError, WeightsError, OSError) as exc:
-            return RunFailed(f"{exc}")
-        return result, session
+            out = []
+            for i, plane in enumerate(planes):
+                if len(planes) > 1:
+                    task.report("slices", i, len(planes), "slices")
+                rgb = pixels(plane)
+                result = annotate_via_queue(self.sam_queue, rgb, prompts, localizer, session, cfg, task)
+                out.append((plane, result))
+            return session, out
+
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.show_status("starting")
+        self.runner.start(job, on_done=lambda res, lay=layer: self._on_done(lay, res, pixels, others),
+                          on_failed=self._on_failed, on_cancelled=self._on_cancelled, label="napari-clipsam run")
 
     def cancel(self) -> None:
-        if self._worker is not None:
-            self._status.value = "cancelling…"
-            self._worker.quit()
+        """Stop the run at its next step (between windows, slices, stages or download chunks)."""
+        if self.is_running:
+            self.show_status("cancelling…")
+            self.runner.cancel()
 
-    def _on_step(self, step) -> None:
-        if isinstance(step, Step):
-            self._progress.value = min(step.index + 1, self._progress.max)
-            self._status.value = f"{step.stage} {step.done}/{step.of}" if step.of > 1 else step.stage
+    def _end_run(self) -> None:
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
 
-    def _on_error(self, exc) -> None:
-        self._status.value = "failed: nothing was changed"
-        show_error(f"napari-clipsam failed: {exc}" if str(exc) else f"napari-clipsam failed: {type(exc).__name__}")
+    def _fail(self, short: str, details: str = "") -> None:
+        self.show_status("failed: nothing was changed")
+        self.show_error(short, details)
+        from napari.utils.notifications import show_error
 
-    def _on_finished(self) -> None:
-        if self._worker is not None and self._worker.abort_requested and "cancelled" not in self._status.value:
-            # superqt emits neither `returned` nor `aborted` when the generator ended after a
-            # cancel request without yielding again (e.g. a download stopped by Cancel)
-            self._status.value = "cancelled: nothing was changed (a partial download resumes next time)"
-        self._download_timer.stop()
-        self._download_bar.visible = False
-        self._worker = None
-        self._run_btn.enabled = True
-        self._cancel_btn.enabled = False
+        show_error(f"napari-clipsam: {short}")
 
-    def _on_result(self, image_layer, payload) -> None:
-        if isinstance(payload, RunCancelled):
-            self._status.value = "cancelled: download stopped (it resumes next time); nothing was changed"
-            return
-        if isinstance(payload, RunFailed):
-            self._status.value = "failed: nothing was changed"
-            show_error(f"napari-clipsam: {payload}")
-            return
-        result, session = payload
+    def _on_failed(self, short: str, details: str) -> None:
+        self._end_run()
+        self._fail(short, details)
+
+    def _on_cancelled(self) -> None:
+        self._end_run()
+        self.show_status("cancelled: nothing was changed (a partial download resumes next time)")
+
+    def _on_done(self, image_layer, payload, pixels, others) -> None:
+        self._end_run()
+        session, results = payload
         if image_layer not in self.viewer.layers:
-            self._status.value = "image layer was removed: results discarded"
+            self.show_status("image layer was removed: results discarded")
             show_warning(f"napari-clipsam: the image layer '{image_layer.name}' was removed during the run; "
                          "its results were discarded")
             return
-        self.last_result = result
-        self._add_result_layers(image_layer, result, session)
-        self._progress.value = self._progress.max
-        n_obj = len(result.classes)
-        self._status.value = f"done: {len(result.prompts)} heatmaps, {len(result.points)} points, {n_obj} objects"
+        self.last_result = results[-1][1]
+        kept = self._write_results(image_layer, session, results, pixels, others)
+        n_points = sum(len(r.points) for _, r in results)
+        absent = sorted({p for _, r in results for p in r.absent})
+        if absent:
+            show_info(f"napari-clipsam: no points for {absent}: below the absence floor or the minimum presence "
+                      "(their heatmaps are added hidden)")
+        note = f"; kept {kept} hand-painted pixels" if kept else ""
+        self.show_status(f"done: {len(results[-1][1].prompts)} heatmaps, {n_points} points, "
+                         f"{self.count_objects(image_layer)} objects{note}")
 
-    # ------------------------------------------------------------------ layers
-    def _add_result_layers(self, image_layer, result: Annotation, session: SamSession) -> None:
+    # ------------------------------------------------------------------ results -> layers
+    def _write_results(self, image_layer, session, results, pixels, others) -> int:
         name = image_layer.name
-        geo = dict(scale=image_layer.scale[-2:], translate=image_layer.translate[-2:])
-        for i, prompt in enumerate(result.prompts):
-            presence = None if result.presence is None else float(result.presence[i])
-            L.upsert_layer(self.viewer, "image", L.heatmap_name(name, prompt), result.heatmaps[i],
-                           colormap="inferno", blending="additive", opacity=0.6, contrast_limits=(0.0, 1.0),
-                           visible=prompt not in result.absent,
-                           metadata={"prompt": prompt, "presence": presence, "absent": prompt in result.absent},
-                           **geo)
-        if result.absent:
-            show_info(f"napari-clipsam: no points for {result.absent}: below the absence floor or the minimum "
-                      "presence (their heatmaps are added hidden)")
-        pts = result.points
-        features = pd.DataFrame({
-            "positive": pts.positive.astype(bool),
-            "object_id": pts.object_id.astype(int),
-            "prompt": pd.Categorical([result.prompts[i] for i in pts.prompt], categories=result.prompts),
-        })
-        size = max(4.0, max(result.labels.shape) / 60.0)
-        labels_layer = L.upsert_layer(self.viewer, "labels", L.labels_name(name), result.labels,
-                                      metadata={"classes": dict(result.classes), "prompts": list(result.prompts)},
-                                      **geo)
-        points_layer = L.upsert_layer(self.viewer, "points", L.points_name(name), pts.points, features=features,
-                                      size=size, face_color=L.point_colors(pts.positive) if len(pts) else "lime",
-                                      border_color="white", metadata={"prompts": list(result.prompts)}, **geo)
-        self._recolor(points_layer)
-        if len(pts):
-            points_layer.feature_defaults = features.iloc[[int(np.argmax(pts.positive))]].reset_index(drop=True)
-        state = LiveState(image_layer, labels_layer, list(result.prompts), session)
-        state.objects = self._object_signature(self._prompts_from_layer(points_layer, state.prompts))
-        if id(points_layer) not in self._live:
-            points_layer.events.data.connect(lambda e, lay=points_layer: self._schedule_decode(lay, e))
-            points_layer.bind_key("t", lambda lay: self.flip_selected(lay), overwrite=True)
-        self._live[id(points_layer)] = state
+        shape = spatial_shape(image_layer)
+        geo = dict(scale=tuple(image_layer.scale), translate=tuple(image_layer.translate))
+        prompts = list(results[-1][1].prompts)
+        self._write_heatmaps(image_layer, results, shape)
 
-    @staticmethod
-    def _recolor(points_layer) -> None:
-        if len(points_layer.data):
-            points_layer.face_color = L.point_colors(points_layer.features["positive"].to_numpy(bool))
+        editor = self.editor_for(image_layer)
+        labels_layer = editor.labels_layer if editor else LW.find_ours(self.viewer, "labels", LW.labels_name(name),
+                                                                        image_layer)
+        if labels_layer is None or tuple(labels_layer.data.shape) != shape:
+            labels_layer = LW.upsert_layer(self.viewer, "labels", LW.labels_name(name), np.zeros(shape, np.int32),
+                                           image_layer=image_layer, **geo)
+        points_layer = editor.points_layer if editor else None
+        boxes_layer = editor.boxes_layer if editor else None
+        if editor is None:
+            points_layer = LW.upsert_layer(
+                self.viewer, "points", LW.points_name(name), np.zeros((0, len(shape))), image_layer=image_layer,
+                features=LW.points_features([], [], [], prompts), size=max(4.0, max(shape[-2:]) / 60.0),
+                border_color="white", face_color="lime", metadata={"prompts": prompts}, **geo)
+            boxes_layer = LW.upsert_layer(
+                self.viewer, "shapes", LW.boxes_name(name), [], image_layer=image_layer, ndim=len(shape),
+                features={"object_id": np.zeros(0, int), "prompt": np.array([], dtype=object)},
+                edge_color="yellow", face_color="transparent", edge_width=max(1.0, max(shape[-2:]) / 300.0), **geo)
+            state = ImageAnnotation(shape, session)
+            editor = LiveEditor(self.viewer, image_layer, points_layer, labels_layer, boxes_layer, state,
+                                self.sam_queue, pixels, on_applied=self._after_edit, on_error=self._edit_failed)
+            self.editors.append(editor)
+            self._bind_keys(points_layer)
+        state = editor.state
+        editor.pixels = pixels
+        state.session = session
+        state.shape = shape
 
-    def _prompts_from_layer(self, layer, prompt_names: list[str]) -> PointPrompts:
-        f = layer.features
-        n = len(layer.data)
-        if n == 0:
-            return PointPrompts()
-        names = f["prompt"].astype(str).to_numpy() if "prompt" in f else np.array([prompt_names[0]] * n)
-        index = {p: i for i, p in enumerate(prompt_names)}
-        return PointPrompts(
-            points=np.asarray(layer.data, float)[:, -2:],
-            positive=f["positive"].to_numpy(bool) if "positive" in f else np.ones(n, bool),
-            object_id=f["object_id"].to_numpy(np.int32) if "object_id" in f else np.ones(n, np.int32),
-            prompt=np.array([index.get(s, 0) for s in names], np.int32),
-            score=np.zeros(n, np.float32),
-        )
+        # points: rows on the planes of this run are replaced, the others kept
+        data = np.asarray(points_layer.data, float).reshape(-1, len(shape))
+        feats = points_layer.features
+        keep = np.ones(len(data), bool)
+        for plane, _ in results:
+            keep &= ~plane.contains(data)
+        rows, pos, oids, names = [data[keep]], [feats["positive"].to_numpy(bool)[keep] if len(feats) else []], \
+            [feats["object_id"].to_numpy(int)[keep] if len(feats) else []], \
+            [feats["prompt"].astype(str).to_numpy()[keep] if len(feats) else []]
+        kept_pixels = 0
+        for plane, result in results:
+            old = state.planes.get(plane)
+            others_ids = [oid for p, a in state.planes.items() if p != plane for oid in a.objects]
+            offset = max(others_ids, default=0)
+            objects = {}
+            for oid, obj in result.objects.items():
+                obj.id = oid + offset
+                objects[obj.id] = obj
+            pts = result.points
+            rows.append(plane.to_nd(pts.points))
+            pos.append(pts.positive)
+            oids.append(np.where(pts.object_id > 0, pts.object_id + offset, 0))
+            names.append(np.array([result.prompts[i] for i in pts.prompt], dtype=object))
+            ann = old if old is not None else PlaneAnnotation(plane, result.labels.shape, "", list(result.prompts))
+            ann.prompts = list(result.prompts)
+            ann.key = result.key
+            ann.bump()  # decodes of the old objects are stale from now on
+            state.planes[plane] = ann
+            kept_pixels += self._paint(labels_layer, ann, objects, undo=True)
+        all_prompts = list(dict.fromkeys([*(points_layer.features["prompt"].cat.categories
+                                            if len(points_layer.features) and hasattr(
+                                                points_layer.features["prompt"], "cat") else []), *prompts]))
+        features = LW.points_features(np.concatenate(pos), np.concatenate(oids),
+                                      np.concatenate([np.asarray(n, dtype=object) for n in names]), all_prompts)
+        new_data = np.concatenate(rows) if rows else np.zeros((0, len(shape)))
+        points_layer.data = new_data
+        points_layer.features = features
+        points_layer.metadata["prompts"] = all_prompts
+        LW.recolor(points_layer)
+        if len(features):
+            positive = features.index[features["positive"]]
+            first = positive[0] if len(positive) else 0
+            points_layer.feature_defaults = features.iloc[[first]].reset_index(drop=True)
+        else:
+            points_layer.feature_defaults = LW.points_features([True], [1], [prompts[0]], all_prompts)
+        if boxes_layer is not None:
+            boxes_layer.feature_defaults = {"object_id": 0, "prompt": prompts[0]}
+        editor.sticky_object = None
+        self._update_label_features(editor)
+        return kept_pixels
 
-    @staticmethod
-    def _object_signature(prompts: PointPrompts) -> dict:
-        return {oid: (pts.round(3).tobytes(), lab.tobytes(), cls)
-                for oid, (pts, lab, cls) in object_point_sets(prompts).items()}
+    def _paint(self, labels_layer, ann: PlaneAnnotation, objects: dict, undo: bool) -> int:
+        plane = ann.plane
+
+        def current(region):
+            r0, c0, r1, c1 = region
+            return plane.take(labels_layer.data)[r0:r1, c0:c1]
+
+        update = ann.update(current, objects)
+        if not len(update):
+            return update.kept
+        index = plane.indices(update.rows, update.cols)
+        if undo and len(update) <= UNDO_PIXEL_LIMIT:
+            labels_layer.data_setitem(index, update.values)
+        else:
+            labels_layer.data[index] = update.values
+            labels_layer.refresh()
+        return update.kept
+
+    def _write_heatmaps(self, image_layer, results, shape) -> None:
+        """One layer per prompt over the run's planes (other axes: only the plane's index),
+        placed on the image with its scale and translate."""
+        name = image_layer.name
+        plane0 = results[0][0]
+        sweep = {ax for plane, _ in results for ax, i in plane.fixed
+                 if i != dict(plane0.fixed)[ax]}
+        hshape = [1] * len(shape)
+        hshape[plane0.rows], hshape[plane0.cols] = shape[plane0.rows], shape[plane0.cols]
+        for ax in sweep:
+            hshape[ax] = shape[ax]
+        scale = np.asarray(image_layer.scale, float)
+        translate = np.asarray(image_layer.translate, float).copy()
+        for ax, i in plane0.fixed:
+            if ax not in sweep:
+                translate[ax] += i * scale[ax]
+        prompts = results[-1][1].prompts
+        for p, prompt in enumerate(prompts):
+            vol = np.zeros(hshape, np.float32)
+            for plane, result in results:
+                if p >= len(result.heatmaps):
+                    continue
+                idx = [0] * len(shape)
+                for ax, i in plane.fixed:
+                    idx[ax] = i if ax in sweep else 0
+                idx[plane.rows] = slice(None)
+                idx[plane.cols] = slice(None)
+                heat = result.heatmaps[p]
+                vol[tuple(idx)] = heat.T if plane.transposed else heat
+            data = vol if len(shape) > 2 else vol.reshape(shape)
+            absent = any(prompt in r.absent for _, r in results)
+            presence = results[-1][1].presence
+            LW.upsert_layer(self.viewer, "image", LW.heatmap_name(name, prompt), data, image_layer=image_layer,
+                            colormap="inferno", blending="additive", opacity=0.6, contrast_limits=(0.0, 1.0),
+                            visible=not absent, scale=tuple(scale), translate=tuple(translate),
+                            metadata={"prompt": prompt, "absent": absent,
+                                      "presence": None if presence is None else float(presence[p])})
+
+    def _update_label_features(self, editor: LiveEditor) -> None:
+        classes, scores = {}, {}
+        for ann in editor.state.planes.values():
+            classes.update(ann.classes)
+            scores.update({oid: o.score for oid, o in ann.objects.items()})
+        layer = editor.labels_layer
+        layer.features = LW.labels_features(classes, scores)
+        layer.metadata["classes"] = classes
+        layer.metadata["prompts"] = list(dict.fromkeys(p for a in editor.state.planes.values() for p in a.prompts))
+
+    def count_objects(self, image_layer=None) -> int:
+        """Objects visible in the labels layer of ``image_layer`` (default: the chosen image):
+        distinct ids on the labels that are our objects."""
+        editor = self.editor_for(image_layer if image_layer is not None else self.image.value)
+        if editor is None:
+            return 0
+        ids = np.unique(np.asarray(editor.labels_layer.data))
+        ours = {oid for a in editor.state.planes.values() for oid in a.objects}
+        return len(ours.intersection(ids.tolist()))
 
     # ------------------------------------------------------------------ live editing
-    def _schedule_decode(self, layer, event=None) -> None:
-        if id(layer) in self._live:
-            self._pending_layers.add(id(layer))
-            self._debounce.start()
+    def _after_edit(self) -> None:
+        for editor in self.editors:
+            if editor.layers_alive():
+                self._update_label_features(editor)
+        n = self.count_objects()
+        self.show_status(f"updated: {n} objects")
 
-    def _forget_removed(self, event) -> None:
-        self._live.pop(id(event.value), None)
+    def _edit_failed(self, short: str, details: str) -> None:
+        self.show_error(short, details)
+        self.show_status("mask update failed: the labels were not changed")
+        from napari.utils.notifications import show_error
 
-    def _decode_changed(self) -> None:
-        if self._decode_worker is not None:
-            self._decode_again = True
-            return
-        jobs = []
-        for lid in list(self._pending_layers):
-            self._pending_layers.discard(lid)
-            layer = next((lay for lay in self.viewer.layers if id(lay) == lid), None)
-            state = self._live.get(lid)
-            if layer is None or state is None or state.labels_layer not in self.viewer.layers:
-                continue
-            self._recolor(layer)
-            prompts = self._prompts_from_layer(layer, state.prompts)
-            sig = self._object_signature(prompts)
-            changed = {oid for oid in sig if state.objects.get(oid) != sig[oid]}
-            removed = set(state.objects) - set(sig)
-            if changed or removed:
-                jobs.append((state, prompts, changed, removed, sig))
-        if not jobs:
-            return
+        show_error(f"napari-clipsam: {short}")
 
-        def decode():
-            out = []
-            for state, prompts, changed, removed, sig in jobs:
-                masks = state.session.predict_objects(prompts, objects=changed) if changed else {}
-                out.append((state, masks, removed, sig))
-            return out
+    def _bind_keys(self, points_layer) -> None:
+        points_layer.bind_key("t", lambda lay: self.flip_selected(lay), overwrite=True)
+        points_layer.bind_key("n", lambda lay: self.new_object(), overwrite=True)
+        points_layer.bind_key("m", lambda lay: self.next_mask(lay), overwrite=True)
 
-        worker = create_worker(decode, _start_thread=False)
-        worker.returned.connect(self._apply_decoded)
-        worker.errored.connect(lambda exc: show_error(f"napari-clipsam: updating masks failed: {exc}"))
-        worker.finished.connect(self._decode_finished)
-        self._decode_worker = worker
-        worker.start()
-
-    def _apply_decoded(self, results) -> None:
-        for state, masks, removed, sig in results:
-            labels_layer = state.labels_layer
-            if labels_layer not in self.viewer.layers:
-                continue
-            data = np.array(labels_layer.data, copy=True)
-            for oid in removed | set(masks):
-                data[data == oid] = 0
-            for oid, (mask, _score, cls) in sorted(masks.items(), key=lambda kv: -int(kv[1][0].sum())):
-                data[mask] = oid
-                labels_layer.metadata.setdefault("classes", {})[oid] = state.prompts[cls]
-            for oid in removed:
-                labels_layer.metadata.get("classes", {}).pop(oid, None)
-            labels_layer.data = data
-            state.objects = sig
-
-    def _decode_finished(self) -> None:
-        self._decode_worker = None
-        if self._decode_again or self._pending_layers:
-            self._decode_again = False
-            self._decode_changed()
-
-    def _points_layer(self, layer=None):
+    def _editor_of_points(self, layer=None) -> LiveEditor | None:
         layer = layer if isinstance(layer, Points) else self.viewer.layers.selection.active
-        if isinstance(layer, Points) and id(layer) in self._live:
-            return layer
-        live = [lay for lay in self.viewer.layers if id(lay) in self._live]
+        for editor in self.editors:
+            if editor.points_layer is layer and editor.layers_alive():
+                return editor
+        chosen = self.editor_for(self.image.value)
+        if chosen is not None:
+            return chosen
+        live = [e for e in self.editors if e.layers_alive()]
         return live[-1] if live else None
 
     def new_object(self) -> None:
         """Points added next start a new positive object (of the current prompt)."""
-        layer = self._points_layer()
-        if layer is None:
+        editor = self._editor_of_points()
+        if editor is None:
             show_info("napari-clipsam: run first, then add objects to its points layer")
             return
-        ids = layer.features["object_id"].to_numpy(int) if len(layer.data) else np.array([0])
+        layer = editor.points_layer
+        used = layer.features["object_id"].to_numpy(int) if len(layer.data) and "object_id" in layer.features \
+            else np.zeros(0, int)
+        oid = max(editor.state.next_id(), int(used.max()) + 1 if len(used) else 1)
         defaults = layer.feature_defaults.copy()
-        defaults["object_id"] = int(ids.max()) + 1
+        defaults["object_id"] = oid
         defaults["positive"] = True
         layer.feature_defaults = defaults
+        editor.sticky_object = oid
         self.viewer.layers.selection.active = layer
         layer.mode = "add"
+        self.show_status(f"new object {oid}: click to add its points")
 
     def flip_selected(self, layer=None) -> None:
         """Toggle positive/negative on the selected points, then update the masks."""
-        layer = self._points_layer(layer)
+        editor = self._editor_of_points(layer)
+        layer = editor.points_layer if editor else None
         if layer is None or not layer.selected_data:
             show_info("napari-clipsam: select points in the points layer to flip them")
+            return
+        if "positive" not in layer.features or len(layer.features) != len(layer.data):
+            self._edit_failed("the points layer lost its 'positive' column; run again to rebuild it", "")
             return
         feats = layer.features.copy()
         idx = sorted(layer.selected_data)
         feats.loc[idx, "positive"] = ~feats.loc[idx, "positive"].astype(bool)
         layer.features = feats
-        self._recolor(layer)
-        self._schedule_decode(layer)
+        LW.recolor(layer)
+        editor.schedule()
+
+    def next_mask(self, layer=None) -> None:
+        """Cycle SAM's three candidate masks of the selected points' objects."""
+        editor = self._editor_of_points(layer)
+        layer = editor.points_layer if editor else None
+        if layer is None or not layer.selected_data or "object_id" not in layer.features:
+            show_info("napari-clipsam: select a point of an object to cycle its candidate masks")
+            return
+        ids = {int(layer.features["object_id"].iloc[i]) for i in layer.selected_data}
+        for ann in editor.state.planes.values():
+            for oid in ids & set(ann.objects):
+                obj = ann.objects[oid]
+                current = editor.requested_candidates.get(oid, obj.candidate)
+                base = current if current is not None else (obj.picked if obj.picked is not None else -1)
+                editor.requested_candidates[oid] = (base + 1) % 3
+        editor.schedule()
+
+    def semantic_view(self) -> None:
+        """A labels layer '<image> classes' with one id per class: prompt k -> k + 1."""
+        editor = self.editor_for(self.image.value) or self._editor_of_points()
+        if editor is None:
+            show_info("napari-clipsam: run first")
+            return
+        labels = np.asarray(editor.labels_layer.data)
+        prompts = editor.labels_layer.metadata.get("prompts", [])
+        classes = editor.labels_layer.metadata.get("classes", {})
+        lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, np.int32)
+        for oid, cls in classes.items():
+            if oid < len(lut) and cls in prompts:
+                lut[oid] = prompts.index(cls) + 1
+        semantic = lut[labels]
+        layer = LW.upsert_layer(self.viewer, "labels", LW.classes_name(editor.image_layer.name), semantic,
+                                image_layer=editor.image_layer, scale=tuple(editor.labels_layer.scale),
+                                translate=tuple(editor.labels_layer.translate))
+        layer.features = LW.labels_features({i + 1: p for i, p in enumerate(prompts)}, {})
 
     # ------------------------------------------------------------------ export
-    def export_labels(self, path, labels_layer=None) -> list[str]:
-        """Write the labels layer (default: the last result's) to ``path`` (.tif/.png/.npy)."""
+    def export_labels(self, path, labels_layer=None, *, overwrite: bool = True) -> list[str]:
+        """Write the labels layer (default: the chosen image's) to ``path``; the format comes
+        from the suffix (see ``core.export.write_labels``)."""
         from ..core.export import write_labels
 
         if labels_layer is None:
-            live = [s.labels_layer for s in self._live.values() if s.labels_layer in self.viewer.layers]
-            if not live:
+            editor = self.editor_for(self.image.value) or next(
+                (e for e in reversed(self.editors) if e.layers_alive()), None)
+            if editor is None:
                 raise ValueError("no labels to export yet: run first")
-            labels_layer = live[-1]
+            labels_layer = editor.labels_layer
+        if not isinstance(labels_layer, Labels):
+            raise ValueError(f"'{getattr(labels_layer, 'name', labels_layer)}' is not a labels layer")
         classes = labels_layer.metadata.get("classes", {})
+        kwargs = {"overwrite": overwrite} if "overwrite" in write_labels.__code__.co_varnames else {}
         return write_labels(path, np.asarray(labels_layer.data), classes=classes,
-                            metadata={"layer": labels_layer.name, "plugin": "napari-clipsam"})
+                            metadata={"layer": labels_layer.name, "plugin": "napari-clipsam"}, **kwargs)
 
     def _export_dialog(self) -> None:
         from qtpy.QtWidgets import QFileDialog
 
+        # Qt's save dialog asks before replacing an existing file
         path, _ = QFileDialog.getSaveFileName(self.native, "Export labels", "labels.tif",
                                               "TIFF (*.tif *.tiff);;PNG (*.png);;NumPy (*.npy)")
         if not path:
             return
         try:
-            written = self.export_labels(path)
+            written = self.export_labels(path, overwrite=True)
         except (ValueError, OSError) as exc:
-            show_error(f"napari-clipsam: export failed: {exc}")
+            self.show_error(f"export failed: {str(exc).splitlines()[0]}", str(exc))
             return
         show_info(f"napari-clipsam: wrote {', '.join(written)}")
+
+
+def annotate_via_queue(queue: SamQueue, rgb, prompts, localizer, session, cfg, task):
+    """The pipeline with its SAM stages on the one SAM queue: CLIP work runs in the caller's
+    thread; embedding and decodes wait their turn behind live decodes."""
+    result = annotate(rgb, prompts, localizer, None, threshold=cfg["threshold"], absence=cfg["absence"], task=task,
+                      max_objects=cfg["max_objects"], one_object_per_prompt=cfg["one_object_per_prompt"])
+    from ..core.annotation import decode_objects, objects_from_prompts
+
+    def sam_stage():
+        task.report("image embedding")
+        key = session.set_image(rgb)
+        objects = objects_from_prompts(result.points)
+        decode_objects(session, objects.values(), task)
+        return key, objects
+
+    key, objects = queue.run(sam_stage)
+    result.key = key
+    result.objects = objects
+    result.classes = {oid: result.prompts[o.prompt] for oid, o in objects.items()}
+    result.scores = {oid: o.score for oid, o in objects.items()}
+    return result

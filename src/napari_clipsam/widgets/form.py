@@ -1,0 +1,184 @@
+"""The form: every field of the dock widget, each an attribute named as its label
+(``widget.prompts``, ``widget.clip_model``, ``widget.max_objects``, ...), so scripts and
+tests drive the widget as a user does. No behaviour here beyond showing and hiding fields."""
+
+from __future__ import annotations
+
+from magicgui.widgets import (
+    CheckBox, ComboBox, Container, FileEdit, FloatSlider, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton,
+    Select, SpinBox, TextEdit,
+)
+from qtpy.QtCore import Qt
+from superqt import QCollapsible
+
+from ..core.absence import FLOOR_MODES
+from ..core.localizers import LOCALIZERS, TEMPLATE_SETS
+from ..core.models import CLIP_CHOICES, SAM_CHECKPOINTS
+
+METHOD_HELP = {
+    "gem": "GEM (default): self-self attention on a parallel path through the last blocks; a good first choice.",
+    "raw": "Raw patch-text cosine of vanilla CLIP: a baseline that often highlights the background "
+           "('opposite visualization'); for comparison only.",
+    "surgery": "CLIP Surgery: v-v path plus feature surgery; removes activations shared by all prompts. "
+               "Good with several prompts describing different things in the image.",
+    "maskclip": "MaskCLIP: value embeddings of the last block; fast, works with ResNet CLIPs too.",
+    "sclip": "SCLIP: correlative (q-q + k-k) self-attention in the last block; smooth maps.",
+    "clearclip": "ClearCLIP: q-q attention without residual and FFN; low-noise maps.",
+    "naclip": "NACLIP: k-k attention with a Gaussian neighbourhood; spatially coherent maps.",
+    "gradcam": "Grad-CAM against the image-text score: a class-discriminative explanation; coarse.",
+    "attention": "Attention of the best-matching patch: an explanation view, not a segmentation.",
+}
+
+#: every keyboard shortcut the plugin adds (shown in the widget and in docs/usage.md)
+SHORTCUTS = {
+    "T": "flip the selected points positive/negative",
+    "N": "new object: the next points start a new object",
+    "M": "next mask: cycle SAM's three candidate masks of the selected points' object",
+    "Ctrl+Z": "in the labels layer: undo the last mask update, like a paint stroke",
+}
+
+
+def clip_label(name: str, tag: str) -> str:
+    return f"{name} / {tag}"
+
+
+class AnnotateForm(Container):
+    """The fields, buttons and status area of the dock widget."""
+
+    def __init__(self):
+        super().__init__(labels=True)
+        self.image = ComboBox(label="image", choices=(), nullable=True,
+                              tooltip="The image layer to annotate (nD: the displayed plane, in any dims order).")
+        self.prompts = TextEdit(label="prompts", value="",
+                                tooltip="One prompt per line, e.g. 'nucleus'. Each becomes a heatmap and a class.\n"
+                                        "Synonyms of one class on one line, separated by ';': 'cell; nucleus'.")
+        self.prompts.native.setMaximumHeight(70)
+        self.method = ComboBox(label="method", choices=list(LOCALIZERS), value="gem")
+        self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.01, value=0.6,
+                                     tooltip="Heatmap value a peak needs to become a positive point.")
+        self.slices = ComboBox(label="slices", choices=["displayed", "all along axis"], value="displayed",
+                               tooltip="nD images: annotate the displayed plane, or every plane along 'slice axis'.")
+        self.slice_axis = SpinBox(label="slice axis", min=0, max=31, value=0,
+                                  tooltip="Data axis of the image that 'all along axis' steps through.")
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", min=0, max=1000, value=0, visible=False)
+        self.status = Label(label="status", value="ready")
+        self.status.native.setWordWrap(True)
+        self.error = Label(label="error", value="", visible=False)
+        self.error.native.setWordWrap(True)
+        self.error.native.setStyleSheet("color: #ff6b6b;")
+        self.error_details_button = PushButton(text="Details…", visible=False,
+                                               tooltip="Show the full message (selectable, to copy)")
+        self.error_details = TextEdit(label="details", value="", visible=False)
+        self.error_details.native.setReadOnly(True)
+        self.error_details.native.setMaximumHeight(120)
+        self.new_object_button = PushButton(text="New object (N)",
+                                            tooltip="Points added next start a new object.")
+        self.flip_button = PushButton(text="Flip +/- (T)", tooltip="Make the selected points negative/positive.")
+        self.next_mask_button = PushButton(text="Next mask (M)",
+                                           tooltip="Cycle SAM's three candidate masks of the selected object.")
+        self.semantic_button = PushButton(text="Semantic view",
+                                          tooltip="Add a labels layer with one id per class (prompt).")
+        self.export_button = PushButton(text="Export labels…")
+        self.shortcuts = Label(label="keys", value="; ".join(f"{k}: {v.split(':')[0]}" for k, v in SHORTCUTS.items()))
+        self.shortcuts.native.setWordWrap(True)
+        self.shortcuts.tooltip = "\n".join(f"{k}: {v}" for k, v in SHORTCUTS.items())
+
+        # folded away: models, channels, prompts' finer control, large images, absence
+        self.clip_model = ComboBox(label="CLIP model", choices=[clip_label(n, t) for n, t in CLIP_CHOICES],
+                                   tooltip="open_clip architecture / pretrained weights (downloaded once, cached).")
+        self.clip_file = FileEdit(label="CLIP file", mode="r", nullable=True,
+                                  tooltip="Optional local open_clip checkpoint for the architecture above.")
+        self.sam_model = ComboBox(label="SAM model", choices=list(SAM_CHECKPOINTS), value="vit_b",
+                                  tooltip="Segment Anything size: vit_b is fastest, vit_h most accurate.")
+        self.sam_file = FileEdit(label="SAM file", mode="r", nullable=True,
+                                 tooltip="Optional local SAM checkpoint of the kind above.")
+        self.composite_with = Select(label="composite with", choices=(), value=[],
+                                     tooltip="Multichannel images: other channel layers blended with the image as "
+                                             "napari shows them (colormap, contrast limits, gamma) before CLIP and "
+                                             "SAM see it. Leave empty to use the image alone.")
+        self.composite_with.native.setMaximumHeight(70)
+        self.templates = ComboBox(label="templates", choices=["method default", *TEMPLATE_SETS, "custom"],
+                                  value="method default",
+                                  tooltip="Sentences each prompt is put into, averaged: 'single', 'imagenet' "
+                                          "(CLIP's 80), 'imagenet-simple' (7), 'surgery' (85), or 'custom'.")
+        self.custom_templates = LineEdit(label="custom templates", value="a fluorescence micrograph of {}.",
+                                         visible=False,
+                                         tooltip="Templates separated by '|', each with {} where the prompt goes.")
+        self.background = LineEdit(label="background", value="",
+                                   tooltip="Comma-separated prompts for what is not wanted ('background, debris'); "
+                                           "each heatmap becomes the margin over the best of them.")
+        self.resolution = SpinBox(label="resolution", min=32, max=32768, step=32, value=448,
+                                  tooltip="Longer side, in pixels, of the image CLIP sees (aspect ratio kept).")
+        self.window = SpinBox(label="window", min=0, max=4096, step=16, value=0,
+                              tooltip="Sliding window size at that resolution (0 = one pass); windows overlap by "
+                                      "half and their logits are averaged.")
+        self.max_objects = SpinBox(label="max objects", min=1, max=200, value=5,
+                                   tooltip="At most this many objects (peaks) per prompt.")
+        self.one_object_per_prompt = CheckBox(label="one object per prompt", value=False,
+                                              tooltip="All peaks of a prompt prompt one object (semantic).")
+        self.absence_floor = ComboBox(label="absence floor", choices=list(FLOOR_MODES), value="none",
+                                      tooltip="A floor on the method's raw similarity that a point must reach; "
+                                              "prompts with nothing above it get no points.")
+        self.floor_value = FloatSpinBox(label="floor value", min=-1000.0, max=1000.0, step=0.01, value=0.9,
+                                        tooltip="absolute: the raw similarity; quantile: q in [0, 1).")
+        self.min_presence = FloatSlider(label="min presence", min=0.0, max=1.0, step=0.01, value=0.0,
+                                        tooltip="Image-level zero-shot probability a prompt needs to get points.")
+        self.more = Container(labels=True, widgets=[
+            self.clip_model, self.clip_file, self.sam_model, self.sam_file, self.slices, self.slice_axis,
+            self.composite_with, self.templates, self.custom_templates, self.background, self.resolution,
+            self.window, self.max_objects, self.one_object_per_prompt,
+            self.absence_floor, self.floor_value, self.min_presence,
+        ])
+        self.more.margins = (0, 0, 0, 0)
+        self.more_options = QCollapsible("More options (models, nD, channels, prompts, large images, absence)")
+        self.more_options.addWidget(self.more.native)
+        self.more_options.collapse(animate=False)
+
+        self.extend([self.image, self.prompts, self.method, self.threshold])
+        self.native.layout().addWidget(self.more_options)
+        self.extend([
+            self.run_button, self.cancel_button, self.progress, self.status, self.error, self.error_details_button,
+            self.error_details, self.new_object_button, self.flip_button, self.next_mask_button,
+            self.semantic_button, self.export_button, self.shortcuts,
+        ])
+        self.templates.changed.connect(lambda v: setattr(self.custom_templates, "visible", v == "custom"))
+        self.absence_floor.changed.connect(self._floor_default)
+        self.error_details_button.changed.connect(
+            lambda: setattr(self.error_details, "visible", not self.error_details.visible))
+        self.method.changed.connect(self._method_tooltips)
+        self._method_tooltips()
+
+    #: a sensible starting value per absence floor mode (absolute 0: "beats every background prompt")
+    FLOOR_DEFAULTS = {"absolute": 0.0, "quantile": 0.9}
+
+    def _floor_default(self, mode) -> None:
+        if mode in self.FLOOR_DEFAULTS:
+            self.floor_value.value = self.FLOOR_DEFAULTS[mode]
+
+    def _method_tooltips(self, *_) -> None:
+        """Each method's 'when to use' on its own item, and the current one's on the box."""
+        box = self.method.native
+        for i in range(box.count()):
+            box.setItemData(i, METHOD_HELP.get(box.itemText(i), ""), Qt.ItemDataRole.ToolTipRole)
+        self.method.tooltip = f"{self.method.value}: {METHOD_HELP.get(self.method.value, '')}"
+
+    # ------------------------------------------------------------------ status and errors
+    def show_status(self, text: str) -> None:
+        self.status.value = text
+
+    def show_error(self, short: str, details: str = "") -> None:
+        """Keep an error visible until the next run: a short reason, the full text one click away."""
+        self.error.value = short
+        self.error.visible = True
+        self.error_details.value = details or short
+        self.error_details_button.visible = bool(details and details.strip() != short.strip())
+        self.error_details.visible = False
+
+    def clear_error(self) -> None:
+        self.error.value = ""
+        self.error.visible = False
+        self.error_details.value = ""
+        self.error_details.visible = False
+        self.error_details_button.visible = False

@@ -1,0 +1,173 @@
+"""Reading and writing this plugin's napari layers by name: the one place results enter the viewer.
+
+Layers this plugin made carry ``metadata["napari_clipsam"]``; a re-run updates their data
+in place (the user's colormap/opacity/visibility are kept). A same-named layer that the
+user made is never touched: the result gets a fresh name instead.
+
+Naming, per image layer ``<image>``: ``<image> heatmap [<prompt>]``, ``<image> points``,
+``<image> boxes``, ``<image> labels``, ``<image> classes`` (the semantic view).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from napari.layers import Image, Labels, Points, Shapes
+
+from ..core.annotation import Plane
+from ..core.points import PointPrompts
+
+OWNER_KEY = "napari_clipsam"
+LAYER_TYPES = {"image": Image, "points": Points, "labels": Labels, "shapes": Shapes}
+
+POSITIVE_COLOR = np.array([0.1, 0.9, 0.2, 1.0])
+NEGATIVE_COLOR = np.array([1.0, 0.1, 0.6, 1.0])
+
+
+def heatmap_name(image: str, prompt: str) -> str:
+    return f"{image} heatmap [{prompt}]"
+
+
+def points_name(image: str) -> str:
+    return f"{image} points"
+
+
+def boxes_name(image: str) -> str:
+    return f"{image} boxes"
+
+
+def labels_name(image: str) -> str:
+    return f"{image} labels"
+
+
+def classes_name(image: str) -> str:
+    return f"{image} classes"
+
+
+def is_ours(layer) -> bool:
+    return bool(layer.metadata.get(OWNER_KEY))
+
+
+def _free_name(viewer, name: str) -> str:
+    if name not in viewer.layers:
+        return name
+    i = 2
+    while f"{name} [{i}]" in viewer.layers:
+        i += 1
+    return f"{name} [{i}]"
+
+
+def find_ours(viewer, kind: str, name: str, image_layer=None):
+    """Our layer of ``kind`` named ``name`` (made for ``image_layer``, if given), or None."""
+    layer = viewer.layers[name] if name in viewer.layers else None
+    if layer is None or not is_ours(layer) or not isinstance(layer, LAYER_TYPES[kind]):
+        return None
+    if image_layer is not None and layer.metadata.get("image_id") not in (None, id(image_layer)):
+        return None
+    return layer
+
+
+def upsert_layer(viewer, kind: str, name: str, data, *, metadata: dict | None = None, image_layer=None,
+                 **kwargs):
+    """Add a layer of ``kind`` ('image' | 'points' | 'labels' | 'shapes') or update ours of
+    that name (data, features, visibility, metadata); a user's layer of that name is kept
+    and the new layer gets a fresh name."""
+    meta = {OWNER_KEY: True, **(metadata or {})}
+    if image_layer is not None:
+        meta["image_id"] = id(image_layer)
+    existing = find_ours(viewer, kind, name, image_layer)
+    if existing is not None and (kind != "image" or np.shape(existing.data) == np.shape(data)
+                                 or existing.ndim == np.ndim(data)):
+        existing.data = data
+        for key in ("features", "visible", "scale", "translate"):
+            if key in kwargs:
+                setattr(existing, key, kwargs[key])
+        existing.metadata.update(meta)
+        return existing
+    name = _free_name(viewer, name)
+    add = {"image": viewer.add_image, "points": viewer.add_points, "labels": viewer.add_labels,
+           "shapes": viewer.add_shapes}[kind]
+    return add(data, name=name, metadata=meta, **kwargs)
+
+
+def point_colors(positive: np.ndarray) -> np.ndarray:
+    """(N, 4) RGBA: green for positive points, magenta for negative ones."""
+    positive = np.asarray(positive, bool)
+    return np.where(positive[:, None], POSITIVE_COLOR, NEGATIVE_COLOR)
+
+
+def recolor(points_layer) -> None:
+    if len(points_layer.data) and "positive" in points_layer.features:
+        points_layer.face_color = point_colors(points_layer.features["positive"].to_numpy(bool))
+
+
+def points_features(positive, object_id, prompt_names, prompts: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "positive": np.asarray(positive, bool),
+        "object_id": np.asarray(object_id, int),
+        "prompt": pd.Categorical(list(prompt_names), categories=prompts),
+    })
+
+
+def read_point_prompts(layer, plane: Plane, prompts: list[str]) -> PointPrompts:
+    """The points of ``layer`` that lie on ``plane``, as plane (row, col) prompts.
+
+    Missing or renamed feature columns fall back to: positive, object 1, the first prompt;
+    an unknown prompt name counts as the first prompt."""
+    n = len(layer.data)
+    if n == 0:
+        return PointPrompts()
+    data = np.asarray(layer.data, float)
+    on = plane.contains(data[:, -plane.ndim:]) if data.shape[1] >= plane.ndim else np.zeros(n, bool)
+    f = layer.features
+    positive = _column(f, "positive", n, True).astype(bool)
+    object_id = _column(f, "object_id", n, 1).astype(np.int32)
+    names = f["prompt"].astype(str).to_numpy() if "prompt" in f and len(f) == n else np.array([prompts[0]] * n)
+    index = {p: i for i, p in enumerate(prompts)}
+    prompt = np.array([index.get(s, 0) for s in names], np.int32)
+    return PointPrompts(points=plane.to_rc(data[on][:, -plane.ndim:]), positive=positive[on],
+                        object_id=object_id[on], prompt=prompt[on], score=np.zeros(int(on.sum()), np.float32))
+
+
+def _column(features, name: str, n: int, default) -> np.ndarray:
+    if name in features and len(features) == n:
+        col = features[name].to_numpy()
+        try:
+            return np.where(pd.isna(col), default, col).astype(type(default) if default is not True else bool)
+        except (TypeError, ValueError):
+            pass
+    return np.full(n, default)
+
+
+def read_boxes(layer, plane: Plane, prompts: list[str]) -> dict[int, tuple[tuple[float, float, float, float], int]]:
+    """Rectangles of a shapes layer on ``plane`` -> {object id: ((row0, col0, row1, col1), prompt index)}."""
+    if layer is None or not len(layer.data):
+        return {}
+    f = layer.features
+    n = len(layer.data)
+    ids = _column(f, "object_id", n, 0).astype(int)
+    names = f["prompt"].astype(str).to_numpy() if "prompt" in f and len(f) == n else np.array([prompts[0]] * n)
+    index = {p: i for i, p in enumerate(prompts)}
+    out = {}
+    for verts, oid, name, kind in zip(layer.data, ids, names, layer.shape_type):
+        verts = np.asarray(verts, float)
+        if kind not in ("rectangle", "polygon") or oid <= 0 or verts.shape[1] < plane.ndim:
+            continue
+        verts = verts[:, -plane.ndim:]
+        if not plane.contains(verts).all():
+            continue
+        rc = plane.to_rc(verts)
+        out[int(oid)] = ((float(rc[:, 0].min()), float(rc[:, 1].min()), float(rc[:, 0].max()),
+                          float(rc[:, 1].max())), index.get(str(name), 0))
+    return out
+
+
+def labels_features(classes: dict[int, str], scores: dict[int, float]) -> pd.DataFrame:
+    """napari's labels features table: one row per label id (``index``), with class and score;
+    row 0 is the background."""
+    ids = [0, *sorted(classes)]
+    return pd.DataFrame({
+        "index": np.asarray(ids, int),
+        "class": ["background", *(classes[i] for i in ids[1:])],
+        "score": [np.nan, *(float(scores.get(i, np.nan)) for i in ids[1:])],
+    })

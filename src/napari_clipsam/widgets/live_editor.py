@@ -1,0 +1,259 @@
+"""Live editing of one image's annotation: points and boxes the user changes -> new masks.
+
+One ``LiveEditor`` per annotated image. Edits are coalesced (a decode starts at once; edits
+that arrive while it runs are collected into the next one), only changed objects are
+decoded, every decode goes through the widget's one ``SamQueue``, and a result is painted
+only if its plane's generation is still current (a re-run, or a newer edit, makes it stale).
+Painting is a partial labels update through napari's ``data_setitem``: one undo step, and a
+pixel the user painted by hand is never overwritten (see ``PlaneAnnotation.update``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from superqt.utils import ensure_main_thread
+
+from ..core.annotation import ImageAnnotation, PlaneAnnotation, SamQueue, objects_from_prompts
+from . import layer_writer as LW
+
+
+class LiveEditor:
+    def __init__(self, viewer, image_layer, points_layer, labels_layer, boxes_layer, state: ImageAnnotation,
+                 queue: SamQueue, pixels: Callable, *, on_applied: Callable[[], None],
+                 on_error: Callable[[str, str], None]):
+        self.viewer = viewer
+        self.image_layer = image_layer
+        self.points_layer = points_layer
+        self.labels_layer = labels_layer
+        self.boxes_layer = boxes_layer
+        self.state = state
+        self.queue = queue
+        self.pixels = pixels  # Plane -> RGB uint8 of the image layer's plane, as now shown
+        self.on_applied = on_applied
+        self.on_error = on_error
+        self.sticky_object: int | None = None  # "New object": added points join this object
+        self.requested_candidates: dict[int, int] = {}  # "Next mask": object id -> candidate
+        self._future = None
+        self._again = False
+        self._closed = False
+        self._scheduled = False
+        self.prompts: list[str] = []
+        points_layer.events.data.connect(self._on_points)
+        if boxes_layer is not None:
+            boxes_layer.events.data.connect(self._on_boxes)
+        image_layer.events.data.connect(self._on_pixels)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def busy(self) -> bool:
+        return self._future is not None or self._scheduled
+
+    def close(self) -> None:
+        """Stop following the layers (the widget or a layer went away)."""
+        self._closed = True
+        for layer, handler in ((self.points_layer, self._on_points), (self.boxes_layer, self._on_boxes),
+                               (self.image_layer, self._on_pixels)):
+            if layer is not None:
+                try:
+                    layer.events.data.disconnect(handler)
+                except (TypeError, ValueError, RuntimeError):
+                    pass
+
+    def layers_alive(self) -> bool:
+        layers = self.viewer.layers
+        return self.points_layer in layers and self.labels_layer in layers and self.image_layer in layers
+
+    # ------------------------------------------------------------------ events
+    def _on_pixels(self, _event=None) -> None:
+        self.state.pixels_changed = True
+
+    def _on_points(self, event=None) -> None:
+        action = str(getattr(event, "action", "changed"))
+        if action in ("adding", "removing", "changing"):
+            return
+        if action == "added":
+            self._assign_added(sorted(getattr(event, "data_indices", ()) or ()))
+        LW.recolor(self.points_layer)
+        self.schedule()
+
+    def _on_boxes(self, event=None) -> None:
+        action = str(getattr(event, "action", "changed"))
+        if action in ("adding", "removing", "changing"):
+            return
+        if action == "added":
+            self._assign_added_boxes(sorted(getattr(event, "data_indices", ()) or ()))
+        self.schedule()
+
+    def _object_at(self, coords) -> int:
+        """The label id under (ndim,) image coordinates, if it is one of our objects."""
+        ann = self.state.plane_of(coords)
+        if ann is None:
+            return 0
+        idx = tuple(int(np.clip(np.round(c), 0, s - 1)) for c, s in zip(coords, self.state.shape))
+        value = int(np.asarray(self.labels_layer.data[idx]))
+        return value if value in ann.objects else 0
+
+    def _assign_added(self, indices) -> None:
+        """A point added on an object joins it; on the background it starts a new object
+        (or joins the object 'New object' started)."""
+        layer = self.points_layer
+        if not indices or len(layer.features) != len(layer.data) or "object_id" not in layer.features:
+            return
+        feats = layer.features.copy()
+        ndim = len(self.state.shape)
+        for i in indices:
+            if i >= len(layer.data):
+                continue
+            coords = np.asarray(layer.data[i], float)[-ndim:]
+            if self.sticky_object is not None:
+                oid = self.sticky_object
+            else:
+                oid = self._object_at(coords)
+                if oid:
+                    ann = self.state.plane_of(coords)
+                    feats.loc[i, "prompt"] = ann.prompts[ann.objects[oid].prompt]
+                else:
+                    oid = max(self.state.next_id(), int(feats["object_id"].max()) + 1 if len(feats) else 1)
+            feats.loc[i, "object_id"] = int(oid)
+        layer.features = feats
+        defaults = layer.feature_defaults.copy()
+        defaults["object_id"] = int(feats["object_id"].iloc[indices[-1]])
+        layer.feature_defaults = defaults
+
+    def _assign_added_boxes(self, indices) -> None:
+        """A box drawn around an object's positive point prompts that object; elsewhere it
+        is a new object of its own (SAM's box prompt)."""
+        layer = self.boxes_layer
+        if not indices or len(layer.features) != len(layer.data) or "object_id" not in layer.features:
+            return
+        feats = layer.features.copy()
+        ndim = len(self.state.shape)
+        pts = np.asarray(self.points_layer.data, float)
+        pf = self.points_layer.features
+        for i in indices:
+            verts = np.asarray(layer.data[i], float)[:, -ndim:]
+            lo, hi = verts.min(axis=0), verts.max(axis=0)
+            oid = 0
+            if len(pts) and "object_id" in pf and len(pf) == len(pts):
+                inside = np.all((pts[:, -ndim:] >= lo - 0.5) & (pts[:, -ndim:] <= hi + 0.5), axis=1)
+                inside &= pf["positive"].to_numpy(bool) & (pf["object_id"].to_numpy(int) > 0)
+                if inside.any():
+                    oid = int(pf["object_id"].to_numpy(int)[inside][0])
+                    feats.loc[i, "prompt"] = str(pf["prompt"].iloc[int(np.flatnonzero(inside)[0])])
+            if not oid:
+                used = feats["object_id"].to_numpy(int)
+                oid = max(self.state.next_id(), int(used.max()) + 1 if len(used) else 1,
+                          int(pf["object_id"].max()) + 1 if len(pf) and "object_id" in pf else 1)
+            feats.loc[i, "object_id"] = oid
+        layer.features = feats
+
+    # ------------------------------------------------------------------ decoding
+    def schedule(self) -> None:
+        """Decode what changed as soon as the event loop is free (edits in one burst
+        become one decode; edits during a decode become the next one)."""
+        if self._closed or self._scheduled:
+            return
+        self._scheduled = True
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, self._start)
+
+    def wanted_objects(self, ann: PlaneAnnotation) -> dict:
+        """The objects the layers now describe on ``ann``'s plane (unchanged ones are the
+        annotation's own instances; changed ones are new, without a mask yet)."""
+        pts = LW.read_point_prompts(self.points_layer, ann.plane, ann.prompts)
+        boxes = LW.read_boxes(self.boxes_layer, ann.plane, ann.prompts) if self.boxes_layer is not None \
+            and self.boxes_layer in self.viewer.layers else {}
+        candidates = {oid: o.candidate for oid, o in ann.objects.items()}
+        candidates.update({oid: c for oid, c in self.requested_candidates.items() if oid in ann.objects})
+        wanted = objects_from_prompts(pts, boxes, candidates)
+        out = {}
+        for oid, obj in wanted.items():
+            old = ann.objects.get(oid)
+            out[oid] = old if old is not None and old.signature() == obj.signature() \
+                and old.prompt == obj.prompt else obj
+        return out
+
+    def _start(self) -> None:
+        self._scheduled = False
+        if self._closed:
+            return
+        if not self.layers_alive():
+            self.close()
+            return
+        if self._future is not None:
+            self._again = True
+            return
+        try:
+            jobs = []
+            pixels_changed = self.state.pixels_changed
+            for ann in self.state.planes.values():
+                wanted = self.wanted_objects(ann)
+                todo = [o for oid, o in wanted.items() if ann.objects.get(oid) is not o]
+                removed = set(ann.objects) - set(wanted)
+                if todo or removed or pixels_changed:
+                    jobs.append((ann, ann.generation, wanted, todo))
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            self.on_error(f"could not read the points: {exc}", str(exc))
+            return
+        if not jobs:
+            return
+        self.state.pixels_changed = False
+        session, pixels = self.state.session, self.pixels
+
+        def decode():
+            out = []
+            for ann, generation, wanted, todo in jobs:
+                key = ann.key
+                if pixels_changed or not session.use(ann.key):
+                    key = session.set_image(pixels(ann.plane))
+                if key != ann.key:  # new pixels: every object is decoded again
+                    todo = [type(o)(o.id, o.prompt, o.points, o.labels, o.box, o.candidate) for o in wanted.values()]
+                    wanted = {o.id: o for o in todo}
+                for obj in todo:
+                    mask, score, picked = session.decode(obj.points, obj.labels, obj.box, obj.candidate)
+                    obj.set_mask(mask, score, picked)
+                    del mask
+                out.append((ann, generation, wanted, key))
+            return out
+
+        self._future = self.queue.submit(decode)
+        self._future.add_done_callback(self._delivered)
+
+    @ensure_main_thread
+    def _delivered(self, future) -> None:
+        self._future = None
+        if self._closed:
+            return
+        exc = future.exception()
+        if exc is not None:
+            self.on_error(f"updating masks failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                          str(exc))
+        elif self.layers_alive():
+            for ann, generation, wanted, key in future.result():
+                if ann.generation != generation or self.state.planes.get(ann.plane) is not ann:
+                    continue  # a re-run replaced this plane's objects: stale, never painted
+                self.apply(ann, wanted, key)
+            self.on_applied()
+        if self._again:
+            self._again = False
+            self.schedule()
+
+    def apply(self, ann: PlaneAnnotation, wanted: dict, key: str | None = None) -> int:
+        """Paint ``wanted`` objects on ``ann``'s plane (one undo step); returns the number of
+        user-painted pixels that were kept."""
+        layer = self.labels_layer
+        plane = ann.plane
+
+        def current(region):
+            r0, c0, r1, c1 = region
+            return plane.take(layer.data)[r0:r1, c0:c1]
+
+        if key is not None:
+            ann.key = key
+        update = ann.update(current, wanted)
+        if len(update):
+            layer.data_setitem(plane.indices(update.rows, update.cols), update.values)
+        return update.kept

@@ -1,0 +1,124 @@
+"""Running long work off the GUI thread: one worker, one ``Task`` (progress and cancel), and
+progress shown in the widget's bar and in napari's activity panel.
+
+The work is a plain function ``job(task) -> result`` that reports to the ``Task`` (the one
+way progress and cancellation are done, see ``core.progress``). The GUI thread polls the
+task's last report, so the worker never touches Qt. The job's outcome reaches exactly one
+of ``on_done(result)``, ``on_failed(short, details)`` or ``on_cancelled()``, on the GUI thread.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+
+from napari.qt.threading import create_worker
+from napari.utils import progress as napari_progress
+from qtpy.QtCore import QTimer
+
+from ..core.models import WeightsError
+from ..core.progress import Cancelled, Task
+
+#: failures a user can act on: shown as a short reason with the details one click away
+EXPECTED = (ValueError, WeightsError, OSError, RuntimeError)
+
+
+class _Outcome:
+    def __init__(self, kind: str, value=None, details: str = ""):
+        self.kind, self.value, self.details = kind, value, details
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    first = text.splitlines()[0]
+    return first if len(first) <= 160 else first[:157] + "…"
+
+
+class Runner:
+    """Runs one job at a time; ``bar`` is a magicgui ProgressBar (0..1000)."""
+
+    def __init__(self, bar, status: Callable[[str], None]):
+        self.bar = bar
+        self.status = status
+        self.task: Task | None = None
+        self._worker = None
+        self._activity = None
+        self._timer = QTimer()
+        self._timer.setInterval(100)
+        self._timer.timeout.connect(self._show_progress)
+
+    @property
+    def is_running(self) -> bool:
+        return self._worker is not None
+
+    def start(self, job: Callable[[Task], object], *, on_done, on_failed, on_cancelled, label: str = "napari-clipsam"):
+        if self._worker is not None:
+            raise RuntimeError("a run is already going; cancel it first")
+        task = Task()
+        self.task = task
+
+        def work():
+            try:
+                return _Outcome("done", job(task))
+            except Cancelled:
+                return _Outcome("cancelled")
+            except EXPECTED as exc:
+                return _Outcome("failed", _short(exc), str(exc))
+            except Exception as exc:  # a bug: still one readable message, the traceback one click away
+                return _Outcome("failed", f"unexpected error: {_short(exc)}", traceback.format_exc())
+
+        def finish(outcome: _Outcome):
+            self._stop()
+            if outcome.kind == "done":
+                on_done(outcome.value)
+            elif outcome.kind == "cancelled":
+                on_cancelled()
+            else:
+                on_failed(outcome.value, outcome.details)
+
+        worker = create_worker(work, _start_thread=False)
+        worker.returned.connect(finish)
+        worker.errored.connect(lambda exc: (self._stop(), on_failed(_short(exc), "".join(
+            traceback.format_exception(type(exc), exc, exc.__traceback__)))))
+        self._worker = worker
+        self.bar.value = 0
+        self.bar.visible = True
+        self._activity = napari_progress(total=0, desc=label)
+        self._timer.start()
+        worker.start()
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def _show_progress(self) -> None:
+        task = self.task
+        p = task.last if task is not None else None
+        if p is None:
+            return
+        frac = p.fraction
+        if p.unit == "bytes":
+            size = f"{p.done / 1e6:.1f}/{p.total / 1e6:.1f} MB" if p.total else f"{p.done / 1e6:.1f} MB"
+            text = f"{p.stage}: {size}"
+        else:
+            text = f"{p.stage} {p.done}/{p.total}" if p.total > 1 else p.stage
+        if not (task and task.cancelled):
+            self.status(text)
+        self.bar.value = int(1000 * frac) if frac is not None else 0
+        if self._activity is not None:
+            self._activity.set_description(text)
+            if frac is not None:
+                if self._activity.total != 1000:
+                    self._activity.total = 1000
+                self._activity.n = int(1000 * frac)
+                self._activity.refresh()
+
+    def _stop(self) -> None:
+        self._timer.stop()
+        self._worker = None
+        self.task = None
+        self.bar.value = 0
+        self.bar.visible = False
+        if self._activity is not None:
+            self._activity.close()
+            self._activity = None
