@@ -1,16 +1,162 @@
-"""npe2 writer and sample-data contributions (thin wrappers over ``core.export``)."""
+"""npe2 readers, writers and sample data: napari's side of ``core.export``.
+
+* ``write_labels_layer``: a Labels layer -> TIFF / PNG / NumPy / COCO JSON / OME-Zarr, with
+  the sidecar; classes come from the layer's ``features`` (columns ``index``, ``class``,
+  ``score``), else ``metadata["classes"]``; provenance from ``metadata["provenance"]``.
+* ``write_points_layer``: a Points layer -> napari's points CSV with our feature columns
+  (``positive``, ``object_id``, ``prompt``).
+* ``get_reader``: opens any of our exports (a labels file with its sidecar, the sidecar
+  itself, a COCO file, an OME-Zarr store we wrote, a points CSV of ours) as a Labels layer
+  with its classes in ``features`` and ``metadata["classes"]``, plus a Points layer with the
+  run's final points when the provenance has them. Files that are not ours get None, so
+  napari's own readers take them.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+POSITIVE_COLOR = (0.0, 1.0, 0.0, 1.0)
+NEGATIVE_COLOR = (1.0, 0.0, 1.0, 1.0)
+_LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
+
+
+# ------------------------------------------------------------------ writers
+def _level0(data, meta: dict):
+    if meta.get("multiscale") or (isinstance(data, (list, tuple)) and data and hasattr(data[0], "shape")):
+        data = data[0]
+    return np.asarray(data)
+
 
 def write_labels_layer(path: str, data, meta: dict) -> list[str]:
-    """napari writer: a labels layer -> TIFF / PNG / NumPy (+ JSON sidecar with classes)."""
-    from .core.export import write_labels
+    """napari writer: a labels layer -> labels file (format from the suffix) + JSON sidecar.
 
-    classes = (meta.get("metadata") or {}).get("classes", {})
-    return write_labels(path, data, classes=classes, metadata={"layer": meta.get("name")})
+    napari's save dialog has already asked before replacing a file, so this overwrites."""
+    from .core.export import classes_from_features, write_labels
+
+    metadata = dict(meta.get("metadata") or {})
+    classes, scores = classes_from_features(meta.get("features"), fallback=metadata.get("classes"))
+    if not scores and metadata.get("scores"):
+        scores = {int(k): float(v) for k, v in metadata["scores"].items()}
+    return write_labels(path, _level0(data, meta), classes=classes, scores=scores,
+                        provenance=metadata.get("provenance"),
+                        metadata={"layer": meta.get("name"), "plugin": "napari-clipsam"}, overwrite=True)
 
 
+def write_points_layer(path: str, data, meta: dict) -> list[str]:
+    """napari writer: a points layer -> napari's points CSV with its features as columns."""
+    from .core.export import write_points_csv
+
+    return write_points_csv(path, np.asarray(data), meta.get("features"), overwrite=True)
+
+
+# ------------------------------------------------------------------ reader
+def _is_ours(path: Path) -> bool:
+    from .core.export import _ome_root_attrs, is_coco, read_sidecar, sidecar_path
+
+    name = path.name.lower()
+    if name.endswith(".csv"):
+        try:
+            with open(path) as fh:
+                header = fh.readline().strip().split(",")
+        except OSError:
+            return False
+        return {"positive", "object_id", "axis-0"} <= set(header)
+    if name.endswith(".zarr"):
+        attrs = _ome_root_attrs(path)
+        return bool(attrs and attrs.get("napari_clipsam")) or sidecar_path(path).is_file()
+    if name.endswith(".json"):
+        if read_sidecar(path) is not None:
+            return True
+        try:
+            return path.stat().st_size < 512 * 2**20 and is_coco(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return False
+    if name.endswith(_LABEL_SUFFIXES):
+        if read_sidecar(path) is not None:
+            return True
+        if name.endswith((".tif", ".tiff")):
+            import tifffile
+
+            try:
+                with tifffile.TiffFile(path) as tif:
+                    return "napari_clipsam" in ((tif.shaped_metadata or [{}])[0] or {})
+            except Exception:  # noqa: BLE001 - not a TIFF we can read: not ours
+                return False
+    return False
+
+
+def get_reader(path):
+    """npe2 reader hook: ``read_export`` for our exports, None for anything else."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    p = Path(os.fspath(path))
+    if not p.exists() or not _is_ours(p):
+        return None
+    return read_export
+
+
+def _points_layer(points: dict, name: str) -> tuple | None:
+    import pandas as pd
+
+    pts = np.asarray(points.get("points") or [], dtype=np.float64)
+    if pts.size == 0:
+        return None
+    prompts = list(dict.fromkeys(points.get("prompt") or []))
+    positive = np.asarray(points.get("positive"), bool)
+    features = pd.DataFrame({
+        "positive": positive,
+        "object_id": np.asarray(points.get("object_id"), int),
+        "prompt": pd.Categorical(points.get("prompt"), categories=prompts),
+    })
+    colors = np.where(positive[:, None], POSITIVE_COLOR, NEGATIVE_COLOR)
+    return (pts, {"name": name, "features": features, "face_color": colors,
+                  "metadata": {"prompts": prompts}}, "points")
+
+
+def read_export(path) -> list[tuple]:
+    """Read one of our exports: [(labels, kwargs, "labels"), (points, kwargs, "points")?]."""
+    from .core.export import features_table, read_labels, read_points_csv
+
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    p = Path(os.fspath(path))
+    if p.name.lower().endswith(".csv"):
+        pts, feats = read_points_csv(p)
+        if "prompt" in feats:
+            feats["prompt"] = pd_categorical(feats["prompt"])
+        colors = np.where(feats["positive"].to_numpy(bool)[:, None], POSITIVE_COLOR, NEGATIVE_COLOR) \
+            if "positive" in feats and len(feats) else "lime"
+        return [(pts, {"name": p.stem, "features": feats, "face_color": colors}, "points")]
+    exp = read_labels(p)
+    labels = exp.labels
+    stem = Path(exp.path).name.split(".")[0]
+    ids = [int(i) for i in np.unique(labels) if i != 0]
+    features = features_table(exp.classes, exp.scores, ids=sorted(set(ids) | set(exp.classes)))
+    meta = {"classes": dict(exp.classes), "scores": dict(exp.scores), "provenance": exp.provenance,
+            "source_file": exp.path}
+    layers = [(labels, {"name": f"{stem} labels", "features": features, "metadata": meta}, "labels")]
+    if exp.points:
+        pl = _points_layer(exp.points, f"{stem} points")
+        if pl is not None:
+            layers.append(pl)
+    return layers
+
+
+def pd_categorical(values):
+    import pandas as pd
+
+    values = values.astype(str)
+    return pd.Categorical(values, categories=list(dict.fromkeys(values)))
+
+
+# ------------------------------------------------------------------ sample data
 def sample_cat():
     """skimage's chelsea (a cat on a sofa): try the prompts 'cat' and 'sofa'."""
     from skimage import data

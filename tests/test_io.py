@@ -1,0 +1,140 @@
+"""napari contributions: our writers (labels in every format, points CSV) and our reader, through
+npe2 and napari's own save path, on real napari layers (no window needed)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+npe2 = pytest.importorskip("npe2")
+napari_layers = pytest.importorskip("napari.layers")
+
+from napari_clipsam import io as cio  # noqa: E402
+from napari_clipsam.core.export import features_table, read_labels, sidecar_path, write_labels  # noqa: E402
+
+CLASSES = {1: "cat", 2: "sofa", 5: "cat"}
+SCORES = {1: 0.9, 2: 0.4, 5: 0.8}
+POINTS = {"points": [[10.0, 12.0], [30.0, 40.0], [2.0, 2.0], [20.0, 3.0]],
+          "positive": [True, True, False, True], "object_id": [1, 2, 0, 5], "prompt": ["cat", "sofa", "cat", "cat"]}
+
+
+@pytest.fixture
+def labels():
+    lab = np.zeros((48, 64), np.int32)
+    lab[5:20, 5:20] = 1
+    lab[25:45, 30:60] = 2
+    lab[15:30, 0:6] = 5
+    return lab
+
+
+def labels_layer(labels, features=True, metadata_classes=False):
+    meta = {"provenance": {"prompts": ["cat", "sofa"], "points": POINTS}}
+    if metadata_classes:
+        meta["classes"] = dict(CLASSES)
+    return napari_layers.Labels(labels, name="chelsea labels", metadata=meta,
+                                features=features_table(CLASSES, SCORES) if features else None)
+
+
+def manifest_writers():
+    pm = npe2.PluginManager.instance()
+    pm.discover()
+    return {w.command: w for w in pm.iter_compatible_writers(["labels"])}, pm
+
+
+def test_manifest_offers_our_writers_and_reader():
+    writers, pm = manifest_writers()
+    ours = writers["napari-clipsam.write_labels"]
+    assert set(ours.filename_extensions) >= {".tif", ".tiff", ".png", ".npy", ".json", ".zarr", ".ome.zarr"}
+    assert [w.command for w in pm.iter_compatible_writers(["points"]) if w.command.startswith("napari-clipsam")] \
+        == ["napari-clipsam.write_points"]
+    readers = [r.command for r in pm.iter_compatible_readers(["x.tif"])]
+    assert "napari-clipsam.get_reader" in readers
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".png", ".npy", ".json", ".zarr", ".ome.zarr"])
+def test_save_layer_and_reopen_round_trip(tmp_path, labels, suffix):
+    """napari's Save path with our writer, then File > Open with our reader: labels, classes
+    (in features and metadata) and the run's points come back."""
+    from napari.plugins.io import save_layers
+
+    path = tmp_path / f"saved{suffix}"
+    written = save_layers(str(path), [labels_layer(labels)], plugin="napari-clipsam")
+    assert written == [str(path), str(sidecar_path(path))]
+    layer_data = npe2.read([str(path)], plugin_name="napari-clipsam", stack=False)
+    assert [t[2] for t in layer_data] == ["labels", "points"]
+    lab_layer = napari_layers.Layer.create(*layer_data[0])
+    np.testing.assert_array_equal(np.asarray(lab_layer.data), labels)
+    f = lab_layer.features
+    assert dict(zip(f["index"], f["class"])) == CLASSES and dict(zip(f["index"], f["score"])) == SCORES
+    assert lab_layer.metadata["classes"] == CLASSES
+    pts_layer = napari_layers.Layer.create(*layer_data[1])
+    np.testing.assert_array_equal(pts_layer.data, POINTS["points"])
+    assert pts_layer.features["positive"].tolist() == POINTS["positive"]
+    assert pts_layer.features["object_id"].tolist() == POINTS["object_id"]
+    assert pts_layer.features["prompt"].astype(str).tolist() == POINTS["prompt"]
+
+
+def test_classes_travel_in_features_first_then_metadata(tmp_path, labels):
+    write = cio.write_labels_layer
+    layer = labels_layer(labels, features=False, metadata_classes=True)  # older layers: metadata only
+    write(str(tmp_path / "m.tif"), *layer.as_layer_data_tuple()[:2])
+    assert read_labels(tmp_path / "m.tif").classes == CLASSES
+    layer = labels_layer(labels, features=True)
+    layer.metadata["classes"] = {1: "stale"}
+    write(str(tmp_path / "f.tif"), *layer.as_layer_data_tuple()[:2])
+    assert read_labels(tmp_path / "f.tif").classes == CLASSES  # features win
+
+
+def test_writer_replaces_after_napari_asked(tmp_path, labels):
+    path = tmp_path / "x.png"
+    cio.write_labels_layer(str(path), labels, {"features": features_table({1: "a"})})
+    cio.write_labels_layer(str(path), labels * 0 + 3, {"features": features_table({3: "b"})})
+    assert read_labels(path).classes == {3: "b"}
+
+
+def test_points_writer_and_reader(tmp_path):
+    feats = pd.DataFrame({"positive": [True, False], "object_id": [1, 0],
+                          "prompt": pd.Categorical(["cat", "cat"], categories=["cat", "sofa"])})
+    layer = napari_layers.Points(np.array([[1.0, 2.0], [3.0, 4.0]]), features=feats, name="p")
+    written = npe2.write(str(tmp_path / "p.csv"), [layer.as_layer_data_tuple()], plugin_name="napari-clipsam")
+    assert written == [str(tmp_path / "p.csv")]
+    (data, kwargs, kind), = npe2.read([str(tmp_path / "p.csv")], plugin_name="napari-clipsam", stack=False)
+    back = napari_layers.Layer.create(data, kwargs, kind)
+    np.testing.assert_array_equal(back.data, layer.data)
+    assert back.features["positive"].tolist() == [True, False]
+    assert back.features["object_id"].tolist() == [1, 0]
+    assert back.features["prompt"].astype(str).tolist() == ["cat", "cat"]
+
+
+def test_napari_reads_our_points_csv_too(tmp_path):
+    """The CSV is napari's own layout: napari's builtin reader opens it with our columns."""
+    feats = pd.DataFrame({"positive": [True, False], "object_id": [1, 0], "prompt": ["cat", "cat"]})
+    cio.write_points_layer(str(tmp_path / "p.csv"), np.array([[1.0, 2.0], [3.0, 4.0]]), {"features": feats})
+    (data, kwargs, kind), = npe2.read([str(tmp_path / "p.csv")], plugin_name="napari", stack=False)
+    assert kind == "points"
+    np.testing.assert_array_equal(data, [[1.0, 2.0], [3.0, 4.0]])
+    assert {"positive", "object_id", "prompt"} <= set(kwargs.get("features", kwargs.get("properties", {})))
+
+
+def test_reader_leaves_other_files_to_napari(tmp_path, labels):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "plain.tif", labels.astype(np.uint8))
+    assert cio.get_reader(str(tmp_path / "plain.tif")) is None
+    (tmp_path / "notes.json").write_text('{"a": 1}')
+    assert cio.get_reader(str(tmp_path / "notes.json")) is None
+    pd.DataFrame({"axis-0": [1.0], "axis-1": [2.0]}).to_csv(tmp_path / "pts.csv")
+    assert cio.get_reader(str(tmp_path / "pts.csv")) is None
+    assert cio.get_reader(str(tmp_path / "missing.tif")) is None
+    write_labels(tmp_path / "ours.tif", labels, classes=CLASSES, sidecar=False)  # class table inside the TIFF
+    assert cio.get_reader(str(tmp_path / "ours.tif")) is cio.read_export
+
+
+def test_reader_opens_the_sidecar_and_coco(tmp_path, labels):
+    write_labels(tmp_path / "a.npy", labels, classes=CLASSES, scores=SCORES)
+    (data, kwargs, kind), = cio.get_reader(str(sidecar_path(tmp_path / "a.npy")))(str(sidecar_path(tmp_path / "a.npy")))
+    np.testing.assert_array_equal(data, labels)
+    assert kind == "labels" and kwargs["metadata"]["classes"] == CLASSES
+    write_labels(tmp_path / "c.json", labels, classes=CLASSES, sidecar=False)
+    (data, kwargs, kind), = cio.get_reader(str(tmp_path / "c.json"))(str(tmp_path / "c.json"))
+    np.testing.assert_array_equal(data, labels)
+    assert kwargs["metadata"]["classes"] == CLASSES
