@@ -93,3 +93,77 @@ def test_bad_calls_raise(sam, image):
         session.predict(np.zeros((0, 2)), [])
     with pytest.raises(ValueError, match="2 points but 1 labels"):
         session.predict([[1, 1], [2, 2]], [1])
+
+
+def _fresh_predictor_mask(sam, image, points_rc, labels):
+    """segment-anything's own SamPredictor on ``image``, best of three (the oracle)."""
+    ref = SamPredictor(sam)
+    ref.set_image(image)
+    xy = np.asarray(points_rc, dtype=float)[:, ::-1]
+    masks, scores, _ = ref.predict(point_coords=xy, point_labels=np.asarray(labels), multimask_output=True)
+    return masks[np.argmax(scores)]
+
+
+def test_cached_embedding_restores_the_right_image(sam, image):
+    """Images A, B (another shape), C, switched back and forth with room for two embeddings:
+    each decode equals a fresh SamPredictor on that image, whether its embedding came from the
+    cache (oldest or newest entry) or was recomputed after eviction."""
+    a = image
+    b = data.coffee()[::3, ::3]  # (134, 200, 3): another size, so a wrong entry shows in the shape too
+    c = np.ascontiguousarray(image[::-1])
+    prompts = {id(a): ([[40, 100], [120, 20]], [1, 0]), id(b): ([[60, 90]], [1]), id(c): ([[100, 60]], [1])}
+    expected = {id(img): _fresh_predictor_mask(sam, img, *prompts[id(img)]) for img in (a, b, c)}
+    assert len({m.sum() for m in expected.values()}) == 3 and all(m.any() for m in expected.values())
+    session = SamSession(sam, cache_size=2)
+    # cache after each step (least recent first): a | a b | b a | a b | b c | c a | a c | c b
+    for img in (a, b, a, b, c, a, c, b):
+        session.set_image(img)
+        np.testing.assert_array_equal(session.predict(*prompts[id(img)]), expected[id(img)])
+
+
+def test_paint_labels_paints_every_object_larger_first():
+    """A small object inside a large one stays visible, whatever the dict order; disjoint
+    objects all appear; overlaps go to the smaller object."""
+    shape = (20, 30)
+    big = np.zeros(shape, bool)
+    big[2:18, 2:25] = True
+    small = np.zeros(shape, bool)
+    small[5:9, 5:12] = True
+    apart = np.zeros(shape, bool)
+    apart[15:20, 26:30] = True
+    medium = np.zeros(shape, bool)
+    medium[10:18, 15:28] = True  # overlaps big and apart's column range, not apart itself
+    expected = np.zeros(shape, np.int32)
+    expected[big] = 4
+    expected[medium] = 2
+    expected[small] = 7
+    expected[apart] = 3
+    for order in ([4, 2, 7, 3], [7, 3, 2, 4], [3, 7, 4, 2]):
+        masks = {oid: ({4: big, 2: medium, 7: small, 3: apart}[oid], 0.9, 0) for oid in order}
+        labels = paint_labels(masks, shape)
+        assert labels.dtype == np.int32 and labels.shape == shape
+        np.testing.assert_array_equal(labels, expected)
+    assert not paint_labels({}, shape).any()
+
+
+def test_pipeline_labels_from_sam_masks_are_painted(sam, image):
+    """Real SAM masks of two objects, one inside the other's mask or not: every object id
+    whose mask is not covered by a smaller one is present, each pixel of the labels belongs
+    to the mask of its id."""
+    session = SamSession(sam)
+    session.set_image(image)
+    prompts = PointPrompts(
+        points=np.array([[40.0, 100.0], [100.0, 50.0]]),
+        positive=np.array([True, True]),
+        object_id=np.array([1, 2], np.int32),
+        prompt=np.array([0, 0], np.int32),
+        score=np.ones(2, np.float32),
+    )
+    objects = session.predict_objects(prompts)
+    labels = paint_labels(objects, image.shape[:2])
+    for oid, (mask, _score, _cls) in objects.items():
+        assert mask.any()
+        assert (labels[labels == oid] == oid).all() and mask[labels == oid].all()
+    smaller = min(objects, key=lambda k: objects[k][0].sum())
+    np.testing.assert_array_equal(labels == smaller, objects[smaller][0])  # painted last: fully visible
+    assert (labels > 0).sum() == np.logical_or(objects[1][0], objects[2][0]).sum()
