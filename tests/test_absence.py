@@ -39,25 +39,47 @@ def test_a_weak_map_is_absent_although_its_min_max_heatmap_peaks_at_one():
     heat = raw / raw.max(axis=(1, 2), keepdims=True)  # min-max (min is ~0 here)
     plain = heatmaps_to_points(heat, threshold=0.6)
     assert set(plain.prompt[plain.positive].tolist()) == {0, 1}  # min-max alone: both "found"
-    floors = heatmap_thresholds(raw, AbsenceRule("absolute", 0.15))
-    assert floors[1] == np.inf and 0 < floors[0] < 1
+    result = heatmap_thresholds(raw, AbsenceRule("absolute", 0.15))
+    assert result.absent.tolist() == [False, True] and result.below_presence.tolist() == [False, False]
+    assert 0 < result.thresholds[0] < 1 and result.thresholds[1] == 0
+    assert result.absent_prompts(["cat", "dog"]) == ["dog"]
     # the floor in heatmap units selects exactly the pixels whose raw value reaches it
     lo, hi = raw[0].min(), raw[0].max()
-    assert np.array_equal((raw[0] - lo) / (hi - lo) >= floors[0], raw[0] >= 0.15)
-    pts = heatmaps_to_points(heat, threshold=np.maximum(0.6, floors))
+    assert np.array_equal((raw[0] - lo) / (hi - lo) >= result.thresholds[0], raw[0] >= 0.15)
+    np.testing.assert_array_equal(result.point_thresholds(0.6), np.maximum(0.6, result.thresholds))
+    pts = heatmaps_to_points(heat, threshold=result.point_thresholds(0.6), skip=result.absent)
     assert len(pts) and set(pts.prompt.tolist()) == {0}  # no positive or negative point for prompt 1
+    # skip alone: the skipped prompt gets nothing, the other is untouched
+    only0 = heatmaps_to_points(heat, threshold=0.6, skip=np.array([False, True]))
+    np.testing.assert_array_equal(only0.points, plain.points[plain.prompt == 0])
 
 
 def test_presence_below_minimum_marks_a_prompt_absent():
     raw = np.stack([_blob((20, 30)), _blob((40, 60))])
-    floors = heatmap_thresholds(raw, AbsenceRule(min_presence=0.3), presence=np.array([0.8, 0.2]))
-    assert floors.tolist() == [0.0, np.inf]
+    result = heatmap_thresholds(raw, AbsenceRule(min_presence=0.3), presence=np.array([0.8, 0.2]))
+    assert result.absent.tolist() == [False, True] and result.below_presence.tolist() == [False, True]
+    assert result.thresholds.tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="presence must have one value per map"):
+        heatmap_thresholds(raw, AbsenceRule(min_presence=0.3), presence=np.array([0.8]))
+
+
+def test_a_floor_above_every_pixel_or_a_flat_map_is_absent():
+    raw = np.stack([_blob((20, 30)), np.full((64, 80), 0.2)])
+    result = heatmap_thresholds(raw, AbsenceRule("absolute", 0.5))
+    assert result.absent.tolist() == [False, True]  # the flat map never reaches 0.5
+    assert heatmap_thresholds(raw, AbsenceRule("absolute", 2.0)).absent.tolist() == [True, True]
+    assert heatmap_thresholds(raw, AbsenceRule("otsu")).absent.tolist() == [False, True]
+    assert not heatmap_thresholds(raw, AbsenceRule()).absent.any()
 
 
 def test_per_prompt_thresholds_validated():
     heat = np.stack([_blob((20, 30))] * 2)
     with pytest.raises(ValueError, match="per-prompt thresholds must be 2 values"):
         heatmaps_to_points(heat, threshold=[0.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match="within \\[0, 1\\].*skip="):  # no magic values above 1
+        heatmaps_to_points(heat, threshold=[0.5, np.inf])
+    with pytest.raises(ValueError, match="skip must be 2 booleans"):
+        heatmaps_to_points(heat, threshold=0.5, skip=[1, 0])
     with pytest.raises(ValueError, match="within"):
         heatmaps_to_points(heat, threshold=1.5)
 

@@ -11,9 +11,13 @@ producing points:
   background prompt"), ``quantile`` (the top ``1 - q`` of the image) or ``otsu`` (Otsu's
   threshold of the map's values). A positive point must reach the floor.
 
-The floor is translated into heatmap units per prompt, (floor - lo) / (hi - lo) with lo/hi
-the map's range, so point picking can keep working on heatmaps; a value above 1 means the
-prompt has no pixel above its floor: no points.
+``heatmap_thresholds`` returns an explicit ``AbsenceResult``: which prompts are absent (no
+points at all: below ``min_presence``, or no pixel reaches the floor), and for the others the
+floor translated into heatmap units, (floor - lo) / (hi - lo) with lo/hi the map's range, so
+point picking keeps working on heatmaps::
+
+    result = heatmap_thresholds(scores, rule, presence)
+    points = heatmaps_to_points(heat, threshold=result.point_thresholds(0.6), skip=result.absent)
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from skimage.filters import threshold_otsu
 
-__all__ = ["FLOOR_MODES", "AbsenceRule", "heatmap_thresholds", "raw_floor"]
+__all__ = ["FLOOR_MODES", "AbsenceResult", "AbsenceRule", "heatmap_thresholds", "raw_floor"]
 
 #: how the raw-similarity floor is set: "none", "absolute", "quantile", "otsu"
 FLOOR_MODES = ("none", "absolute", "quantile", "otsu")
@@ -70,20 +74,53 @@ class AbsenceRule:
         return np.asarray(presence, dtype=np.float64) >= self.min_presence
 
 
-def heatmap_thresholds(scores: np.ndarray, rule: AbsenceRule, presence: np.ndarray | None = None) -> np.ndarray:
-    """Per-prompt floor in heatmap units for (P, ...) raw score maps (what the heatmaps
-    normalise). Returns (P,) float64: 0 = no floor; > 1 (inf) = the prompt gets no points."""
+@dataclass(frozen=True)
+class AbsenceResult:
+    """The absence rule applied to P prompts.
+
+    absent: (P,) bool, True = the prompt gets no points (``below_presence`` or no pixel
+        reaches its floor).
+    below_presence: (P,) bool, True = the image-level presence was below ``min_presence``.
+    thresholds: (P,) float64 in [0, 1]: each present prompt's floor in heatmap units (0 = no
+        floor); 0 for absent prompts (they get no points whatever their threshold).
+    """
+
+    absent: np.ndarray
+    below_presence: np.ndarray
+    thresholds: np.ndarray
+
+    def point_thresholds(self, threshold: float) -> np.ndarray:
+        """(P,) per-prompt peak thresholds for ``heatmaps_to_points``: the larger of the
+        user's ``threshold`` and each prompt's floor."""
+        return np.maximum(float(threshold), self.thresholds)
+
+    def absent_prompts(self, prompts) -> list[str]:
+        """The prompts (same order as the maps) that are absent."""
+        return [p for p, a in zip(prompts, self.absent) if a]
+
+
+def heatmap_thresholds(scores: np.ndarray, rule: AbsenceRule, presence: np.ndarray | None = None) -> AbsenceResult:
+    """Apply ``rule`` to (P, ...) raw score maps (what the heatmaps normalise) and, if given,
+    the (P,) image-level ``presence`` probabilities."""
     s = np.asarray(scores, dtype=np.float64)
-    out = np.zeros(len(s))
+    thresholds = np.zeros(len(s))
+    no_pixel = np.zeros(len(s), bool)
     for p, m in enumerate(s):
         floor = raw_floor(m, rule.floor, rule.value)
         lo, hi = float(m.min()), float(m.max())
         if floor == -np.inf:
-            out[p] = 0.0
-        elif hi <= lo or floor > hi:
-            out[p] = np.inf
+            continue  # no floor
+        if hi <= lo or floor > hi:
+            no_pixel[p] = True  # nothing reaches the floor (or the map is constant)
         else:
-            out[p] = max(0.0, (floor - lo) / (hi - lo))
+            thresholds[p] = min(1.0, max(0.0, (floor - lo) / (hi - lo)))
     if presence is not None:
-        out[~rule.present(presence)] = np.inf
-    return out
+        presence = np.asarray(presence, dtype=np.float64).ravel()
+        if presence.shape != (len(s),):
+            raise ValueError(f"presence must have one value per map ({len(s)}), got shape {presence.shape}")
+        below = ~rule.present(presence)
+    else:
+        below = np.zeros(len(s), bool)
+    absent = below | no_pixel
+    thresholds[absent] = 0.0
+    return AbsenceResult(absent=absent, below_presence=below, thresholds=thresholds)

@@ -83,11 +83,11 @@ def annotate(
     task.report("points")
     absent: list[str] = []
     thresholds: float | np.ndarray = float(threshold)
+    skip = None
     if absence is not None:
-        floors = heatmap_thresholds(localizer.scores(grid).numpy(), absence, presence)
-        absent = [p for p, f in zip(prompts, floors) if f > 1.0]
-        thresholds = np.maximum(float(threshold), floors)
-    points = heatmaps_to_points(heat, threshold=thresholds, **point_params)
+        verdict = heatmap_thresholds(localizer.scores(grid).numpy(), absence, presence)
+        absent, thresholds, skip = verdict.absent_prompts(prompts), verdict.point_thresholds(threshold), verdict.absent
+    points = heatmaps_to_points(heat, threshold=thresholds, skip=skip, **point_params)
     labels = np.zeros(rgb.shape[:2], np.int32)
     classes: dict[int, str] = {}
     scores: dict[int, float] = {}

@@ -43,6 +43,7 @@ def heatmaps_to_points(
     heatmaps: np.ndarray,
     *,
     threshold: float | np.ndarray = 0.6,
+    skip: np.ndarray | None = None,
     min_distance: int | None = None,
     max_objects: int = 5,
     negatives: int = 2,
@@ -51,9 +52,10 @@ def heatmaps_to_points(
 ) -> PointPrompts:
     """Peaks of (P, H, W) heatmaps in [0, 1] -> point prompts.
 
-    threshold: a peak must reach this value to become a positive point; one value for all
-        prompts or one per prompt (a value above 1, e.g. inf, gives that prompt no points:
-        see ``absence.heatmap_thresholds``).
+    threshold: a peak must reach this value (in [0, 1]) to become a positive point; one value
+        for all prompts or one per prompt (e.g. ``AbsenceResult.point_thresholds``).
+    skip: (P,) bool, prompts that get no points at all, positive or negative (e.g.
+        ``AbsenceResult.absent``); None = none skipped.
     min_distance: minimum pixel distance between peaks (default: 1/20 of the shorter side).
     max_objects: at most this many positive peaks per prompt (highest first).
     negatives: negative points per prompt, at local maxima of (1 - heatmap) whose heatmap
@@ -74,16 +76,23 @@ def heatmaps_to_points(
         thr = np.full(hm.shape[0], float(threshold))
     else:
         thr = np.asarray(threshold, dtype=np.float64).ravel()
-        if len(thr) != hm.shape[0] or np.isnan(thr).any() or (thr < 0).any():
-            raise ValueError(f"per-prompt thresholds must be {hm.shape[0]} values >= 0, got {thr.tolist()}")
+        if len(thr) != hm.shape[0] or not ((thr >= 0) & (thr <= 1)).all():
+            raise ValueError(f"per-prompt thresholds must be {hm.shape[0]} values within [0, 1], got {thr.tolist()}; "
+                             "to give a prompt no points, pass skip=")
+    if skip is None:
+        skipped = np.zeros(hm.shape[0], bool)
+    else:
+        skipped = np.asarray(skip)
+        if skipped.dtype != bool or skipped.shape != (hm.shape[0],):
+            raise ValueError(f"skip must be {hm.shape[0]} booleans (one per prompt), got {skipped.tolist()}")
     H, W = hm.shape[1:]
     md = int(min_distance) if min_distance is not None else max(1, min(H, W) // 20)
 
     pts, pos, obj, cls, score = [], [], [], [], []
     next_id = 1
     for p, m in enumerate(hm):
-        if thr[p] > 1.0:
-            continue  # absent: nothing reaches the floor
+        if skipped[p]:
+            continue  # e.g. absent: no points at all
         peaks = _peaks(m, md, thr[p], max_objects)
         if len(peaks) == 0:
             continue  # nothing confident for this prompt: no points, no object
