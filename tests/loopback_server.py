@@ -1,5 +1,5 @@
 """Test helpers: a loopback HTTP server that serves weight files (127.0.0.1, port 0) with
-Range support and scripted failures, and a progress recorder. Nothing reaches the internet."""
+Range support and scripted failures, and a Task that records progress. Nothing reaches the internet."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import http.server
 import re
 import threading
 from dataclasses import dataclass, field
+
+from napari_clipsam.core.progress import Progress, Task
 
 
 @dataclass
@@ -94,16 +96,18 @@ def start_server() -> tuple[Server, http.server.ThreadingHTTPServer]:
     return state, httpd
 
 
-class Recorder:
+class Recorder(Task):
+    """A ``core.progress.Task`` that records its reports: ``calls`` [(done, total)],
+    ``reports`` [Progress]; with ``cancel_after`` it cancels itself once that many bytes are done."""
+
     def __init__(self, cancel_after: int | None = None):
-        self.calls: list[tuple[int, int | None]] = []
+        super().__init__(self._record)
+        self.calls: list[tuple[int, int]] = []
+        self.reports: list[Progress] = []
         self.cancel_after = cancel_after
 
-    def __call__(self, done, total):
-        self.calls.append((done, total))
-        if self.cancel_after is not None and done >= self.cancel_after:
-            raise Cancelled()
-
-
-class Cancelled(Exception):
-    pass
+    def _record(self, p: Progress) -> None:
+        self.reports.append(p)
+        self.calls.append((p.done, p.total))
+        if self.cancel_after is not None and p.done >= self.cancel_after:
+            self.cancel()

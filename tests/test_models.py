@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from loopback_server import Recorder
+from napari_clipsam.core.progress import Cancelled
 from tiny_sam import build_tiny_sam
 
 from napari_clipsam.core import models, weights
@@ -88,15 +89,29 @@ def test_load_sam_downloads_verifies_then_works_offline(tiny_kind, sam_file, ser
         hashlib.sha256(data).hexdigest(), len(data)))
     monkeypatch.setenv("NAPARI_CLIPSAM_SAM_URL_BASE", server.base)
     rec = Recorder()
-    sam = models.load_sam("tiny", device="cpu", progress=rec)
+    sam = models.load_sam("tiny", device="cpu", task=rec)
     assert same_weights(sam, sam_file)
-    assert rec.calls[-1] == (len(data), len(data))
+    assert rec.calls[-1] == (len(data), len(data)) and rec.reports[-1].stage == "download SAM tiny"
     assert (cache / "sam" / "sam_tiny.pth").read_bytes() == data
     n = len(server.log)
     monkeypatch.setenv("NAPARI_CLIPSAM_OFFLINE", "1")
     assert same_weights(models.load_sam("tiny", device="cpu"), sam_file)
     assert len(server.log) == n
 
+
+def test_load_sam_download_stops_when_its_task_is_cancelled(tiny_kind, sam_file, server, cache, monkeypatch):
+    data = sam_file.read_bytes()
+    server.add("sam_tiny.pth", data)
+    monkeypatch.setitem(weights.SAM_CHECKPOINTS, "tiny", WeightsFile(
+        "SAM tiny", "https://example.invalid/sam_tiny.pth", "sam_tiny.pth", "sam",
+        hashlib.sha256(data).hexdigest(), len(data)))
+    monkeypatch.setenv("NAPARI_CLIPSAM_SAM_URL_BASE", server.base)
+    task = Recorder(cancel_after=1)
+    with pytest.raises(Cancelled):
+        models.load_sam("tiny", device="cpu", task=task)
+    part = cache / "sam" / "sam_tiny.pth.part"
+    assert not (cache / "sam" / "sam_tiny.pth").exists() and 0 < part.stat().st_size < len(data)  # kept: resumes
+    assert same_weights(models.load_sam("tiny", device="cpu"), sam_file) and not part.exists()
 
 def test_load_sam_missing_offline_names_file(cache, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -246,7 +261,7 @@ def test_load_clip_tag_downloads_applies_tag_config_then_offline(tiny_clip, serv
     monkeypatch.setitem(weights.CLIP_EXTRA, (name, "test"), (bad, good))
     monkeypatch.setattr(weights, "CHUNK_SIZE", 1 << 20)  # 20 MB: fewer, larger steps
     rec = Recorder()
-    model, _ = models.load_clip(name, "test", device="cpu", progress=rec)
+    model, _ = models.load_clip(name, "test", device="cpu", task=rec)
     assert same_weights(model, path) and rec.calls[-1] == (len(data), len(data))
     assert isinstance(model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
     assert tuple(model.visual.preprocess_cfg["mean"]) == mean

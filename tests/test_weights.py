@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import http.server
 import os
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +18,15 @@ import pytest
 
 from napari_clipsam.core import weights
 from napari_clipsam.core.weights import WeightsError, WeightsFile
-from loopback_server import Cancelled, Recorder
+from loopback_server import Recorder
+from napari_clipsam.core.progress import Cancelled
+
+
+@pytest.fixture(autouse=True)
+def _forget_unreachable_hosts():
+    """A port found closed here may be handed to a later test's server: forget it."""
+    yield
+    weights.forget_unreachable()
 
 
 def blob(n: int = 300_000, seed: int = 1) -> bytes:
@@ -38,11 +48,12 @@ def test_download_reports_monotonic_progress_and_is_then_cached(server, cache):
     data = blob()
     f = entry(server.add("model.pth", data), data)
     rec = Recorder()
-    path = weights.fetch(f, progress=rec)
+    path = weights.fetch(f, task=rec)
     assert path == cache / "test" / "model.pth" and path.read_bytes() == data
     done = [d for d, _ in rec.calls]
     assert len(done) >= 5 and done == sorted(done) and len(set(done)) == len(done)
     assert rec.calls[-1] == (len(data), len(data)) and all(t == len(data) for _, t in rec.calls)
+    assert {(p.stage, p.unit) for p in rec.reports} == {("download test model", "bytes")}
     assert leftovers(cache) == ["model.pth"]
     n = len(server.log)
     assert weights.fetch(f) == path and len(server.log) == n  # cached: no request at all
@@ -52,7 +63,7 @@ def test_unknown_size_reports_server_length(server, cache):
     data = blob(100_000)
     f = entry(server.add("m.pth", data), data, size=None)
     rec = Recorder()
-    weights.fetch(f, progress=rec)
+    weights.fetch(f, task=rec)
     assert rec.calls[-1] == (len(data), len(data))
 
 
@@ -61,7 +72,7 @@ def test_broken_connection_resumes_with_range(server, cache):
     data = blob()
     f = entry(server.add("model.pth", data, mode="break_once"), data)
     rec = Recorder()
-    path = weights.fetch(f, progress=rec)
+    path = weights.fetch(f, task=rec)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == f.sha256
     (_, _, r1), (_, _, r2) = server.gets
     assert r1 is None and r2 is not None
@@ -83,8 +94,10 @@ def test_broken_connection_clean_retry_when_range_is_ignored(server, cache):
 def test_cancel_keeps_part_and_next_call_resumes(server, cache):
     data = blob()
     f = entry(server.add("model.pth", data), data)
-    with pytest.raises(Cancelled):  # the callback's exception comes through unchanged
-        weights.fetch(f, progress=Recorder(cancel_after=len(data) // 3))
+    task = Recorder(cancel_after=len(data) // 3)
+    with pytest.raises(Cancelled):  # task.cancel() during the download stops it at the next chunk
+        weights.fetch(f, task=task)
+    assert task.calls[-1][0] < len(data)
     assert not f.target.exists()
     part = f.target.with_name("model.pth.part")
     kept = part.stat().st_size
@@ -186,6 +199,50 @@ def test_unreachable_server_fails_fast(cache):
     assert time.perf_counter() - t0 < 2.0
     assert "model.pth" in str(err.value) and str(f.target) in str(err.value)
     assert leftovers(cache) == []
+
+
+def _closed_port() -> socket.socket:
+    """A loopback socket bound but not listening: connecting to it is refused."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@pytest.mark.parametrize("hub", [False, True])
+def test_a_host_that_did_not_answer_fails_at_once_afterwards(cache, hub):
+    """Without HF_HUB_OFFLINE: once a host did not answer (here a closed loopback port; a Hub
+    metadata look-up or a plain download), every later download from it fails at once, without
+    a connection attempt, until forget_unreachable()."""
+    sock = _closed_port()
+    try:
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        hub_kw = {"sha256": None, "size": None, "hf_repo": "org/repo", "hf_filename": "m.safetensors"} if hub else {}
+        first = entry(f"{base}/first.pth", b"abc", "first.pth", **hub_kw)
+        with pytest.raises(WeightsError, match="could not reach the Hub" if hub else "download failed"):
+            weights.fetch(first)
+        sock.listen(8)  # from now on a connection attempt would be accepted: there must be none
+        sock.settimeout(0.2)
+        second = entry(f"{base}/second.pth", b"abcd", "second.pth")
+        t0 = time.perf_counter()
+        with pytest.raises(WeightsError) as err:
+            weights.fetch(second)
+        assert time.perf_counter() - t0 < 0.5
+        msg = str(err.value)
+        assert "did not answer a moment ago" in msg and "second.pth" in msg and str(second.target) in msg
+        assert "by hand" in msg
+        with pytest.raises(socket.timeout):
+            sock.accept()  # no connection was attempted
+        weights.forget_unreachable()  # tried again: this time the host is asked (and hangs up)
+        sock.settimeout(10)
+        asked = []
+        hang_up = threading.Thread(target=lambda: (sock.accept()[0].close(), asked.append(1)))
+        hang_up.start()
+        with pytest.raises(WeightsError):
+            weights.fetch(entry(f"{base}/third.pth", b"x", "third.pth"))
+        hang_up.join(10)
+        assert asked and not hang_up.is_alive()
+    finally:
+        sock.close()
 
 
 # ----------------------------------------------------------------------------- registry

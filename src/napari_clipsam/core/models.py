@@ -22,6 +22,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .progress import Task
 from .runtime import pick_device
 from .weights import (
     CLIP_CHOICES,
@@ -40,7 +41,6 @@ __all__ = [
     "PRECISIONS",
     "SAM_CHECKPOINTS",
     "SAM_BUILDERS",
-    "SamCheckpoint",
     "WeightsError",
     "cache_dir",
     "fetch_sam_checkpoint",
@@ -50,10 +50,6 @@ __all__ = [
     "resolve_precision",
 ]
 
-#: kept for compatibility: SAM_CHECKPOINTS values (url, sha256, size, filename)
-SamCheckpoint = WeightsFile
-
-Progress = Callable[[int, "int | None"], None]
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 #: SAM kind -> builder(checkpoint=None) -> Sam. The official kinds (vit_b/l/h) are added on
@@ -120,27 +116,29 @@ def _describe_keys(keys, n: int = 3) -> str:
     return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
-def _load_error(path: Path, exc: BaseException, expected: str) -> WeightsError:
-    """A torch/safetensors failure -> what it means for the user."""
-    msg = str(exc)
-    if isinstance(exc, RuntimeError) and ("Missing key" in msg or "Unexpected key" in msg or "size mismatch" in msg):
-        first = msg.strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])[:400]
-        return WeightsError(f"{path} is a checkpoint for another architecture, expected {expected}: {detail}")
+def _unreadable(path: Path, exc: BaseException, expected: str) -> WeightsError:
+    """The file could not be read as a checkpoint at all (torch/safetensors/zip failure)."""
     return WeightsError(
-        f"{path} is not a readable {expected} ({type(exc).__name__}: {msg.strip()[:200]}); "
+        f"{path} is not a readable {expected} ({type(exc).__name__}: {str(exc).strip()[:200]}); "
         "the file may be truncated or not a checkpoint: download it again."
     )
 
 
+def _mismatch(path: Path, exc: BaseException, expected: str) -> WeightsError:
+    """The file was read, but its tensors do not fit the model."""
+    detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])[:400]
+    return WeightsError(f"{path} is a checkpoint for another architecture, expected {expected}: {detail}")
+
+
 # --------------------------------------------------------------------------------- CLIP
 def load_clip(name: str = "ViT-B-16", pretrained: str | os.PathLike | None = "openai", device: str | None = None,
-              *, precision: str = "auto", progress: Progress | None = None, quick_gelu: bool | None = None):
+              *, precision: str = "auto", task: Task | None = None, quick_gelu: bool | None = None):
     """Load an open_clip model and its tokenizer.
 
     name: an open_clip model name (``open_clip.list_models()``).
     pretrained: a pretrained tag (``open_clip.list_pretrained_tags_by_model(name)``; fetched
-        through ``weights.fetch``: cache first, then download with ``progress``), a path to a
+        through ``weights.fetch``: cache first, then download, reported to and cancellable by
+        ``task`` as ``Progress("download CLIP <name> / <tag>", bytes, total, "bytes")``), a path to a
         local checkpoint (.safetensors, .bin/.pt state dict or an OpenAI TorchScript .pt), or
         None for random weights (tests only).
     quick_gelu: force the activation; None takes it from the tag's config (OpenAI weights use
@@ -163,20 +161,24 @@ def load_clip(name: str = "ViT-B-16", pretrained: str | os.PathLike | None = "op
                 raise WeightsError(f"CLIP checkpoint file not found: {path}")
         else:
             tag_cfg = open_clip.get_pretrained_cfg(name, src) or {}
-            path = fetch(clip_weights(name, src), progress=progress)
+            path = fetch(clip_weights(name, src), task=task)
     if quick_gelu is None:
         quick_gelu = bool(tag_cfg.get("quick_gelu")) or (path is not None and not tag_cfg and _is_torchscript(path))
     pre = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
     kwargs = dict(device="cpu", force_quick_gelu=quick_gelu, force_preprocess_cfg=pre or None,
                   pretrained_image=False, pretrained_text=False)
-    if path is None:
-        model = open_clip.create_model(name, pretrained=None, **kwargs)
-    else:
-        try:  # open_clip's own load_checkpoint (strict), which knows all its checkpoint layouts
-            model = open_clip.create_model(name, pretrained=str(path), weights_only=not _is_torchscript(path),
-                                           **kwargs)
+    model = open_clip.create_model(name, pretrained=None, **kwargs)
+    if path is not None:
+        expected = f"open_clip checkpoint for {name}"
+        weights_only = not _is_torchscript(path)
+        try:  # first only read it: a failure here means the file, not the architecture
+            open_clip.factory.load_state_dict(str(path), weights_only=weights_only)
         except Exception as exc:  # noqa: BLE001 - torch, safetensors, zip, pickle errors alike
-            raise _load_error(path, exc, f"open_clip checkpoint for {name}") from exc
+            raise _unreadable(path, exc, expected) from exc
+        try:  # open_clip's own load_checkpoint (strict), which knows all its checkpoint layouts
+            open_clip.load_checkpoint(model, str(path), weights_only=weights_only)
+        except Exception as exc:  # noqa: BLE001 - missing/unexpected keys, size mismatches
+            raise _mismatch(path, exc, expected) from exc
     model.eval()
     _half_encoder(model.visual, dtype)
     model.to(device)
@@ -198,9 +200,10 @@ def _sam_builder(kind: str) -> Callable:
     return SAM_BUILDERS[kind]
 
 
-def fetch_sam_checkpoint(kind: str, progress: Progress | None = None, *, url: str | None = None) -> Path:
-    """Path of the official checkpoint for ``kind``: cached, else downloaded and sha256-verified."""
-    return fetch(sam_weights(kind), progress=progress, url=url)
+def fetch_sam_checkpoint(kind: str, task: Task | None = None, *, url: str | None = None) -> Path:
+    """Path of the official checkpoint for ``kind``: cached, else downloaded (reported to and
+    cancellable by ``task``, see ``weights.fetch``) and sha256-verified."""
+    return fetch(sam_weights(kind), task=task, url=url)
 
 
 _SAM_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
@@ -212,29 +215,30 @@ def _guess_sam_kind(state: dict) -> str | None:
 
 
 def load_sam(kind: str = "vit_b", checkpoint: str | os.PathLike | None = None, device: str | None = None,
-             *, precision: str = "auto", progress: Progress | None = None):
+             *, precision: str = "auto", task: Task | None = None):
     """Build a segment-anything ``Sam`` of ``kind`` and load its weights.
 
-    checkpoint: a local file, or None for the official checkpoint (downloaded once, verified,
-        reported through ``progress(done, total)``).
+    checkpoint: a local file, or None for the official checkpoint (downloaded once and
+        verified; the download reports ``Progress("download SAM <kind>", bytes, total,
+        "bytes")`` to ``task`` and stops with ``Cancelled`` when it is cancelled).
     """
     import torch
 
     device = pick_device(device)
     dtype = resolve_precision(precision, device)
     if not checkpoint and kind in SAM_CHECKPOINTS:  # cache/offline answer first: no heavy imports
-        path = fetch_sam_checkpoint(kind, progress)
+        path = fetch_sam_checkpoint(kind, task)
         builder = _sam_builder(kind)
     else:
         builder = _sam_builder(kind)
-        path = Path(checkpoint).expanduser() if checkpoint else fetch_sam_checkpoint(kind, progress)
+        path = Path(checkpoint).expanduser() if checkpoint else fetch_sam_checkpoint(kind, task)
     if not path.is_file():
         raise WeightsError(f"SAM checkpoint file not found: {path}")
     expected = f"SAM {kind} checkpoint (a state dict of image_encoder.*, prompt_encoder.*, mask_decoder.*)"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - zip, pickle, EOF errors alike
-        raise _load_error(path, exc, expected) from exc
+        raise _unreadable(path, exc, expected) from exc
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not state:

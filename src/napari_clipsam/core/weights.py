@@ -26,10 +26,16 @@ Everything the plugin offers resolves here to one or more :class:`WeightsFile` e
    checked, and only then is the part renamed to the target. A mismatch deletes the part
    (after one clean re-download if the bad file had been resumed) and raises.
 
-Progress: ``progress(done_bytes, total_bytes)`` is called as bytes arrive (monotonic, the
-last call has ``done == total``; ``total`` is None when neither the registry nor the server
-knows the size). It may raise to cancel: the exception propagates unchanged and the part
-file is kept for a later resume.
+Progress and cancel (``core.progress``): with ``task=``, bytes as they arrive are reported
+as ``Progress(stage="download <label>", done, total, unit="bytes")`` (monotonic, the last
+report has ``done == total``; ``total`` 0 when neither the registry nor the server knows the
+size), and ``task.cancel()`` stops the download at the next chunk with ``Cancelled``; the
+part file is kept for a later resume. Without a task a tqdm bar shows on the terminal.
+
+No network: a connection that fails (refused, unreachable, DNS, connect timeout after
+``TIMEOUT[0]`` s) is remembered per host for ``UNREACHABLE_MEMORY_S`` seconds, so later
+candidates and calls on that host fail at once, naming the file and how to place it by hand
+(``forget_unreachable()`` clears the memory).
 
 No Qt, no napari. Heavy imports (pooch, requests, open_clip, huggingface_hub) are lazy.
 """
@@ -43,9 +49,14 @@ import logging
 import os
 import re
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from .progress import Cancelled, Task
 
 __all__ = [
     "CLIP_CHOICES",
@@ -61,6 +72,7 @@ __all__ = [
     "clip_weights",
     "fetch",
     "find_cached",
+    "forget_unreachable",
     "is_offline",
     "manual_install_hint",
     "registry",
@@ -79,9 +91,12 @@ CHUNK_SIZE = 1 << 20
 #: attempts within one :func:`fetch` call; a new attempt is made only if the last one got bytes
 MAX_ATTEMPTS = 5
 #: requests timeout: (connect, read) seconds
-TIMEOUT = (10.0, 60.0)
+TIMEOUT = (5.0, 60.0)
+#: how long a host that did not answer is remembered as unreachable (seconds)
+UNREACHABLE_MEMORY_S = 300.0
 
-Progress = Callable[[int, "int | None"], None]
+#: internal: called with (done_bytes, total_bytes or None) as a download goes
+_Reporter = Callable[[int, "int | None"], None]
 
 
 class WeightsError(RuntimeError):
@@ -395,19 +410,19 @@ def _fail(f: WeightsFile, what: str, url: str | None = None) -> WeightsError:
 
 
 # ----------------------------------------------------------------------------- download
-class _Progress:
-    """A pooch progressbar object (``total``/``update``/``reset``/``close``) -> ``progress(done, total)``.
+class _PoochBar:
+    """A pooch progressbar object (``total``/``update``/``reset``/``close``) -> ``callback(done, total)``.
 
     Reports the real number of bytes on disk (the part file's position), so a resumed download
     starts where it left off and the numbers never go back.
     """
 
-    def __init__(self, out, callback: Progress | None, known_size: int | None):
+    def __init__(self, out, callback: _Reporter | None, known_size: int | None):
         self.out, self.callback, self.known_size = out, callback, known_size
         self.base = out.tell()
         self.content_length = 0
         self.last = -1
-        self.raised: BaseException | None = None
+        self.raised: Cancelled | None = None
 
     @property
     def total(self) -> int | None:
@@ -428,7 +443,7 @@ class _Progress:
             self.last = done
             try:
                 self.callback(done, total)
-            except BaseException as exc:  # cancel: remembered so fetch can tell it from I/O errors
+            except Cancelled as exc:  # remembered: pooch/requests must not turn it into an I/O error
                 self.raised = exc
                 raise
         self.last = max(self.last, done)
@@ -464,13 +479,13 @@ def _lock(target: Path):
     return FileLock(str(target) + ".lock")
 
 
-def _get(url: str, part: Path, prog_cb: Progress | None, size: int | None) -> None:
+def _get(url: str, part: Path, prog_cb: _Reporter | None, size: int | None) -> None:
     """One HTTP GET into ``part`` (appending from its current size with a Range request)."""
     import pooch
 
     with open(part, "ab") as out:
         start = out.tell()
-        bar = _Progress(out, prog_cb, size)
+        bar = _PoochBar(out, prog_cb, size)
 
         def on_response(r, *args, **kwargs):
             if r.status_code == 200 and out.tell() > 0:  # Range ignored: clean restart
@@ -493,14 +508,74 @@ def _get(url: str, part: Path, prog_cb: Progress | None, size: int | None) -> No
             downloader(url, out, None)
         except BaseException:
             if bar.raised is not None:
-                raise _Cancelled(bar.raised) from None
+                raise bar.raised from None
             raise
 
 
-class _Cancelled(Exception):
-    def __init__(self, exc: BaseException):
-        super().__init__(repr(exc))
-        self.exc = exc
+class _CorruptDownload(WeightsError):
+    """A download completed but failed its check (deleted): another source will not help."""
+
+
+# ----------------------------------------------------------------------------- no network
+_unreachable: dict[str, tuple[float, str]] = {}  # host -> (monotonic time, what failed)
+_unreachable_lock = threading.Lock()
+
+
+def _host(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname or ''}:{parts.port or ''}"
+
+
+def forget_unreachable() -> None:
+    """Forget which hosts did not answer (the next download tries them again)."""
+    with _unreachable_lock:
+        _unreachable.clear()
+
+
+def _mark_unreachable(url: str, exc: BaseException) -> None:
+    with _unreachable_lock:
+        _unreachable[_host(url)] = (time.monotonic(), f"{type(exc).__name__}: {str(exc)[:160]}")
+
+
+def _known_unreachable(url: str) -> str | None:
+    """What failed when ``url``'s host was last found unreachable, if that was recent."""
+    with _unreachable_lock:
+        hit = _unreachable.get(_host(url))
+        if hit is None:
+            return None
+        if time.monotonic() - hit[0] > UNREACHABLE_MEMORY_S:
+            del _unreachable[_host(url)]
+            return None
+        return hit[1]
+
+
+def _no_network_types() -> tuple[type, ...]:
+    """Exception types that mean "the host did not answer" (requests, the Hub's httpx, sockets)."""
+    import socket
+
+    import requests
+
+    types: list[type] = [requests.exceptions.ConnectionError, ConnectionError, socket.gaierror, TimeoutError]
+    for name in ("httpx2", "httpx"):  # huggingface_hub's transport, whichever it ships
+        try:
+            mod = __import__(name)
+            types += [mod.ConnectError, mod.ConnectTimeout]
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)
+
+
+def _is_no_network(exc: BaseException | None) -> bool:
+    """A failure to reach the host at all (no answer), as opposed to an HTTP error reply;
+    the exception or any exception it was raised from."""
+    types = _no_network_types()
+    seen = set()
+    while exc is not None and id(exc) not in seen:  # the Hub and requests wrap transport errors
+        seen.add(id(exc))
+        if isinstance(exc, types):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _drop_if_empty(part: Path) -> None:
@@ -509,8 +584,8 @@ def _drop_if_empty(part: Path) -> None:
             part.unlink()
 
 
-def terminal_progress(label: str) -> Progress:
-    """The API's default progress: a tqdm bar on the terminal (bytes, rate, time left)."""
+def _terminal_bar(label: str) -> _Reporter:
+    """The API's default without a task: a tqdm bar on the terminal (bytes, rate, time left)."""
     from tqdm.auto import tqdm
 
     bar = None
@@ -526,15 +601,29 @@ def terminal_progress(label: str) -> Progress:
     return progress
 
 
-def _download(f: WeightsFile, url: str, progress: Progress | None) -> Path:
+def _task_reporter(task: Task, label: str) -> _Reporter:
+    stage = f"download {label}"
+
+    def report(done: int, total: int | None) -> None:
+        task.report(stage, done, total or 0, "bytes")
+
+    return report
+
+
+def _download(f: WeightsFile, url: str, progress: _Reporter | None) -> Path:
     import requests
 
+    gone = _known_unreachable(url)
+    if gone is not None:
+        raise _fail(f, f"{urlsplit(url).hostname} did not answer a moment ago ({gone}); no network?", url)
     sha, size = f.sha256, f.size
     if f.hf_repo and not sha:
         try:
             sha, hub_size = _hub_metadata(dataclasses.replace(f, url=url))
             size = size or hub_size
         except Exception as exc:  # noqa: BLE001 - httpx / hub errors alike
+            if _is_no_network(exc):
+                _mark_unreachable(url, exc)
             raise _fail(f, f"could not reach the Hub for it ({type(exc).__name__}: {str(exc)[:200]})", url) from exc
         if not sha:
             log.warning("%s: the Hub published no sha256 for %s; checking the size only", f.label, url)
@@ -559,8 +648,6 @@ def _download(f: WeightsFile, url: str, progress: Progress | None) -> Path:
             if not (size is not None and start == size):
                 try:
                     _get(url, part, progress, size)
-                except _Cancelled as c:
-                    raise c.exc from None
                 except requests.exceptions.HTTPError as exc:
                     code = exc.response.status_code if exc.response is not None else None
                     if code == 416 and start > 0 and attempts < MAX_ATTEMPTS:  # stale part
@@ -574,6 +661,8 @@ def _download(f: WeightsFile, url: str, progress: Progress | None) -> Path:
                         log.info("%s: interrupted at %d bytes (%s); resuming", f.label, got, exc)
                         continue
                     _drop_if_empty(part)
+                    if _is_no_network(exc) and got == start:
+                        _mark_unreachable(url, exc)
                     kept = f" ({got:,} bytes kept in {part}; the next try resumes)" if got else ""
                     raise _fail(f, f"download failed ({type(exc).__name__}: {str(exc)[:200]}){kept}", url) from exc
             got = part.stat().st_size
@@ -587,7 +676,7 @@ def _download(f: WeightsFile, url: str, progress: Progress | None) -> Path:
                 if start > 0 and not clean_retry_done:  # the bad bytes may be an old part: once more from 0
                     clean_retry_done = True
                     continue
-                raise WeightsError(
+                raise _CorruptDownload(
                     f"{f.label}: the download of {f.filename} from {url} to {target} is corrupt and was "
                     f"deleted: {problem.replace(str(part), 'the downloaded file')}. Try again later; if it "
                     "persists the source changed or a proxy alters it. " + manual_install_hint(
@@ -601,14 +690,16 @@ def _download(f: WeightsFile, url: str, progress: Progress | None) -> Path:
             return target
 
 
-def fetch(files: WeightsFile | Sequence[WeightsFile], *, progress: Progress | None = None,
+def fetch(files: WeightsFile | Sequence[WeightsFile], *, task: Task | None = None,
           url: str | None = None, offline: bool | None = None) -> Path:
     """A verified local path for ``files`` (one file, or candidates tried in order).
 
-    Cached copies are returned without touching the network. ``url`` replaces the download URL
-    (single file only; tests and mirrors). ``offline`` defaults to :func:`is_offline`.
-    Raises WeightsError (which file, from where, to where, how to place it by hand); an
-    exception raised by ``progress`` (a cancel) propagates unchanged.
+    Cached copies are returned without touching the network. ``task`` (``core.progress``)
+    gets ``Progress("download <label>", done, total, "bytes")`` reports and can cancel
+    (``Cancelled``; the part file is kept for a resume); None = a tqdm bar on the terminal.
+    ``url`` replaces the download URL (single file only; tests and mirrors). ``offline``
+    defaults to :func:`is_offline`. Raises WeightsError (which file, from where, to where, how
+    to place it by hand).
     """
     cands = _as_files(files)
     if not cands:
@@ -635,11 +726,12 @@ def fetch(files: WeightsFile | Sequence[WeightsFile], *, progress: Progress | No
         if not f.url:
             continue
         try:
-            return _download(f, f.url, progress if progress is not None else terminal_progress(f.label))
+            return _download(f, f.url, _task_reporter(task, f.label) if task is not None else _terminal_bar(f.label))
+        except _CorruptDownload as exc:
+            errors.append(exc)
+            break  # a bad file is not a reason to try another source
         except WeightsError as exc:
             errors.append(exc)
-            if "is corrupt and was deleted" in str(exc):
-                break  # a bad file is not a reason to try another source
     if len(errors) == 1:
         raise errors[0]
     raise WeightsError(f"{first.label}: no source worked:\n  - " + "\n  - ".join(str(e) for e in errors))
