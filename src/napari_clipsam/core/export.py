@@ -356,6 +356,15 @@ def _write_coco(tmp: Path, arr: np.ndarray, classes: dict, scores: dict, provena
     Path(tmp).write_text(json.dumps(data))
 
 
+def _local_dask():
+    """ome-zarr computes with dask: keep that on local threads. Inside a batch on a Dask
+    cluster the default scheduler is the cluster itself, and a task waiting for sub-tasks
+    that need its own worker's only thread would wait forever."""
+    import dask
+
+    return dask.config.set(scheduler="threads")
+
+
 def _default_axes(ndim: int) -> str:
     axes = {2: "yx", 3: "zyx", 4: "tzyx"}.get(ndim)
     if axes is None:
@@ -406,8 +415,9 @@ def _write_ome_labels(root, arr: np.ndarray, axes: str, name: str, classes: dict
         out, axes = out[None], "c" + axes
     yx = [out.shape[axes.index("y")], out.shape[axes.index("x")]]
     factors = [{d: (f if d in "yx" else 1) for d in axes} for f in _scale_factors(yx)]
-    ome_write_labels(out, root, name=name, axes=axes, fmt=fmt, scaler=None, scale_factors=factors,
-                     label_metadata=_ome_label_metadata(classes, scores))
+    with _local_dask():
+        ome_write_labels(out, root, name=name, axes=axes, fmt=fmt, scaler=None, scale_factors=factors,
+                         label_metadata=_ome_label_metadata(classes, scores))
     root["labels"][name].attrs["napari_clipsam"] = {
         "classes": {str(k): v for k, v in classes.items()}, "scores": {str(k): v for k, v in scores.items()}}
 
@@ -426,7 +436,8 @@ def _write_ome_store(tmp_dir: Path, arr: np.ndarray, classes: dict, scores: dict
     root = zarr.open_group(str(tmp_dir), mode="w", zarr_format=2)
     yx = [img.shape[img_axes.index("y")], img.shape[img_axes.index("x")]]
     factors = [{d: (f if d in "yx" else 1) for d in img_axes} for f in _scale_factors(yx)]
-    write_image(img, root, axes=img_axes, fmt=fmt, scale_factors=factors)
+    with _local_dask():
+        write_image(img, root, axes=img_axes, fmt=fmt, scale_factors=factors)
     root.attrs["napari_clipsam"] = {"labels": name, "image_is_labels": image is None}
     _write_ome_labels(root, arr, axes, name, classes, scores, fmt, channel)
 

@@ -1,0 +1,565 @@
+"""Headless batches: the widget's pipeline over a folder, glob or list of images, on Dask.
+
+``run_batch(inputs, output_dir, options)`` annotates every image with the same options
+(``BatchOptions``: prompts, method and its parameters, thresholds, absence rule, point
+parameters, channels, models) and writes the exports of ``core.export`` with their
+provenance sidecars. It runs on a ``distributed.LocalCluster`` (default) or on an existing
+scheduler given by address; workers need the image files and the output folder at the same
+paths (a shared filesystem), and load the models once each (``ModelSpec`` or a picklable
+factory), not once per image.
+
+Resuming: each sidecar records the batch key (``batch_key``: the options, the model specs and
+the image file's sha256). An image whose every output exists with a matching key is skipped,
+so an interrupted batch (Ctrl+C, a killed job, ``task.cancel()``) picks up where it stopped;
+exports are committed atomically, so there is no half-written output to trip over.
+One image's failure is reported in its row and the rest go on.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import hashlib
+import json
+import os
+import pickle
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .absence import AbsenceRule
+from .export import LABEL_SUFFIXES, file_sha256, labels_format, read_sidecar, write_labels
+from .progress import Cancelled, Task, as_task
+
+__all__ = ["IMAGE_SUFFIXES", "BatchOptions", "BatchResult", "ModelSpec", "batch_key", "find_images",
+           "output_paths", "process_image", "read_image", "run_batch"]
+
+#: files a folder input contributes
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".npy")
+
+
+# ------------------------------------------------------------------ options
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which models to load, by name (what ``core.models`` loads). clip_pretrained: an
+    open_clip tag or a local checkpoint file; sam_checkpoint: a local file or None for the
+    official checkpoint of ``sam_kind`` (cached or downloaded)."""
+
+    clip_name: str = "ViT-B-16"
+    clip_pretrained: str | None = "openai"
+    sam_kind: str = "vit_b"
+    sam_checkpoint: str | None = None
+    device: str | None = None
+    precision: str = "auto"
+
+    def load(self):
+        """(clip model, tokenizer, sam)."""
+        from .models import load_clip, load_sam
+
+        clip, tokenizer = load_clip(self.clip_name, self.clip_pretrained, self.device, precision=self.precision)
+        sam = load_sam(self.sam_kind, self.sam_checkpoint, self.device, precision=self.precision)
+        return clip, tokenizer, sam
+
+    def describe(self, clip=None, sam=None) -> tuple[dict, dict]:
+        from .provenance import clip_model_info, sam_model_info
+
+        return (clip_model_info(self.clip_name, self.clip_pretrained, model=clip),
+                sam_model_info(self.sam_kind, self.sam_checkpoint, model=sam))
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """Everything the widget's form decides, for a headless run.
+
+    prompts: the classes ("cat", "cell; nucleus" for synonyms). method: a localizer name.
+    templates, background, input_size, window, stride: the localizer's parameters (None =
+        its default); localizer_params: any other keyword for ``get_localizer``.
+    threshold: heatmap value a peak needs; absence: an ``AbsenceRule`` or None.
+    point_params: ``heatmaps_to_points`` keywords (max_objects, negatives, ...).
+    channel_axis / channels: for multichannel images, the channel axis and the channels to
+        blend (``image.channels_to_rgb``); None: greyscale or RGB(A) as the file holds it.
+    formats: the label exports to write, by suffix (".tif", ".png", ".npy", ".json", ".zarr",
+        ".ome.zarr"); points: also write the final points as napari's CSV.
+    models: a ``ModelSpec`` or a picklable callable returning (clip, tokenizer, sam), e.g. a
+        module-level function, importable by the workers.
+    """
+
+    prompts: tuple[str, ...]
+    method: str = "gem"
+    templates: str | tuple[str, ...] | None = None
+    background: tuple[str, ...] = ()
+    input_size: int | None = 448
+    window: int | None = None
+    stride: int | None = None
+    localizer_params: Mapping = field(default_factory=dict)
+    threshold: float = 0.6
+    absence: AbsenceRule | None = None
+    point_params: Mapping = field(default_factory=dict)
+    channel_axis: int | None = None
+    channels: tuple[int, ...] | None = None
+    formats: tuple[str, ...] = (".tif",)
+    points: bool = False
+    models: ModelSpec | Callable = field(default_factory=ModelSpec)
+
+    def __post_init__(self):
+        prompts = (self.prompts,) if isinstance(self.prompts, str) else tuple(str(p) for p in self.prompts)
+        if not prompts:
+            raise ValueError("a batch needs at least one prompt, e.g. prompts=('cell',)")
+        object.__setattr__(self, "prompts", prompts)
+        formats = (self.formats,) if isinstance(self.formats, str) else tuple(self.formats)
+        formats = tuple(f if f.startswith(".") else "." + f for f in formats)
+        for f in formats:
+            if f.lower() not in LABEL_SUFFIXES:
+                raise ValueError(f"unknown export format {f!r}; choose from {', '.join(LABEL_SUFFIXES)}")
+        if not formats:
+            raise ValueError("a batch needs at least one export format, e.g. formats=('.tif',)")
+        object.__setattr__(self, "formats", formats)
+        object.__setattr__(self, "background", tuple(self.background or ()))
+        if isinstance(self.templates, list):
+            object.__setattr__(self, "templates", tuple(self.templates))
+        if self.channels is not None:
+            object.__setattr__(self, "channels", tuple(int(c) for c in np.atleast_1d(self.channels)))
+        if not 0.0 <= float(self.threshold) <= 1.0:
+            raise ValueError(f"threshold must be within [0, 1], got {self.threshold}")
+        if not (isinstance(self.models, ModelSpec) or callable(self.models)):
+            raise ValueError(f"models must be a ModelSpec or a callable returning (clip, tokenizer, sam), "
+                             f"got {self.models!r}")
+
+    def localizer_kwargs(self) -> dict:
+        kw = dict(self.localizer_params)
+        kw.update(input_size=self.input_size, window=self.window, stride=self.stride, background=self.background)
+        if self.templates is not None:
+            kw["templates"] = self.templates
+        return kw
+
+    def describe(self) -> dict:
+        """A JSON-able description (for keys and provenance)."""
+        d = {k: v for k, v in asdict(self).items() if k != "models"} if isinstance(self.models, ModelSpec) \
+            else {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "models"}
+        d["absence"] = None if self.absence is None else asdict(self.absence)
+        d["models"] = _models_description(self.models)
+        return json.loads(json.dumps(d, default=str))
+
+
+def _models_description(models) -> dict:
+    if isinstance(models, ModelSpec):
+        d = asdict(models)
+        for key in ("clip_pretrained", "sam_checkpoint"):  # a local file: its size and time too
+            p = d.get(key)
+            if p and Path(p).expanduser().is_file():
+                st = Path(p).expanduser().stat()
+                d[key + "_stat"] = [st.st_size, st.st_mtime_ns]
+        return d
+    name = getattr(models, "__qualname__", None) or type(models).__qualname__
+    return {"factory": f"{getattr(models, '__module__', '?')}.{name}",
+            "pickle_sha256": hashlib.sha256(pickle.dumps(models)).hexdigest()}
+
+
+def batch_key(options: BatchOptions, image_sha256: str) -> str:
+    """What an export must have been made with to count as done: the options (models
+    included) and the image's bytes."""
+    blob = json.dumps({"options": options.describe(), "image": image_sha256}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ------------------------------------------------------------------ inputs and outputs
+def find_images(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """A folder (its image files, sorted), a glob pattern, a file, or a list of these."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    out: list[Path] = []
+    for item in inputs:
+        s = os.fspath(item)
+        p = Path(s).expanduser()
+        if p.is_dir() and not s.endswith(".zarr"):
+            out += sorted(q for q in p.iterdir()
+                          if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES and not q.name.startswith("."))
+        elif p.exists():
+            out.append(p)
+        elif _glob.has_magic(s):
+            hits = sorted(Path(h) for h in _glob.glob(os.path.expanduser(s), recursive=True))
+            out += [h for h in hits if h.is_file()]
+        else:
+            raise FileNotFoundError(f"no image, folder or glob match for {s!r}")
+    seen: dict[Path, None] = {}
+    for p in out:
+        seen.setdefault(p.resolve(), None)
+    return list(seen)
+
+
+def output_paths(image: Path, output_dir: Path, formats: Sequence[str]) -> list[Path]:
+    """``<output_dir>/<image stem>_labels<suffix>`` per format."""
+    stem = image.name.split(".")[0] if image.name.endswith(".ome.tif") else image.stem
+    return [Path(output_dir) / f"{stem}_labels{suf}" for suf in formats]
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as an array: tifffile for TIFF, numpy for .npy, imageio for the rest."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        return tifffile.imread(p)
+    if suffix == ".npy":
+        return np.load(p, allow_pickle=False)
+    import imageio.v3 as iio
+
+    return iio.imread(p)
+
+
+def _planes(img: np.ndarray, options: BatchOptions):
+    """Yield (leading index, RGB uint8 plane or greyscale/RGB array for ``annotate``)."""
+    from .image import channels_to_rgb
+
+    if options.channel_axis is not None:
+        axis = options.channel_axis % img.ndim if -img.ndim <= options.channel_axis < img.ndim else None
+        if axis is None:
+            raise ValueError(f"channel_axis {options.channel_axis} is outside the image's {img.ndim} axes "
+                             f"(shape {img.shape})")
+        img = np.moveaxis(img, axis, -1)
+        spatial = img.shape[:-1]
+        if len(spatial) < 2:
+            raise ValueError(f"image of shape {img.shape} has fewer than two spatial axes besides channels")
+        for idx in np.ndindex(*spatial[:-2]):
+            yield idx, channels_to_rgb(img[idx], -1, list(options.channels) if options.channels else None)
+        return
+    rgb = img.ndim >= 3 and img.shape[-1] in (3, 4) and img.dtype == np.uint8
+    spatial = img.shape[:-1] if rgb else img.shape
+    if len(spatial) < 2:
+        raise ValueError(f"image of shape {img.shape} has fewer than two spatial axes")
+    if not rgb and img.ndim >= 3 and img.shape[-1] in (3, 4):
+        raise ValueError(f"image of shape {img.shape} and dtype {img.dtype}: is the last axis colour? "
+                         "pass channel_axis=-1 (and channels=) for multichannel data")
+    for idx in np.ndindex(*spatial[:-2]):
+        yield idx, img[idx]
+
+
+# ------------------------------------------------------------------ the worker's side
+_cache: dict = {}
+_cache_lock = threading.Lock()
+#: how many times models were loaded in this process (per spec key), for tests and logs
+LOAD_COUNTS: dict[str, int] = {}
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().name)
+    except (ImportError, ValueError):
+        return "local"
+
+
+def _models_for(options: BatchOptions):
+    """(localizer, sam, clip_info, sam_info), loaded once per worker and model spec."""
+    spec_key = hashlib.sha256(pickle.dumps(options.models)).hexdigest()
+    key = (spec_key, _worker_name())
+    with _cache_lock:
+        entry = _cache.get(key)
+        if entry is None:
+            entry = _cache[key] = {"lock": threading.Lock()}
+    with entry["lock"]:
+        if "models" not in entry:
+            models = options.models
+            if isinstance(models, ModelSpec):
+                clip, tokenizer, sam = models.load()
+                clip_info, sam_info = models.describe(clip, sam)
+            else:
+                clip, tokenizer, sam = models()
+                from .provenance import state_dict_sha256
+
+                desc = _models_description(models)
+                clip_info = {"factory": desc["factory"], "sha256": state_dict_sha256(clip), "sha256_of": "state_dict"}
+                sam_info = {"factory": desc["factory"], "sha256": state_dict_sha256(sam), "sha256_of": "state_dict"}
+            entry["models"] = (clip, tokenizer, sam, clip_info, sam_info)
+            LOAD_COUNTS[spec_key] = LOAD_COUNTS.get(spec_key, 0) + 1
+            entry["localizers"] = {}
+        clip, tokenizer, sam, clip_info, sam_info = entry["models"]
+        lkey = json.dumps([options.method, options.localizer_kwargs()], sort_keys=True, default=str)
+        if lkey not in entry["localizers"]:
+            from .localizers import get_localizer
+
+            entry["localizers"][lkey] = get_localizer(options.method, clip, tokenizer, **options.localizer_kwargs())
+        return entry["localizers"][lkey], sam, clip_info, sam_info
+
+
+def _merge_planes(results: list, plane_ids: list[tuple], shape: tuple):
+    """Labels of every plane in one array with ids unique across planes; classes, scores
+    and points re-keyed to them (points get their plane's leading coordinates)."""
+    from .points import PointPrompts
+
+    labels = np.zeros(shape, np.int32)
+    classes: dict[int, str] = {}
+    scores: dict[int, float] = {}
+    pts, pos, oid, prm, sc = [], [], [], [], []
+    offset = 0
+    for idx, r in zip(plane_ids, results):
+        lab = r.labels.astype(np.int64)
+        labels[idx] = np.where(lab > 0, lab + offset, 0)
+        classes.update({k + offset: v for k, v in r.classes.items()})
+        scores.update({k + offset: v for k, v in r.scores.items()})
+        p = r.points
+        if len(p):
+            lead = np.tile(np.asarray(idx, float), (len(p), 1))
+            pts.append(np.concatenate([lead, np.asarray(p.points, float)], axis=1))
+            pos.append(p.positive)
+            oid.append(np.where(p.object_id > 0, p.object_id + offset, 0))
+            prm.append(p.prompt)
+            sc.append(p.score)
+        top = max([int(r.labels.max())] + [int(p.object_id.max()) if len(p) else 0] + list(r.classes))
+        offset += top
+    nd = len(shape)
+    if pts:
+        points = PointPrompts(np.concatenate(pts), np.concatenate(pos), np.concatenate(oid).astype(np.int32),
+                              np.concatenate(prm).astype(np.int32), np.concatenate(sc).astype(np.float32))
+    else:
+        points = PointPrompts(np.zeros((0, nd)))
+    return labels, classes, scores, points
+
+
+def process_image(image_path: str, outputs: Sequence[str], options: BatchOptions, key: str,
+                  image_sha256: str | None = None) -> dict:
+    """Annotate one image and write its exports; never raises (a failure is the row's status).
+    Returns the summary row: image, status ("done"/"failed"), objects per class, seconds,
+    outputs, error."""
+    start = time.perf_counter()
+    row = {"image": str(image_path), "status": "failed", "objects": {}, "seconds": 0.0,
+           "outputs": [str(o) for o in outputs], "error": None}
+    try:
+        from .pipeline import annotate
+        from .provenance import build_provenance
+        from .segment import SamSession
+
+        try:
+            img = read_image(image_path)
+        except Exception as exc:  # noqa: BLE001 - any reader's error means the same to the user
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"cannot read {image_path} as an image ({first}); is the file complete?") from exc
+        localizer, sam, clip_info, sam_info = _models_for(options)
+        session = SamSession(sam)
+        planes = list(_planes(img, options))
+        results = [annotate(plane, list(options.prompts), localizer, session, threshold=options.threshold,
+                            absence=options.absence, **dict(options.point_params)) for _, plane in planes]
+        plane_ids = [idx for idx, _ in planes]
+        shape = tuple(plane_ids[-1][i] + 1 for i in range(len(plane_ids[0]))) + results[0].labels.shape
+        if len(results) == 1 and not plane_ids[0]:
+            r = results[0]
+            labels, classes, scores, points = r.labels, r.classes, r.scores, r.points
+        else:
+            labels, classes, scores, points = _merge_planes(results, plane_ids, shape)
+        presence = results[0].presence if len(results) == 1 else None
+        absent = sorted({p for r in results for p in r.absent})
+        prov = build_provenance(
+            prompts=results[0].prompts, method=options.method, localizer=localizer,
+            localizer_params=options.localizer_kwargs(), threshold=options.threshold, absence=options.absence,
+            point_params=dict(options.point_params), clip=clip_info, sam=sam_info, points=points, labels=labels,
+            classes=classes, scores=scores, presence=presence, absent=absent, image_shape=img.shape,
+            image_dtype=img.dtype, source=str(image_path), image_sha256=image_sha256,
+            channel_axis=options.channel_axis, channels=options.channels,
+            extra={"planes": len(planes)})
+        prov["batch"] = {"key": key, "options": options.describe()}
+        for out in outputs:
+            kw = {"image": img} if labels_format(out) == "ome-zarr" and img.ndim in (labels.ndim, labels.ndim + 1) \
+                else {}
+            write_labels(out, labels, classes=classes, scores=scores, provenance=prov, overwrite=True, **kw)
+        if options.points:
+            from .export import write_points_csv
+            import pandas as pd
+
+            names = [results[0].prompts[i] for i in points.prompt]
+            feats = pd.DataFrame({"positive": points.positive.astype(bool), "object_id": points.object_id,
+                                  "prompt": names})
+            csv = Path(outputs[0]).with_name(Path(outputs[0]).name.split("_labels")[0] + "_points.csv")
+            write_points_csv(csv, points.points, feats, overwrite=True)
+            row["outputs"].append(str(csv))
+        counts: dict[str, int] = {}
+        for c in classes.values():
+            counts[c] = counts.get(c, 0) + 1
+        row.update(status="done", objects=counts)
+    except Exception as exc:  # noqa: BLE001 - one image's failure is its row, the batch goes on
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        row["traceback"] = traceback.format_exc(limit=6)
+    row["seconds"] = round(time.perf_counter() - start, 3)
+    return row
+
+
+# ------------------------------------------------------------------ the client's side
+def _done_row(image: Path, outputs: list[Path], key: str) -> dict | None:
+    """The summary row of an image whose every output is complete with ``key``, else None."""
+    counts: dict[str, int] | None = None
+    for out in outputs:
+        info = read_sidecar(out)
+        if info is None or not out.exists():
+            return None
+        if ((info.get("provenance") or {}).get("batch") or {}).get("key") != key:
+            return None
+        want = info.get("labels_sha256")
+        if want and (not out.is_file() or file_sha256(out) != want):
+            return None
+        if counts is None:
+            counts = {}
+            for c in (info.get("objects") or {}).values():
+                counts[c] = counts.get(c, 0) + 1
+    return {"image": str(image), "status": "skipped", "objects": counts or {}, "seconds": 0.0,
+            "outputs": [str(o) for o in outputs], "error": None}
+
+
+@dataclass
+class BatchResult:
+    """rows: one dict per image (image, status, objects, seconds, outputs, error)."""
+
+    rows: list[dict]
+
+    @property
+    def failed(self) -> list[dict]:
+        return [r for r in self.rows if r["status"] == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def table(self):
+        """A pandas summary: image, status, objects per class, seconds, error."""
+        import pandas as pd
+
+        return pd.DataFrame([{
+            "image": Path(r["image"]).name, "status": r["status"],
+            "objects": ", ".join(f"{k}: {v}" for k, v in sorted(r["objects"].items())) or "-",
+            "seconds": r["seconds"], "error": (r["error"] or "").splitlines()[0] if r["error"] else "",
+        } for r in self.rows], columns=["image", "status", "objects", "seconds", "error"])
+
+
+def default_cluster_size(n_cpus: int | None = None) -> tuple[int, int]:
+    """(workers, threads per worker) for a LocalCluster: one model copy per worker, up to 4
+    workers, each with a share of the cores for torch's own threads."""
+    n = n_cpus or os.cpu_count() or 1
+    workers = max(1, min(4, n // 2))
+    return workers, max(1, n // workers)
+
+
+def _init_worker_threads(threads: int) -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def run_batch(
+    inputs,
+    output_dir: str | os.PathLike,
+    options: BatchOptions,
+    *,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+    processes: bool = True,
+    resume: bool = True,
+    task: Task | None = None,
+    progress: bool = False,
+) -> BatchResult:
+    """Annotate every image of ``inputs`` (folder, glob, file or list) into ``output_dir``.
+
+    scheduler: the address of a running Dask scheduler ("tcp://host:8786"), or None for a
+        ``distributed.LocalCluster`` of ``n_workers`` workers (default ``default_cluster_size``)
+        with ``processes`` (False: threads in this process, for small runs and tests).
+    threads_per_worker: torch threads per worker (each worker runs one image at a time).
+    resume: skip images whose outputs already match (see ``batch_key``); False redoes all.
+    task: ``progress.Task``: reports ("batch", images done, total, "images") and cancels
+        (remaining images are dropped, finished ones stay; raises ``Cancelled``).
+    progress: show a tqdm bar on stderr.
+    Returns a ``BatchResult`` (``.table()``, ``.ok``); images that fail are rows, not errors.
+    """
+    from distributed import Client, LocalCluster, as_completed
+
+    task = as_task(task)
+    output_dir = Path(output_dir).expanduser()
+    images = find_images(inputs)
+    if not images:
+        raise FileNotFoundError(f"no images found in {inputs!r} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    stems: dict[str, Path] = {}
+    for im in images:
+        name = output_paths(im, output_dir, options.formats)[0].name
+        if name in stems:
+            raise ValueError(f"{stems[name]} and {im} would write the same outputs ({name}); "
+                             "rename one or run them into separate output folders")
+        stems[name] = im
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(images), unit="image", desc="napari-clipsam batch")
+        user_cb = task.on_progress
+
+        def on_progress(p, _cb=user_cb):
+            if p.stage == "batch":
+                bar.n = p.done
+                bar.refresh()
+            if _cb is not None:
+                _cb(p)
+
+        task.on_progress = on_progress
+
+    rows: dict[str, dict] = {}
+    todo: list[tuple[Path, list[Path], str, str]] = []
+    try:
+        task.report("batch", 0, len(images), "images")
+        for im in images:
+            outs = output_paths(im, output_dir, options.formats)
+            try:
+                digest = file_sha256(im)
+            except OSError as exc:
+                rows[str(im)] = {"image": str(im), "status": "failed", "objects": {}, "seconds": 0.0,
+                                 "outputs": [], "error": f"{type(exc).__name__}: {exc}"}
+                continue
+            key = batch_key(options, digest)
+            done = _done_row(im, outs, key) if resume else None
+            if done is not None:
+                rows[str(im)] = done
+            else:
+                todo.append((im, outs, key, digest))
+        finished = len(rows)
+        task.report("batch", finished, len(images), "images")
+        if todo:
+            cluster = None
+            if scheduler:
+                client = Client(scheduler)
+                threads = threads_per_worker
+            else:
+                workers, threads = default_cluster_size()
+                workers = n_workers or workers
+                threads = threads_per_worker or threads
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
+                                       dashboard_address=None, silence_logs=40)
+                client = Client(cluster)
+            try:
+                if threads and processes:
+                    client.run(_init_worker_threads, threads)
+                futures = [client.submit(process_image, str(im), [str(o) for o in outs], options, key, digest,
+                                         key=f"clipsam-{key[:16]}-{i}", pure=False)
+                           for i, (im, outs, key, digest) in enumerate(todo)]
+                try:
+                    for fut in as_completed(futures):
+                        row = fut.result()
+                        rows[row["image"]] = row
+                        finished += 1
+                        task.report("batch", finished, len(images), "images")
+                except BaseException:
+                    client.cancel(futures)
+                    raise
+            finally:
+                client.close()
+                if cluster is not None:
+                    cluster.close()
+    finally:
+        if bar is not None:
+            bar.close()
+    return BatchResult([rows[str(im)] for im in images if str(im) in rows])

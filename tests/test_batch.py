@@ -1,0 +1,213 @@
+"""Headless batch on a two-worker local Dask cluster with the tiny models: a folder of skimage
+images with one corrupt file, resume, an interrupted batch resumed, the CLI, nD and
+multichannel images."""
+
+import shutil
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+from skimage import data
+
+import batch_models
+from napari_clipsam.core import batch as B
+from napari_clipsam.core.batch import BatchOptions, process_image, run_batch
+from napari_clipsam.core.export import read_labels
+from napari_clipsam.core.progress import Cancelled, Task
+
+PROMPTS = ("cat", "sofa")
+FORMATS = (".tif", ".json", ".ome.zarr")
+GOOD = ["astronaut", "camera", "chelsea", "coins"]
+
+
+def options(**kw):
+    base = dict(prompts=PROMPTS, input_size=128, point_params={"max_objects": 2}, formats=FORMATS,
+                models=batch_models.tiny_models)
+    base.update(kw)
+    return BatchOptions(**base)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("images")
+    for name in GOOD:
+        iio.imwrite(d / f"{name}.png", getattr(data, name)()[::2, ::2])
+    (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    return d
+
+
+@pytest.fixture(scope="module")
+def full_run(folder, tmp_path_factory):
+    """One uninterrupted batch on a two-worker LocalCluster (threads, to stay fast here)."""
+    out = tmp_path_factory.mktemp("full")
+    loads_before = sum(B.LOAD_COUNTS.values())
+    result = run_batch(folder, out, options(), n_workers=2, processes=False)
+    return out, result, sum(B.LOAD_COUNTS.values()) - loads_before
+
+
+def test_folder_batch_writes_every_export_and_reports_the_corrupt_image(folder, full_run):
+    out, result, loads = full_run
+    status = {r["image"].rsplit("/", 1)[-1]: r["status"] for r in result.rows}
+    assert status == {"astronaut.png": "done", "broken.png": "failed", "camera.png": "done",
+                      "chelsea.png": "done", "coins.png": "done"}
+    (bad,) = result.failed
+    assert "cannot read" in bad["error"] and "broken.png" in bad["error"]
+    assert not result.ok
+    assert 1 <= loads <= 2  # models load once per worker, not once per image (4 images)
+    table = result.table()
+    assert list(table.columns) == ["image", "status", "objects", "seconds", "error"] and len(table) == 5
+    for name in GOOD:
+        exports = [read_labels(out / f"{name}_labels{suf}") for suf in FORMATS]
+        for e in exports[1:]:
+            np.testing.assert_array_equal(e.labels, exports[0].labels)
+            assert e.classes == exports[0].classes
+        assert exports[0].labels.max() > 0 and set(exports[0].classes.values()) <= set(PROMPTS)
+    assert not any(p.name.startswith(".") for p in out.iterdir())
+
+
+def test_batch_equals_the_pipeline_run_by_hand(folder, full_run):
+    from reference_model import load_reference_clip
+    from tiny_sam import build_tiny_sam
+
+    from napari_clipsam.core.localizers import get_localizer
+    from napari_clipsam.core.pipeline import annotate
+    from napari_clipsam.core.segment import SamSession
+
+    out, _result, _ = full_run
+    clip, tok = load_reference_clip()
+    loc = get_localizer("gem", clip, tok, input_size=128)
+    ref = annotate(iio.imread(folder / "chelsea.png"), list(PROMPTS), loc, SamSession(build_tiny_sam(img_size=256, seed=3)),
+                   threshold=0.6, max_objects=2)
+    back = read_labels(out / "chelsea_labels.tif")
+    np.testing.assert_array_equal(back.labels, ref.labels)
+    assert back.classes == ref.classes
+    assert back.scores == pytest.approx(ref.scores)
+    prov = back.provenance
+    assert prov["prompts"] == list(PROMPTS) and prov["method"] == "gem" and prov["threshold"] == 0.6
+    assert prov["localizer"]["input_size"] == 128 and prov["localizer"]["templates"]
+    assert prov["point_params"] == {"max_objects": 2}
+    assert len(prov["models"]["clip"]["sha256"]) == 64 and len(prov["models"]["sam"]["sha256"]) == 64
+    assert prov["image"]["shape"] == list(iio.imread(folder / "chelsea.png").shape)
+    np.testing.assert_array_equal(prov["points"]["points"], ref.points.points.round(3))
+    assert [o["id"] for o in prov["objects"]] == sorted(ref.classes)
+    assert all(o["box"] is not None and o["positive"] for o in prov["objects"])
+    assert prov["software"]["numpy"] == np.__version__
+
+
+def test_a_second_run_skips_what_is_done_and_retries_the_failure(folder, full_run):
+    out, _result, _ = full_run
+    again = run_batch(folder, out, options(), n_workers=1, processes=False)
+    assert sorted(r["status"] for r in again.rows) == ["failed", "skipped", "skipped", "skipped", "skipped"]
+    other = run_batch(folder / "coins.png", out, options(threshold=0.7), n_workers=1, processes=False)
+    assert [r["status"] for r in other.rows] == ["done"]  # other options: not the same outputs
+
+
+def test_a_changed_output_is_redone(folder, full_run, tmp_path):
+    out, _result, _ = full_run
+    work = tmp_path / "out"
+    shutil.copytree(out, work)
+    (work / "coins_labels.tif").write_bytes(b"truncated")
+    rows = {r["image"].rsplit("/", 1)[-1]: r["status"] for r in run_batch(folder, work, options(), n_workers=1,
+                                                                           processes=False).rows}
+    assert rows["coins.png"] == "done" and rows["camera.png"] == "skipped"
+
+
+def test_interrupted_batch_resumes_to_the_same_result(folder, full_run, tmp_path, monkeypatch):
+    """Cancel after two images while the others are still on the workers (they stop without
+    writing, like killed workers); a second run finishes the rest and equals the full run."""
+    out_full, _result, _ = full_run
+    out = tmp_path / "resumed"
+    real = B.process_image
+    batch_models.STARTED.clear()
+    batch_models.GATE.clear()
+
+    def stop_after_two(p):
+        if p.stage == "batch" and p.done >= 2:
+            task.cancel()
+            batch_models.GATE.set()
+
+    task = Task(stop_after_two)
+    monkeypatch.setattr(B, "process_image", batch_models.interruptible_process_image)
+    with pytest.raises(Cancelled):
+        run_batch(folder, out, options(), n_workers=2, processes=False, task=task)
+    monkeypatch.setattr(B, "process_image", real)
+    first = {p.name for p in out.iterdir() if p.name.endswith("_labels.tif")}
+    assert 1 <= len(first) <= 2  # two images ran (one may be the corrupt one), the rest did not
+    resumed = run_batch(folder, out, options(), n_workers=2, processes=False)
+    statuses = {r["image"].rsplit("/", 1)[-1]: r["status"] for r in resumed.rows}
+    assert sorted(n for n, s in statuses.items() if s == "skipped") == sorted(f.replace("_labels.tif", ".png")
+                                                                              for f in first)
+    assert statuses["broken.png"] == "failed"
+    for name in GOOD:
+        for suf in FORMATS:
+            a, b = read_labels(out / f"{name}_labels{suf}"), read_labels(out_full / f"{name}_labels{suf}")
+            np.testing.assert_array_equal(a.labels, b.labels)
+            assert a.classes == b.classes and a.scores == b.scores
+            assert a.provenance["points"] == b.provenance["points"]
+
+
+def test_cli_batch_exit_codes_and_summary(folder, tmp_path, capsys):
+    from napari_clipsam.__main__ import batch
+
+    args = [str(folder / "*.png"), "-o", str(tmp_path / "cli"), "-p", "cat", "sofa", "--input-size", "128",
+            "--max-objects", "1", "--models-factory", "batch_models:tiny_models", "--workers", "1",
+            "--in-process", "--no-progress", "-f", ".png", ".npy"]
+    assert batch(args) == 1  # broken.png failed
+    text = capsys.readouterr().out
+    assert "broken.png" in text and "failed" in text and "4 done, 0 skipped" in text
+    assert read_labels(tmp_path / "cli" / "coins_labels.png").labels.max() > 0
+    assert batch([str(folder / "c*.png"), *args[1:]]) == 0  # only good images, already done: skipped
+    assert "0 done, 3 skipped" in capsys.readouterr().out
+    assert batch([str(tmp_path / "nothing-*.png"), *args[1:]]) == 2
+    with pytest.raises(SystemExit):
+        batch([str(folder), "-o", str(tmp_path), "-p", "cat", "-f", ".jpg"])
+
+
+def test_nd_stack_and_multichannel_images(tmp_path):
+    stack = np.stack([data.camera()[::4, ::4], data.coins()[:128, :128]])
+    np.save(tmp_path / "stack.npy", stack)
+    opts = options(formats=(".tif", ".ome.zarr"))
+    row = process_image(str(tmp_path / "stack.npy"), [str(tmp_path / "stack_labels.tif"),
+                                                     str(tmp_path / "stack_labels.ome.zarr")], opts, "k")
+    assert row["status"] == "done", row["error"]
+    back = read_labels(tmp_path / "stack_labels.tif")
+    assert back.labels.shape == stack.shape
+    ids0 = set(np.unique(back.labels[0])) - {0}
+    ids1 = set(np.unique(back.labels[1])) - {0}
+    assert ids0 and ids1 and not ids0 & ids1  # ids unique across planes
+    assert ids0 | ids1 <= set(back.classes)
+    pts = np.asarray(back.provenance["points"]["points"])
+    assert pts.shape[1] == 3 and set(pts[:, 0]) == {0.0, 1.0}
+    np.testing.assert_array_equal(read_labels(tmp_path / "stack_labels.ome.zarr").labels, back.labels)
+
+    rgb = data.astronaut()[::4, ::4]
+    cyx = np.concatenate([np.moveaxis(rgb, -1, 0), np.zeros((1, 128, 128), np.uint8)])  # 4 channels
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "multi.tif", cyx)
+    opts = options(formats=(".tif",), channel_axis=0, channels=(0, 1, 2))
+    row = process_image(str(tmp_path / "multi.tif"), [str(tmp_path / "multi_labels.tif")], opts, "k")
+    assert row["status"] == "done", row["error"]
+    back = read_labels(tmp_path / "multi_labels.tif")
+    assert back.labels.shape == (128, 128)
+    assert back.provenance["image_input"]["channels"] == [0, 1, 2]
+    bad = process_image(str(tmp_path / "multi.tif"), [str(tmp_path / "x.tif")], options(channel_axis=5), "k")
+    assert bad["status"] == "failed" and "channel_axis 5" in bad["error"]
+
+
+def test_bad_options_are_refused_with_what_to_do():
+    with pytest.raises(ValueError, match="at least one prompt"):
+        BatchOptions(prompts=())
+    with pytest.raises(ValueError, match="unknown export format '.jpg'"):
+        BatchOptions(prompts=("a",), formats=(".jpg",))
+    with pytest.raises(ValueError, match="threshold"):
+        BatchOptions(prompts=("a",), threshold=2)
+    with pytest.raises(FileNotFoundError, match="no image, folder or glob"):
+        B.find_images("/nonexistent/file.png")
+
+
+def test_worker_processes_load_the_factory_by_name(folder, tmp_path):
+    """Real worker processes (spawned): the factory is imported by module name on each."""
+    result = run_batch([folder / "coins.png", folder / "camera.png"], tmp_path, options(formats=(".npy",)),
+                       n_workers=2, processes=True, threads_per_worker=1)
+    assert [r["status"] for r in result.rows] == ["done", "done"], result.rows
