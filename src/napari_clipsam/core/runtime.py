@@ -4,17 +4,27 @@ The one place heavy imports are made safe. Importing ``triton`` (pulled in by
 ``torchvision.ops``, hence by open_clip and segment-anything) into a process that already
 has Mesa's software OpenGL loaded (napari on VMs, remote desktops, CI under Xvfb) crashes
 the process: triton carries its own LLVM, whose symbols clash with Mesa's ``libLLVM``.
-Inference here never needs triton (no ``torch.compile``), so when Mesa's LLVM is mapped
-and triton is not yet imported, we make ``import triton`` fail cleanly; torch then
-treats triton as absent.
+Inference here never needs triton (no ``torch.compile``).
+
+So importing the plugin installs an import hook (``sys.meta_path``) that decides when
+``triton`` is actually imported, whatever the order of imports before: if Mesa's LLVM is
+mapped at that moment, the import fails cleanly with ``ModuleNotFoundError`` (and
+``importlib.util.find_spec("triton")`` answers None afterwards), and torch treats triton
+as absent. If Mesa is not loaded then, triton imports normally. Set
+``NAPARI_CLIPSAM_ALLOW_TRITON=1`` to opt out (read when triton is imported). A triton
+imported *before* the plugin cannot be unloaded; nothing can be done about that.
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import os
 import sys
 
-__all__ = ["guard_triton_against_mesa", "mesa_llvm_loaded", "pick_device"]
+__all__ = ["ALLOW_TRITON_ENV", "guard_triton_against_mesa", "mesa_llvm_loaded", "pick_device"]
+
+ALLOW_TRITON_ENV = "NAPARI_CLIPSAM_ALLOW_TRITON"
 
 
 def mesa_llvm_loaded() -> bool:
@@ -26,20 +36,43 @@ def mesa_llvm_loaded() -> bool:
         return False
 
 
-def guard_triton_against_mesa() -> bool:
-    """Block ``import triton`` if doing it now would crash the process.
+class _Refuse(importlib.abc.Loader):
+    """Loader of a blocked module: creating it fails like an absent module."""
 
-    Returns True when the guard was (or already is) in place. Safe to call many times;
-    set ``NAPARI_CLIPSAM_ALLOW_TRITON=1`` to opt out.
-    """
-    if os.environ.get("NAPARI_CLIPSAM_ALLOW_TRITON") == "1":
+    def create_module(self, spec):
+        raise ModuleNotFoundError(
+            f"{spec.name} is not imported in this process: Mesa's software OpenGL (libLLVM) is loaded and "
+            f"triton's own LLVM would crash it (napari-clipsam does not need triton; set {ALLOW_TRITON_ENV}=1 "
+            "to allow it anyway)", name=spec.name)
+
+    def exec_module(self, module):  # pragma: no cover - create_module always raises
+        raise ModuleNotFoundError(module.__name__)
+
+
+class _TritonGuard(importlib.abc.MetaPathFinder):
+    """Decides at the moment ``triton`` is imported whether it may be."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.partition(".")[0] != "triton" or os.environ.get(ALLOW_TRITON_ENV) == "1":
+            return None
+        if not mesa_llvm_loaded():
+            return None  # the normal finders take it from here
+        sys.modules["triton"] = None  # later imports and find_spec: "absent", at once
+        return importlib.machinery.ModuleSpec(fullname, _Refuse())
+
+
+_GUARD = _TritonGuard()
+
+
+def guard_triton_against_mesa() -> bool:
+    """Install the import hook (once; first in ``sys.meta_path``). Returns True when
+    triton is guarded, False when it was imported already or ``NAPARI_CLIPSAM_ALLOW_TRITON=1``."""
+    if os.environ.get(ALLOW_TRITON_ENV) == "1":
         return False
-    if "triton" in sys.modules:
-        return sys.modules["triton"] is None
-    if mesa_llvm_loaded():
-        sys.modules["triton"] = None  # type: ignore[assignment]
-        return True
-    return False
+    if _GUARD not in sys.meta_path:
+        sys.meta_path.insert(0, _GUARD)
+    triton = sys.modules.get("triton", _GUARD)
+    return triton is _GUARD or triton is None
 
 
 def pick_device(device: str | None = None) -> str:
