@@ -126,6 +126,12 @@ class Plane:
         out[self.cols] = np.asarray(cols, np.intp)
         return tuple(out)
 
+    @property
+    def tag(self) -> str:
+        """A short text naming this plane, e.g. 'rows 1, cols 2, axis 0 = 5' (kept with points)."""
+        fixed = "".join(f", axis {ax} = {i}" for ax, i in self.fixed)
+        return f"rows {self.rows}, cols {self.cols}{fixed}"
+
     def describe(self) -> str:
         return ", ".join(f"axis {ax} = {i}" for ax, i in self.fixed) or "2D"
 
@@ -205,6 +211,25 @@ class PlaneAnnotation:
     prompts: list[str]
     objects: dict[int, SamObject] = field(default_factory=dict)
     generation: int = field(default_factory=lambda: next(_generations))
+    #: pixels the user painted, once seen (bit-packed along rows): the plugin never writes them
+    user_painted: np.ndarray | None = None
+
+    def _user_region(self, region) -> np.ndarray:
+        r0, c0, r1, c1 = region
+        if self.user_painted is None:
+            return np.zeros((r1 - r0, c1 - c0), bool)
+        rows = np.unpackbits(self.user_painted[r0:r1], axis=1, count=self.shape[1])
+        return rows[:, c0:c1].astype(bool)
+
+    def _remember_user(self, region, users: np.ndarray) -> None:
+        if not users.any() and self.user_painted is None:
+            return
+        r0, c0, r1, c1 = region
+        if self.user_painted is None:
+            self.user_painted = np.zeros((self.shape[0], (self.shape[1] + 7) // 8), np.uint8)
+        rows = np.unpackbits(self.user_painted[r0:r1], axis=1, count=self.shape[1]).astype(bool)
+        rows[:, c0:c1] |= users
+        self.user_painted[r0:r1] = np.packbits(rows, axis=1)
 
     def bump(self) -> int:
         """A new generation: decodes computed for an earlier one are stale."""
@@ -243,7 +268,8 @@ class PlaneAnnotation:
 
         current(region) -> the labels layer's plane over region (what is on screen now).
         A pixel whose current value differs from what the plugin wrote before (the old
-        objects' composition) was painted by the user: it is kept, and counted in ``kept``.
+        objects' composition) was painted by the user: it is kept, remembered as the user's
+        from then on, and counted in ``kept``.
         """
         old = list(self.objects.values())
         changed = [o for o in old if new_objects.get(o.id) is not o] + \
@@ -255,7 +281,8 @@ class PlaneAnnotation:
         before = self.compose(region, old)
         after = self.compose(region)
         now = np.asarray(current(region))
-        users = now != before
+        users = (now != before) | self._user_region(region)
+        self._remember_user(region, users)
         target = np.where(users, now, after)
         diff = target != now
         rr, cc = np.nonzero(diff)

@@ -72,6 +72,19 @@ class Task:
         self.check()
 
 
+    def within(self, prefix: str) -> Task:
+        """A task for one part of this work: its reports reach this task's ``on_progress``
+        as "<prefix>: <stage>", and cancelling either cancels both."""
+        child = Task(lambda p: self._forward(prefix, p))
+        child._cancelled = self._cancelled
+        return child
+
+    def _forward(self, prefix: str, p: Progress) -> None:
+        self.last = Progress(f"{prefix}: {p.stage}", p.done, p.total, p.unit)
+        if self.on_progress is not None:
+            self.on_progress(self.last)
+
+
 def as_task(task: Task | None) -> Task:
     """``task``, or a silent task that is never cancelled (for callers that pass none)."""
     return task if task is not None else Task()

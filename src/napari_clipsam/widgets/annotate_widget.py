@@ -203,8 +203,12 @@ class ClipSamWidget(AnnotateForm):
                    threshold=float(self.threshold.value), max_objects=int(self.max_objects.value),
                    one_object_per_prompt=bool(self.one_object_per_prompt.value))
 
+        def pixels_now(plane: Plane) -> np.ndarray:
+            """The plane's pixels as the layers hold them now (what live decodes embed)."""
+            return plane_rgb(layer, plane, others)
+
         def pixels(plane: Plane) -> np.ndarray:
-            return first if plane == planes[0] else plane_rgb(layer, plane, others)
+            return first if plane == planes[0] else pixels_now(plane)
 
         def job(task):
             task.report("loading CLIP")
@@ -215,17 +219,16 @@ class ClipSamWidget(AnnotateForm):
             session = self._session(sam)
             out = []
             for i, plane in enumerate(planes):
-                if len(planes) > 1:
-                    task.report("slices", i, len(planes), "slices")
+                part = task.within(f"slice {i + 1}/{len(planes)}") if len(planes) > 1 else task
                 rgb = pixels(plane)
-                result = annotate_via_queue(self.sam_queue, rgb, prompts, localizer, session, cfg, task)
+                result = annotate_via_queue(self.sam_queue, rgb, prompts, localizer, session, cfg, part)
                 out.append((plane, result))
             return session, out
 
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self.show_status("starting")
-        self.runner.start(job, on_done=lambda res, lay=layer: self._on_done(lay, res, pixels, others),
+        self.runner.start(job, on_done=lambda res, lay=layer: self._on_done(lay, res, pixels_now, others),
                           on_failed=self._on_failed, on_cancelled=self._on_cancelled, label="napari-clipsam run")
 
     def cancel(self) -> None:
@@ -291,15 +294,17 @@ class ClipSamWidget(AnnotateForm):
         if editor is None:
             points_layer = LW.upsert_layer(
                 self.viewer, "points", LW.points_name(name), np.zeros((0, len(shape))), image_layer=image_layer,
-                features=LW.points_features([], [], [], prompts), size=max(4.0, max(shape[-2:]) / 60.0),
+                features=LW.points_features([], [], [], prompts, []), size=max(4.0, max(shape[-2:]) / 60.0),
                 border_color="white", face_color="lime", metadata={"prompts": prompts}, **geo)
             boxes_layer = LW.upsert_layer(
                 self.viewer, "shapes", LW.boxes_name(name), [], image_layer=image_layer, ndim=len(shape),
-                features={"object_id": np.zeros(0, int), "prompt": np.array([], dtype=object)},
+                features={"object_id": np.zeros(0, int), "prompt": np.array([], dtype=object),
+                          "plane": np.array([], dtype=object)},
                 edge_color="yellow", face_color="transparent", edge_width=max(1.0, max(shape[-2:]) / 300.0), **geo)
             state = ImageAnnotation(shape, session)
             editor = LiveEditor(self.viewer, image_layer, points_layer, labels_layer, boxes_layer, state,
-                                self.sam_queue, pixels, on_applied=self._after_edit, on_error=self._edit_failed)
+                                self.sam_queue, pixels, on_applied=self._after_edit, on_error=self._edit_failed,
+                                displayed=lambda lay=image_layer: displayed_plane(self.viewer, lay))
             self.editors.append(editor)
             self._bind_keys(points_layer)
         state = editor.state
@@ -312,10 +317,10 @@ class ClipSamWidget(AnnotateForm):
         feats = points_layer.features
         keep = np.ones(len(data), bool)
         for plane, _ in results:
-            keep &= ~plane.contains(data)
-        rows, pos, oids, names = [data[keep]], [feats["positive"].to_numpy(bool)[keep] if len(feats) else []], \
-            [feats["object_id"].to_numpy(int)[keep] if len(feats) else []], \
-            [feats["prompt"].astype(str).to_numpy()[keep] if len(feats) else []]
+            keep &= ~LW.on_plane(points_layer, plane)
+        old = LW.read_point_table(points_layer)
+        rows, pos, oids, names, tags = [data[keep]], [old["positive"][keep]], [old["object_id"][keep]], \
+            [old["prompt"][keep]], [old["plane"][keep]]
         kept_pixels = 0
         for plane, result in results:
             old = state.planes.get(plane)
@@ -330,6 +335,7 @@ class ClipSamWidget(AnnotateForm):
             pos.append(pts.positive)
             oids.append(np.where(pts.object_id > 0, pts.object_id + offset, 0))
             names.append(np.array([result.prompts[i] for i in pts.prompt], dtype=object))
+            tags.append(np.array([plane.tag] * len(pts), dtype=object))
             ann = old if old is not None else PlaneAnnotation(plane, result.labels.shape, "", list(result.prompts))
             ann.prompts = list(result.prompts)
             ann.key = result.key
@@ -340,7 +346,8 @@ class ClipSamWidget(AnnotateForm):
                                             if len(points_layer.features) and hasattr(
                                                 points_layer.features["prompt"], "cat") else []), *prompts]))
         features = LW.points_features(np.concatenate(pos), np.concatenate(oids),
-                                      np.concatenate([np.asarray(n, dtype=object) for n in names]), all_prompts)
+                                      np.concatenate([np.asarray(n, dtype=object) for n in names]), all_prompts,
+                                      np.concatenate(tags))
         new_data = np.concatenate(rows) if rows else np.zeros((0, len(shape)))
         points_layer.data = new_data
         points_layer.features = features
@@ -351,9 +358,10 @@ class ClipSamWidget(AnnotateForm):
             first = positive[0] if len(positive) else 0
             points_layer.feature_defaults = features.iloc[[first]].reset_index(drop=True)
         else:
-            points_layer.feature_defaults = LW.points_features([True], [1], [prompts[0]], all_prompts)
+            points_layer.feature_defaults = LW.points_features([True], [1], [prompts[0]], all_prompts,
+                                                               [results[-1][0].tag])
         if boxes_layer is not None:
-            boxes_layer.feature_defaults = {"object_id": 0, "prompt": prompts[0]}
+            boxes_layer.feature_defaults = {"object_id": 0, "prompt": prompts[0], "plane": ""}
         editor.sticky_object = None
         self._update_label_features(editor)
         return kept_pixels

@@ -101,12 +101,36 @@ def recolor(points_layer) -> None:
         points_layer.face_color = point_colors(points_layer.features["positive"].to_numpy(bool))
 
 
-def points_features(positive, object_id, prompt_names, prompts: list[str]) -> pd.DataFrame:
+def points_features(positive, object_id, prompt_names, prompts: list[str], planes) -> pd.DataFrame:
+    """The points layer's feature table: ``positive``, ``object_id`` (0: a negative shared by
+    its prompt's objects), ``prompt``, and ``plane`` (which annotated plane the point prompts)."""
     return pd.DataFrame({
         "positive": np.asarray(positive, bool),
         "object_id": np.asarray(object_id, int),
         "prompt": pd.Categorical(list(prompt_names), categories=prompts),
+        "plane": np.asarray(list(planes), dtype=object),
     })
+
+
+def on_plane(layer, plane: Plane) -> np.ndarray:
+    """(N,) bool: rows of a points or shapes layer that belong to ``plane``: by their
+    ``plane`` feature where it is set, else by their coordinates."""
+    n = len(layer.data)
+    f = layer.features
+    if n == 0:
+        return np.zeros(0, bool)
+    if layer.ndim < plane.ndim:
+        return np.zeros(n, bool)
+    if isinstance(layer, Shapes):
+        coords = [np.asarray(v, float)[:, -plane.ndim:] for v in layer.data]
+        by_coords = np.array([plane.contains(v).all() for v in coords])
+    else:
+        by_coords = plane.contains(np.asarray(layer.data, float)[:, -plane.ndim:])
+    if "plane" in f and len(f) == n:
+        tags = f["plane"].to_numpy()
+        known = np.array([isinstance(t, str) and t != "" for t in tags])
+        return np.where(known, tags == plane.tag, by_coords)
+    return by_coords
 
 
 def read_point_prompts(layer, plane: Plane, prompts: list[str]) -> PointPrompts:
@@ -118,7 +142,7 @@ def read_point_prompts(layer, plane: Plane, prompts: list[str]) -> PointPrompts:
     if n == 0:
         return PointPrompts()
     data = np.asarray(layer.data, float)
-    on = plane.contains(data[:, -plane.ndim:]) if data.shape[1] >= plane.ndim else np.zeros(n, bool)
+    on = on_plane(layer, plane)
     f = layer.features
     positive = _column(f, "positive", n, True).astype(bool)
     object_id = _column(f, "object_id", n, 1).astype(np.int32)
@@ -149,13 +173,12 @@ def read_boxes(layer, plane: Plane, prompts: list[str]) -> dict[int, tuple[tuple
     names = f["prompt"].astype(str).to_numpy() if "prompt" in f and len(f) == n else np.array([prompts[0]] * n)
     index = {p: i for i, p in enumerate(prompts)}
     out = {}
-    for verts, oid, name, kind in zip(layer.data, ids, names, layer.shape_type):
+    on = on_plane(layer, plane)
+    for verts, oid, name, kind, here in zip(layer.data, ids, names, layer.shape_type, on):
         verts = np.asarray(verts, float)
-        if kind not in ("rectangle", "polygon") or oid <= 0 or verts.shape[1] < plane.ndim:
+        if kind not in ("rectangle", "polygon") or oid <= 0 or not here:
             continue
         verts = verts[:, -plane.ndim:]
-        if not plane.contains(verts).all():
-            continue
         rc = plane.to_rc(verts)
         out[int(oid)] = ((float(rc[:, 0].min()), float(rc[:, 1].min()), float(rc[:, 0].max()),
                           float(rc[:, 1].max())), index.get(str(name), 0))
@@ -171,3 +194,19 @@ def labels_features(classes: dict[int, str], scores: dict[int, float]) -> pd.Dat
         "class": ["background", *(classes[i] for i in ids[1:])],
         "score": [np.nan, *(float(scores.get(i, np.nan)) for i in ids[1:])],
     })
+
+
+def read_point_table(layer) -> dict[str, np.ndarray]:
+    """The points layer's features as arrays, with defaults for missing or renamed columns
+    (positive: True, object_id: 1, prompt: '', plane: '' = by coordinates)."""
+    n = len(layer.data)
+    f = layer.features
+    ok = len(f) == n
+    return {
+        "positive": _column(f, "positive", n, True).astype(bool),
+        "object_id": _column(f, "object_id", n, 1).astype(int),
+        "prompt": f["prompt"].astype(str).to_numpy(dtype=object) if ok and "prompt" in f
+        else np.full(n, "", dtype=object),
+        "plane": np.array([t if isinstance(t, str) else "" for t in f["plane"]], dtype=object)
+        if ok and "plane" in f else np.full(n, "", dtype=object),
+    }

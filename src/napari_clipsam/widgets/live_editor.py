@@ -22,7 +22,7 @@ from . import layer_writer as LW
 class LiveEditor:
     def __init__(self, viewer, image_layer, points_layer, labels_layer, boxes_layer, state: ImageAnnotation,
                  queue: SamQueue, pixels: Callable, *, on_applied: Callable[[], None],
-                 on_error: Callable[[str, str], None]):
+                 on_error: Callable[[str, str], None], displayed: Callable[[], object]):
         self.viewer = viewer
         self.image_layer = image_layer
         self.points_layer = points_layer
@@ -33,6 +33,7 @@ class LiveEditor:
         self.pixels = pixels  # Plane -> RGB uint8 of the image layer's plane, as now shown
         self.on_applied = on_applied
         self.on_error = on_error
+        self.displayed = displayed  # () -> the Plane the viewer shows now
         self.sticky_object: int | None = None  # "New object": added points join this object
         self.requested_candidates: dict[int, int] = {}  # "Next mask": object id -> candidate
         self._future = None
@@ -41,6 +42,7 @@ class LiveEditor:
         self._scheduled = False
         self.prompts: list[str] = []
         points_layer.events.data.connect(self._on_points)
+        points_layer.events.mode.connect(self._on_mode)
         if boxes_layer is not None:
             boxes_layer.events.data.connect(self._on_boxes)
         image_layer.events.data.connect(self._on_pixels)
@@ -53,11 +55,14 @@ class LiveEditor:
     def close(self) -> None:
         """Stop following the layers (the widget or a layer went away)."""
         self._closed = True
-        for layer, handler in ((self.points_layer, self._on_points), (self.boxes_layer, self._on_boxes),
-                               (self.image_layer, self._on_pixels)):
-            if layer is not None:
+        for emitter, handler in ((self.points_layer.events.data, self._on_points),
+                                 (self.points_layer.events.mode, self._on_mode),
+                                 (self.image_layer.events.data, self._on_pixels),
+                                 (self.boxes_layer.events.data if self.boxes_layer is not None else None,
+                                  self._on_boxes)):
+            if emitter is not None:
                 try:
-                    layer.events.data.disconnect(handler)
+                    emitter.disconnect(handler)
                 except (TypeError, ValueError, RuntimeError):
                     pass
 
@@ -69,12 +74,16 @@ class LiveEditor:
     def _on_pixels(self, _event=None) -> None:
         self.state.pixels_changed = True
 
+    def _on_mode(self, event=None) -> None:
+        if str(self.points_layer.mode) != "add":
+            self.sticky_object = None  # 'New object' lasts while the user keeps adding points
+
     def _on_points(self, event=None) -> None:
         action = str(getattr(event, "action", "changed"))
         if action in ("adding", "removing", "changing"):
             return
         if action == "added":
-            self._assign_added(sorted(getattr(event, "data_indices", ()) or ()))
+            self._assign_added(self._indices(event, self.points_layer))
         LW.recolor(self.points_layer)
         self.schedule()
 
@@ -83,12 +92,23 @@ class LiveEditor:
         if action in ("adding", "removing", "changing"):
             return
         if action == "added":
-            self._assign_added_boxes(sorted(getattr(event, "data_indices", ()) or ()))
+            self._assign_added_boxes(self._indices(event, self.boxes_layer))
         self.schedule()
 
-    def _object_at(self, coords) -> int:
-        """The label id under (ndim,) image coordinates, if it is one of our objects."""
-        ann = self.state.plane_of(coords)
+    @staticmethod
+    def _indices(event, layer) -> list[int]:
+        """The event's data indices as non-negative row numbers (napari may say -1 for 'last')."""
+        n = len(layer.data)
+        return sorted({int(i) % n for i in (getattr(event, "data_indices", ()) or ()) if n and -n <= int(i) < n})
+
+    def _shown_annotation(self):
+        try:
+            return self.state.planes.get(self.displayed())
+        except ValueError:
+            return None
+
+    def _object_at(self, ann, coords) -> int:
+        """The label id under (ndim,) image coordinates, if it is one of ``ann``'s objects."""
         if ann is None:
             return 0
         idx = tuple(int(np.clip(np.round(c), 0, s - 1)) for c, s in zip(coords, self.state.shape))
@@ -103,16 +123,18 @@ class LiveEditor:
             return
         feats = layer.features.copy()
         ndim = len(self.state.shape)
+        ann = self._shown_annotation()
         for i in indices:
             if i >= len(layer.data):
                 continue
             coords = np.asarray(layer.data[i], float)[-ndim:]
+            if "plane" in feats:
+                feats.loc[i, "plane"] = ann.plane.tag if ann is not None else ""
             if self.sticky_object is not None:
                 oid = self.sticky_object
             else:
-                oid = self._object_at(coords)
+                oid = self._object_at(ann, coords)
                 if oid:
-                    ann = self.state.plane_of(coords)
                     feats.loc[i, "prompt"] = ann.prompts[ann.objects[oid].prompt]
                 else:
                     oid = max(self.state.next_id(), int(feats["object_id"].max()) + 1 if len(feats) else 1)
@@ -132,12 +154,16 @@ class LiveEditor:
         ndim = len(self.state.shape)
         pts = np.asarray(self.points_layer.data, float)
         pf = self.points_layer.features
+        ann = self._shown_annotation()
         for i in indices:
+            if "plane" in feats:
+                feats.loc[i, "plane"] = ann.plane.tag if ann is not None else ""
             verts = np.asarray(layer.data[i], float)[:, -ndim:]
             lo, hi = verts.min(axis=0), verts.max(axis=0)
             oid = 0
-            if len(pts) and "object_id" in pf and len(pf) == len(pts):
+            if len(pts) and "object_id" in pf and len(pf) == len(pts) and ann is not None:
                 inside = np.all((pts[:, -ndim:] >= lo - 0.5) & (pts[:, -ndim:] <= hi + 0.5), axis=1)
+                inside &= LW.on_plane(self.points_layer, ann.plane)
                 inside &= pf["positive"].to_numpy(bool) & (pf["object_id"].to_numpy(int) > 0)
                 if inside.any():
                     oid = int(pf["object_id"].to_numpy(int)[inside][0])

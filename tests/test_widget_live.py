@@ -1,0 +1,320 @@
+"""The annotation loop in a real viewer with the tiny models: every expected mask comes from a
+fresh segment-anything ``SamPredictor`` on the exact pixels (``sam_oracle``), never from the
+widget's own objects or session."""
+
+import numpy as np
+import pytest
+from skimage import data
+
+from napari_clipsam.widgets import ClipSamWidget
+from sam_oracle import Oracle, object_prompts
+
+TIMEOUT = 120_000
+
+
+@pytest.fixture
+def viewer_and_widget(make_napari_viewer, models):
+    viewer = make_napari_viewer()
+    widget = ClipSamWidget(viewer)
+    widget.use_models(clip=models[0], sam=models[1])
+    viewer.window.add_dock_widget(widget)
+    return viewer, widget
+
+
+def _idle(qtbot, widget):
+    qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT)
+    qtbot.wait(20)
+    qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT)
+
+
+def _run(qtbot, widget, layer, prompts="cat"):
+    widget.image.value = layer
+    widget.prompts.value = prompts
+    widget.run()
+    _idle(qtbot, widget)
+    assert "done" in widget.status.value, widget.status.value
+
+
+def _expected(oracle, points_layer, plane_filter=None, boxes=None, candidates=None):
+    masks = {}
+    objs = object_prompts(points_layer, plane_filter)
+    for oid, (pts, lab) in objs.items():
+        box = (boxes or {}).get(oid)
+        masks[oid] = oracle.mask(pts, lab, box, (candidates or {}).get(oid))
+    for oid, box in (boxes or {}).items():
+        if oid not in objs:  # a box alone, with its prompt's shared negative points
+            f = points_layer.features
+            neg = (f["object_id"].to_numpy() == 0) & ~f["positive"].to_numpy(bool) & \
+                (f["prompt"].astype(str).to_numpy() == "cat")
+            if plane_filter is not None:
+                neg &= plane_filter(np.asarray(points_layer.data))
+            masks[oid] = oracle.mask(np.asarray(points_layer.data)[neg][:, -2:], np.zeros(int(neg.sum())), box)
+    return oracle.labels(masks)
+
+
+def _move_first_positive(points_layer, to_rc):
+    f = points_layer.features
+    i = int(np.flatnonzero(f["positive"].to_numpy(bool))[0])
+    moved = np.asarray(points_layer.data, float).copy()
+    moved[i, -2:] = to_rc
+    points_layer.data = moved
+    return i
+
+
+def test_edits_match_a_fresh_predictor(qtbot, viewer_and_widget, models):
+    viewer, widget = viewer_and_widget
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    _run(qtbot, widget, img, "cat\nsofa")
+    pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
+    oracle = Oracle(models[1], data.chelsea())
+    np.testing.assert_array_equal(labels.data, _expected(oracle, pts))
+    _move_first_positive(pts, (20, 30))
+    _idle(qtbot, widget)
+    np.testing.assert_array_equal(labels.data, _expected(oracle, pts))
+    # the status counts what is on screen
+    shown = len(set(np.unique(labels.data).tolist()) - {0})
+    assert f"{shown} objects" in widget.status.value
+
+
+def test_two_images_edited_in_turn(qtbot, viewer_and_widget, models):
+    viewer, widget = viewer_and_widget
+    a_pixels, b_pixels = data.chelsea(), data.astronaut()[:256, :320]
+    a = viewer.add_image(a_pixels, name="A")
+    b = viewer.add_image(b_pixels, name="B")
+    _run(qtbot, widget, a, "cat")
+    _run(qtbot, widget, b, "face")
+    pa, la = viewer.layers["A points"], viewer.layers["A labels"]
+    pb, lb = viewer.layers["B points"], viewer.layers["B labels"]
+    _move_first_positive(pa, (150, 200))
+    _idle(qtbot, widget)
+    np.testing.assert_array_equal(la.data, _expected(Oracle(models[1], a_pixels), pa))
+    _move_first_positive(pb, (100, 100))
+    _idle(qtbot, widget)
+    np.testing.assert_array_equal(lb.data, _expected(Oracle(models[1], b_pixels), pb))
+    np.testing.assert_array_equal(la.data, _expected(Oracle(models[1], a_pixels), pa))
+
+
+def test_run_during_a_decode_is_not_painted_over(qtbot, viewer_and_widget, models):
+    viewer, widget = viewer_and_widget
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    _run(qtbot, widget, img, "cat")
+    pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
+    _move_first_positive(pts, (10, 10))
+    widget.threshold.value = 0.5
+    widget.run()  # while that decode is queued or running
+    _idle(qtbot, widget)
+    assert "done" in widget.status.value
+    # the labels are the new run's, for the new run's points
+    np.testing.assert_array_equal(labels.data, _expected(Oracle(models[1], data.chelsea()), pts))
+
+
+def test_replaced_image_data_is_what_masks_come_from(qtbot, viewer_and_widget, models):
+    viewer, widget = viewer_and_widget
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    _run(qtbot, widget, img, "cat")
+    pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
+    new_pixels = np.ascontiguousarray(data.chelsea()[::-1, ::-1])
+    img.data = new_pixels
+    _move_first_positive(pts, (100, 100))
+    _idle(qtbot, widget)
+    np.testing.assert_array_equal(labels.data, _expected(Oracle(models[1], new_pixels), pts))
+
+
+def _stack():
+    rng = np.random.default_rng(0)
+    base = data.camera()[::4, ::4]  # 128 x 128 uint8
+    return np.stack([np.roll(base, 9 * k, axis=1) for k in range(6)]).astype(np.uint8) + \
+        rng.integers(0, 3, (6, 128, 128)).astype(np.uint8)
+
+
+def test_3d_stack_each_plane_keeps_its_result_in_two_dims_orders(qtbot, viewer_and_widget, models):
+    viewer, widget = viewer_and_widget
+    stack = _stack()
+    img = viewer.add_image(stack, name="stack")
+    viewer.dims.set_point(0, 2)
+    _run(qtbot, widget, img, "cat")
+    labels, pts = viewer.layers["stack labels"], viewer.layers["stack points"]
+    assert labels.data.shape == stack.shape and pts.data.shape[1] == 3
+    assert set(np.round(pts.data[:, 0]).tolist()) == {2.0}
+    on2 = lambda d: np.round(d[:, 0]) == 2  # noqa: E731
+    plane2 = np.repeat(stack[2][..., None], 3, axis=-1)
+    np.testing.assert_array_equal(labels.data[2], _expected(Oracle(models[1], plane2), pts, on2))
+    assert not labels.data[[0, 1, 3, 4, 5]].any()
+    # another dims order: rows = axis 1, cols = axis 0, at axis-2 index 40
+    viewer.dims.order = (2, 1, 0)
+    viewer.dims.set_point(2, 40)
+    _run(qtbot, widget, img, "cat")
+    plane = np.repeat(stack[:, :, 40].T[..., None], 3, axis=-1)  # (128 rows = axis 1, 6 cols = axis 0)
+    on40 = lambda d: np.round(d[:, 2]) == 40  # noqa: E731
+    oracle = Oracle(models[1], np.ascontiguousarray(plane))
+    got = labels.data[:, :, 40].T
+    expected = _expected(oracle, _Transposed(pts, [1, 0]), on40)
+    # pixels of the first plane (z = 2) that the new plane crosses belong to the first run
+    crossing = np.zeros_like(got, bool)
+    crossing[:, 2] = True
+    np.testing.assert_array_equal(got[~crossing], expected[~crossing])
+    # the z = 2 plane's result is still there
+    assert labels.data[2].any()
+
+
+class _Transposed:
+    """A points layer view whose last two coordinates are the plane's (row, col) for a
+    plane showing axes ``axes`` (data axis order)."""
+
+    def __init__(self, layer, axes):
+        d = np.asarray(layer.data, float)
+        self.data = np.concatenate([d, d[:, axes]], axis=1)
+        self.features = layer.features
+
+
+def test_all_slices_cancelled_midway_changes_nothing_and_complete_run_fills_each(qtbot, viewer_and_widget, models):
+    viewer, widget = viewer_and_widget
+    stack = _stack()
+    img = viewer.add_image(stack, name="stack")
+    widget.image.value = img
+    widget.prompts.value = "cat"
+    widget.slices.value = "all along axis"
+    widget.slice_axis.value = 0
+    widget.run()
+    qtbot.waitUntil(lambda: "slice 3/6" in widget.status.value, timeout=TIMEOUT)
+    widget.cancel()
+    _idle(qtbot, widget)
+    assert [lay.name for lay in viewer.layers] == ["stack"] and "cancelled" in widget.status.value
+    widget.run()
+    _idle(qtbot, widget)
+    labels, pts = viewer.layers["stack labels"], viewer.layers["stack points"]
+    for z in range(len(stack)):
+        plane = np.repeat(stack[z][..., None], 3, axis=-1)
+        on = lambda d, z=z: np.round(d[:, 0]) == z  # noqa: E731
+        np.testing.assert_array_equal(labels.data[z], _expected(Oracle(models[1], plane), pts, on))
+    heat = viewer.layers["stack heatmap [cat]"]
+    assert heat.data.shape == stack.shape and all(heat.data[z].max() > 0 for z in range(len(stack)))
+
+
+def test_hand_painted_pixels_survive_edits_and_reruns_and_undo_restores(qtbot, viewer_and_widget, models):
+    viewer, widget = viewer_and_widget
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    _run(qtbot, widget, img, "cat")
+    pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
+    # the user paints a block with label 77 and erases (paints 0 over) what the plugin drew in another
+    rr, cc = np.mgrid[100:140, 150:200]
+    labels.data_setitem((rr.ravel(), cc.ravel()), 77)
+    block = np.zeros(labels.data.shape, bool)
+    block[180:300, 220:451] = True
+    erased = block & (labels.data != 0)
+    assert erased.any()
+    labels.data_setitem(np.nonzero(erased), 0)
+    painted = labels.data.copy()
+    before_edit = labels.data.copy()
+    _move_first_positive(pts, (250, 400))
+    _idle(qtbot, widget)
+    assert (labels.data[100:140, 150:200] == 77).all()
+    assert (labels.data[erased] == 0).all()
+    expected = _expected(Oracle(models[1], data.chelsea()), pts)
+    free = ~erased
+    free[100:140, 150:200] = False
+    np.testing.assert_array_equal(labels.data[free], expected[free])
+    # Ctrl+Z undoes the plugin's update like a paint stroke
+    assert not np.array_equal(labels.data, before_edit)
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, painted)
+    labels.redo()
+    # a re-run keeps them too
+    widget.threshold.value = 0.55
+    widget.run()
+    _idle(qtbot, widget)
+    assert (labels.data[100:140, 150:200] == 77).all() and (labels.data[erased] == 0).all()
+    assert "hand-painted" in widget.status.value
+
+
+def test_box_prompt_alone_and_around_a_point(qtbot, viewer_and_widget, models):
+    viewer, widget = viewer_and_widget
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    _run(qtbot, widget, img, "cat")
+    pts, labels, boxes = viewer.layers["chelsea points"], viewer.layers["chelsea labels"], \
+        viewer.layers["chelsea boxes"]
+    n_before = len(set(pts.features["object_id"]))
+    free_box = next((r, c, r + 90, c + 100) for r in range(0, 210, 30) for c in range(0, 350, 30)
+                    if not ((pts.data[:, 0] >= r - 1) & (pts.data[:, 0] <= r + 91) & (pts.data[:, 1] >= c - 1)
+                            & (pts.data[:, 1] <= c + 101)).any())
+    boxes.add_rectangles(np.array([free_box[:2], free_box[2:]], float))  # no point inside: a new object
+    _idle(qtbot, widget)
+    new_id = int(boxes.features["object_id"].iloc[-1])
+    assert new_id not in set(pts.features["object_id"].tolist())
+    oracle = Oracle(models[1], data.chelsea())
+    expected = _expected(oracle, pts, boxes={new_id: free_box})
+    np.testing.assert_array_equal(labels.data, expected)
+    assert new_id in labels.data
+    # a box around an object's positive point prompts that object (points + box)
+    f = pts.features
+    i = int(np.flatnonzero(f["positive"].to_numpy(bool))[0])
+    oid = int(f["object_id"].iloc[i])
+    r, c = pts.data[i]
+    box = (max(r - 40, 0), max(c - 40, 0), min(r + 40, 299), min(c + 40, 450))
+    boxes.add_rectangles(np.array([[box[0], box[1]], [box[2], box[3]]], float))
+    _idle(qtbot, widget)
+    assert int(boxes.features["object_id"].iloc[-1]) == oid
+    expected = _expected(oracle, pts, boxes={new_id: free_box, oid: box})
+    np.testing.assert_array_equal(labels.data, expected)
+    assert len(set(pts.features["object_id"])) == n_before
+
+
+def test_next_mask_cycles_sam_candidates(qtbot, viewer_and_widget, models):
+    viewer, widget = viewer_and_widget
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    widget.one_object_per_prompt.value = False
+    _run(qtbot, widget, img, "cat")
+    pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
+    oracle = Oracle(models[1], data.chelsea())
+    objs = object_prompts(pts)
+    oid, (p, lab) = next(iter(objs.items()))
+    i = int(np.flatnonzero((pts.features["object_id"] == oid).to_numpy())[0])
+    # SAM's single-mask output first (several points), or its best of three (one point alone)
+    best = oracle.best_candidate(p, lab) if len(p) == 1 else -1
+    viewer.layers.selection.active = pts
+    pts.selected_data = {i}
+    seen = []
+    for step in range(1, 4):
+        widget.next_mask()
+        _idle(qtbot, widget)
+        cand = (best + step) % 3
+        np.testing.assert_array_equal(labels.data, _expected(oracle, pts, candidates={oid: cand}))
+        seen.append(cand)
+    assert sorted(seen) == [0, 1, 2]
+
+
+def test_remove_points_and_objects_flip_and_new_object(qtbot, viewer_and_widget, models):
+    viewer, widget = viewer_and_widget
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    _run(qtbot, widget, img, "cat")
+    pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
+    oracle = Oracle(models[1], data.chelsea())
+    # remove every point of one object: its pixels go
+    f = pts.features
+    oid = int(f["object_id"][f["positive"]].iloc[0])
+    pts.selected_data = set(np.flatnonzero(f["object_id"].to_numpy() == oid).tolist())
+    pts.remove_selected()
+    _idle(qtbot, widget)
+    assert oid not in labels.data
+    np.testing.assert_array_equal(labels.data, _expected(oracle, pts))
+    # 'New object': the next points form one new object
+    widget.new_object()
+    pts.add(np.array([[60.0, 60.0]]))
+    pts.add(np.array([[70.0, 80.0]]))
+    _idle(qtbot, widget)
+    new_ids = pts.features["object_id"].to_numpy()[-2:]
+    assert new_ids[0] == new_ids[1] and new_ids[0] not in f["object_id"].to_numpy()
+    np.testing.assert_array_equal(labels.data, _expected(oracle, pts))
+    pts.selected_data = {len(pts.data) - 1}
+    widget.flip_selected()
+    _idle(qtbot, widget)
+    assert not bool(pts.features["positive"].iloc[-1])
+    np.testing.assert_array_equal(labels.data, _expected(oracle, pts))
+    # leaving add mode ends 'new object'; then a click on the background starts another new object
+    pts.mode = "select"
+    pts.mode = "add"
+    bg = np.argwhere(labels.data == 0)[len(np.argwhere(labels.data == 0)) // 2]
+    pts.add(bg[None].astype(float))
+    _idle(qtbot, widget)
+    assert int(pts.features["object_id"].iloc[-1]) not in set(pts.features["object_id"].iloc[:-1].tolist())
+    np.testing.assert_array_equal(labels.data, _expected(oracle, pts))
