@@ -123,9 +123,9 @@ def worker(variant: str, size: int, repeats: int, save: str | None) -> dict:
 
     torch.set_num_threads(2)
     sys.path.insert(0, str(REPO / "tests"))
-    from reference_model import load_reference_clip
-
     from napari_clipsam.core.localizers import get_localizer
+
+    from reference_model import load_reference_clip
 
     model, tok = load_reference_clip()
     params = {"input_size": 1024, "window": 224, "stride": 112} if variant == "current_windowed" else {}

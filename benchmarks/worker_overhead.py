@@ -13,8 +13,6 @@ import json
 import statistics
 import time
 
-import numpy as np
-
 
 def main():
     ap = argparse.ArgumentParser()
@@ -24,11 +22,10 @@ def main():
     args = ap.parse_args()
 
     import napari
-    from napari.qt.threading import create_worker
-    from qtpy.QtWidgets import QApplication
-
     import open_clip
     import torch
+    from napari.qt.threading import create_worker
+    from qtpy.QtWidgets import QApplication
     from skimage import data
 
     from napari_clipsam.core.localizers import get_localizer
@@ -56,7 +53,7 @@ def main():
         direct.append(dt)
         box = {}
         w = create_worker(gen_job, _start_thread=False)
-        w.returned.connect(lambda r: box.setdefault("r", r))
+        w.returned.connect(lambda r, box=box: box.setdefault("r", r))
         w.start()
         while "r" not in box:
             app.processEvents()

@@ -96,8 +96,10 @@ def test_lut_lookup_uses_nearest_of_n_samples():
 def test_gamma_applied_after_contrast_scaling():
     plane = np.array([[0, 100, 400]], np.uint16)  # / 400 -> 0, .25, 1
     lim = [(0, 400)]
-    np.testing.assert_array_equal(composite_rgb([plane], luts=["red"], contrast_limits=lim, gammas=0.5)[0, :, 0], [0, 128, 255])
-    np.testing.assert_array_equal(composite_rgb([plane], luts=["red"], contrast_limits=lim, gammas=[2])[0, :, 0], [0, 16, 255])
+    half = composite_rgb([plane], luts=["red"], contrast_limits=lim, gammas=0.5)
+    np.testing.assert_array_equal(half[0, :, 0], [0, 128, 255])
+    np.testing.assert_array_equal(composite_rgb([plane], luts=["red"], contrast_limits=lim, gammas=[2])[0, :, 0],
+                                  [0, 16, 255])
     # per-plane gammas, None = 1
     two = composite_rgb([plane, plane], luts=["red", "green"], contrast_limits=lim * 2, gammas=[2, None])
     np.testing.assert_array_equal(two[0, :, 0], [0, 16, 255])
@@ -110,7 +112,8 @@ def test_sums_are_clipped_and_values_outside_limits_saturate():
     out = composite_rgb([a, b], luts=["red", "yellow"], contrast_limits=(0, 1))
     np.testing.assert_array_equal(out[0, 0], [255, 204, 0])  # R 1.6 -> 1, G 0.8
     below_above = np.array([[-5.0, 10.0]])
-    np.testing.assert_array_equal(composite_rgb([below_above], luts=["cyan"], contrast_limits=[(0, 1)])[0], [[0, 0, 0], [0, 255, 255]])
+    np.testing.assert_array_equal(composite_rgb([below_above], luts=["cyan"], contrast_limits=[(0, 1)])[0],
+                                  [[0, 0, 0], [0, 255, 255]])
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 6, 7])
@@ -202,7 +205,8 @@ def test_channel_axis_variants_match_explicit_planes():
     np.testing.assert_array_equal(channels_to_rgb(np.moveaxis(chw, 0, 1), 1), expected)
     # selection and order, negative index, single int, kwargs per selected channel
     sel = channels_to_rgb(chw, 0, channels=[2, -3], luts=["red", "green"], contrast_limits=[(0, 60000), None])
-    np.testing.assert_array_equal(sel, composite_rgb([chw[2], chw[0]], luts=["red", "green"], contrast_limits=[(0, 60000), None]))
+    np.testing.assert_array_equal(
+        sel, composite_rgb([chw[2], chw[0]], luts=["red", "green"], contrast_limits=[(0, 60000), None]))
     np.testing.assert_array_equal(channels_to_rgb(chw, 0, channels=1), composite_rgb([chw[1]]))
 
 
@@ -237,7 +241,8 @@ def test_channels_to_rgb_default_refuses_many_channels_but_explicit_selection_wo
         ([np.zeros((2, 2))], {"luts": ["orange"]}, r"unknown colour name 'orange' for plane 0; use one of gray, red"),
         ([np.zeros((2, 2))], {"luts": "red"}, r"luts must be a sequence.*\['red'\]"),
         ([np.zeros((2, 2))] * 2, {"luts": ["red"]}, r"got 1 LUTs for 2 planes"),
-        ([np.zeros((2, 2))] * 2, {"contrast_limits": [(0, 1), (5, 2)]}, r"plane 1 are \(5\.0, 2\.0\): low is above high"),
+        ([np.zeros((2, 2))] * 2, {"contrast_limits": [(0, 1), (5, 2)]},
+         r"plane 1 are \(5\.0, 2\.0\): low is above high"),
         ([np.zeros((2, 2))] * 2, {"contrast_limits": (5, 2)}, r"all planes are \(5\.0, 2\.0\): low is above high"),
         ([np.zeros((2, 2))], {"contrast_limits": (0, np.inf)}, r"plane 0 are \(0\.0, inf\); both must be finite"),
         ([np.zeros((2, 2))] * 3, {"contrast_limits": [(0, 1)] * 2}, r"got 2 contrast limits for 3 planes"),
@@ -352,7 +357,8 @@ def test_to_rgb_uint8_reads_dask_lazily():
     da = pytest.importorskip("dask.array")
     a = np.random.default_rng(6).integers(0, 4000, (50, 40), dtype=np.uint16)
     np.testing.assert_array_equal(to_rgb_uint8(da.from_array(a, chunks=16)), _reference_to_rgb_uint8(a, False, None))
-    np.testing.assert_array_equal(to_rgb_uint8(da.from_array(a.astype(np.uint8), chunks=16)), _reference_to_rgb_uint8(a.astype(np.uint8), False, None))
+    np.testing.assert_array_equal(to_rgb_uint8(da.from_array(a.astype(np.uint8), chunks=16)),
+                                  _reference_to_rgb_uint8(a.astype(np.uint8), False, None))
 
 
 # ------------------------------------------------------------------ memory

@@ -62,7 +62,7 @@ def test_peaks_become_objects_with_negatives():
     assert (pts.score[~pts.positive] <= 0.15).all()
     groups = object_point_sets(pts)
     assert set(groups) == {1, 2, 3}
-    for oid, (p, lab, cls) in groups.items():
+    for _oid, (_p, lab, _cls) in groups.items():
         assert lab.sum() == 1 and (lab == 0).sum() == 2  # own positive + prompt's shared negatives
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from napari_clipsam.core.localizers import get_localizer, vit
+
 from reference_model import reference_arrays, reference_image_at, reference_pixels, reference_sizes
 
 TOL = 1e-5

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from napari_clipsam.core.localizers import LOCALIZERS, get_localizer
 from napari_clipsam.core.localizers.gradcam import GradCAMLocalizer
 from napari_clipsam.core.progress import Task
+
 from reference_model import (
     REFERENCE_DIR,
     load_reference_clip,

@@ -16,6 +16,7 @@ from napari_clipsam.core.localizers.surgery import (
     similarity_map,
 )
 from napari_clipsam.core.progress import Task
+
 from reference_model import (
     REFERENCE_DIR,
     load_reference_clip,

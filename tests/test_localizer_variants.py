@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_clipsam.core.localizers import LOCALIZERS, get_localizer
+
 from reference_model import REFERENCE_DIR, reference_arrays, reference_pixels
 
 TOL = 1e-5
@@ -366,7 +367,8 @@ def plain_resnet(model, px, pos_embed: bool):
     q = lin(xt[:, :1], "q_proj").reshape(B, 1, H, d).transpose(1, 2)
     k = lin(xt, "k_proj").reshape(B, -1, H, d).transpose(1, 2)
     val = lin(xt, "v_proj").reshape(B, -1, H, d).transpose(1, 2)
-    pooled = lin((torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d), -1) @ val).transpose(1, 2).reshape(B, C), "c_proj")
+    attn = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d), -1)
+    pooled = lin((attn @ val).transpose(1, 2).reshape(B, C), "c_proj")
     dense = lin(lin(x + pos[1:] if pos_embed else x, "v_proj"), "c_proj")  # (B, hw, D)
     return pooled, dense, (h, w)
 

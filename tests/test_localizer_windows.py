@@ -47,7 +47,8 @@ def test_overlapping_windows_average_the_logits_of_every_window_covering_a_cell(
     assert sorted({y for y, _ in tiling.starts}) == [0, 32, 64] and len(tiling) == 9
     grid, _ = loc.grid_similarity(img, PROMPTS)
     work = loc.working_image(img)
-    per_window = {s: loc.patch_maps(loc.normalize(work[s[0]:s[0] + 96, s[1]:s[1] + 96]), PROMPTS)[0] for s in tiling.starts}
+    per_window = {(y, x): loc.patch_maps(loc.normalize(work[y:y + 96, x:x + 96]), PROMPTS)[0]
+                  for y, x in tiling.starts}
     for cell in [(0, 0), (3, 5), (5, 5), (9, 2), (7, 8)]:
         vals = [m[:, cell[0] - y // 16, cell[1] - x // 16] for (y, x), m in per_window.items()
                 if 0 <= cell[0] - y // 16 < 6 and 0 <= cell[1] - x // 16 < 6]

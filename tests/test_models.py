@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from loopback_server import Recorder
-from napari_clipsam.core.progress import Cancelled
-from tiny_sam import build_tiny_sam
 
 from napari_clipsam.core import models, weights
+from napari_clipsam.core.progress import Cancelled
 from napari_clipsam.core.weights import WeightsError, WeightsFile
+
+from loopback_server import Recorder
+from tiny_sam import build_tiny_sam
 
 REF = Path(__file__).parent / "data" / "reference"
 CLIP_NAME = "tiny_ref_models"

@@ -7,6 +7,7 @@ from skimage import data
 
 from napari_clipsam.core.points import PointPrompts
 from napari_clipsam.core.segment import SamSession, paint_labels
+
 from tiny_sam import build_tiny_sam
 
 

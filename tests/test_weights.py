@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from napari_clipsam.core import weights
-from napari_clipsam.core.weights import WeightsError, WeightsFile
-from loopback_server import Recorder
 from napari_clipsam.core.progress import Cancelled
+from napari_clipsam.core.weights import WeightsError, WeightsFile
+
+from loopback_server import Recorder
 
 
 @pytest.fixture(autouse=True)

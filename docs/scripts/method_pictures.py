@@ -10,12 +10,12 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 from skimage import data
-from skimage.color import gray2rgb
 
 root = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(root / "tests"))
 
 from napari_clipsam.core.localizers import LOCALIZERS, get_localizer  # noqa: E402
+
 from reference_model import load_reference_clip  # noqa: E402
 
 

@@ -15,6 +15,7 @@ import napari  # noqa: E402
 from qtpy.QtWidgets import QApplication  # noqa: E402
 
 from napari_clipsam.widgets import ClipSamWidget  # noqa: E402
+
 from reference_model import load_reference_clip  # noqa: E402
 from tiny_sam import build_tiny_sam  # noqa: E402
 

@@ -28,7 +28,6 @@ from .weights import (
     CLIP_CHOICES,
     SAM_CHECKPOINTS,
     WeightsError,
-    WeightsFile,
     cache_dir,
     clip_weights,
     fetch,

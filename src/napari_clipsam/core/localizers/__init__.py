@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from .attention import AttentionLocalizer
 from .base import Localizer, Tiling, min_max
-from .prompts import CLIP_SURGERY_TEMPLATES, TEMPLATE_SETS, check_prompts, split_synonyms
 from .gem import GEMLocalizer
+from .gradcam import GradCAMLocalizer
+from .prompts import CLIP_SURGERY_TEMPLATES, TEMPLATE_SETS, check_prompts, split_synonyms
 from .raw import RawLocalizer
 from .surgery import SurgeryLocalizer
-from .gradcam import GradCAMLocalizer
-from .attention import AttentionLocalizer
 from .variants import ClearCLIPLocalizer, MaskCLIPLocalizer, NACLIPLocalizer, SCLIPLocalizer
 
 LOCALIZERS: dict[str, type[Localizer]] = {

@@ -51,7 +51,8 @@ def min_max(maps: torch.Tensor) -> torch.Tensor:
     lo = flat.min(dim=-1, keepdim=True).values.unsqueeze(-1)
     hi = flat.max(dim=-1, keepdim=True).values.unsqueeze(-1)
     span = hi - lo
-    return torch.where(span > 0, (maps - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(maps))
+    safe_span = torch.where(span > 0, span, torch.ones_like(span))
+    return torch.where(span > 0, (maps - lo) / safe_span, torch.zeros_like(maps))
 
 
 def min_max_(maps: torch.Tensor) -> torch.Tensor:

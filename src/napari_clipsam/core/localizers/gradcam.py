@@ -9,8 +9,9 @@ channels (class and other prefix tokens dropped). ReLU and min-max scaling come 
 The image goes through the model's own ``forward``; at other input sizes the positional
 embedding (ViT) or the attention-pool embedding (ResNet) is resized the way the reference run
 (open_clip's ``force_image_size``: bicubic, antialias, ``pos_interpolation="open_clip"``)
-does, passed functionally: the shared model is not modified. Gradients are taken only with respect to the hooked activation; the hook is
-removed afterwards, and no parameter's ``requires_grad`` is touched.
+does, passed functionally: the shared model is not modified. Gradients are taken only with
+respect to the hooked activation; the hook is removed afterwards, and no parameter's
+``requires_grad`` is touched.
 """
 
 from __future__ import annotations

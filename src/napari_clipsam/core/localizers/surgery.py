@@ -74,7 +74,8 @@ class SurgeryLocalizer(Localizer):
         require_vit(model, self.name)
         n_blocks = len(vit.resblocks(model.visual))
         if not 2 <= depth <= n_blocks + 1:
-            raise ValueError(f"CLIP Surgery depth must be in 2..{n_blocks + 1} for this {n_blocks}-block model, got {depth}")
+            raise ValueError(f"CLIP Surgery depth must be in 2..{n_blocks + 1} for this {n_blocks}-block model, "
+                             f"got {depth}")
         if redundancy not in ("auto", "classes", "empty"):
             raise ValueError(f"redundancy must be 'auto', 'classes' or 'empty', got {redundancy!r}")
         self.depth, self.redundancy = int(depth), redundancy
@@ -112,7 +113,8 @@ class SurgeryLocalizer(Localizer):
         return F.normalize(vit.project(visual, tokens).float(), dim=-1), grid
 
     @torch.no_grad()
-    def similarity_tokens(self, pixels: torch.Tensor, prompts: Sequence[str] | str) -> tuple[torch.Tensor, tuple[int, int]]:
+    def similarity_tokens(self, pixels: torch.Tensor, prompts: Sequence[str] | str
+                          ) -> tuple[torch.Tensor, tuple[int, int]]:
         """Feature-surgery similarity of every token: (B, 1 + gh*gw, P), class row first; grid."""
         prompts = check_prompts(prompts)
         mode = self.redundancy_mode(len(prompts))
