@@ -36,8 +36,8 @@ def widget(make_napari_viewer, served_sam):
     viewer.add_image(data.chelsea(), name="chelsea")
     w = ClipSamWidget(viewer)
     w.use_models(clip=load_reference_clip())  # CLIP from the fixture; SAM through the real download path
-    w._sam.value = "tiny"
-    w._prompts.value = "cat"
+    w.sam_model.value = "tiny"
+    w.prompts.value = "cat"
     viewer.window.add_dock_widget(w)
     return viewer, w
 
@@ -46,32 +46,24 @@ def test_download_progress_then_labels(qtbot, widget, served_sam, cache):  # noq
     viewer, w = widget
     w.run()
     qtbot.waitUntil(lambda: not w.is_running, timeout=TIMEOUT)
-    assert w.download_log and w.download_log[-1] == ("SAM tiny", len(served_sam), len(served_sam))
-    dones = [d for _, d, _ in w.download_log]
+    downloads = [p for p in w.runner.log if p.unit == "bytes"]
+    assert len(downloads) > 2 and "SAM tiny" in downloads[-1].stage
+    assert (downloads[-1].done, downloads[-1].total) == (len(served_sam), len(served_sam))
+    dones = [p.done for p in downloads]
     assert dones == sorted(dones)
     assert (cache / "sam" / "sam_tiny.pth").read_bytes() == served_sam
     assert "chelsea labels" in viewer.layers
-    assert not w._download_bar.visible  # hidden again once the run is over
+    assert not w.progress.visible  # hidden again once the run is over
 
 
 def test_cancel_during_download_changes_nothing(qtbot, widget, served_sam, cache):  # noqa: F811
     viewer, w = widget
-    original = w._download_progress
-
-    def cancelling(label):
-        inner = original(label)
-
-        def progress(done, total):
-            w._worker.quit()  # what Cancel does (a thread-safe flag), pressed mid-download
-            inner(done, total)
-
-        return progress
-
-    w._download_progress = cancelling
+    # Cancel pressed mid-download (observers run in the worker thread; cancel is a thread-safe flag)
+    w.runner.observers.append(lambda p: p.unit == "bytes" and p.done > 0 and w.runner.cancel())
     w.run()
     qtbot.waitUntil(lambda: not w.is_running, timeout=TIMEOUT)
     assert [layer.name for layer in viewer.layers] == ["chelsea"]
-    assert "cancelled" in w._status.value
+    assert "cancelled" in w.status.value
     assert not (cache / "sam" / "sam_tiny.pth").exists()
 
 
@@ -85,5 +77,7 @@ def test_missing_weights_offline_is_a_clean_notification(qtbot, widget, monkeypa
     qtbot.waitUntil(lambda: not w.is_running, timeout=TIMEOUT)
     assert [layer.name for layer in viewer.layers] == ["chelsea"]
     new = [str(n.message) for n in notification_manager.records[before:]]
-    assert any("sam_tiny.pth" in m and "offline" in m for m in new), new
-    assert "failed" in w._status.value
+    assert any("offline" in m for m in new), new
+    assert "failed" in w.status.value
+    # the full text (file to fetch, where to put it) stays in the widget, one click away
+    assert not w.error.native.isHidden() and "sam_tiny.pth" in w.error_details.value  # viewer not shown: ask Qt

@@ -13,20 +13,20 @@ TIMEOUT = 120_000
 
 
 def _run(qtbot, widget, prompts="cat\nsofa"):
-    widget._prompts.value = prompts
+    widget.prompts.value = prompts
     widget.run()
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
 
 
 def test_every_method_is_offered_with_its_own_tooltip(viewer_widget):
     _, widget = viewer_widget
-    box = widget._method.native
+    box = widget.method.native
     items = [box.itemText(i) for i in range(box.count())]
     assert sorted(items) == sorted(LOCALIZERS)
     tips = {box.itemText(i): box.itemData(i, Qt.ItemDataRole.ToolTipRole) for i in range(box.count())}
     assert all(isinstance(t, str) and len(t) > 30 for t in tips.values()) and len(set(tips.values())) == len(tips)
-    widget._method.value = "surgery"
-    assert widget._method.tooltip.startswith("surgery:") and tips["surgery"] in widget._method.tooltip
+    widget.method.value = "surgery"
+    assert widget.method.tooltip.startswith("surgery:") and tips["surgery"] in widget.method.tooltip
 
 
 def test_channel_layers_are_composited_as_displayed(viewer_widget):
@@ -40,54 +40,51 @@ def test_channel_layers_are_composited_as_displayed(viewer_widget):
     mem = viewer.add_image(cells[0], name="hematoxylin", colormap="green", contrast_limits=lim0)
     nuc = viewer.add_image(cells[1], name="DAB", colormap="magenta", contrast_limits=lim1, gamma=0.8)
     widget.reset_choices()
-    widget._image.value = mem
-    widget._composite.value = [nuc]
-    rgb = widget._input_plane(mem)
+    widget.image.value = mem
+    widget.composite_with.value = [nuc]
+    from napari_clipsam.widgets.inputs import displayed_plane, plane_rgb
+
+    rgb = plane_rgb(mem, displayed_plane(viewer, mem), [nuc])
     expected = composite_rgb([cells[0], cells[1]], luts=["green", "magenta"],
                              contrast_limits=[lim0, lim1], gammas=[1.0, 0.8])
     assert rgb.shape == (256, 256, 3) and np.abs(rgb.astype(int) - expected).max() <= 1
     assert (rgb[..., 0] > 0).any() and (rgb[..., 1] > 0).any()  # magenta's red and green's green both there
     viewer.add_image(np.zeros((10, 10), np.uint16), name="small")
     widget.reset_choices()
-    widget._composite.value = [viewer.layers["small"]]
-    widget._prompts.value = "nucleus"
+    widget.composite_with.value = [viewer.layers["small"]]
+    widget.prompts.value = "nucleus"
     widget.run()  # a size mismatch is a notification, not a run
     assert not widget.is_running and "small" in viewer.layers and len(viewer.layers) == 4
 
 
 def test_windowed_run_reports_windows_and_cancel_between_windows_changes_nothing(qtbot, viewer_widget):
     viewer, widget = viewer_widget
-    widget._resolution.value = 896
-    widget._window.value = 224
-    steps = []
-    widget._prompts.value = "cat"
+    widget.resolution.value = 896
+    widget.window.value = 224
+    widget.prompts.value = "cat"
     widget.run()
-    widget._worker.yielded.connect(steps.append)
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
-    windows = [(s.done, s.of) for s in steps if s.stage == "heatmaps"]
+    windows = [(p.done, p.total) for p in widget.runner.log if p.stage == "heatmaps"]
     n = 5 * 7  # 300 x 451 at 896 px: a 592 x 896 working image, 224 px windows, stride 112
     assert windows == [(i, n) for i in range(n + 1)]
     assert viewer.layers["chelsea heatmap [cat]"].data.shape == (300, 451)
     # cancel as soon as the first window reports
     for layer in list(viewer.layers)[1:]:
         viewer.layers.remove(layer)
-    widget._prompts.value = "sofa"
+    widget.prompts.value = "sofa"
 
-    def cancel_on_window(step):
-        if getattr(step, "of", 0) > 1 and step.done == 1:
-            widget.cancel()
-
+    # Cancel pressed as the first window reports (the worker thread calls observers)
+    widget.runner.observers.append(lambda p: p.stage == "heatmaps" and p.done == 1 and widget.runner.cancel())
     widget.run()
-    widget._worker.yielded.connect(cancel_on_window)
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
-    assert [layer.name for layer in viewer.layers] == ["chelsea"] and "cancelled" in widget._status.value
+    assert [layer.name for layer in viewer.layers] == ["chelsea"] and "cancelled" in widget.status.value
 
 
 def test_background_prompts_and_absence_floor(qtbot, viewer_widget):
     viewer, widget = viewer_widget
-    widget._background.value = "grass, sky"
-    widget._floor.value = "absolute"
-    widget._floor_value.value = 50.0  # far above any margin: every prompt is absent
+    widget.background.value = "grass, sky"
+    widget.absence_floor.value = "absolute"
+    widget.floor_value.value = 50.0  # far above any margin: every prompt is absent
     _run(qtbot, widget, "cat\nsofa")
     result = widget.last_result
     assert result.absent == ["cat", "sofa"] and len(result.points) == 0
@@ -97,7 +94,7 @@ def test_background_prompts_and_absence_floor(qtbot, viewer_widget):
         assert 0 < layer.metadata["presence"] < 1  # softmax over prompts and background
     assert "grass" not in " ".join(layer.name for layer in viewer.layers)
     # no floor, no minimum presence: points again and visible heatmaps
-    widget._floor.value = "none"
+    widget.absence_floor.value = "none"
     _run(qtbot, widget, "cat\nsofa")
     assert widget.last_result.absent == [] and len(widget.last_result.points) > 0
     assert viewer.layers["chelsea heatmap [cat]"].visible
@@ -105,45 +102,45 @@ def test_background_prompts_and_absence_floor(qtbot, viewer_widget):
 
 def test_bad_options_are_notifications(qtbot, viewer_widget):
     viewer, widget = viewer_widget
-    widget._floor.value = "quantile"
-    assert widget._floor_value.value == 0.9  # each mode starts from a sensible value
-    widget._floor.value = "absolute"
-    assert widget._floor_value.value == 0.0
-    widget._floor.value = "quantile"
-    widget._floor_value.value = 3.0
-    widget._prompts.value = "cat"
+    widget.absence_floor.value = "quantile"
+    assert widget.floor_value.value == 0.9  # each mode starts from a sensible value
+    widget.absence_floor.value = "absolute"
+    assert widget.floor_value.value == 0.0
+    widget.absence_floor.value = "quantile"
+    widget.floor_value.value = 3.0
+    widget.prompts.value = "cat"
     widget.run()
     assert not widget.is_running and len(viewer.layers) == 1
-    widget._floor.value = "none"
-    widget._background.value = "cat"
+    widget.absence_floor.value = "none"
+    widget.background.value = "cat"
     widget.run()  # both a prompt and a background prompt
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
-    assert len(viewer.layers) == 1 and "failed" in widget._status.value
+    assert len(viewer.layers) == 1 and "failed" in widget.status.value
 
 
-def test_custom_templates_reach_the_localizer_and_bad_ones_are_notifications(viewer_widget):
+def test_custom_templates_reach_the_localizer_and_bad_ones_are_notifications(qtbot, viewer_widget):
     _, widget = viewer_widget
-    assert widget._custom_templates.native.isHidden()  # the viewer is not shown: ask Qt if hidden
-    widget._templates.value = "custom"
-    assert not widget._custom_templates.native.isHidden()
-    widget._custom_templates.value = "a micrograph of {}. | an image of {} in tissue."
-    params = widget._localizer_params()
-    assert params["templates"] == ["a micrograph of {}.", "an image of {} in tissue."]
-    widget._custom_templates.value = "no slot here"
-    with pytest.raises(ValueError, match="must contain"):
-        widget._localizer_params()
-    widget._prompts.value = "cat"
-    widget.run()
-    assert not widget.is_running
+    assert widget.custom_templates.native.isHidden()  # the viewer is not shown: ask Qt if hidden
+    widget.templates.value = "custom"
+    assert not widget.custom_templates.native.isHidden()
+    widget.custom_templates.value = "a micrograph of {}. | an image of {} in tissue."
+    widget.prompts.value = "cat"
+    widget.run()  # good templates: a run
+    assert widget.is_running
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    assert "done" in widget.status.value
+    widget.custom_templates.value = "no slot here"
+    widget.run()  # a bad template is a message before the run, kept in the widget
+    assert not widget.is_running and "must contain" in widget.error.value
 
 
 def test_more_options_fold_away_and_channel_choices_exclude_rgb_and_our_layers(qtbot, viewer_widget):
     viewer, widget = viewer_widget
-    assert widget._advanced.native.isHidden() and widget._templates in widget._advanced
-    widget._show_advanced.value = True
-    assert not widget._advanced.native.isHidden()
+    assert not widget.more_options.isExpanded() and widget.templates in widget.more
+    widget.more_options.expand(animate=False)
+    assert widget.more_options.isExpanded()
     _run(qtbot, widget, "cat")
     viewer.add_image(np.zeros((300, 451), np.uint16), name="dapi")
     widget.reset_choices()
-    names = [c for c in widget._composite.choices]
+    names = [c for c in widget.composite_with.choices]
     assert [getattr(c, "name", c) for c in names] == ["dapi"]  # not chelsea (RGB), not our heatmap

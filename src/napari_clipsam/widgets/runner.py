@@ -41,6 +41,10 @@ class Runner:
         self.bar = bar
         self.status = status
         self.task: Task | None = None
+        #: every Progress the current (or last) run reported, in order
+        self.log: list = []
+        #: callables given each Progress in the worker thread (scripts, tests); keep them quick
+        self.observers: list[Callable] = []
         self._worker = None
         self._activity = None
         self._timer = QTimer()
@@ -54,7 +58,15 @@ class Runner:
     def start(self, job: Callable[[Task], object], *, on_done, on_failed, on_cancelled, label: str = "napari-clipsam"):
         if self._worker is not None:
             raise RuntimeError("a run is already going; cancel it first")
-        task = Task()
+        self.log = log = []
+        observers = list(self.observers)
+
+        def on_progress(p):
+            log.append(p)
+            for observe in observers:
+                observe(p)
+
+        task = Task(on_progress)
         self.task = task
 
         def work():
