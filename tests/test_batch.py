@@ -66,18 +66,18 @@ def test_folder_batch_writes_every_export_and_reports_the_corrupt_image(folder, 
 
 
 def test_batch_equals_the_pipeline_run_by_hand(folder, full_run):
-    from reference_model import load_reference_clip
-    from tiny_sam import build_tiny_sam
-
     from napari_clipsam.core.localizers import get_localizer
     from napari_clipsam.core.pipeline import annotate
     from napari_clipsam.core.segment import SamSession
 
+    from reference_model import load_reference_clip
+    from tiny_sam import build_tiny_sam
+
     out, _result, _ = full_run
     clip, tok = load_reference_clip()
     loc = get_localizer("gem", clip, tok, input_size=128)
-    ref = annotate(iio.imread(folder / "chelsea.png"), list(PROMPTS), loc, SamSession(build_tiny_sam(img_size=256, seed=3)),
-                   threshold=0.6, max_objects=2)
+    sam = SamSession(build_tiny_sam(img_size=256, seed=3))
+    ref = annotate(iio.imread(folder / "chelsea.png"), list(PROMPTS), loc, sam, threshold=0.6, max_objects=2)
     back = read_labels(out / "chelsea_labels.tif")
     np.testing.assert_array_equal(back.labels, ref.labels)
     assert back.classes == ref.classes

@@ -108,7 +108,8 @@ def batch(argv) -> int:
     from .core.batch import BatchOptions, ModelSpec, run_batch
     from .core.progress import Cancelled
 
-    point_params = {k: v for k, v in (("max_objects", args.max_objects), ("negatives", args.negatives)) if v is not None}
+    point_params = {k: v for k, v in (("max_objects", args.max_objects), ("negatives", args.negatives))
+                    if v is not None}
     if args.one_object_per_prompt:
         point_params["one_object_per_prompt"] = True
     templates = args.templates

@@ -33,7 +33,7 @@ import numpy as np
 
 from .absence import AbsenceRule
 from .export import LABEL_SUFFIXES, file_sha256, labels_format, read_sidecar, write_labels
-from .progress import Cancelled, Task, as_task
+from .progress import Task, as_task
 
 __all__ = ["IMAGE_SUFFIXES", "BatchOptions", "BatchResult", "ModelSpec", "batch_key", "find_images",
            "output_paths", "process_image", "read_image", "run_batch"]
@@ -368,8 +368,9 @@ def process_image(image_path: str, outputs: Sequence[str], options: BatchOptions
                 else {}
             write_labels(out, labels, classes=classes, scores=scores, provenance=prov, overwrite=True, **kw)
         if options.points:
-            from .export import write_points_csv
             import pandas as pd
+
+            from .export import write_points_csv
 
             names = [results[0].prompts[i] for i in points.prompt]
             feats = pd.DataFrame({"positive": points.positive.astype(bool), "object_id": points.object_id,

@@ -30,6 +30,7 @@ __all__ = [
     "options_key",
     "package_versions",
     "provenance_from_annotation",
+    "rerun_arguments",
     "sam_model_info",
     "state_dict_sha256",
     "weights_sha256",
@@ -76,11 +77,14 @@ def weights_sha256(path: str | os.PathLike) -> str:
 def state_dict_sha256(module) -> str:
     """sha256 over a torch module's state dict (names, dtypes, shapes, bytes), for models that
     were built in memory rather than loaded from a file."""
+    import torch
+
     h = hashlib.sha256()
     for name, t in module.state_dict().items():
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -309,3 +313,23 @@ def options_key(provenance: Mapping) -> str:
                         for k, v in models.items()}
     blob = json.dumps(_jsonable(chosen), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def rerun_arguments(provenance: Mapping) -> dict:
+    """What to pass to run the recorded pipeline again: {"prompts", "method",
+    "localizer_params" (for ``get_localizer``), "annotate_params" (threshold, absence,
+    point parameters for ``pipeline.annotate``), "models" (as recorded)}."""
+    from .absence import AbsenceRule
+
+    loc = dict(provenance.get("localizer") or {})
+    if isinstance(loc.get("templates"), list):
+        loc["templates"] = tuple(loc["templates"])
+    if isinstance(loc.get("background"), list):
+        loc["background"] = tuple(loc["background"])
+    ann = dict(provenance.get("point_params") or {})
+    if provenance.get("threshold") is not None:
+        ann["threshold"] = float(provenance["threshold"])
+    if provenance.get("absence"):
+        ann["absence"] = AbsenceRule(**provenance["absence"])
+    return {"prompts": list(provenance.get("prompts") or []), "method": provenance.get("method"),
+            "localizer_params": loc, "annotate_params": ann, "models": provenance.get("models")}
