@@ -239,6 +239,12 @@ def test_presence_matches_clip_zero_shot(clip, square):
     maskclip = get_localizer("maskclip", *clip, input_size=96, templates="single")
     np.testing.assert_allclose(maskclip.presence(square, prompts), p,
                                atol=1e-6, rtol=0)
+    # also off the native grid (a 160 x 224 view): presence does not take the method's
+    # positional-embedding resize (SCLIP's 'dino'), it is CLIP's own zero-shot answer
+    wide = square[:160]
+    gem, sclip = get_localizer("gem", *clip), get_localizer("sclip", *clip, templates="single")
+    assert sclip.pos_interpolation == "dino" and gem.pos_interpolation == "open_clip"
+    np.testing.assert_allclose(sclip.presence(wide, prompts), gem.presence(wide, prompts), atol=1e-6, rtol=0)
 
 
 def test_presence_with_background(clip, square):

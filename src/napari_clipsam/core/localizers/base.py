@@ -276,10 +276,11 @@ class Localizer(ABC):
         starts = tuple((y, x) for y in _axis_starts(h, ch, self.stride) for x in _axis_starts(w, cw, self.stride))
         return Tiling(tuple(shape), (h, w), (ch, cw), starts, patch)
 
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+    def encode_image(self, pixels: torch.Tensor, pos_interpolation: str | None = None) -> torch.Tensor:
         """The model's own image forward at this input size: (B, D), not normalised. The
         positional embedding (ViT) or attention-pool embedding (ResNet) is resized as
-        ``pos_interpolation`` says and passed functionally (the model is untouched)."""
+        ``pos_interpolation`` (default: the localizer's) says and passed functionally (the
+        model is untouched)."""
         visual = self.model.visual
         ph, pw = self.patch_size
         grid = (pixels.shape[-2] // ph, pixels.shape[-1] // pw)
@@ -287,7 +288,7 @@ class Localizer(ABC):
             name, pos = "positional_embedding", visual.positional_embedding
         else:
             name, pos = "attnpool.positional_embedding", visual.attnpool.positional_embedding
-        new = vit.resample_pos_embed(pos, grid, self.pos_interpolation)
+        new = vit.resample_pos_embed(pos, grid, pos_interpolation or self.pos_interpolation)
         out = functional_call(visual, {} if new is pos else {name: new}, (pixels,))
         return out[0] if isinstance(out, tuple) else out  # output_tokens=True gives (pooled, tokens)
 
@@ -357,13 +358,15 @@ class Localizer(ABC):
     def presence(self, image: np.ndarray, prompts: Sequence[str] | str) -> np.ndarray:
         """Image-level zero-shot score of each prompt: (P,) float32 probabilities, CLIP's
         softmax (its logit scale) over the prompts and background prompts of the cosine
-        between the whole image (longer side at the model's native size) and each class.
+        between the whole image (longer side at the model's native size; positional embedding
+        resized the open_clip way whatever the method) and each class.
         With a single class and no background the probability is 1 by definition: give
         background prompts to make it informative."""
         classes = self.classes(prompts)
         rgb = to_rgb_uint8(image)
         view = self.resize_rgb(rgb, self.working_size(*rgb.shape[:2], longer=self.native_size))
-        emb = F.normalize(self.encode_image(self.normalize(view)).float(), dim=-1)
+        # the model's own zero-shot classifier, the same for every method: open_clip's resize
+        emb = F.normalize(self.encode_image(self.normalize(view), "open_clip").float(), dim=-1)
         cos = (emb @ self.text_features(classes).to(emb.device).T)[0]
         scale = self.model.logit_scale.exp().float() if hasattr(self.model, "logit_scale") else 100.0
         prob = (cos * scale).softmax(dim=-1)
