@@ -99,6 +99,10 @@ def test_cancel_keeps_part_and_next_call_resumes(server, cache):
     with pytest.raises(Cancelled):  # task.cancel() during the download stops it at the next chunk
         weights.fetch(f, task=task)
     assert task.calls[-1][0] < len(data)
+    n = len(server.gets)
+    with pytest.raises(Cancelled):  # an already cancelled task starts no download at all
+        weights.fetch(f, task=task)
+    assert len(server.gets) == n
     assert not f.target.exists()
     part = f.target.with_name("model.pth.part")
     kept = part.stat().st_size

@@ -725,6 +725,8 @@ def fetch(files: WeightsFile | Sequence[WeightsFile], *, task: Task | None = Non
     for f in cands:
         if not f.url:
             continue
+        if task is not None:  # a cancelled task starts nothing; else "starting" at 0 bytes
+            task.report(f"download {f.label}", 0, f.size or 0, "bytes")
         try:
             return _download(f, f.url, _task_reporter(task, f.label) if task is not None else _terminal_bar(f.label))
         except _CorruptDownload as exc:
