@@ -15,22 +15,18 @@ from napari.utils.notifications import show_info, show_warning
 
 from .. import core as _core  # noqa: F401  (the triton/Mesa guard before torch)
 from ..core.absence import AbsenceRule
-from ..core.annotation import ImageAnnotation, Plane, PlaneAnnotation, SamQueue
+from ..core.annotation import ImageAnnotation, Plane, SamQueue
 from ..core.localizers import check_prompts, get_localizer
 from ..core.localizers.prompts import resolve_templates
 from ..core.models import load_clip, load_sam
 from ..core.pipeline import annotate
 from ..core.segment import SamSession
 from . import layer_writer as LW
+from . import result_writer as RW
 from .form import AnnotateForm
 from .inputs import displayed_plane, plane_rgb, spatial_shape
 from .live_editor import LiveEditor
 from .runner import Runner
-
-#: runs that change more pixels than this write the labels directly (no undo entry: napari's
-#: history would hold 24 bytes of indices per pixel); live edits are always undoable
-UNDO_PIXEL_LIMIT = 4_000_000
-
 
 class ClipSamWidget(AnnotateForm):
     """Annotate an image layer from words: CLIP heatmaps, points, SAM labels."""
@@ -228,7 +224,7 @@ class ClipSamWidget(AnnotateForm):
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self.show_status("starting")
-        self.runner.start(job, on_done=lambda res, lay=layer: self._on_done(lay, res, pixels_now, others),
+        self.runner.start(job, on_done=lambda res, lay=layer: self._on_done(lay, res, pixels_now),
                           on_failed=self._on_failed, on_cancelled=self._on_cancelled, label="napari-clipsam run")
 
     def cancel(self) -> None:
@@ -256,7 +252,7 @@ class ClipSamWidget(AnnotateForm):
         self._end_run()
         self.show_status("cancelled: nothing was changed (a partial download resumes next time)")
 
-    def _on_done(self, image_layer, payload, pixels, others) -> None:
+    def _on_done(self, image_layer, payload, pixels) -> None:
         self._end_run()
         session, results = payload
         if image_layer not in self.viewer.layers:
@@ -265,7 +261,7 @@ class ClipSamWidget(AnnotateForm):
                          "its results were discarded")
             return
         self.last_result = results[-1][1]
-        kept = self._write_results(image_layer, session, results, pixels, others)
+        kept = self._write_results(image_layer, session, results, pixels)
         n_points = sum(len(r.points) for _, r in results)
         absent = sorted({p for _, r in results for p in r.absent})
         if absent:
@@ -276,161 +272,22 @@ class ClipSamWidget(AnnotateForm):
                          f"{self.count_objects(image_layer)} objects{note}")
 
     # ------------------------------------------------------------------ results -> layers
-    def _write_results(self, image_layer, session, results, pixels, others) -> int:
-        name = image_layer.name
-        shape = spatial_shape(image_layer)
-        geo = dict(scale=tuple(image_layer.scale), translate=tuple(image_layer.translate))
+    def _write_results(self, image_layer, session, results, pixels) -> int:
         prompts = list(results[-1][1].prompts)
-        self._write_heatmaps(image_layer, results, shape)
-
+        RW.write_heatmaps(self.viewer, image_layer, results)
         editor = self.editor_for(image_layer)
-        labels_layer = editor.labels_layer if editor else LW.find_ours(self.viewer, "labels", LW.labels_name(name),
-                                                                        image_layer)
-        if labels_layer is None or tuple(labels_layer.data.shape) != shape:
-            labels_layer = LW.upsert_layer(self.viewer, "labels", LW.labels_name(name), np.zeros(shape, np.int32),
-                                           image_layer=image_layer, **geo)
-        points_layer = editor.points_layer if editor else None
-        boxes_layer = editor.boxes_layer if editor else None
         if editor is None:
-            points_layer = LW.upsert_layer(
-                self.viewer, "points", LW.points_name(name), np.zeros((0, len(shape))), image_layer=image_layer,
-                features=LW.points_features([], [], [], prompts, []), size=max(4.0, max(shape[-2:]) / 60.0),
-                border_color="white", face_color="lime", metadata={"prompts": prompts}, **geo)
-            boxes_layer = LW.upsert_layer(
-                self.viewer, "shapes", LW.boxes_name(name), [], image_layer=image_layer, ndim=len(shape),
-                features={"object_id": np.zeros(0, int), "prompt": np.array([], dtype=object),
-                          "plane": np.array([], dtype=object)},
-                edge_color="yellow", face_color="transparent", edge_width=max(1.0, max(shape[-2:]) / 300.0), **geo)
-            state = ImageAnnotation(shape, session)
-            editor = LiveEditor(self.viewer, image_layer, points_layer, labels_layer, boxes_layer, state,
-                                self.sam_queue, pixels, on_applied=self._after_edit, on_error=self._edit_failed,
+            points, labels, boxes = RW.new_layers(self.viewer, image_layer, prompts)
+            editor = LiveEditor(self.viewer, image_layer, points, labels, boxes,
+                                ImageAnnotation(spatial_shape(image_layer), session), self.sam_queue, pixels,
+                                on_applied=self._after_edit, on_error=self._edit_failed,
                                 displayed=lambda lay=image_layer: displayed_plane(self.viewer, lay))
             self.editors.append(editor)
-            self._bind_keys(points_layer)
-        state = editor.state
+            self._bind_keys(points)
         editor.pixels = pixels
-        state.session = session
-        state.shape = shape
-
-        # points: rows on the planes of this run are replaced, the others kept
-        data = np.asarray(points_layer.data, float).reshape(-1, len(shape))
-        feats = points_layer.features
-        keep = np.ones(len(data), bool)
-        for plane, _ in results:
-            keep &= ~LW.on_plane(points_layer, plane)
-        old = LW.read_point_table(points_layer)
-        rows, pos, oids, names, tags = [data[keep]], [old["positive"][keep]], [old["object_id"][keep]], \
-            [old["prompt"][keep]], [old["plane"][keep]]
-        kept_pixels = 0
-        for plane, result in results:
-            old = state.planes.get(plane)
-            others_ids = [oid for p, a in state.planes.items() if p != plane for oid in a.objects]
-            offset = max(others_ids, default=0)
-            objects = {}
-            for oid, obj in result.objects.items():
-                obj.id = oid + offset
-                objects[obj.id] = obj
-            pts = result.points
-            rows.append(plane.to_nd(pts.points))
-            pos.append(pts.positive)
-            oids.append(np.where(pts.object_id > 0, pts.object_id + offset, 0))
-            names.append(np.array([result.prompts[i] for i in pts.prompt], dtype=object))
-            tags.append(np.array([plane.tag] * len(pts), dtype=object))
-            ann = old if old is not None else PlaneAnnotation(plane, result.labels.shape, "", list(result.prompts))
-            ann.prompts = list(result.prompts)
-            ann.key = result.key
-            ann.bump()  # decodes of the old objects are stale from now on
-            state.planes[plane] = ann
-            kept_pixels += self._paint(labels_layer, ann, objects, undo=True)
-        all_prompts = list(dict.fromkeys([*(points_layer.features["prompt"].cat.categories
-                                            if len(points_layer.features) and hasattr(
-                                                points_layer.features["prompt"], "cat") else []), *prompts]))
-        features = LW.points_features(np.concatenate(pos), np.concatenate(oids),
-                                      np.concatenate([np.asarray(n, dtype=object) for n in names]), all_prompts,
-                                      np.concatenate(tags))
-        new_data = np.concatenate(rows) if rows else np.zeros((0, len(shape)))
-        points_layer.data = new_data
-        points_layer.features = features
-        points_layer.metadata["prompts"] = all_prompts
-        LW.recolor(points_layer)
-        if len(features):
-            positive = features.index[features["positive"]]
-            first = positive[0] if len(positive) else 0
-            points_layer.feature_defaults = features.iloc[[first]].reset_index(drop=True)
-        else:
-            points_layer.feature_defaults = LW.points_features([True], [1], [prompts[0]], all_prompts,
-                                                               [results[-1][0].tag])
-        if boxes_layer is not None:
-            boxes_layer.feature_defaults = {"object_id": 0, "prompt": prompts[0], "plane": ""}
-        editor.sticky_object = None
-        self._update_label_features(editor)
-        return kept_pixels
-
-    def _paint(self, labels_layer, ann: PlaneAnnotation, objects: dict, undo: bool) -> int:
-        plane = ann.plane
-
-        def current(region):
-            r0, c0, r1, c1 = region
-            return plane.take(labels_layer.data)[r0:r1, c0:c1]
-
-        update = ann.update(current, objects)
-        if not len(update):
-            return update.kept
-        index = plane.indices(update.rows, update.cols)
-        if undo and len(update) <= UNDO_PIXEL_LIMIT:
-            labels_layer.data_setitem(index, update.values)
-        else:
-            labels_layer.data[index] = update.values
-            labels_layer.refresh()
-        return update.kept
-
-    def _write_heatmaps(self, image_layer, results, shape) -> None:
-        """One layer per prompt over the run's planes (other axes: only the plane's index),
-        placed on the image with its scale and translate."""
-        name = image_layer.name
-        plane0 = results[0][0]
-        sweep = {ax for plane, _ in results for ax, i in plane.fixed
-                 if i != dict(plane0.fixed)[ax]}
-        hshape = [1] * len(shape)
-        hshape[plane0.rows], hshape[plane0.cols] = shape[plane0.rows], shape[plane0.cols]
-        for ax in sweep:
-            hshape[ax] = shape[ax]
-        scale = np.asarray(image_layer.scale, float)
-        translate = np.asarray(image_layer.translate, float).copy()
-        for ax, i in plane0.fixed:
-            if ax not in sweep:
-                translate[ax] += i * scale[ax]
-        prompts = results[-1][1].prompts
-        for p, prompt in enumerate(prompts):
-            vol = np.zeros(hshape, np.float32)
-            for plane, result in results:
-                if p >= len(result.heatmaps):
-                    continue
-                idx = [0] * len(shape)
-                for ax, i in plane.fixed:
-                    idx[ax] = i if ax in sweep else 0
-                idx[plane.rows] = slice(None)
-                idx[plane.cols] = slice(None)
-                heat = result.heatmaps[p]
-                vol[tuple(idx)] = heat.T if plane.transposed else heat
-            data = vol if len(shape) > 2 else vol.reshape(shape)
-            absent = any(prompt in r.absent for _, r in results)
-            presence = results[-1][1].presence
-            LW.upsert_layer(self.viewer, "image", LW.heatmap_name(name, prompt), data, image_layer=image_layer,
-                            colormap="inferno", blending="additive", opacity=0.6, contrast_limits=(0.0, 1.0),
-                            visible=not absent, scale=tuple(scale), translate=tuple(translate),
-                            metadata={"prompt": prompt, "absent": absent,
-                                      "presence": None if presence is None else float(presence[p])})
-
-    def _update_label_features(self, editor: LiveEditor) -> None:
-        classes, scores = {}, {}
-        for ann in editor.state.planes.values():
-            classes.update(ann.classes)
-            scores.update({oid: o.score for oid, o in ann.objects.items()})
-        layer = editor.labels_layer
-        layer.features = LW.labels_features(classes, scores)
-        layer.metadata["classes"] = classes
-        layer.metadata["prompts"] = list(dict.fromkeys(p for a in editor.state.planes.values() for p in a.prompts))
+        editor.state.session = session
+        editor.state.shape = spatial_shape(image_layer)
+        return RW.write_run(editor, results)
 
     def count_objects(self, image_layer=None) -> int:
         """Objects visible in the labels layer of ``image_layer`` (default: the chosen image):
@@ -446,7 +303,7 @@ class ClipSamWidget(AnnotateForm):
     def _after_edit(self) -> None:
         for editor in self.editors:
             if editor.layers_alive():
-                self._update_label_features(editor)
+                RW.update_label_features(editor)
         n = self.count_objects()
         self.show_status(f"updated: {n} objects")
 
@@ -479,51 +336,28 @@ class ClipSamWidget(AnnotateForm):
         if editor is None:
             show_info("napari-clipsam: run first, then add objects to its points layer")
             return
-        layer = editor.points_layer
-        used = layer.features["object_id"].to_numpy(int) if len(layer.data) and "object_id" in layer.features \
-            else np.zeros(0, int)
-        oid = max(editor.state.next_id(), int(used.max()) + 1 if len(used) else 1)
-        defaults = layer.feature_defaults.copy()
-        defaults["object_id"] = oid
-        defaults["positive"] = True
-        layer.feature_defaults = defaults
-        editor.sticky_object = oid
-        self.viewer.layers.selection.active = layer
-        layer.mode = "add"
+        self.viewer.layers.selection.active = editor.points_layer
+        oid = editor.new_object()
         self.show_status(f"new object {oid}: click to add its points")
 
     def flip_selected(self, layer=None) -> None:
         """Toggle positive/negative on the selected points, then update the masks."""
         editor = self._editor_of_points(layer)
-        layer = editor.points_layer if editor else None
-        if layer is None or not layer.selected_data:
+        if editor is None or not editor.points_layer.selected_data:
             show_info("napari-clipsam: select points in the points layer to flip them")
             return
-        if "positive" not in layer.features or len(layer.features) != len(layer.data):
-            self._edit_failed("the points layer lost its 'positive' column; run again to rebuild it", "")
-            return
-        feats = layer.features.copy()
-        idx = sorted(layer.selected_data)
-        feats.loc[idx, "positive"] = ~feats.loc[idx, "positive"].astype(bool)
-        layer.features = feats
-        LW.recolor(layer)
-        editor.schedule()
+        try:
+            editor.flip(editor.points_layer.selected_data)
+        except ValueError as exc:
+            self._edit_failed(str(exc), "")
 
     def next_mask(self, layer=None) -> None:
         """Cycle SAM's three candidate masks of the selected points' objects."""
         editor = self._editor_of_points(layer)
-        layer = editor.points_layer if editor else None
-        if layer is None or not layer.selected_data or "object_id" not in layer.features:
+        if editor is None or not editor.points_layer.selected_data:
             show_info("napari-clipsam: select a point of an object to cycle its candidate masks")
             return
-        ids = {int(layer.features["object_id"].iloc[i]) for i in layer.selected_data}
-        for ann in editor.state.planes.values():
-            for oid in ids & set(ann.objects):
-                obj = ann.objects[oid]
-                current = editor.requested_candidates.get(oid, obj.candidate)
-                base = current if current is not None else (obj.picked if obj.picked is not None else -1)
-                editor.requested_candidates[oid] = (base + 1) % 3
-        editor.schedule()
+        editor.next_candidates(editor.points_layer.selected_data)
 
     def semantic_view(self) -> None:
         """A labels layer '<image> classes' with one id per class: prompt k -> k + 1."""
@@ -531,14 +365,9 @@ class ClipSamWidget(AnnotateForm):
         if editor is None:
             show_info("napari-clipsam: run first")
             return
-        labels = np.asarray(editor.labels_layer.data)
         prompts = editor.labels_layer.metadata.get("prompts", [])
-        classes = editor.labels_layer.metadata.get("classes", {})
-        lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, np.int32)
-        for oid, cls in classes.items():
-            if oid < len(lut) and cls in prompts:
-                lut[oid] = prompts.index(cls) + 1
-        semantic = lut[labels]
+        semantic = RW.semantic_labels(np.asarray(editor.labels_layer.data),
+                                      editor.labels_layer.metadata.get("classes", {}), prompts)
         layer = LW.upsert_layer(self.viewer, "labels", LW.classes_name(editor.image_layer.name), semantic,
                                 image_layer=editor.image_layer, scale=tuple(editor.labels_layer.scale),
                                 translate=tuple(editor.labels_layer.translate))

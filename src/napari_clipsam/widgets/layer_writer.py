@@ -210,3 +210,29 @@ def read_point_table(layer) -> dict[str, np.ndarray]:
         "plane": np.array([t if isinstance(t, str) else "" for t in f["plane"]], dtype=object)
         if ok and "plane" in f else np.full(n, "", dtype=object),
     }
+
+
+#: updates that change more pixels than this write the labels directly (no undo entry:
+#: napari's history holds 24 bytes of indices per changed pixel); smaller ones are undoable
+UNDO_PIXEL_LIMIT = 4_000_000
+
+
+def paint(labels_layer, ann, objects: dict) -> int:
+    """Replace ``ann``'s objects by ``objects`` in the labels layer: a partial update of the
+    pixels that change (one undo step, like a paint stroke), never a pixel the user painted.
+    Returns the number of hand-painted pixels that were kept."""
+    plane = ann.plane
+
+    def current(region):
+        r0, c0, r1, c1 = region
+        return plane.take(labels_layer.data)[r0:r1, c0:c1]
+
+    update = ann.update(current, objects)
+    if len(update):
+        index = plane.indices(update.rows, update.cols)
+        if len(update) <= UNDO_PIXEL_LIMIT:
+            labels_layer.data_setitem(index, update.values)
+        else:
+            labels_layer.data[index] = update.values
+            labels_layer.refresh()
+    return update.kept

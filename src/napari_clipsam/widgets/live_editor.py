@@ -270,16 +270,43 @@ class LiveEditor:
     def apply(self, ann: PlaneAnnotation, wanted: dict, key: str | None = None) -> int:
         """Paint ``wanted`` objects on ``ann``'s plane (one undo step); returns the number of
         user-painted pixels that were kept."""
-        layer = self.labels_layer
-        plane = ann.plane
-
-        def current(region):
-            r0, c0, r1, c1 = region
-            return plane.take(layer.data)[r0:r1, c0:c1]
-
         if key is not None:
             ann.key = key
-        update = ann.update(current, wanted)
-        if len(update):
-            layer.data_setitem(plane.indices(update.rows, update.cols), update.values)
-        return update.kept
+        return LW.paint(self.labels_layer, ann, wanted)
+
+    # ------------------------------------------------------------------ object actions
+    def new_object(self) -> int:
+        """Points added next (until the layer leaves 'add' mode) form one new positive object."""
+        layer = self.points_layer
+        used = LW.read_point_table(layer)["object_id"]
+        oid = max(self.state.next_id(), int(used.max()) + 1 if len(used) else 1)
+        defaults = layer.feature_defaults.copy()
+        defaults["object_id"] = oid
+        defaults["positive"] = True
+        layer.feature_defaults = defaults
+        layer.mode = "add"
+        self.sticky_object = oid
+        return oid
+
+    def flip(self, indices) -> None:
+        """Toggle positive/negative on points ``indices``, then update the masks."""
+        layer = self.points_layer
+        if "positive" not in layer.features or len(layer.features) != len(layer.data):
+            raise ValueError("the points layer lost its 'positive' feature column; run again to rebuild it")
+        feats = layer.features.copy()
+        idx = sorted(indices)
+        feats.loc[idx, "positive"] = ~feats.loc[idx, "positive"].astype(bool)
+        layer.features = feats
+        LW.recolor(layer)
+        self.schedule()
+
+    def next_candidates(self, indices) -> None:
+        """The objects of points ``indices`` show SAM's next candidate mask (of three)."""
+        ids = set(LW.read_point_table(self.points_layer)["object_id"][sorted(indices)].tolist())
+        for ann in self.state.planes.values():
+            for oid in ids & set(ann.objects):
+                obj = ann.objects[oid]
+                current = self.requested_candidates.get(oid, obj.candidate)
+                base = current if current is not None else (obj.picked if obj.picked is not None else -1)
+                self.requested_candidates[oid] = (base + 1) % 3
+        self.schedule()
