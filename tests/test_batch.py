@@ -211,3 +211,10 @@ def test_worker_processes_load_the_factory_by_name(folder, tmp_path):
     result = run_batch([folder / "coins.png", folder / "camera.png"], tmp_path, options(formats=(".npy",)),
                        n_workers=2, processes=True, threads_per_worker=1)
     assert [r["status"] for r in result.rows] == ["done", "done"], result.rows
+
+
+def test_default_cluster_size():
+    assert B.default_cluster_size(2, 8 * 2**30) == (2, 1)
+    assert B.default_cluster_size(16, 128 * 2**30) == (4, 4)
+    assert B.default_cluster_size(16, 6 * 2**30) == (1, 16)  # memory for one model copy
+    assert B.default_cluster_size(1, 1 * 2**30) == (1, 1)
