@@ -418,6 +418,16 @@ def test_other_vit_only_methods_reject_resnet_and_name_the_alternatives(rn_clip,
         get_localizer(name, *rn_clip)
 
 
+def test_every_vit_only_method_says_the_same(rn_clip):
+    messages = set()
+    for name in ["raw", "gem", "surgery", "sclip", "clearclip", "naclip", "attention"]:
+        with pytest.raises(ValueError) as err:
+            get_localizer(name, *rn_clip)
+        messages.add(str(err.value).replace(f"'{name}'", "'<method>'"))
+    assert messages == {"'<method>' needs a ViT CLIP (open_clip VisionTransformer), got a ResNet CLIP; "
+                        "use 'maskclip' or 'gradcam' for ResNet CLIPs"}
+
+
 def test_gem_rejects_a_non_positive_temperature(clip):
     with pytest.raises(ValueError, match="ss_attn_temp"):
         get_localizer("gem", *clip, ss_attn_temp=0)
