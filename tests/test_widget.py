@@ -3,7 +3,6 @@
 import numpy as np
 from napari.layers import Image, Labels, Points
 
-
 TIMEOUT = 120_000
 
 

@@ -10,6 +10,7 @@ from skimage import data
 from napari_clipsam.core import models, weights
 from napari_clipsam.core.weights import WeightsFile
 from napari_clipsam.widgets import ClipSamWidget
+
 from reference_model import load_reference_clip
 from tiny_sam import build_tiny_sam
 

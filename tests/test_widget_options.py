@@ -2,7 +2,6 @@
 sliding windows (progress and Cancel between windows), background prompts, absence."""
 
 import numpy as np
-import pytest
 from qtpy.QtCore import Qt
 from skimage import data
 
@@ -142,5 +141,5 @@ def test_more_options_fold_away_and_channel_choices_exclude_rgb_and_our_layers(q
     _run(qtbot, widget, "cat")
     viewer.add_image(np.zeros((300, 451), np.uint16), name="dapi")
     widget.reset_choices()
-    names = [c for c in widget.composite_with.choices]
+    names = list(widget.composite_with.choices)
     assert [getattr(c, "name", c) for c in names] == ["dapi"]  # not chelsea (RGB), not our heatmap

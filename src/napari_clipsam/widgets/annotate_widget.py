@@ -18,15 +18,15 @@ from ..core.absence import AbsenceRule
 from ..core.annotation import ImageAnnotation, Plane, SamQueue
 from ..core.localizers import check_prompts, get_localizer
 from ..core.localizers.prompts import resolve_templates
-from ..core.models import load_clip, load_sam
 from ..core.pipeline import annotate
-from ..core.segment import SamSession
 from . import layer_writer as LW
 from . import result_writer as RW
 from .form import AnnotateForm
 from .inputs import displayed_plane, plane_rgb, spatial_shape
 from .live_editor import LiveEditor
+from .model_cache import ModelCache
 from .runner import Runner
+
 
 class ClipSamWidget(AnnotateForm):
     """Annotate an image layer from words: CLIP heatmaps, points, SAM labels."""
@@ -37,10 +37,7 @@ class ClipSamWidget(AnnotateForm):
         self.sam_queue = SamQueue()
         self.editors: list[LiveEditor] = []
         self.last_result = None
-        self._models: dict = {}
-        self._clip_cache: dict = {}
-        self._sam_cache: dict = {}
-        self._sessions: list[SamSession] = []
+        self.models = ModelCache()
         self.runner = Runner(self.progress, self.show_status)
 
         self.run_button.changed.connect(self.run)
@@ -93,40 +90,7 @@ class ClipSamWidget(AnnotateForm):
     # ------------------------------------------------------------------ models
     def use_models(self, clip=None, sam=None) -> None:
         """Use already-loaded models: clip = (open_clip model, tokenizer), sam = a ``Sam``."""
-        if clip is not None:
-            self._models["clip"] = clip
-        if sam is not None:
-            self._models["sam"] = sam
-
-    def _get_clip(self, label: str, path, task):
-        if "clip" in self._models:
-            return self._models["clip"]
-        name, tag = (s.strip() for s in label.split("/", 1))
-        key = (name, str(path) if path else tag)
-        if key not in self._clip_cache:
-            model = load_clip(name, str(path) if path else tag, None, task=task)
-            self._clip_cache.clear()  # keep one CLIP in memory
-            self._clip_cache[key] = model
-        return self._clip_cache[key]
-
-    def _get_sam(self, kind: str, path, task):
-        if "sam" in self._models:
-            return self._models["sam"]
-        key = (kind, str(path) if path else None)
-        if key not in self._sam_cache:
-            model = load_sam(kind, path or None, None, task=task)
-            self._sam_cache.clear()
-            self._sam_cache[key] = model
-        return self._sam_cache[key]
-
-    def _session(self, sam) -> SamSession:
-        for s in self._sessions:
-            if s.predictor.model is sam:
-                return s
-        session = SamSession(sam)
-        self._sessions = [s for s in self._sessions if any(e.state.session is s for e in self.editors)]
-        self._sessions.append(session)
-        return session
+        self.models.use(clip, sam)
 
     # ------------------------------------------------------------------ state
     @property
@@ -208,11 +172,11 @@ class ClipSamWidget(AnnotateForm):
 
         def job(task):
             task.report("loading CLIP")
-            clip_model, tokenizer = self._get_clip(cfg["clip"], cfg["clip_file"], task)
+            clip_model, tokenizer = self.models.clip(cfg["clip"], cfg["clip_file"], task)
             task.report("loading SAM")
-            sam = self._get_sam(cfg["sam"], cfg["sam_file"], task)
+            sam = self.models.sam(cfg["sam"], cfg["sam_file"], task)
             localizer = get_localizer(cfg["method"], clip_model, tokenizer, **cfg["localizer"])
-            session = self._session(sam)
+            session = self.models.session(sam, [e.state.session for e in self.editors])
             out = []
             for i, plane in enumerate(planes):
                 part = task.within(f"slice {i + 1}/{len(planes)}") if len(planes) > 1 else task

@@ -5,8 +5,19 @@ tests drive the widget as a user does. No behaviour here beyond showing and hidi
 from __future__ import annotations
 
 from magicgui.widgets import (
-    CheckBox, ComboBox, Container, FileEdit, FloatSlider, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton,
-    Select, SpinBox, TextEdit,
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    Select,
+    SpinBox,
+    TextEdit,
 )
 from qtpy.QtCore import Qt
 from superqt import QCollapsible

@@ -1,0 +1,54 @@
+"""The models a widget runs with: loaded once (one CLIP and one SAM kept in memory), or given
+ready-made by a script (``use``), and one ``SamSession`` per SAM model so its embedding
+cache is shared by runs and live edits. Plain Python: loading happens in the run's worker."""
+
+from __future__ import annotations
+
+from ..core.models import load_clip, load_sam
+from ..core.progress import Task
+from ..core.segment import SamSession
+
+
+class ModelCache:
+    def __init__(self):
+        self.given: dict = {}
+        self._clip: tuple | None = None  # (key, (model, tokenizer))
+        self._sam: tuple | None = None  # (key, Sam)
+        self._sessions: list[SamSession] = []
+
+    def use(self, clip=None, sam=None) -> None:
+        """Use already-loaded models: clip = (open_clip model, tokenizer), sam = a ``Sam``."""
+        if clip is not None:
+            self.given["clip"] = clip
+        if sam is not None:
+            self.given["sam"] = sam
+
+    def clip(self, label: str, path=None, task: Task | None = None):
+        """(model, tokenizer) for 'ARCH / tag' (or a local file for ARCH)."""
+        if "clip" in self.given:
+            return self.given["clip"]
+        name, tag = (s.strip() for s in label.split("/", 1))
+        key = (name, str(path) if path else tag)
+        if self._clip is None or self._clip[0] != key:
+            self._clip = None  # free the previous model before loading the next
+            self._clip = (key, load_clip(name, str(path) if path else tag, None, task=task))
+        return self._clip[1]
+
+    def sam(self, kind: str, path=None, task: Task | None = None):
+        """A segment-anything ``Sam`` of ``kind`` (or from a local checkpoint)."""
+        if "sam" in self.given:
+            return self.given["sam"]
+        key = (kind, str(path) if path else None)
+        if self._sam is None or self._sam[0] != key:
+            self._sam = None
+            self._sam = (key, load_sam(kind, path or None, None, task=task))
+        return self._sam[1]
+
+    def session(self, sam, in_use=()) -> SamSession:
+        """The session of ``sam``; sessions not in ``in_use`` (and not ``sam``'s) are dropped."""
+        for s in self._sessions:
+            if s.predictor.model is sam:
+                return s
+        session = SamSession(sam)
+        self._sessions = [s for s in self._sessions if any(s is u for u in in_use)] + [session]
+        return session
