@@ -90,10 +90,20 @@ def test_bad_calls_raise(sam, image):
     with pytest.raises(RuntimeError, match="set_image"):
         session.predict([[1, 1]], [1])
     session.set_image(image)
-    with pytest.raises(ValueError, match="no points"):
+    with pytest.raises(ValueError, match="positive point or a box"):
         session.predict(np.zeros((0, 2)), [])
+    with pytest.raises(ValueError, match="positive point or a box"):
+        session.predict([[10, 10]], [0])  # only negative points
     with pytest.raises(ValueError, match="2 points but 1 labels"):
         session.predict([[1, 1], [2, 2]], [1])
+    with pytest.raises(ValueError, match="must be 1 .* or 0"):
+        session.predict([[10, 10]], [2])
+    with pytest.raises(ValueError, match="outside the 150 x 226 image"):
+        session.predict([[10, 10], [500, 10]], [1, 1])
+    with pytest.raises(ValueError, match=r"\(N, 2\)"):
+        session.predict([[1, 10, 10]], [1])  # nD points: the caller must pick the plane
+    with pytest.raises(ValueError, match="NaN"):
+        session.decode([[10, 10]], [1], box=(0, 0, np.nan, 5))
 
 
 def _fresh_predictor_mask(sam, image, points_rc, labels):
