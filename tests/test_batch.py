@@ -218,3 +218,16 @@ def test_default_cluster_size():
     assert B.default_cluster_size(16, 128 * 2**30) == (4, 4)
     assert B.default_cluster_size(16, 6 * 2**30) == (1, 16)  # memory for one model copy
     assert B.default_cluster_size(1, 1 * 2**30) == (1, 1)
+
+
+def test_runs_on_an_existing_scheduler_by_address(folder, full_run, tmp_path):
+    from distributed import Client, LocalCluster
+
+    out_full, _result, _ = full_run
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        result = run_batch([folder / "coins.png"], tmp_path, options(), scheduler=cluster.scheduler_address)
+        assert [r["status"] for r in result.rows] == ["done"]
+        with Client(cluster) as client:  # the lab's cluster is left running
+            assert len(client.scheduler_info()["workers"]) == 1
+    np.testing.assert_array_equal(read_labels(tmp_path / "coins_labels.tif").labels,
+                                  read_labels(out_full / "coins_labels.tif").labels)
