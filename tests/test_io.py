@@ -17,6 +17,14 @@ POINTS = {"points": [[10.0, 12.0], [30.0, 40.0], [2.0, 2.0], [20.0, 3.0]],
           "positive": [True, True, False, True], "object_id": [1, 2, 0, 5], "prompt": ["cat", "sofa", "cat", "cat"]}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def plugins():
+    """What napari does at start-up: discover the installed plugins (ours among them)."""
+    from napari.plugins import _initialize_plugins
+
+    _initialize_plugins()
+
+
 @pytest.fixture
 def labels():
     lab = np.zeros((48, 64), np.int32)
@@ -138,3 +146,19 @@ def test_reader_opens_the_sidecar_and_coco(tmp_path, labels):
     (data, kwargs, kind), = cio.get_reader(str(tmp_path / "c.json"))(str(tmp_path / "c.json"))
     np.testing.assert_array_equal(data, labels)
     assert kwargs["metadata"]["classes"] == CLASSES
+
+
+def test_file_open_in_napari_round_trips(tmp_path, labels):
+    """napari's own open path (ViewerModel.open, what File > Open calls) and layers.save."""
+    from napari.components import ViewerModel
+
+    viewer = ViewerModel()
+    viewer.add_layer(labels_layer(labels))
+    saved = viewer.layers.save(str(tmp_path / "v.ome.zarr"), plugin="napari-clipsam")
+    assert saved[0] == str(tmp_path / "v.ome.zarr")
+    other = ViewerModel()
+    added = other.open(str(tmp_path / "v.ome.zarr"), plugin="napari-clipsam")
+    assert [type(layer).__name__ for layer in added] == ["Labels", "Points"]
+    np.testing.assert_array_equal(np.asarray(added[0].data), labels)
+    assert dict(zip(added[0].features["index"], added[0].features["class"])) == CLASSES
+    np.testing.assert_array_equal(added[1].data, POINTS["points"])
