@@ -185,11 +185,17 @@ def test_nd_stack_and_multichannel_images(tmp_path):
     import tifffile
 
     tifffile.imwrite(tmp_path / "multi.tif", cyx)
-    opts = options(formats=(".tif",), channel_axis=0, channels=(0, 1, 2))
-    row = process_image(str(tmp_path / "multi.tif"), [str(tmp_path / "multi_labels.tif")], opts, "k")
+    opts = options(formats=(".tif", ".ome.zarr"), channel_axis=0, channels=(0, 1, 2))
+    row = process_image(str(tmp_path / "multi.tif"), [str(tmp_path / "multi_labels.tif"),
+                                                     str(tmp_path / "multi_labels.ome.zarr")], opts, "k")
     assert row["status"] == "done", row["error"]
     back = read_labels(tmp_path / "multi_labels.tif")
     assert back.labels.shape == (128, 128)
+    np.testing.assert_array_equal(read_labels(tmp_path / "multi_labels.ome.zarr").labels, back.labels)
+    import zarr
+
+    root = zarr.open_group(str(tmp_path / "multi_labels.ome.zarr"), mode="r")
+    assert root[root.attrs["multiscales"][0]["datasets"][0]["path"]].shape == (4, 128, 128)  # all channels kept
     assert back.provenance["image_input"]["channels"] == [0, 1, 2]
     bad = process_image(str(tmp_path / "multi.tif"), [str(tmp_path / "x.tif")], options(channel_axis=5), "k")
     assert bad["status"] == "failed" and "channel_axis 5" in bad["error"]

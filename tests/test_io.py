@@ -137,6 +137,21 @@ def test_reader_leaves_other_files_to_napari(tmp_path, labels):
     assert cio.get_reader(str(tmp_path / "ours.tif")) is cio.read_export
 
 
+def test_reader_opens_labels_we_added_to_another_ome_zarr_image(tmp_path, labels):
+    import zarr
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_image
+
+    store = tmp_path / "img.ome.zarr"
+    write_image(np.ones(labels.shape, np.uint8), zarr.open_group(str(store), mode="w", zarr_format=2), axes="yx",
+                fmt=FormatV04(), scale_factors=[])
+    assert cio.get_reader(str(store)) is None  # someone else's image: napari-ome-zarr's business
+    write_labels(store, labels, classes=CLASSES)
+    (data, kwargs, kind), = cio.get_reader(str(store))(str(store))
+    np.testing.assert_array_equal(data, labels)
+    assert kwargs["metadata"]["classes"] == CLASSES
+
+
 def test_reader_opens_the_sidecar_and_coco(tmp_path, labels):
     write_labels(tmp_path / "a.npy", labels, classes=CLASSES, scores=SCORES)
     (data, kwargs, kind), = cio.get_reader(str(sidecar_path(tmp_path / "a.npy")))(str(sidecar_path(tmp_path / "a.npy")))

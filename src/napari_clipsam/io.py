@@ -56,7 +56,7 @@ def write_points_layer(path: str, data, meta: dict) -> list[str]:
 
 # ------------------------------------------------------------------ reader
 def _is_ours(path: Path) -> bool:
-    from .core.export import _ome_root_attrs, is_coco, read_sidecar, sidecar_path
+    from .core.export import OME_LABEL_NAME, _ome_root_attrs, is_coco, read_sidecar, sidecar_path
 
     name = path.name.lower()
     if name.endswith(".csv"):
@@ -68,7 +68,8 @@ def _is_ours(path: Path) -> bool:
         return {"positive", "object_id", "axis-0"} <= set(header)
     if name.endswith(".zarr"):
         attrs = _ome_root_attrs(path)
-        return bool(attrs and attrs.get("napari_clipsam")) or sidecar_path(path).is_file()
+        return bool(attrs and attrs.get("napari_clipsam")) or sidecar_path(path).is_file() \
+            or sidecar_path(path, OME_LABEL_NAME).is_file()
     if name.endswith(".json"):
         if read_sidecar(path) is not None:
             return True

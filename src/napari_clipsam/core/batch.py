@@ -363,9 +363,9 @@ def process_image(image_path: str, outputs: Sequence[str], options: BatchOptions
             channel_axis=options.channel_axis, channels=options.channels,
             extra={"planes": len(planes)})
         prov["batch"] = {"key": key, "options": options.describe()}
+        ome_image = img if options.channel_axis is None else np.moveaxis(img, options.channel_axis, 0)
         for out in outputs:
-            kw = {"image": img} if labels_format(out) == "ome-zarr" and img.ndim in (labels.ndim, labels.ndim + 1) \
-                else {}
+            kw = {"image": ome_image} if labels_format(out) == "ome-zarr" else {}
             write_labels(out, labels, classes=classes, scores=scores, provenance=prov, overwrite=True, **kw)
         if options.points:
             import pandas as pd

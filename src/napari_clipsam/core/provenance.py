@@ -126,7 +126,11 @@ def sam_model_info(kind: str, checkpoint: str | os.PathLike | None = None, *, mo
             from .weights import SAM_CHECKPOINTS, find_cached, sam_weights
 
             if kind in SAM_CHECKPOINTS:
-                path = find_cached(sam_weights(kind))
+                official = sam_weights(kind)
+                path = find_cached(official)  # verified against the official sha256
+                if path is not None and official.sha256 and len(official.sha256) == 64:
+                    info.update(checkpoint=str(path), sha256=official.sha256)
+                    return info
         except Exception:  # noqa: BLE001
             path = None
     if path is not None and path.is_file():
