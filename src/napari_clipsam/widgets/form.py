@@ -20,6 +20,7 @@ from magicgui.widgets import (
     TextEdit,
 )
 from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox
 from superqt import QCollapsible
 
 from ..core.absence import FLOOR_MODES
@@ -143,10 +144,16 @@ class AnnotateForm(Container):
             self.absence_floor, self.floor_value, self.min_presence,
         ])
         self.more.margins = (0, 0, 0, 0)
-        self.more_options = QCollapsible("More options (models, nD, channels, prompts, large images, absence)")
+        self.more_options = QCollapsible("More options")
+        self.more_options.setToolTip("Models and local files, nD slices, channels, templates and background "
+                                     "prompts, resolution and windows for large images, absence checks")
         self.more_options.addWidget(self.more.native)
         self.more_options.collapse(animate=False)
 
+        for box in (self.image, self.method, self.clip_model, self.sam_model, self.slices, self.templates,
+                    self.absence_floor):  # long item names must not widen the dock
+            box.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            box.native.setMinimumContentsLength(10)
         self.extend([self.image, self.prompts, self.method, self.threshold])
         self.native.layout().addWidget(self.more_options)
         self.extend([

@@ -1,0 +1,100 @@
+"""A new user's first minutes, on a real viewer: the image field follows layers, the dock is
+narrow, errors stay readable in the widget, status describes what is on screen, long work
+shows in napari's activity panel, and no private napari API is touched."""
+
+import warnings
+
+import numpy as np
+from napari.utils.notifications import notification_manager
+from skimage import data
+
+from napari_clipsam.widgets import ClipSamWidget
+
+TIMEOUT = 120_000
+
+
+def _idle(qtbot, widget):
+    qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT)
+    qtbot.wait(20)
+    qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT)
+
+
+def _images(widget):
+    return [c for c in widget.image.choices if c is not None]
+
+
+def test_image_field_follows_layers_added_removed_and_renamed(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widget = ClipSamWidget(viewer)  # docked before any image is open
+    viewer.window.add_dock_widget(widget)
+    assert widget.image.value is None
+    cat = viewer.add_image(data.chelsea(), name="cat")
+    assert widget.image.value is cat  # no "pick an image layer first"
+    coins = viewer.add_image(data.coins(), name="coins")
+    assert _images(widget) == [cat, coins]
+    widget.image.value = cat
+    coins.name = "my coins"
+    names = [widget.image.native.itemText(i) for i in range(widget.image.native.count())]
+    assert "my coins" in names and widget.image.value is cat
+    viewer.layers.remove(cat)
+    assert widget.image.value is coins and _images(widget) == [coins]
+    viewer.add_points(np.zeros((1, 2)), name="pts")  # not an image: not offered
+    assert _images(widget) == [coins]
+
+
+def test_dock_is_narrow(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widget = ClipSamWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget.native.minimumSizeHint().width() <= 380  # was 488: the canvas kept only 255 px
+
+
+def test_errors_stay_visible_with_details_and_status_resets(qtbot, make_napari_viewer, models):
+    viewer = make_napari_viewer()
+    viewer.add_image(data.chelsea(), name="chelsea")
+    widget = ClipSamWidget(viewer)
+    widget.use_models(clip=models[0], sam=models[1])
+    viewer.window.add_dock_widget(widget)
+    widget.prompts.value = "cat"
+    widget.run()
+    _idle(qtbot, widget)
+    assert "done" in widget.status.value
+    before = len(notification_manager.records)
+    widget.prompts.value = "cat\ncat"  # a duplicate prompt: an input error
+    widget.run()
+    assert not widget.is_running
+    assert "failed" in widget.status.value and "done" not in widget.status.value
+    assert not widget.error.native.isHidden() and "cat" in widget.error.value
+    assert len(notification_manager.records) == before + 1  # one notification, no traceback
+    # the next run clears the error
+    widget.prompts.value = "cat"
+    widget.run()
+    assert widget.error.native.isHidden()
+    _idle(qtbot, widget)
+    assert "done" in widget.status.value and not widget.progress.visible
+
+
+def test_long_work_shows_in_napari_activity_and_no_private_api(qtbot, make_napari_viewer, models):
+    from napari.utils import progress
+
+    viewer = make_napari_viewer()
+    viewer.add_image(data.chelsea(), name="chelsea")
+    widget = ClipSamWidget(viewer)
+    widget.use_models(clip=models[0], sam=models[1])
+    viewer.window.add_dock_widget(widget)
+    seen = []
+    widget.runner.observers.append(lambda p: seen.append(len(progress._all_instances)))
+    before = len(notification_manager.records)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for prompts in ("cat", "cat\nsofa", "cat"):  # re-runs update layers in place
+            widget.prompts.value = prompts
+            widget.run()
+            _idle(qtbot, widget)
+    assert seen and max(seen) >= 1  # a napari progress bar existed while the work ran
+    assert len(progress._all_instances) == 0  # and was closed after
+    ours = [w for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))
+            and ("napari_clipsam" in str(w.filename) or "private" in str(w.message).lower())]
+    assert ours == [], [str(w.message) for w in ours]
+    toasts = [str(n.message) for n in notification_manager.records[before:]]
+    assert not any("deprecat" in t.lower() or "_type_string" in t for t in toasts), toasts
