@@ -100,6 +100,17 @@ def test_a_second_run_skips_what_is_done_and_retries_the_failure(folder, full_ru
     assert sorted(r["status"] for r in again.rows) == ["failed", "skipped", "skipped", "skipped", "skipped"]
     other = run_batch(folder / "coins.png", out, options(threshold=0.7), n_workers=1, processes=False)
     assert [r["status"] for r in other.rows] == ["done"]  # other options: not the same outputs
+    fewer = run_batch(folder / "camera.png", out, options(formats=(".tif",)), n_workers=1, processes=False)
+    assert [r["status"] for r in fewer.rows] == ["skipped"]  # a subset of the formats is still done
+
+
+def test_exports_in_the_input_folder_are_not_inputs(tmp_path):
+    iio.imwrite(tmp_path / "coins.png", data.coins()[::4, ::4])
+    opts = options(formats=(".png",))
+    first = run_batch(tmp_path, tmp_path, opts, n_workers=1, processes=False)
+    assert [r["status"] for r in first.rows] == ["done"] and (tmp_path / "coins_labels.png").is_file()
+    again = run_batch(tmp_path, tmp_path, opts, n_workers=1, processes=False)
+    assert [(r["image"].rsplit("/", 1)[-1], r["status"]) for r in again.rows] == [("coins.png", "skipped")]
 
 
 def test_a_changed_output_is_redone(folder, full_run, tmp_path):

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .absence import AbsenceRule
-from .export import LABEL_SUFFIXES, file_sha256, labels_format, read_sidecar, write_labels
+from .export import LABEL_SUFFIXES, file_sha256, labels_format, read_sidecar, sidecar_path, write_labels
 from .progress import Task, as_task
 
 __all__ = ["IMAGE_SUFFIXES", "BatchOptions", "BatchResult", "ModelSpec", "batch_key", "find_images",
@@ -162,7 +162,8 @@ def _models_description(models) -> dict:
 def batch_key(options: BatchOptions, image_sha256: str) -> str:
     """What an export must have been made with to count as done: the options (models
     included) and the image's bytes."""
-    blob = json.dumps({"options": options.describe(), "image": image_sha256}, sort_keys=True)
+    opts = {k: v for k, v in options.describe().items() if k not in ("formats", "points")}  # outputs checked apart
+    blob = json.dumps({"options": opts, "image": image_sha256}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -186,6 +187,7 @@ def find_images(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list
         else:
             raise FileNotFoundError(f"no image, folder or glob match for {s!r}")
     seen: dict[Path, None] = {}
+    out = [p for p in out if not sidecar_path(p).is_file()]  # our own exports are not inputs
     for p in out:
         seen.setdefault(p.resolve(), None)
     return list(seen)
