@@ -342,3 +342,33 @@ def test_points_csv_round_trip(tmp_path):
     assert bf["positive"].tolist() == [True, False, True] and bf["object_id"].tolist() == [1, 0, 2]
     with pytest.raises(FileExistsError):
         write_points_csv(tmp_path / "p.csv", pts, feats)
+
+
+hyp = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+#: the largest id each format holds
+FORMAT_MAX = {".png": 65535, ".tif": 2**32 - 1, ".npy": 2**63 - 1, ".json": 2**63 - 1, ".zarr": 2**63 - 1}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(suffix=st.sampled_from(sorted(FORMAT_MAX)), shape=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+       ids=st.lists(st.sampled_from([1, 2, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**40]), min_size=1,
+                    max_size=4, unique=True), seed=st.integers(0, 2**16))
+def test_any_labels_round_trip_or_are_refused(tmp_path_factory, suffix, shape, ids, seed):
+    """Random labels with ids at the format boundaries: equal after the round trip when the
+    format holds them, refused (nothing written) when it does not."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(np.array([0, *ids], np.int64), size=shape)
+    classes = {int(i): f"c{k}" for k, i in enumerate(ids) if (labels == i).any()}
+    path = tmp_path_factory.mktemp("h") / f"x{suffix}"
+    if int(labels.max()) > FORMAT_MAX[suffix]:
+        with pytest.raises(ValueError, match="use"):
+            write_labels(path, labels, classes=classes)
+        assert not path.exists() and not sidecar_path(path).exists()
+        return
+    write_labels(path, labels, classes=classes)
+    back = read_labels(path)
+    np.testing.assert_array_equal(back.labels, labels)
+    assert back.classes == classes
