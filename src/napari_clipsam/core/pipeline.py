@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .absence import AbsenceRule, heatmap_thresholds
+from .annotation import Plane, PlaneAnnotation, SamObject, decode_objects, objects_from_prompts
 from .image import to_rgb_uint8
 from .localizers import Localizer, check_prompts
-from .progress import Task, as_task
 from .points import PointPrompts, heatmaps_to_points
-from .annotation import Plane, PlaneAnnotation, SamObject, decode_objects, objects_from_prompts
+from .progress import Task, as_task
 from .segment import SamSession
 
 __all__ = ["Annotation", "annotate", "segment_points"]

@@ -1,0 +1,152 @@
+"""A run's results -> napari layers: heatmaps, points, boxes, labels and the labels' features.
+
+Results enter the viewer only here, through ``layer_writer``'s by-name helpers; labels are
+painted through ``layer_writer.paint`` (the same partial, hand-edit-keeping update the live
+editor uses).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.annotation import PlaneAnnotation
+from . import layer_writer as LW
+from .inputs import spatial_shape
+
+
+def write_heatmaps(viewer, image_layer, results) -> None:
+    """One layer per prompt over the run's planes (on other axes only the plane's index, so a
+    single plane of a stack shows on its own slice), with the image's scale and translate."""
+    shape = spatial_shape(image_layer)
+    name = image_layer.name
+    plane0 = results[0][0]
+    sweep = {ax for plane, _ in results for ax, i in plane.fixed if i != dict(plane0.fixed)[ax]}
+    hshape = [1] * len(shape)
+    hshape[plane0.rows], hshape[plane0.cols] = shape[plane0.rows], shape[plane0.cols]
+    for ax in sweep:
+        hshape[ax] = shape[ax]
+    scale = np.asarray(image_layer.scale, float)
+    translate = np.asarray(image_layer.translate, float).copy()
+    for ax, i in plane0.fixed:
+        if ax not in sweep:
+            translate[ax] += i * scale[ax]
+    prompts = results[-1][1].prompts
+    presence = results[-1][1].presence
+    for p, prompt in enumerate(prompts):
+        vol = np.zeros(hshape, np.float32)
+        for plane, result in results:
+            idx = [0] * len(shape)
+            for ax, i in plane.fixed:
+                idx[ax] = i if ax in sweep else 0
+            idx[plane.rows] = slice(None)
+            idx[plane.cols] = slice(None)
+            heat = result.heatmaps[p]
+            vol[tuple(idx)] = heat.T if plane.transposed else heat
+        absent = any(prompt in r.absent for _, r in results)
+        LW.upsert_layer(viewer, "image", LW.heatmap_name(name, prompt), vol if len(shape) > 2 else vol.reshape(shape),
+                        image_layer=image_layer, colormap="inferno", blending="additive", opacity=0.6,
+                        contrast_limits=(0.0, 1.0), visible=not absent, scale=tuple(scale),
+                        translate=tuple(translate),
+                        metadata={"prompt": prompt, "absent": absent,
+                                  "presence": None if presence is None else float(presence[p])})
+
+
+def new_layers(viewer, image_layer, prompts: list[str]):
+    """(points, labels, boxes) layers for an image annotated for the first time; a labels
+    layer of ours with the image's shape is reused (the user's painting on it is kept)."""
+    name = image_layer.name
+    shape = spatial_shape(image_layer)
+    geo = dict(scale=tuple(image_layer.scale), translate=tuple(image_layer.translate))
+    labels = LW.find_ours(viewer, "labels", LW.labels_name(name), image_layer)
+    if labels is None or tuple(labels.data.shape) != shape:
+        labels = LW.upsert_layer(viewer, "labels", LW.labels_name(name), np.zeros(shape, np.int32),
+                                 image_layer=image_layer, **geo)
+    points = LW.upsert_layer(
+        viewer, "points", LW.points_name(name), np.zeros((0, len(shape))), image_layer=image_layer,
+        features=LW.points_features([], [], [], prompts, []), size=max(4.0, max(shape[-2:]) / 60.0),
+        border_color="white", face_color="lime", metadata={"prompts": prompts}, **geo)
+    boxes = LW.upsert_layer(
+        viewer, "shapes", LW.boxes_name(name), [], image_layer=image_layer, ndim=len(shape),
+        features={"object_id": np.zeros(0, int), "prompt": np.array([], dtype=object),
+                  "plane": np.array([], dtype=object)},
+        edge_color="yellow", face_color="transparent", edge_width=max(1.0, max(shape[-2:]) / 300.0), **geo)
+    return points, labels, boxes
+
+
+def write_run(editor, results) -> int:
+    """Put a run's planes into the editor's state and layers: each plane's points replace the
+    points on that plane (others are kept), its objects (ids unique across the image) are
+    painted, and decodes of the plane's old objects become stale. Returns the number of
+    hand-painted pixels that were kept."""
+    state, points_layer = editor.state, editor.points_layer
+    ndim = len(state.shape)
+    prompts = list(results[-1][1].prompts)
+    data = np.asarray(points_layer.data, float).reshape(-1, ndim)
+    keep = np.ones(len(data), bool)
+    for plane, _ in results:
+        keep &= ~LW.on_plane(points_layer, plane)
+    old = LW.read_point_table(points_layer)
+    rows, pos, oids, names, tags = [data[keep]], [old["positive"][keep]], [old["object_id"][keep]], \
+        [old["prompt"][keep]], [old["plane"][keep]]
+    kept_pixels = 0
+    for plane, result in results:
+        offset = max((oid for p, a in state.planes.items() if p != plane for oid in a.objects), default=0)
+        objects = {}
+        for oid, obj in result.objects.items():
+            obj.id = oid + offset
+            objects[obj.id] = obj
+        pts = result.points
+        rows.append(plane.to_nd(pts.points))
+        pos.append(pts.positive)
+        oids.append(np.where(pts.object_id > 0, pts.object_id + offset, 0))
+        names.append(np.array([result.prompts[i] for i in pts.prompt], dtype=object))
+        tags.append(np.array([plane.tag] * len(pts), dtype=object))
+        ann = state.planes.get(plane) or PlaneAnnotation(plane, result.labels.shape, "", list(result.prompts))
+        ann.prompts = list(result.prompts)
+        ann.key = result.key
+        ann.bump()  # decodes of the old objects are stale from now on
+        state.planes[plane] = ann
+        kept_pixels += LW.paint(editor.labels_layer, ann, objects)
+    categories = points_layer.features["prompt"].cat.categories if "prompt" in points_layer.features and hasattr(
+        points_layer.features["prompt"], "cat") else []
+    all_prompts = list(dict.fromkeys([*categories, *prompts]))
+    features = LW.points_features(np.concatenate(pos), np.concatenate(oids),
+                                  np.concatenate([np.asarray(n, dtype=object) for n in names]), all_prompts,
+                                  np.concatenate(tags))
+    points_layer.data = np.concatenate(rows)
+    points_layer.features = features
+    points_layer.metadata["prompts"] = all_prompts
+    LW.recolor(points_layer)
+    positive = features.index[features["positive"]]
+    if len(positive):
+        points_layer.feature_defaults = features.iloc[[positive[0]]].reset_index(drop=True)
+    else:
+        points_layer.feature_defaults = LW.points_features([True], [1], [prompts[0]], all_prompts,
+                                                           [results[-1][0].tag])
+    if editor.boxes_layer is not None:
+        editor.boxes_layer.feature_defaults = {"object_id": 0, "prompt": prompts[0], "plane": ""}
+    editor.sticky_object = None
+    update_label_features(editor)
+    return kept_pixels
+
+
+def update_label_features(editor) -> None:
+    """The labels layer's features (index, class, score; napari's writers and other plugins
+    read them) and metadata (classes, prompts) from the editor's objects."""
+    classes, scores = {}, {}
+    for ann in editor.state.planes.values():
+        classes.update(ann.classes)
+        scores.update({oid: o.score for oid, o in ann.objects.items()})
+    layer = editor.labels_layer
+    layer.features = LW.labels_features(classes, scores)
+    layer.metadata["classes"] = classes
+    layer.metadata["prompts"] = list(dict.fromkeys(p for a in editor.state.planes.values() for p in a.prompts))
+
+
+def semantic_labels(labels: np.ndarray, classes: dict[int, str], prompts: list[str]) -> np.ndarray:
+    """Instance labels -> one id per class: an object of prompt k gets k + 1."""
+    lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, np.int32)
+    for oid, cls in classes.items():
+        if 0 < oid < len(lut) and cls in prompts:
+            lut[oid] = prompts.index(cls) + 1
+    return lut[labels]
