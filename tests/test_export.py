@@ -372,3 +372,10 @@ def test_any_labels_round_trip_or_are_refused(tmp_path_factory, suffix, shape, i
     back = read_labels(path)
     np.testing.assert_array_equal(back.labels, labels)
     assert back.classes == classes
+
+
+def test_replacing_without_a_sidecar_drops_the_old_one(tmp_path, labels):
+    write_labels(tmp_path / "a.tif", labels, classes={1: "cat"})
+    write_labels(tmp_path / "a.tif", labels * 2, classes={2: "dog"}, sidecar=False, overwrite=True)
+    assert not sidecar_path(tmp_path / "a.tif").exists()
+    assert read_labels(tmp_path / "a.tif").classes == {2: "dog"}  # from the TIFF's own table

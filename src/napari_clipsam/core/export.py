@@ -622,6 +622,8 @@ def write_labels(
     finally:
         if fmt == "ome-zarr" and inserting and cleanup is not None:
             _remove(cleanup)
+    if not sidecar and side.is_file() and read_sidecar(side) is not None:
+        side.unlink()  # a sidecar of the labels just replaced would describe other labels
     if inserting:
         _register_ome_label(path, label_name)
     return [str(path)] + ([str(side)] if sidecar else [])
