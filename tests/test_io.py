@@ -177,3 +177,13 @@ def test_file_open_in_napari_round_trips(tmp_path, labels):
     np.testing.assert_array_equal(np.asarray(added[0].data), labels)
     assert dict(zip(added[0].features["index"], added[0].features["class"])) == CLASSES
     np.testing.assert_array_equal(added[1].data, POINTS["points"])
+
+
+def test_which_writer_napari_picks_when_none_is_chosen():
+    """npe2 has no writer priority: with no writer chosen, the longest matching extension wins,
+    ties go to the first registered (napari's own). Ours is picked for .png .npy .json .zarr
+    .ome.zarr; napari's for .tif and for points .csv (choose ours in the save dialog)."""
+    _writers, pm = manifest_writers()
+    picked = {ext: pm.get_writer(f"/tmp/x{ext}", ["labels"])[0].command
+              for ext in (".png", ".npy", ".json", ".zarr", ".ome.zarr")}
+    assert set(picked.values()) == {"napari-clipsam.write_labels"}
