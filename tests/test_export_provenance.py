@@ -64,6 +64,7 @@ def test_records_the_run(run, models):
         np.testing.assert_allclose(o["positive"], pts[lab == 1], atol=1e-3)
         np.testing.assert_allclose(o["negative"], np.asarray(pts[lab == 0]).reshape(-1, 2), atol=1e-3)
         assert o["class"] == result.classes.get(o["id"], o["class"])
+        assert o["box_prompt"] is None and o["score"] == pytest.approx(result.scores[o["id"]])
         rows, cols = np.nonzero(result.labels == o["id"])
         if rows.size:
             assert o["box"] == [rows.min(), cols.min(), rows.max(), cols.max()]

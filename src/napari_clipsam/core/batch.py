@@ -363,7 +363,8 @@ def process_image(image_path: str, outputs: Sequence[str], options: BatchOptions
             classes=classes, scores=scores, presence=presence, absent=absent, image_shape=img.shape,
             image_dtype=img.dtype, source=str(image_path), image_sha256=image_sha256,
             channel_axis=options.channel_axis, channels=options.channels,
-            extra={"planes": len(planes)})
+            extra={"planes": len(planes)},
+            objects=getattr(results[0], "objects", None) if len(results) == 1 and not plane_ids[0] else None)
         prov["batch"] = {"key": key, "options": options.describe()}
         ome_image = img if options.channel_axis is None else np.moveaxis(img, options.channel_axis, 0)
         for out in outputs:

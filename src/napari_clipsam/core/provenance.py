@@ -176,6 +176,33 @@ def object_records(points, prompts: Sequence[str], labels: np.ndarray | None = N
     return out
 
 
+def _records_from_objects(objects: Mapping, prompts: Sequence[str], labels: np.ndarray | None,
+                          classes: Mapping[int, str] | None, plane: Sequence[int] = ()) -> list[dict]:
+    """Per object, from the SAM objects of a run (``annotation.SamObject``-like: id, prompt,
+    points, labels, box, candidate, score, picked): exactly the prompts SAM decoded."""
+    classes = {int(k): v for k, v in (classes or {}).items()}
+    out = []
+    for oid in sorted(objects):
+        o = objects[oid]
+        pts = np.asarray(getattr(o, "points", np.zeros((0, 2))), float).reshape(-1, 2)
+        lab = np.asarray(getattr(o, "labels", np.zeros(0)), int).reshape(-1)
+        cls = int(getattr(o, "prompt", -1))
+        box = getattr(o, "box", None)
+        out.append({
+            "id": int(oid),
+            "class": classes.get(int(oid)) or (prompts[cls] if 0 <= cls < len(prompts) else None),
+            "score": float(getattr(o, "score", np.nan)),
+            "positive": pts[lab == 1].round(3).tolist(),
+            "negative": pts[lab == 0].round(3).tolist(),
+            "box_prompt": None if box is None else [round(float(v), 3) for v in box],
+            "candidate": getattr(o, "candidate", None),
+            "picked": getattr(o, "picked", None),
+            "box": _mask_box(labels, int(oid)),
+            **({"plane": list(plane)} if plane else {}),
+        })
+    return out
+
+
 def _points_table(points, prompts: Sequence[str], plane: Sequence[int] = ()) -> dict:
     if points is None or not len(points):
         return {"points": [], "positive": [], "object_id": [], "prompt": []}
@@ -246,6 +273,7 @@ def build_provenance(
     channel_axis: int | None = None,
     channels: Sequence[int] | None = None,
     extra: Mapping | None = None,
+    objects: Mapping | None = None,
 ) -> dict:
     """One run's provenance as a JSON-able dict (see the module docstring).
 
@@ -260,6 +288,8 @@ def build_provenance(
         index of the plane along the leading axes for an nD image (None for 2D);
         channel_axis/channels: which channels were blended.
     extra: anything else JSON-able (e.g. {"layer": name}).
+    objects: the run's SAM objects by id (``annotation.SamObject``: the points, box prompt and
+        multimask candidate SAM decoded); without them the objects are rebuilt from ``points``.
     """
     prompts = [str(p) for p in prompts]
     plane = tuple(int(i) for i in image_slice) if image_slice is not None else ()
@@ -286,7 +316,8 @@ def build_provenance(
                   "slice": list(plane) if image_slice is not None else None},
         "presence": None if presence is None else {p: float(v) for p, v in zip(prompts, np.asarray(presence).ravel())},
         "absent": list(absent),
-        "objects": _jsonable(object_records(points, prompts, labels, classes, scores)),
+        "objects": _jsonable(_records_from_objects(objects, prompts, labels, classes, plane) if objects
+                             else object_records(points, prompts, labels, classes, scores)),
         "points": _points_table(points, prompts, plane),
     }
     if extra:
@@ -304,7 +335,8 @@ def provenance_from_annotation(result, *, method: str, localizer=None, localizer
         prompts=result.prompts, method=method, localizer=localizer, localizer_params=localizer_params,
         threshold=threshold, absence=absence, point_params=point_params, clip=clip, sam=sam,
         points=result.points, labels=result.labels, classes=result.classes, scores=result.scores,
-        presence=result.presence, absent=result.absent, **image_info)
+        presence=result.presence, absent=result.absent, objects=getattr(result, "objects", None) or None,
+        **image_info)
 
 
 def options_key(provenance: Mapping) -> str:
