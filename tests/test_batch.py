@@ -169,6 +169,8 @@ def test_cli_batch_exit_codes_and_summary(folder, tmp_path, capsys):
     assert read_labels(tmp_path / "cli" / "coins_labels.png").labels.max() > 0
     assert batch([str(folder / "c*.png"), *args[1:]]) == 0  # only good images, already done: skipped
     assert "0 done, 3 skipped" in capsys.readouterr().out
+    assert batch([str(folder / "c*.png"), *[a for a in args[1:] if a != "--no-progress"]]) == 0
+    assert "napari-clipsam batch" in capsys.readouterr().err  # the tqdm bar, on stderr
     assert batch([str(tmp_path / "nothing-*.png"), *args[1:]]) == 2
     with pytest.raises(SystemExit):
         batch([str(folder), "-o", str(tmp_path), "-p", "cat", "-f", ".jpg"])

@@ -508,11 +508,11 @@ def run_batch(
     output_dir.mkdir(parents=True, exist_ok=True)
 
     bar = None
+    user_cb = task.on_progress
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(images), unit="image", desc="napari-clipsam batch")
-        user_cb = task.on_progress
 
         def on_progress(p, _cb=user_cb):
             if p.stage == "batch":
@@ -575,6 +575,7 @@ def run_batch(
                 if cluster is not None:
                     cluster.close()
     finally:
+        task.on_progress = user_cb
         if bar is not None:
             bar.close()
     return BatchResult([rows[str(im)] for im in images if str(im) in rows])
