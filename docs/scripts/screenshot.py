@@ -19,20 +19,26 @@ from napari_clipsam.widgets import ClipSamWidget  # noqa: E402
 from reference_model import load_reference_clip  # noqa: E402
 from tiny_sam import build_tiny_sam  # noqa: E402
 
-viewer = napari.Viewer(title="napari-clipsam")
-viewer.window._qt_window.resize(1500, 900)
+viewer = napari.Viewer(title="napari-clipsam")  # napari's default window size
 viewer.open_sample("napari-clipsam", "chelsea")
 widget = ClipSamWidget(viewer)
 widget.use_models(clip=load_reference_clip(), sam=build_tiny_sam(img_size=256, seed=3))
 viewer.window.add_dock_widget(widget, name="Annotate from words")
-widget._prompts.value = "cat\nsofa"
+widget.prompts.value = "cat\nsofa"
 widget.run()
 app = QApplication.instance()
-while widget.is_running:
+while widget.is_busy:
     app.processEvents()
 for _ in range(20):
     app.processEvents()
 viewer.layers["chelsea heatmap [sofa]"].visible = False
+viewer.layers.selection.active = viewer.layers["chelsea points"]
+viewer.reset_view()  # the whole image in view
+for _ in range(20):
+    app.processEvents()
+size = viewer.window._qt_window.size()
+print(f"window {size.width()} x {size.height()}, dock {widget.native.width()} px, "
+      f"canvas {viewer.window._qt_viewer.canvas.native.width()} px wide")
 out = root / "docs" / "images" / "napari-clipsam.png"
 viewer.screenshot(str(out), canvas_only=False, flash=False)
 print(out)

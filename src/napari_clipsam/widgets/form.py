@@ -20,7 +20,7 @@ from magicgui.widgets import (
     TextEdit,
 )
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox
+from qtpy.QtWidgets import QAbstractScrollArea, QComboBox
 from superqt import QCollapsible
 
 from ..core.absence import FLOOR_MODES
@@ -93,7 +93,7 @@ class AnnotateForm(Container):
         self.semantic_button = PushButton(text="Semantic view",
                                           tooltip="Add a labels layer with one id per class (prompt).")
         self.export_button = PushButton(text="Export labels…")
-        self.shortcuts = Label(label="keys", value="; ".join(f"{k}: {v.split(':')[0]}" for k, v in SHORTCUTS.items()))
+        self.shortcuts = Label(label="keys", value="T flip · N new object · M next mask · Ctrl+Z undo (labels)")
         self.shortcuts.native.setWordWrap(True)
         self.shortcuts.tooltip = "\n".join(f"{k}: {v}" for k, v in SHORTCUTS.items())
 
@@ -150,6 +150,8 @@ class AnnotateForm(Container):
         self.more_options.addWidget(self.more.native)
         self.more_options.collapse(animate=False)
 
+        for area in (self.prompts, self.error_details, self.composite_with):  # size from content, not 256 px
+            area.native.setSizeAdjustPolicy(QAbstractScrollArea.SizeAdjustPolicy.AdjustToContents)
         for box in (self.image, self.method, self.clip_model, self.sam_model, self.slices, self.templates,
                     self.absence_floor):  # long item names must not widen the dock
             box.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -161,6 +163,9 @@ class AnnotateForm(Container):
             self.error_details, self.new_object_button, self.flip_button, self.next_mask_button,
             self.semantic_button, self.export_button, self.shortcuts,
         ])
+        layout = self.native.layout()  # "More options" right under the first four fields
+        layout.removeWidget(self.more_options)
+        layout.insertWidget(4, self.more_options)
         self.templates.changed.connect(lambda v: setattr(self.custom_templates, "visible", v == "custom"))
         self.absence_floor.changed.connect(self._floor_default)
         self.error_details_button.changed.connect(
