@@ -318,3 +318,34 @@ def test_remove_points_and_objects_flip_and_new_object(qtbot, viewer_and_widget,
     _idle(qtbot, widget)
     assert int(pts.features["object_id"].iloc[-1]) not in set(pts.features["object_id"].iloc[:-1].tolist())
     np.testing.assert_array_equal(labels.data, _expected(oracle, pts))
+
+
+def test_boxes_from_heatmaps_are_editable_box_prompts(qtbot, viewer_and_widget, models):
+    viewer, widget = viewer_and_widget
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    widget.boxes_from_heatmaps.value = True
+    _run(qtbot, widget, img, "cat")
+    pts, labels, boxes = viewer.layers["chelsea points"], viewer.layers["chelsea labels"], \
+        viewer.layers["chelsea boxes"]
+    objs = object_prompts(pts)
+    assert len(boxes.data) == len(objs) and set(boxes.features["object_id"]) == set(objs)
+    heat = viewer.layers["chelsea heatmap [cat]"].data
+    from scipy import ndimage
+
+    lab, _ = ndimage.label(heat >= widget.threshold.value, structure=np.ones((3, 3)))
+    box_of = {}
+    for verts, oid in zip(boxes.data, boxes.features["object_id"]):
+        box_of[int(oid)] = (verts[:, 0].min(), verts[:, 1].min(), verts[:, 0].max(), verts[:, 1].max())
+        p = objs[int(oid)][0][objs[int(oid)][1] == 1][0]
+        rows, cols = np.nonzero(lab == lab[int(p[0]), int(p[1])])
+        assert box_of[int(oid)] == (rows.min(), cols.min(), rows.max(), cols.max())
+    oracle = Oracle(models[1], data.chelsea())
+    np.testing.assert_array_equal(labels.data, _expected(oracle, pts, boxes=box_of))
+    # moving a box is an edit like any other
+    oid = int(boxes.features["object_id"].iloc[0])
+    moved = [np.asarray(d).copy() for d in boxes.data]
+    moved[0] = moved[0] + np.array([5.0, 5.0])
+    boxes.data = (moved, list(boxes.shape_type))
+    _idle(qtbot, widget)
+    box_of[oid] = tuple(np.array(box_of[oid]) + 5.0)
+    np.testing.assert_array_equal(labels.data, _expected(oracle, pts, boxes=box_of))

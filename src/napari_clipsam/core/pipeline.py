@@ -16,7 +16,7 @@ from .absence import AbsenceRule, heatmap_thresholds
 from .annotation import Plane, PlaneAnnotation, SamObject, decode_objects, objects_from_prompts
 from .image import to_rgb_uint8
 from .localizers import Localizer, check_prompts
-from .points import PointPrompts, heatmaps_to_points
+from .points import PointPrompts, heatmap_boxes, heatmaps_to_points
 from .progress import Task, as_task
 from .segment import SamSession
 
@@ -39,16 +39,17 @@ class Annotation:
     absent: list[str] = field(default_factory=list)
     objects: dict[int, SamObject] = field(default_factory=dict)
     key: str = ""  # image_key of the pixels SAM embedded ("" without SAM)
+    boxes: dict = field(default_factory=dict)  # object id -> ((row0, col0, row1, col1), prompt index)
 
 
 def segment_points(session: SamSession, points: PointPrompts, prompts: Sequence[str],
-                   shape: tuple[int, int], task: Task | None = None) -> PlaneAnnotation:
+                   shape: tuple[int, int], task: Task | None = None, boxes=None) -> PlaneAnnotation:
     """Decode every object of ``points`` with an embedded session, one mask at a time.
 
     Returns the plane's annotation (2D plane of ``shape``; objects with their masks);
     ``.compose()`` gives the labels (H, W) int32."""
     plane = PlaneAnnotation(Plane(2, 0, 1), tuple(shape), session.key or "", list(prompts))
-    objects = objects_from_prompts(points)
+    objects = objects_from_prompts(points, boxes)
     decode_objects(session, objects.values(), task)
     plane.objects = objects
     return plane
@@ -62,6 +63,7 @@ def annotate(
     *,
     threshold: float = 0.6,
     absence: AbsenceRule | None = None,
+    boxes_from_heatmaps: bool = False,
     task: Task | None = None,
     **point_params,
 ) -> Annotation:
@@ -70,6 +72,8 @@ def annotate(
     threshold: heatmap value a peak needs to become a positive point.
     absence: when a prompt counts as absent (no points): image-level presence and a floor on
         the raw similarity (see ``absence``); None = no check.
+    boxes_from_heatmaps: also prompt SAM with each object's heatmap blob as a box
+        (``points.heatmap_boxes``); the boxes are in ``Annotation.boxes``.
     task: progress reports ("heatmaps" per window, "points", "image embedding", "masks")
         and cancellation between them (``progress.Task``).
     point_params go to ``heatmaps_to_points`` (max_objects, negatives, ...).
@@ -88,6 +92,7 @@ def annotate(
         verdict = heatmap_thresholds(localizer.scores(grid).numpy(), absence, presence)
         absent, thresholds, skip = verdict.absent_prompts(prompts), verdict.point_thresholds(threshold), verdict.absent
     points = heatmaps_to_points(heat, threshold=thresholds, skip=skip, **point_params)
+    boxes = heatmap_boxes(heat, points, thresholds) if boxes_from_heatmaps else {}
     labels = np.zeros(rgb.shape[:2], np.int32)
     classes: dict[int, str] = {}
     scores: dict[int, float] = {}
@@ -96,10 +101,10 @@ def annotate(
     if session is not None:
         task.report("image embedding")
         session.set_image(rgb)
-        state = segment_points(session, points, prompts, rgb.shape[:2], task)
+        state = segment_points(session, points, prompts, rgb.shape[:2], task, boxes)
         key = session.key or ""
         labels = state.compose()
         classes = state.classes
         scores = {oid: o.score for oid, o in state.objects.items()}
         objects = state.objects
-    return Annotation(prompts, heat, points, labels, classes, scores, presence, absent, objects, key)
+    return Annotation(prompts, heat, points, labels, classes, scores, presence, absent, objects, key, boxes)

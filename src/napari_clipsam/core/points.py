@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from skimage.feature import peak_local_max
 
-__all__ = ["PointPrompts", "heatmaps_to_points", "object_point_sets"]
+__all__ = ["PointPrompts", "heatmap_boxes", "heatmaps_to_points", "object_point_sets"]
 
 
 @dataclass
@@ -138,3 +138,38 @@ def object_point_sets(prompts: PointPrompts) -> dict[int, tuple[np.ndarray, np.n
         sel = own | shared
         out[int(oid)] = (prompts.points[sel], prompts.positive[sel].astype(np.int32), cls)
     return out
+
+
+def heatmap_boxes(heatmaps: np.ndarray, points: PointPrompts, threshold: float | np.ndarray = 0.6
+                  ) -> dict[int, tuple[tuple[float, float, float, float], int]]:
+    """Each object's heatmap blob as a SAM box prompt: {object id: ((row0, col0, row1, col1),
+    prompt index)}.
+
+    The blob of a positive point is the connected region of its prompt's heatmap at or above
+    ``threshold`` (one value, or one per prompt) that contains the point; an object with
+    several positive points (one object per prompt) gets the box around all their blobs.
+    """
+    from skimage.measure import label as connected
+
+    hm = np.asarray(heatmaps, dtype=np.float32)
+    if hm.ndim == 2:
+        hm = hm[None]
+    thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (hm.shape[0],))
+    regions: dict[int, np.ndarray] = {}
+    boxes: dict[int, list] = {}
+    for (r, c), pos, oid, p in zip(points.points, points.positive, points.object_id, points.prompt):
+        if not pos or oid <= 0:
+            continue
+        if p not in regions:
+            regions[p] = connected(hm[p] >= thr[p], connectivity=2)
+        lab = regions[p]
+        rr, cc = int(np.clip(round(r), 0, lab.shape[0] - 1)), int(np.clip(round(c), 0, lab.shape[1] - 1))
+        if lab[rr, cc] == 0:
+            continue
+        rows, cols = np.nonzero(lab == lab[rr, cc])
+        box = [rows.min(), cols.min(), rows.max(), cols.max()]
+        if oid in boxes:
+            old = boxes[oid][0]
+            box = [min(old[0], box[0]), min(old[1], box[1]), max(old[2], box[2]), max(old[3], box[3])]
+        boxes[int(oid)] = [box, int(p)]
+    return {oid: (tuple(float(v) for v in b), p) for oid, (b, p) in boxes.items()}

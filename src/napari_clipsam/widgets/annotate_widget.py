@@ -161,7 +161,8 @@ class ClipSamWidget(AnnotateForm):
         cfg = dict(method=self.method.value, clip=self.clip_model.value, clip_file=self.clip_file.value,
                    sam=self.sam_model.value, sam_file=self.sam_file.value, localizer=params, absence=absence,
                    threshold=float(self.threshold.value), max_objects=int(self.max_objects.value),
-                   one_object_per_prompt=bool(self.one_object_per_prompt.value))
+                   one_object_per_prompt=bool(self.one_object_per_prompt.value),
+                   boxes_from_heatmaps=bool(self.boxes_from_heatmaps.value))
 
         def pixels_now(plane: Plane) -> np.ndarray:
             """The plane's pixels as the layers hold them now (what live decodes embed)."""
@@ -376,13 +377,14 @@ def annotate_via_queue(queue: SamQueue, rgb, prompts, localizer, session, cfg, t
     """The pipeline with its SAM stages on the one SAM queue: CLIP work runs in the caller's
     thread; embedding and decodes wait their turn behind live decodes."""
     result = annotate(rgb, prompts, localizer, None, threshold=cfg["threshold"], absence=cfg["absence"], task=task,
-                      max_objects=cfg["max_objects"], one_object_per_prompt=cfg["one_object_per_prompt"])
+                      boxes_from_heatmaps=cfg["boxes_from_heatmaps"], max_objects=cfg["max_objects"],
+                      one_object_per_prompt=cfg["one_object_per_prompt"])
     from ..core.annotation import decode_objects, objects_from_prompts
 
     def sam_stage():
         task.report("image embedding")
         key = session.set_image(rgb)
-        objects = objects_from_prompts(result.points)
+        objects = objects_from_prompts(result.points, result.boxes)
         decode_objects(session, objects.values(), task)
         return key, objects
 

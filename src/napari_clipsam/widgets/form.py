@@ -130,6 +130,10 @@ class AnnotateForm(Container):
                                    tooltip="At most this many objects (peaks) per prompt.")
         self.one_object_per_prompt = CheckBox(label="one object per prompt", value=False,
                                               tooltip="All peaks of a prompt prompt one object (semantic).")
+        self.boxes_from_heatmaps = CheckBox(label="boxes from heatmaps", value=False,
+                                            tooltip="Also prompt SAM with each object's heatmap blob (its region "
+                                                    "above the threshold) as a box; the boxes are editable in "
+                                                    "the boxes layer.")
         self.absence_floor = ComboBox(label="absence floor", choices=list(FLOOR_MODES), value="none",
                                       tooltip="A floor on the method's raw similarity that a point must reach; "
                                               "prompts with nothing above it get no points.")
@@ -140,7 +144,7 @@ class AnnotateForm(Container):
         self.more = Container(labels=True, widgets=[
             self.clip_model, self.clip_file, self.sam_model, self.sam_file, self.slices, self.slice_axis,
             self.composite_with, self.templates, self.custom_templates, self.background, self.resolution,
-            self.window, self.max_objects, self.one_object_per_prompt,
+            self.window, self.max_objects, self.one_object_per_prompt, self.boxes_from_heatmaps,
             self.absence_floor, self.floor_value, self.min_presence,
         ])
         self.more.margins = (0, 0, 0, 0)

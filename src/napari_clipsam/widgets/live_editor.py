@@ -11,6 +11,7 @@ pixel the user painted by hand is never overwritten (see ``PlaneAnnotation.updat
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import numpy as np
 from superqt.utils import ensure_main_thread
@@ -40,6 +41,7 @@ class LiveEditor:
         self._again = False
         self._closed = False
         self._scheduled = False
+        self._quiet = False
         self.prompts: list[str] = []
         points_layer.events.data.connect(self._on_points)
         points_layer.events.mode.connect(self._on_mode)
@@ -71,6 +73,15 @@ class LiveEditor:
         return self.points_layer in layers and self.labels_layer in layers and self.image_layer in layers
 
     # ------------------------------------------------------------------ events
+    @contextmanager
+    def quiet(self):
+        """Layer changes made inside are the plugin's own writes, not user edits."""
+        self._quiet = True
+        try:
+            yield
+        finally:
+            self._quiet = False
+
     def _on_pixels(self, _event=None) -> None:
         self.state.pixels_changed = True
 
@@ -79,6 +90,8 @@ class LiveEditor:
             self.sticky_object = None  # 'New object' lasts while the user keeps adding points
 
     def _on_points(self, event=None) -> None:
+        if self._quiet:
+            return
         action = str(getattr(event, "action", "changed"))
         if action in ("adding", "removing", "changing"):
             return
@@ -88,6 +101,8 @@ class LiveEditor:
         self.schedule()
 
     def _on_boxes(self, event=None) -> None:
+        if self._quiet:
+            return
         action = str(getattr(event, "action", "changed"))
         if action in ("adding", "removing", "changing"):
             return

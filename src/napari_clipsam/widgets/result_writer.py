@@ -89,6 +89,7 @@ def write_run(editor, results) -> int:
     rows, pos, oids, names, tags = [data[keep]], [old["positive"][keep]], [old["object_id"][keep]], \
         [old["prompt"][keep]], [old["plane"][keep]]
     kept_pixels = 0
+    new_boxes = []  # (rectangle (4, ndim), object id, prompt, plane tag)
     for plane, result in results:
         offset = max((oid for p, a in state.planes.items() if p != plane for oid in a.objects), default=0)
         objects = {}
@@ -101,6 +102,9 @@ def write_run(editor, results) -> int:
         oids.append(np.where(pts.object_id > 0, pts.object_id + offset, 0))
         names.append(np.array([result.prompts[i] for i in pts.prompt], dtype=object))
         tags.append(np.array([plane.tag] * len(pts), dtype=object))
+        for oid, ((r0, c0, r1, c1), p) in result.boxes.items():
+            corners = plane.to_nd(np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]], float))
+            new_boxes.append((corners, oid + offset, result.prompts[p], plane.tag))
         ann = state.planes.get(plane) or PlaneAnnotation(plane, result.labels.shape, "", list(result.prompts))
         ann.prompts = list(result.prompts)
         ann.key = result.key
@@ -113,8 +117,11 @@ def write_run(editor, results) -> int:
     features = LW.points_features(np.concatenate(pos), np.concatenate(oids),
                                   np.concatenate([np.asarray(n, dtype=object) for n in names]), all_prompts,
                                   np.concatenate(tags))
-    points_layer.data = np.concatenate(rows)
-    points_layer.features = features
+    with editor.quiet():
+        points_layer.data = np.concatenate(rows)
+        points_layer.features = features
+        if editor.boxes_layer is not None:
+            write_boxes(editor.boxes_layer, [p for p, _ in results], new_boxes)
     points_layer.metadata["prompts"] = all_prompts
     LW.recolor(points_layer)
     positive = features.index[features["positive"]]
@@ -128,6 +135,30 @@ def write_run(editor, results) -> int:
     editor.sticky_object = None
     update_label_features(editor)
     return kept_pixels
+
+
+def write_boxes(layer, planes, boxes) -> None:
+    """Replace the boxes on ``planes`` of a shapes layer by ``boxes`` [(corners (4, ndim),
+    object id, prompt, plane tag)]; boxes on other planes are kept."""
+    import pandas as pd
+
+    keep = np.ones(len(layer.data), bool)
+    for plane in planes:
+        keep &= ~LW.on_plane(layer, plane)
+    f = layer.features
+    n = len(layer.data)
+    old_ids = f["object_id"].to_numpy(int) if "object_id" in f and len(f) == n else np.zeros(n, int)
+    old_prompts = f["prompt"].astype(str).to_numpy(dtype=object) if "prompt" in f and len(f) == n \
+        else np.full(n, "", dtype=object)
+    old_planes = f["plane"].to_numpy(dtype=object) if "plane" in f and len(f) == n else np.full(n, "", dtype=object)
+    data = [np.asarray(d) for d, k in zip(layer.data, keep) if k] + [b[0] for b in boxes]
+    types = [t for t, k in zip(layer.shape_type, keep) if k] + ["rectangle"] * len(boxes)
+    layer.data = (data, types)
+    layer.features = pd.DataFrame({
+        "object_id": np.concatenate([old_ids[keep], np.array([b[1] for b in boxes], int)]),
+        "prompt": np.concatenate([old_prompts[keep], np.array([b[2] for b in boxes], dtype=object)]),
+        "plane": np.concatenate([old_planes[keep], np.array([b[3] for b in boxes], dtype=object)]),
+    })
 
 
 def update_label_features(editor) -> None:
