@@ -349,3 +349,47 @@ def test_boxes_from_heatmaps_are_editable_box_prompts(qtbot, viewer_and_widget, 
     _idle(qtbot, widget)
     box_of[oid] = tuple(np.array(box_of[oid]) + 5.0)
     np.testing.assert_array_equal(labels.data, _expected(oracle, pts, boxes=box_of))
+
+
+def test_a_decode_that_finishes_after_a_rerun_is_dropped(qtbot, viewer_and_widget, models):
+    import threading
+
+    viewer, widget = viewer_and_widget
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    _run(qtbot, widget, img, "cat")
+    pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
+    gate = threading.Event()
+    widget.sam_queue.submit(gate.wait, 60)  # hold the one SAM queue
+    widget.threshold.value = 0.5
+    widget.run()  # its SAM stage queues behind the gate
+    qtbot.waitUntil(lambda: any(p.stage == "points" for p in widget.runner.log), timeout=TIMEOUT)
+    qtbot.wait(300)
+    _move_first_positive(pts, (5, 5))  # this edit's decode queues behind the run's SAM stage
+    qtbot.wait(100)
+    gate.set()
+    _idle(qtbot, widget)
+    assert "done" in widget.status.value
+    # the run's result stands: the edit's late decode (for the replaced objects) was not painted
+    np.testing.assert_array_equal(labels.data, _expected(Oracle(models[1], data.chelsea()), pts))
+
+
+def test_semantic_view_and_labels_features(qtbot, viewer_and_widget):
+    viewer, widget = viewer_and_widget
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    _run(qtbot, widget, img, "cat\nsofa")
+    labels, pts = viewer.layers["chelsea labels"], viewer.layers["chelsea points"]
+    f = labels.features
+    assert list(f.columns[:3]) == ["index", "class", "score"] and f["index"].iloc[0] == 0
+    ids = set(np.unique(labels.data).tolist()) - {0}
+    assert ids <= set(f["index"].tolist())
+    for oid in ids:  # each id's class is the prompt of its points
+        row = f[f["index"] == oid].iloc[0]
+        own = pts.features[(pts.features["object_id"] == oid) & pts.features["positive"]]
+        assert row["class"] == own["prompt"].astype(str).iloc[0] and np.isfinite(row["score"])
+    widget.semantic_view()
+    sem = viewer.layers["chelsea classes"].data
+    expected = np.zeros_like(labels.data)
+    for oid in ids:
+        cls = f[f["index"] == oid]["class"].iloc[0]
+        expected[labels.data == oid] = ["cat", "sofa"].index(cls) + 1
+    np.testing.assert_array_equal(sem, expected)

@@ -273,11 +273,14 @@ class LiveEditor:
             self.on_error(f"updating masks failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                           str(exc))
         elif self.layers_alive():
+            applied = 0
             for ann, generation, wanted, key in future.result():
                 if ann.generation != generation or self.state.planes.get(ann.plane) is not ann:
                     continue  # a re-run replaced this plane's objects: stale, never painted
                 self.apply(ann, wanted, key)
-            self.on_applied()
+                applied += 1
+            if applied:
+                self.on_applied()
         if self._again:
             self._again = False
             self.schedule()
