@@ -379,3 +379,15 @@ def test_replacing_without_a_sidecar_drops_the_old_one(tmp_path, labels):
     write_labels(tmp_path / "a.tif", labels * 2, classes={2: "dog"}, sidecar=False, overwrite=True)
     assert not sidecar_path(tmp_path / "a.tif").exists()
     assert read_labels(tmp_path / "a.tif").classes == {2: "dog"}  # from the TIFF's own table
+
+
+def test_coco_with_hundreds_of_objects(tmp_path):
+    """More than 255 objects (pycocotools' area() on a list of them overflows in 2.0.11)."""
+    from pycocotools.coco import COCO
+
+    labels = np.kron(np.arange(1, 301).reshape(15, 20), np.ones((2, 3), np.int64))
+    write_labels(tmp_path / "many.json", labels, classes=dict.fromkeys(range(1, 301), "cell"), sidecar=False)
+    coco = COCO(str(tmp_path / "many.json"))
+    assert len(coco.anns) == 300 and all(a["area"] == 6 for a in coco.anns.values())
+    np.testing.assert_array_equal(coco.annToMask(coco.anns[300]), labels == 300)
+    np.testing.assert_array_equal(read_labels(tmp_path / "many.json").labels, labels)

@@ -326,20 +326,31 @@ def coco_dict(labels: np.ndarray, classes: Mapping[int, str], scores: Mapping[in
             names.append(str(name))
     cat_id = {n: k + 1 for k, n in enumerate(names)}
     anns = []
-    if ids:
-        masks = np.asfortranarray(np.stack([arr == i for i in ids], axis=-1).astype(np.uint8))
-        rles = mask_utils.encode(masks)
-        areas = mask_utils.area(rles)
-        boxes = mask_utils.toBbox(rles)
-        for i, rle, area, box in zip(ids, rles, areas, boxes):
-            ann = {
-                "id": i, "image_id": 1, "category_id": cat_id[classes.get(i, "object")],
-                "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
-                "area": int(area), "bbox": [float(b) for b in box], "iscrowd": 0,
-            }
-            if i in scores:
-                ann["score"] = scores[i]
-            anns.append(ann)
+    # One object at a time in one reused full-size buffer: stacking all masks would take
+    # H x W x objects bytes (5 GB for 300 objects at 4096^2). pycocotools' area() on a list
+    # of more than 255 RLEs overflows (2.0.11, numpy 2), so it is called per object too.
+    from scipy.ndimage import find_objects
+
+    buf = np.zeros((arr.shape[0], arr.shape[1], 1), np.uint8, order="F")
+    if ids and ids[-1] > 4 * len(ids) + 65536:  # sparse huge ids: find_objects on dense ones
+        dense = np.where(arr > 0, np.searchsorted(np.asarray(ids, arr.dtype), arr) + 1, 0)
+        slices = dict(zip(ids, find_objects(dense)))
+    else:
+        found = find_objects(arr) if ids else []
+        slices = {i: found[i - 1] for i in ids}
+    for i in ids:
+        sl = slices[i]
+        buf[sl + (0,)] = arr[sl] == i
+        (rle,) = mask_utils.encode(buf)
+        buf[sl + (0,)] = 0
+        ann = {
+            "id": i, "image_id": 1, "category_id": cat_id[classes.get(i, "object")],
+            "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+            "area": int(mask_utils.area(rle)), "bbox": [float(b) for b in mask_utils.toBbox(rle)], "iscrowd": 0,
+        }
+        if i in scores:
+            ann["score"] = scores[i]
+        anns.append(ann)
     return {
         "info": {"description": "napari-clipsam labels", "napari_clipsam": SIDECAR_VERSION},
         "images": [{"id": 1, "file_name": file_name, "height": int(arr.shape[0]), "width": int(arr.shape[1])}],
