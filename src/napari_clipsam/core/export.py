@@ -713,7 +713,10 @@ def _read_coco(path: Path) -> tuple[np.ndarray, dict[int, str], dict[int, float]
         else:
             rle = {"size": seg["size"], "counts": seg["counts"].encode("ascii")}
         oid = int(ann.get("id", k))
-        labels[mask_utils.decode(rle).astype(bool)] = oid
+        mask = mask_utils.decode(rle)
+        c0, r0, w, h = (int(np.floor(v)) for v in mask_utils.toBbox(rle))  # paint within the box only
+        r1, c1 = r0 + h + 1, c0 + w + 1
+        labels[r0:r1, c0:c1][mask[r0:r1, c0:c1] != 0] = oid
         classes[oid] = names.get(ann["category_id"], "object")
         if "score" in ann:
             scores[oid] = float(ann["score"])
