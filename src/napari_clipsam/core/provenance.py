@@ -142,14 +142,20 @@ def sam_model_info(kind: str, checkpoint: str | os.PathLike | None = None, *, mo
     return info
 
 
-def _mask_box(labels: np.ndarray | None, oid: int) -> list[int] | None:
-    """[min row, min col, max row, max col] (inclusive, last two axes) of object ``oid``."""
-    if labels is None:
-        return None
-    rows, cols = np.nonzero((np.asarray(labels) == oid).reshape(-1, *np.shape(labels)[-2:]).any(axis=0))
-    if rows.size == 0:
-        return None
-    return [int(rows.min()), int(cols.min()), int(rows.max()), int(cols.max())]
+def _mask_boxes(labels: np.ndarray | None, ids) -> dict[int, list[int] | None]:
+    """{id: [min row, min col, max row, max col]} (inclusive, over the last two axes; None for
+    an object without pixels), from one pass over the labels (``ndimage.find_objects``)."""
+    ids = sorted({int(i) for i in ids if int(i) > 0})
+    if labels is None or not ids:
+        return dict.fromkeys(ids)
+    from scipy.ndimage import find_objects
+
+    lab = np.asarray(labels)
+    dense = np.where(np.isin(lab, ids), np.searchsorted(np.asarray(ids), lab) + 1, 0)
+    out: dict[int, list[int] | None] = {}
+    for i, sl in zip(ids, find_objects(dense, max_label=len(ids))):
+        out[i] = None if sl is None else [sl[-2].start, sl[-1].start, sl[-2].stop - 1, sl[-1].stop - 1]
+    return out
 
 
 def object_records(points, prompts: Sequence[str], labels: np.ndarray | None = None,
@@ -162,6 +168,7 @@ def object_records(points, prompts: Sequence[str], labels: np.ndarray | None = N
     scores = {int(k): float(v) for k, v in (scores or {}).items()}
     sets = object_point_sets(points) if points is not None and len(points) else {}
     ids = sorted(set(sets) | set(classes))
+    boxes = _mask_boxes(labels, ids)
     out = []
     for oid in ids:
         rec: dict = {"id": oid, "class": classes.get(oid), "score": scores.get(oid)}
@@ -171,7 +178,7 @@ def object_records(points, prompts: Sequence[str], labels: np.ndarray | None = N
             rec["class"] = rec["class"] or (prompts[cls] if 0 <= cls < len(prompts) else None)
             rec["positive"] = pts[lab == 1].round(3).tolist()
             rec["negative"] = pts[lab == 0].round(3).tolist()
-        rec["box"] = _mask_box(labels, oid)
+        rec["box"] = boxes.get(oid)
         out.append(rec)
     return out
 
@@ -181,6 +188,7 @@ def _records_from_objects(objects: Mapping, prompts: Sequence[str], labels: np.n
     """Per object, from the SAM objects of a run (``annotation.SamObject``-like: id, prompt,
     points, labels, box, candidate, score, picked): exactly the prompts SAM decoded."""
     classes = {int(k): v for k, v in (classes or {}).items()}
+    boxes = _mask_boxes(labels, objects)
     out = []
     for oid in sorted(objects):
         o = objects[oid]
@@ -197,7 +205,7 @@ def _records_from_objects(objects: Mapping, prompts: Sequence[str], labels: np.n
             "box_prompt": None if box is None else [round(float(v), 3) for v in box],
             "candidate": getattr(o, "candidate", None),
             "picked": getattr(o, "picked", None),
-            "box": _mask_box(labels, int(oid)),
+            "box": boxes.get(int(oid)),
             **({"plane": list(plane)} if plane else {}),
         })
     return out
