@@ -48,6 +48,8 @@ class ClipSamWidget(AnnotateForm):
         self.semantic_button.changed.connect(self.semantic_view)
         self.export_button.changed.connect(self._export_dialog)
 
+        self.closed = False
+        self.native.destroyed.connect(self._on_destroyed)
         layers = self.viewer.layers
         layers.events.inserted.connect(self._layers_changed)
         layers.events.removed.connect(self._layers_changed)
@@ -59,9 +61,31 @@ class ClipSamWidget(AnnotateForm):
         if isinstance(active, Image):
             self.image.value = active
 
+    # ------------------------------------------------------------------ lifetime
+    def _on_destroyed(self, *_) -> None:
+        """The dock (or the viewer) was closed: stop all work, follow nothing any more."""
+        self.close_down()
+
+    def close_down(self) -> None:
+        """Cancel the run, stop following layers, drop pending decodes' results."""
+        if self.closed:
+            return
+        self.closed = True
+        self.runner.cancel()
+        self.runner.stop_display()
+        for editor in self.editors:
+            editor.close()
+        layers = self.viewer.layers
+        for emitter in (layers.events.inserted, layers.events.removed, layers.events.moved):
+            emitter.disconnect(self._layers_changed)
+        for layer in layers:
+            layer.events.name.disconnect(self._layers_changed)
+
     # ------------------------------------------------------------------ layer choices
     def _layers_changed(self, event=None) -> None:
         """The image fields follow layers added, removed and renamed."""
+        if self.closed:
+            return
         if event is not None and getattr(event, "type", "") == "inserted":
             event.value.events.name.connect(self._layers_changed)
         if event is not None and getattr(event, "type", "") == "removed":
@@ -140,6 +164,8 @@ class ClipSamWidget(AnnotateForm):
     def run(self) -> None:
         """Start a run on the chosen image layer (a message instead if one is running or
         the input is wrong)."""
+        if self.closed:
+            raise RuntimeError("this napari-clipsam widget was closed; open a new one")
         if self.is_running:
             show_info("napari-clipsam is already running; cancel it first")
             return
@@ -210,14 +236,20 @@ class ClipSamWidget(AnnotateForm):
         show_error(f"napari-clipsam: {short}")
 
     def _on_failed(self, short: str, details: str) -> None:
+        if self.closed:
+            return
         self._end_run()
         self._fail(short, details)
 
     def _on_cancelled(self) -> None:
+        if self.closed:
+            return
         self._end_run()
         self.show_status("cancelled: nothing was changed (a partial download resumes next time)")
 
     def _on_done(self, image_layer, payload, pixels) -> None:
+        if self.closed:
+            return  # the widget is gone: a run's results never land in a closed viewer
         self._end_run()
         session, results = payload
         if image_layer not in self.viewer.layers:
@@ -266,6 +298,8 @@ class ClipSamWidget(AnnotateForm):
 
     # ------------------------------------------------------------------ live editing
     def _after_edit(self) -> None:
+        if self.closed:
+            return
         for editor in self.editors:
             if editor.layers_alive():
                 RW.update_label_features(editor)
@@ -273,6 +307,8 @@ class ClipSamWidget(AnnotateForm):
         self.show_status(f"updated: {n} objects")
 
     def _edit_failed(self, short: str, details: str) -> None:
+        if self.closed:
+            return
         self.show_error(short, details)
         self.show_status("mask update failed: the labels were not changed")
         from napari.utils.notifications import show_error
@@ -302,7 +338,11 @@ class ClipSamWidget(AnnotateForm):
             show_info("napari-clipsam: run first, then add objects to its points layer")
             return
         self.viewer.layers.selection.active = editor.points_layer
-        oid = editor.new_object()
+        try:
+            oid = editor.new_object()
+        except ValueError as exc:
+            self._edit_failed(str(exc), "")
+            return
         self.show_status(f"new object {oid}: click to add its points")
 
     def flip_selected(self, layer=None) -> None:
@@ -322,7 +362,10 @@ class ClipSamWidget(AnnotateForm):
         if editor is None or not editor.points_layer.selected_data:
             show_info("napari-clipsam: select a point of an object to cycle its candidate masks")
             return
-        editor.next_candidates(editor.points_layer.selected_data)
+        try:
+            editor.next_candidates(editor.points_layer.selected_data)
+        except ValueError as exc:
+            self._edit_failed(str(exc), "")
 
     def semantic_view(self) -> None:
         """A labels layer '<image> classes' with one id per class: prompt k -> k + 1."""

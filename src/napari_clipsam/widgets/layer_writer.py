@@ -133,14 +133,28 @@ def on_plane(layer, plane: Plane) -> np.ndarray:
     return by_coords
 
 
-def read_point_prompts(layer, plane: Plane, prompts: list[str]) -> PointPrompts:
-    """The points of ``layer`` that lie on ``plane``, as plane (row, col) prompts.
+POINT_COLUMNS = ("positive", "object_id", "prompt")
 
-    Missing or renamed feature columns fall back to: positive, object 1, the first prompt;
-    an unknown prompt name counts as the first prompt."""
+
+def require_columns(layer, columns=POINT_COLUMNS) -> None:
+    """Raise a ValueError naming the feature columns ``layer`` lacks (removed or renamed)."""
+    f = layer.features
+    missing = [c for c in columns if c not in f]
+    if missing or len(f) != len(layer.data):
+        what = f"has no {', '.join(repr(c) for c in missing)} feature column" if missing else \
+            f"has {len(f)} feature rows for {len(layer.data)} points"
+        raise ValueError(f"the points layer '{layer.name}' {what} (removed or renamed?); the masks were not "
+                         f"updated. Rename the column back, or Run again to rebuild the points")
+
+
+def read_point_prompts(layer, plane: Plane, prompts: list[str]) -> PointPrompts:
+    """The points of ``layer`` that lie on ``plane``, as plane (row, col) prompts (a clear
+    ValueError if its feature columns were removed or renamed); an unknown prompt name counts
+    as the first prompt."""
     n = len(layer.data)
     if n == 0:
         return PointPrompts()
+    require_columns(layer)
     data = np.asarray(layer.data, float)
     on = on_plane(layer, plane)
     f = layer.features

@@ -134,8 +134,9 @@ class LiveEditor:
         """A point added on an object joins it; on the background it starts a new object
         (or joins the object 'New object' started)."""
         layer = self.points_layer
-        if not indices or len(layer.features) != len(layer.data) or "object_id" not in layer.features:
-            return
+        if not indices or any(c not in layer.features for c in LW.POINT_COLUMNS) \
+                or len(layer.features) != len(layer.data):
+            return  # the decode that follows reports the missing columns
         feats = layer.features.copy()
         ndim = len(self.state.shape)
         ann = self._shown_annotation()
@@ -237,7 +238,7 @@ class LiveEditor:
                 if todo or removed or pixels_changed:
                     jobs.append((ann, ann.generation, wanted, todo))
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            self.on_error(f"could not read the points: {exc}", str(exc))
+            self.on_error(str(exc), str(exc))
             return
         if not jobs:
             return
@@ -296,6 +297,7 @@ class LiveEditor:
     def new_object(self) -> int:
         """Points added next (until the layer leaves 'add' mode) form one new positive object."""
         layer = self.points_layer
+        LW.require_columns(layer)
         used = LW.read_point_table(layer)["object_id"]
         oid = max(self.state.next_id(), int(used.max()) + 1 if len(used) else 1)
         defaults = layer.feature_defaults.copy()
@@ -309,8 +311,7 @@ class LiveEditor:
     def flip(self, indices) -> None:
         """Toggle positive/negative on points ``indices``, then update the masks."""
         layer = self.points_layer
-        if "positive" not in layer.features or len(layer.features) != len(layer.data):
-            raise ValueError("the points layer lost its 'positive' feature column; run again to rebuild it")
+        LW.require_columns(layer)
         feats = layer.features.copy()
         idx = sorted(indices)
         feats.loc[idx, "positive"] = ~feats.loc[idx, "positive"].astype(bool)
@@ -320,6 +321,7 @@ class LiveEditor:
 
     def next_candidates(self, indices) -> None:
         """The objects of points ``indices`` show SAM's next candidate mask (of three)."""
+        LW.require_columns(self.points_layer)
         ids = set(LW.read_point_table(self.points_layer)["object_id"][sorted(indices)].tolist())
         for ann in self.state.planes.values():
             for oid in ids & set(ann.objects):

@@ -79,7 +79,10 @@ class Runner:
             except Exception as exc:  # a bug: still one readable message, the traceback one click away
                 return _Outcome("failed", f"unexpected error: {_short(exc)}", traceback.format_exc())
 
+        delivered = []
+
         def finish(outcome: _Outcome):
+            delivered.append(outcome)
             self._stop()
             if outcome.kind == "done":
                 on_done(outcome.value)
@@ -90,7 +93,9 @@ class Runner:
 
         worker = create_worker(work, _start_thread=False)
         worker.returned.connect(finish)
-        worker.errored.connect(lambda exc: (self._stop(), on_failed(_short(exc), "".join(
+        # napari quits workers when the viewer closes: then only `finished` comes
+        worker.finished.connect(lambda: None if delivered else finish(_Outcome("cancelled")))
+        worker.errored.connect(lambda exc: finish(_Outcome("failed", _short(exc), "".join(
             traceback.format_exception(type(exc), exc, exc.__traceback__)))))
         self._worker = worker
         self.bar.value = 0
@@ -104,6 +109,12 @@ class Runner:
             self.task.cancel()
 
     def _show_progress(self) -> None:
+        try:
+            self._show_progress_now()
+        except RuntimeError:  # the widget's Qt objects were deleted (viewer closed)
+            self.stop_display()
+
+    def _show_progress_now(self) -> None:
         task = self.task
         p = task.last if task is not None else None
         if p is None:
@@ -125,12 +136,25 @@ class Runner:
                 self._activity.n = int(1000 * frac)
                 self._activity.refresh()
 
+    def stop_display(self) -> None:
+        """Stop showing progress (the widget is going away); the job still ends on its own."""
+        try:
+            self._timer.stop()
+        except RuntimeError:  # Qt already deleted it
+            pass
+        if self._activity is not None:
+            self._activity.close()
+            self._activity = None
+
     def _stop(self) -> None:
         self._timer.stop()
         self._worker = None
         self.task = None
-        self.bar.value = 0
-        self.bar.visible = False
+        try:
+            self.bar.value = 0
+            self.bar.visible = False
+        except RuntimeError:  # the widget was deleted (viewer closed) while the job ran
+            pass
         if self._activity is not None:
             self._activity.close()
             self._activity = None

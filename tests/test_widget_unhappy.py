@@ -1,0 +1,90 @@
+"""Unhappy paths in a real viewer: layers the user changed, the viewer closed or the widget
+removed while work is going. Each gives one clear message or nothing, never an exception in
+the event loop, and leaves the user's layers as they were."""
+
+import numpy as np
+import pytest
+from napari.utils.notifications import notification_manager
+from skimage import data
+
+from napari_clipsam.widgets import ClipSamWidget
+
+TIMEOUT = 120_000
+
+
+@pytest.fixture
+def run_widget(make_napari_viewer, models, qtbot):
+    viewer = make_napari_viewer()
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    widget = ClipSamWidget(viewer)
+    widget.use_models(clip=models[0], sam=models[1])
+    viewer.window.add_dock_widget(widget)
+    widget.image.value = img
+    widget.prompts.value = "cat"
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT)
+    return viewer, widget
+
+
+def _idle(qtbot, widget):
+    qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT)
+    qtbot.wait(20)
+    qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("column", ["object_id", "positive", "prompt"])
+@pytest.mark.parametrize("how", ["removed", "renamed"])
+def test_points_layer_with_a_feature_column_removed_or_renamed(qtbot, run_widget, column, how):
+    viewer, widget = run_widget
+    pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
+    before = labels.data.copy()
+    feats = pts.features.copy()
+    feats = feats.drop(columns=[column]) if how == "removed" else feats.rename(columns={column: column + "_x"})
+    pts.features = feats
+    n0 = len(notification_manager.records)
+    moved = pts.data.copy()
+    moved[0] += 7
+    pts.data = moved  # an edit
+    _idle(qtbot, widget)
+    pts.selected_data = {0}
+    widget.flip_selected()
+    widget.new_object()
+    widget.next_mask()
+    pts.add(np.array([[50.0, 50.0]]))
+    _idle(qtbot, widget)
+    np.testing.assert_array_equal(labels.data, before)  # nothing painted from misread points
+    new = [str(n.message) for n in notification_manager.records[n0:]]
+    assert new and all(column in m for m in new if "napari-clipsam" in m), new
+    assert column in widget.error.value
+    # a new run rebuilds the points layer's columns
+    widget.run()
+    _idle(qtbot, widget)
+    assert {"positive", "object_id", "prompt"} <= set(pts.features.columns) and "done" in widget.status.value
+
+
+def test_viewer_closed_during_a_run(qtbot, make_napari_viewer, models):
+    viewer = make_napari_viewer()
+    viewer.add_image(data.chelsea(), name="chelsea")
+    widget = ClipSamWidget(viewer)
+    widget.use_models(clip=models[0], sam=models[1])
+    viewer.window.add_dock_widget(widget)
+    widget.prompts.value = "cat"
+    widget.run()
+    viewer.close()
+    qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT)
+    qtbot.wait(100)
+
+
+def test_widget_removed_during_a_decode(qtbot, run_widget):
+    viewer, widget = run_widget
+    pts = viewer.layers["chelsea points"]
+    moved = pts.data.copy()
+    moved[0] += 9
+    pts.data = moved
+    viewer.window.remove_dock_widget(widget.native)
+    widget.close()
+    qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT)
+    qtbot.wait(100)
+    moved[0] += 9
+    pts.data = moved  # editing after the widget is gone does nothing (and raises nothing)
+    qtbot.wait(100)
