@@ -1,6 +1,7 @@
 """The dock widget on a real napari viewer, tiny real CLIP + SAM, waiting on the real worker."""
 
 import numpy as np
+import pytest
 from napari.layers import Image, Labels, Points
 
 TIMEOUT = 120_000
@@ -85,14 +86,26 @@ def test_user_layer_with_same_name_is_never_overwritten(qtbot, viewer_widget):
 
 
 def test_export_round_trip(qtbot, viewer_widget, tmp_path):
+    import json
+
+    import imageio.v3 as iio
     import tifffile
 
     viewer, widget = viewer_widget
-    _run(qtbot, widget, "cat")
+    _run(qtbot, widget, "cat\nsofa")
+    labels = viewer.layers["chelsea labels"]
     written = widget.export_labels(tmp_path / "cat.tif")
-    np.testing.assert_array_equal(tifffile.imread(written[0]), viewer.layers["chelsea labels"].data)
+    np.testing.assert_array_equal(tifffile.imread(written[0]), labels.data)
+    side = json.loads(open(written[1]).read())
+    ids = sorted(set(np.unique(labels.data).tolist()) - {0})
+    assert sorted(int(k) for k in side["objects"]) == ids  # exactly the ids in the file
+    prov = side["provenance"]
+    assert prov["prompts"] == ["cat", "sofa"] and prov["method"] == "gem" and prov["threshold"] == 0.6
+    assert prov["models"]["clip"]["sha256"] and prov["models"]["sam"]["sha256"]
+    assert {o["id"] for o in prov["objects"]} >= set(ids)
+    with pytest.raises(FileExistsError):  # never replaced without being asked
+        widget.export_labels(tmp_path / "cat.tif")
+    assert widget.export_labels(tmp_path / "cat.tif", overwrite=True) == written
     # the napari writer contribution
-    out = viewer.layers["chelsea labels"].save(str(tmp_path / "via_napari.png"), plugin="napari-clipsam")
-    import imageio.v3 as iio
-
-    np.testing.assert_array_equal(iio.imread(out[0]), viewer.layers["chelsea labels"].data)
+    out = labels.save(str(tmp_path / "via_napari.png"), plugin="napari-clipsam")
+    np.testing.assert_array_equal(iio.imread(out[0]), labels.data)

@@ -204,13 +204,15 @@ class ClipSamWidget(AnnotateForm):
             sam = self.models.sam(cfg["sam"], cfg["sam_file"], task)
             localizer = get_localizer(cfg["method"], clip_model, tokenizer, **cfg["localizer"])
             session = self.models.session(sam, [e.state.session for e in self.editors])
+            task.report("recording the models")  # weights' sha256 for the provenance (hashed once per file)
+            record = run_record(cfg, localizer, clip_model, sam, self.models.given, layer)
             out = []
             for i, plane in enumerate(planes):
                 part = task.within(f"slice {i + 1}/{len(planes)}") if len(planes) > 1 else task
                 rgb = pixels(plane)
                 result = annotate_via_queue(self.sam_queue, rgb, prompts, localizer, session, cfg, part)
                 out.append((plane, result))
-            return session, out
+            return session, out, record
 
         self.run_button.enabled = False
         self.cancel_button.enabled = True
@@ -251,7 +253,7 @@ class ClipSamWidget(AnnotateForm):
         if self.closed:
             return  # the widget is gone: a run's results never land in a closed viewer
         self._end_run()
-        session, results = payload
+        session, results, record = payload
         if image_layer not in self.viewer.layers:
             self.show_status("image layer was removed: results discarded")
             show_warning(f"napari-clipsam: the image layer '{image_layer.name}' was removed during the run; "
@@ -259,6 +261,9 @@ class ClipSamWidget(AnnotateForm):
             return
         self.last_result = results[-1][1]
         kept = self._write_results(image_layer, session, results, pixels)
+        editor = self.editor_for(image_layer)
+        if editor is not None:
+            editor.record = record
         n_points = sum(len(r.points) for _, r in results)
         absent = sorted({p for _, r in results for p in r.absent})
         if absent:
@@ -382,30 +387,49 @@ class ClipSamWidget(AnnotateForm):
         layer.features = LW.labels_features({i + 1: p for i, p in enumerate(prompts)}, {})
 
     # ------------------------------------------------------------------ export
-    def export_labels(self, path, labels_layer=None, *, overwrite: bool = True) -> list[str]:
-        """Write the labels layer (default: the chosen image's) to ``path``; the format comes
-        from the suffix (see ``core.export.write_labels``)."""
-        from ..core.export import write_labels
+    def export_labels(self, path, labels_layer=None, *, overwrite: bool = False) -> list[str]:
+        """Write the labels layer (default: the chosen image's) to ``path``, the format from the
+        suffix (.tif, .png, .npy, .json COCO, .zarr/.ome.zarr; see ``core.export.write_labels``),
+        with a sidecar of classes, scores and provenance (prompts, method and parameters,
+        models and their weights' sha256, every object's final prompts). An existing file is
+        replaced only with ``overwrite=True``."""
+        from ..core.export import classes_from_features, write_labels
 
+        editor = None
         if labels_layer is None:
             editor = self.editor_for(self.image.value) or next(
                 (e for e in reversed(self.editors) if e.layers_alive()), None)
             if editor is None:
                 raise ValueError("no labels to export yet: run first")
             labels_layer = editor.labels_layer
+        else:
+            editor = next((e for e in self.editors if e.labels_layer is labels_layer), None)
         if not isinstance(labels_layer, Labels):
             raise ValueError(f"'{getattr(labels_layer, 'name', labels_layer)}' is not a labels layer")
-        classes = labels_layer.metadata.get("classes", {})
-        kwargs = {"overwrite": overwrite} if "overwrite" in write_labels.__code__.co_varnames else {}
-        return write_labels(path, np.asarray(labels_layer.data), classes=classes,
-                            metadata={"layer": labels_layer.name, "plugin": "napari-clipsam"}, **kwargs)
+        data = np.asarray(labels_layer.data)
+        classes, scores = classes_from_features(labels_layer.features, labels_layer.metadata.get("classes", {}))
+        present = set(np.unique(data).tolist())  # the sidecar lists exactly the ids in the file
+        classes = {i: c for i, c in classes.items() if i in present}
+        scores = {i: v for i, v in scores.items() if i in present}
+        prov = provenance(editor, data, classes, scores) if editor is not None else None
+        return write_labels(path, data, classes=classes, scores=scores, provenance=prov,
+                            image=self._ome_image(editor, path), overwrite=overwrite,
+                            metadata={"layer": labels_layer.name, "plugin": "napari-clipsam"})
+
+    @staticmethod
+    def _ome_image(editor, path):
+        """OME-Zarr exports carry the image itself (labels go under its labels/ group)."""
+        if editor is None or not str(path).lower().rstrip("/").endswith(".zarr") or editor.image_layer.rgb:
+            return None
+        return np.asarray(editor.image_layer.data[0] if editor.image_layer.multiscale else editor.image_layer.data)
 
     def _export_dialog(self) -> None:
         from qtpy.QtWidgets import QFileDialog
 
-        # Qt's save dialog asks before replacing an existing file
-        path, _ = QFileDialog.getSaveFileName(self.native, "Export labels", "labels.tif",
-                                              "TIFF (*.tif *.tiff);;PNG (*.png);;NumPy (*.npy)")
+        # Qt's save dialog asks before replacing an existing file: its answer is the overwrite choice
+        path, _ = QFileDialog.getSaveFileName(
+            self.native, "Export labels", "labels.tif",
+            "TIFF (*.tif *.tiff);;PNG (*.png);;NumPy (*.npy);;COCO JSON (*.json);;OME-Zarr (*.ome.zarr *.zarr)")
         if not path:
             return
         try:
@@ -413,7 +437,53 @@ class ClipSamWidget(AnnotateForm):
         except (ValueError, OSError) as exc:
             self.show_error(f"export failed: {str(exc).splitlines()[0]}", str(exc))
             return
+        self.clear_error()
         show_info(f"napari-clipsam: wrote {', '.join(written)}")
+
+
+def run_record(cfg: dict, localizer, clip_model, sam, given: dict, image_layer) -> dict:
+    """What a run was made with, for the provenance: options, the localizer and the models
+    (name, tag or file, sha256 of the weights; hashed in the worker, once per file)."""
+    from ..core.provenance import clip_model_info, sam_model_info
+
+    if "clip" in given:
+        clip = clip_model_info("given by script", None, model=clip_model)
+    else:
+        name, tag = (t.strip() for t in cfg["clip"].split("/", 1))
+        clip = clip_model_info(name, cfg["clip_file"] or tag, model=clip_model)
+    sam_info = sam_model_info("given by script" if "sam" in given else cfg["sam"],
+                              None if "sam" in given else cfg["sam_file"], model=sam)
+    source = getattr(getattr(image_layer, "source", None), "path", None) or image_layer.name
+    return dict(method=cfg["method"], localizer=localizer, localizer_params=dict(cfg["localizer"]),
+                threshold=cfg["threshold"], absence=cfg["absence"],
+                point_params={k: cfg[k] for k in ("max_objects", "one_object_per_prompt", "boxes_from_heatmaps")},
+                clip=clip, sam=sam_info, source=str(source))
+
+
+def provenance(editor, labels: np.ndarray, classes: dict, scores: dict) -> dict | None:
+    """The provenance of an image's labels as they are now: the run's record and every
+    plane's objects with their final prompts."""
+    from ..core.provenance import build_provenance
+
+    record = getattr(editor, "record", None)
+    if record is None:
+        return None
+    planes = list(editor.state.planes.values())
+    prompts = list(dict.fromkeys(p for a in planes for p in a.prompts))
+    objects = {}
+    for ann in planes:  # each object's prompt index, in the union of prompts
+        for oid, obj in ann.objects.items():
+            objects[oid] = obj
+    plane_index = [i for _, i in planes[0].plane.fixed] if len(planes) == 1 and planes[0].plane.fixed else None
+    return build_provenance(
+        prompts=prompts, method=record["method"], localizer=record["localizer"],
+        localizer_params=record["localizer_params"], threshold=record["threshold"], absence=record["absence"],
+        point_params=record["point_params"], clip=record["clip"], sam=record["sam"], labels=labels,
+        classes=classes, scores=scores, objects=objects, image_shape=tuple(editor.image_layer.data.shape)
+        if not editor.image_layer.multiscale else tuple(editor.image_layer.data[0].shape),
+        image_dtype=editor.image_layer.dtype, source=record["source"], image_slice=plane_index,
+        extra={"layer": editor.labels_layer.name,
+               "planes": [{"plane": a.plane.tag, "objects": sorted(a.objects)} for a in planes]})
 
 
 def annotate_via_queue(queue: SamQueue, rgb, prompts, localizer, session, cfg, task):

@@ -42,7 +42,7 @@ class LiveEditor:
         self._closed = False
         self._scheduled = False
         self._quiet = False
-        self.prompts: list[str] = []
+        self.record: dict | None = None  # what the last run was made with (for the provenance)
         points_layer.events.data.connect(self._on_points)
         points_layer.events.mode.connect(self._on_mode)
         if boxes_layer is not None:
