@@ -26,6 +26,16 @@ with torch.no_grad():
     sam = build_tiny_sam()
     feats = sam.image_encoder(torch.zeros(1, 3, 128, 128))
     boxes = torchvision.ops.box_convert(torch.tensor([[1.0, 2.0, 3.0, 4.0]]), "xyxy", "cxcywh")
+# and the widget's Run, end to end, as a script or notebook would
+from qtpy.QtWidgets import QApplication
+widget = napari_clipsam.widgets.ClipSamWidget(viewer)
+widget.use_models(clip=(model, tok), sam=build_tiny_sam(img_size=256, seed=3))
+widget.image.value = viewer.layers[0]
+widget.prompts.value = "cat"
+widget.run()
+while widget.is_busy:
+    QApplication.processEvents()
+assert "done" in widget.status.value, widget.status.value
 print("mesa", mesa_llvm_loaded(), "triton", sys.modules.get("triton", "absent"), "ok", tuple(emb.shape))
 viewer.close()
 """
