@@ -98,3 +98,33 @@ def test_long_work_shows_in_napari_activity_and_no_private_api(qtbot, make_napar
     assert ours == [], [str(w.message) for w in ours]
     toasts = [str(n.message) for n in notification_manager.records[before:]]
     assert not any("deprecat" in t.lower() or "_type_string" in t for t in toasts), toasts
+
+
+def test_classes_travel_with_the_layers(qtbot, make_napari_viewer, models, tmp_path):
+    """Classes live where napari looks: the labels layer's features (id, class, score), which
+    our writer reads; the points' columns go through napari's own CSV writer."""
+    import json
+
+    import pandas as pd
+
+    viewer = make_napari_viewer()
+    viewer.add_image(data.chelsea(), name="chelsea")
+    widget = ClipSamWidget(viewer)
+    widget.use_models(clip=models[0], sam=models[1])
+    viewer.window.add_dock_widget(widget)
+    widget.prompts.value = "cat\nsofa"
+    widget.run()
+    _idle(qtbot, widget)
+    labels, pts = viewer.layers["chelsea labels"], viewer.layers["chelsea points"]
+    table = labels.features.set_index("index")
+    ids = sorted(set(np.unique(labels.data).tolist()) - {0})
+    assert set(table.loc[ids, "class"]) <= {"cat", "sofa"}
+    # napari's builtin points writer keeps our columns
+    out = pts.save(str(tmp_path / "points.csv"), plugin="napari")
+    csv = pd.read_csv(out[0])
+    assert {"positive", "object_id", "prompt"} <= set(csv.columns) and len(csv) == len(pts.data)
+    # our labels writer takes the classes from the features table, even with the metadata gone
+    labels.metadata.pop("classes")
+    out = labels.save(str(tmp_path / "labels.tif"), plugin="napari-clipsam")
+    side = json.loads((tmp_path / "labels.tif.json").read_text())
+    assert {int(k): v for k, v in side["objects"].items()} == {i: table.loc[i, "class"] for i in ids}

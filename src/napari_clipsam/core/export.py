@@ -208,6 +208,16 @@ def _check_labels(labels) -> np.ndarray:
     return arr
 
 
+def _present_ids(arr: np.ndarray) -> set[int]:
+    """The non-zero ids in ``arr`` (one counting pass when the ids are small)."""
+    if arr.size == 0:
+        return set()
+    vmax = int(arr.max())
+    if vmax < 1 << 24:
+        return set(np.flatnonzero(np.bincount(arr.ravel().astype(np.int64, copy=False), minlength=1)).tolist()) - {0}
+    return set(np.unique(arr).tolist()) - {0}
+
+
 def _smallest_uint(vmax: int) -> np.dtype:
     for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
         if vmax <= np.iinfo(dt).max:
@@ -567,8 +577,9 @@ def write_labels(
     path = Path(path)
     fmt = labels_format(path)
     arr = _check_labels(labels)
-    classes = _clean_classes(classes)
-    scores = _clean_scores(scores)
+    present = _present_ids(arr)  # the sidecar describes exactly the objects in the file
+    classes = {i: c for i, c in _clean_classes(classes).items() if i in present}
+    scores = {i: v for i, v in _clean_scores(scores).items() if i in present}
     inserting = fmt == "ome-zarr" and _adds_to_image(path, image, label_name)
     side = sidecar_path(path, label_name if inserting else None)
     if not inserting and not overwrite and (path.exists() or (sidecar and side.exists())):
