@@ -34,17 +34,24 @@ def models():
 
 
 @pytest.fixture
-def viewer_widget(make_napari_viewer, models):
-    """A real viewer with skimage's chelsea and the docked widget using the tiny models."""
-    from skimage import data
-
+def docked(make_napari_viewer, models):
+    """A real viewer with the docked widget using the tiny models, and no layers yet."""
     from napari_clipsam.widgets import ClipSamWidget
 
     viewer = make_napari_viewer()
-    viewer.add_image(data.chelsea(), name="chelsea")
     widget = ClipSamWidget(viewer)
     widget.use_models(clip=models[0], sam=models[1])
     viewer.window.add_dock_widget(widget)
+    return viewer, widget
+
+
+@pytest.fixture
+def viewer_widget(docked):
+    """``docked`` with skimage's chelsea opened (and chosen)."""
+    from skimage import data
+
+    viewer, widget = docked
+    viewer.add_image(data.chelsea(), name="chelsea")
     return viewer, widget
 
 

@@ -11,10 +11,9 @@ import os
 import numpy as np
 from skimage import data
 
-from napari_clipsam.widgets import ClipSamWidget
 from sam_oracle import Oracle, object_prompts
+from widget_helpers import idle
 
-TIMEOUT = 120_000
 EDITS = int(os.environ.get("NAPARI_CLIPSAM_SOAK", "40"))
 
 
@@ -23,23 +22,14 @@ def _rss() -> int:
         return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmRSS:"))
 
 
-def _idle(qtbot, widget):
-    qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT)
-    qtbot.wait(5)
-    qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT)
 
 
-def test_random_edits_always_match_a_fresh_predictor(qtbot, make_napari_viewer, models):
+def test_random_edits_always_match_a_fresh_predictor(qtbot, viewer_widget, models):
     pixels = data.chelsea()
-    viewer = make_napari_viewer()
-    img = viewer.add_image(pixels, name="chelsea")
-    widget = ClipSamWidget(viewer)
-    widget.use_models(clip=models[0], sam=models[1])
-    viewer.window.add_dock_widget(widget)
-    widget.image.value = img
+    viewer, widget = viewer_widget
     widget.prompts.value = "cat\nsofa"
     widget.run()
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
     oracle = Oracle(models[1], pixels)
     rng = np.random.default_rng(7)
@@ -65,7 +55,7 @@ def test_random_edits_always_match_a_fresh_predictor(qtbot, make_napari_viewer, 
             for _ in range(2):
                 pts.add(np.array([[rng.uniform(0, h - 1), rng.uniform(0, w - 1)]]))
             pts.mode = "pan_zoom"
-        _idle(qtbot, widget)
+        idle(qtbot, widget)
         expected = oracle.labels({oid: oracle.mask(p, lab) for oid, (p, lab) in object_prompts(pts).items()})
         np.testing.assert_array_equal(labels.data, expected, err_msg=f"after edit {step} ({action})")
         if step == min(20, EDITS - 1) or step == EDITS - 1:

@@ -9,14 +9,7 @@ from napari.utils.notifications import notification_manager
 from skimage import data
 
 from napari_clipsam.widgets import ClipSamWidget
-
-TIMEOUT = 120_000
-
-
-def _idle(qtbot, widget):
-    qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT)
-    qtbot.wait(20)
-    qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT)
+from widget_helpers import idle
 
 
 def _images(widget):
@@ -49,15 +42,11 @@ def test_dock_is_narrow(make_napari_viewer):
     assert widget.native.minimumSizeHint().width() <= 380  # was 488: the canvas kept only 255 px
 
 
-def test_errors_stay_visible_with_details_and_status_resets(qtbot, make_napari_viewer, models):
-    viewer = make_napari_viewer()
-    viewer.add_image(data.chelsea(), name="chelsea")
-    widget = ClipSamWidget(viewer)
-    widget.use_models(clip=models[0], sam=models[1])
-    viewer.window.add_dock_widget(widget)
+def test_errors_stay_visible_with_details_and_status_resets(qtbot, viewer_widget):
+    viewer, widget = viewer_widget
     widget.prompts.value = "cat"
     widget.run()
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     assert "done" in widget.status.value
     before = len(notification_manager.records)
     widget.prompts.value = "cat\ncat"  # a duplicate prompt: an input error
@@ -70,18 +59,14 @@ def test_errors_stay_visible_with_details_and_status_resets(qtbot, make_napari_v
     widget.prompts.value = "cat"
     widget.run()
     assert widget.error.native.isHidden()
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     assert "done" in widget.status.value and not widget.progress.visible
 
 
-def test_long_work_shows_in_napari_activity_and_no_private_api(qtbot, make_napari_viewer, models):
+def test_long_work_shows_in_napari_activity_and_no_private_api(qtbot, viewer_widget):
     from napari.utils import progress
 
-    viewer = make_napari_viewer()
-    viewer.add_image(data.chelsea(), name="chelsea")
-    widget = ClipSamWidget(viewer)
-    widget.use_models(clip=models[0], sam=models[1])
-    viewer.window.add_dock_widget(widget)
+    viewer, widget = viewer_widget
     seen = []
     widget.runner.observers.append(lambda p: seen.append(len(progress._all_instances)))
     before = len(notification_manager.records)
@@ -90,7 +75,7 @@ def test_long_work_shows_in_napari_activity_and_no_private_api(qtbot, make_napar
         for prompts in ("cat", "cat\nsofa", "cat"):  # re-runs update layers in place
             widget.prompts.value = prompts
             widget.run()
-            _idle(qtbot, widget)
+            idle(qtbot, widget)
     assert seen and max(seen) >= 1  # a napari progress bar existed while the work ran
     assert len(progress._all_instances) == 0  # and was closed after
     ours = [w for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))
@@ -100,21 +85,17 @@ def test_long_work_shows_in_napari_activity_and_no_private_api(qtbot, make_napar
     assert not any("deprecat" in t.lower() or "_type_string" in t for t in toasts), toasts
 
 
-def test_classes_travel_with_the_layers(qtbot, make_napari_viewer, models, tmp_path):
+def test_classes_travel_with_the_layers(qtbot, viewer_widget, tmp_path):
     """Classes live where napari looks: the labels layer's features (id, class, score), which
     our writer reads; the points' columns go through napari's own CSV writer."""
     import json
 
     import pandas as pd
 
-    viewer = make_napari_viewer()
-    viewer.add_image(data.chelsea(), name="chelsea")
-    widget = ClipSamWidget(viewer)
-    widget.use_models(clip=models[0], sam=models[1])
-    viewer.window.add_dock_widget(widget)
+    viewer, widget = viewer_widget
     widget.prompts.value = "cat\nsofa"
     widget.run()
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     labels, pts = viewer.layers["chelsea labels"], viewer.layers["chelsea points"]
     table = labels.features.set_index("index")
     ids = sorted(set(np.unique(labels.data).tolist()) - {0})

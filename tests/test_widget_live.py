@@ -3,35 +3,17 @@ fresh segment-anything ``SamPredictor`` on the exact pixels (``sam_oracle``), ne
 widget's own objects or session."""
 
 import numpy as np
-import pytest
 from skimage import data
 
-from napari_clipsam.widgets import ClipSamWidget
 from sam_oracle import Oracle, object_prompts
-
-TIMEOUT = 120_000
-
-
-@pytest.fixture
-def viewer_and_widget(make_napari_viewer, models):
-    viewer = make_napari_viewer()
-    widget = ClipSamWidget(viewer)
-    widget.use_models(clip=models[0], sam=models[1])
-    viewer.window.add_dock_widget(widget)
-    return viewer, widget
-
-
-def _idle(qtbot, widget):
-    qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT)
-    qtbot.wait(20)
-    qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT)
+from widget_helpers import TIMEOUT, idle
 
 
 def _run(qtbot, widget, layer, prompts="cat"):
     widget.image.value = layer
     widget.prompts.value = prompts
     widget.run()
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     assert "done" in widget.status.value, widget.status.value
 
 
@@ -61,23 +43,23 @@ def _move_first_positive(points_layer, to_rc):
     return i
 
 
-def test_edits_match_a_fresh_predictor(qtbot, viewer_and_widget, models):
-    viewer, widget = viewer_and_widget
+def test_edits_match_a_fresh_predictor(qtbot, docked, models):
+    viewer, widget = docked
     img = viewer.add_image(data.chelsea(), name="chelsea")
     _run(qtbot, widget, img, "cat\nsofa")
     pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
     oracle = Oracle(models[1], data.chelsea())
     np.testing.assert_array_equal(labels.data, _expected(oracle, pts))
     _move_first_positive(pts, (20, 30))
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     np.testing.assert_array_equal(labels.data, _expected(oracle, pts))
     # the status counts what is on screen
     shown = len(set(np.unique(labels.data).tolist()) - {0})
     assert f"{shown} objects" in widget.status.value
 
 
-def test_two_images_edited_in_turn(qtbot, viewer_and_widget, models):
-    viewer, widget = viewer_and_widget
+def test_two_images_edited_in_turn(qtbot, docked, models):
+    viewer, widget = docked
     a_pixels, b_pixels = data.chelsea(), data.astronaut()[:256, :320]
     a = viewer.add_image(a_pixels, name="A")
     b = viewer.add_image(b_pixels, name="B")
@@ -86,37 +68,37 @@ def test_two_images_edited_in_turn(qtbot, viewer_and_widget, models):
     pa, la = viewer.layers["A points"], viewer.layers["A labels"]
     pb, lb = viewer.layers["B points"], viewer.layers["B labels"]
     _move_first_positive(pa, (150, 200))
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     np.testing.assert_array_equal(la.data, _expected(Oracle(models[1], a_pixels), pa))
     _move_first_positive(pb, (100, 100))
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     np.testing.assert_array_equal(lb.data, _expected(Oracle(models[1], b_pixels), pb))
     np.testing.assert_array_equal(la.data, _expected(Oracle(models[1], a_pixels), pa))
 
 
-def test_run_during_a_decode_is_not_painted_over(qtbot, viewer_and_widget, models):
-    viewer, widget = viewer_and_widget
+def test_run_during_a_decode_is_not_painted_over(qtbot, docked, models):
+    viewer, widget = docked
     img = viewer.add_image(data.chelsea(), name="chelsea")
     _run(qtbot, widget, img, "cat")
     pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
     _move_first_positive(pts, (10, 10))
     widget.threshold.value = 0.5
     widget.run()  # while that decode is queued or running
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     assert "done" in widget.status.value
     # the labels are the new run's, for the new run's points
     np.testing.assert_array_equal(labels.data, _expected(Oracle(models[1], data.chelsea()), pts))
 
 
-def test_replaced_image_data_is_what_masks_come_from(qtbot, viewer_and_widget, models):
-    viewer, widget = viewer_and_widget
+def test_replaced_image_data_is_what_masks_come_from(qtbot, docked, models):
+    viewer, widget = docked
     img = viewer.add_image(data.chelsea(), name="chelsea")
     _run(qtbot, widget, img, "cat")
     pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
     new_pixels = np.ascontiguousarray(data.chelsea()[::-1, ::-1])
     img.data = new_pixels
     _move_first_positive(pts, (100, 100))
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     np.testing.assert_array_equal(labels.data, _expected(Oracle(models[1], new_pixels), pts))
 
 
@@ -127,8 +109,8 @@ def _stack():
         rng.integers(0, 3, (6, 128, 128)).astype(np.uint8)
 
 
-def test_3d_stack_each_plane_keeps_its_result_in_two_dims_orders(qtbot, viewer_and_widget, models):
-    viewer, widget = viewer_and_widget
+def test_3d_stack_each_plane_keeps_its_result_in_two_dims_orders(qtbot, docked, models):
+    viewer, widget = docked
     stack = _stack()
     img = viewer.add_image(stack, name="stack")
     viewer.dims.set_point(0, 2)
@@ -167,8 +149,8 @@ class _Transposed:
         self.features = layer.features
 
 
-def test_all_slices_cancelled_midway_changes_nothing_and_complete_run_fills_each(qtbot, viewer_and_widget, models):
-    viewer, widget = viewer_and_widget
+def test_all_slices_cancelled_midway_changes_nothing_and_complete_run_fills_each(qtbot, docked, models):
+    viewer, widget = docked
     stack = _stack()
     img = viewer.add_image(stack, name="stack")
     widget.image.value = img
@@ -178,10 +160,10 @@ def test_all_slices_cancelled_midway_changes_nothing_and_complete_run_fills_each
     widget.run()
     qtbot.waitUntil(lambda: "slice 3/6" in widget.status.value, timeout=TIMEOUT)
     widget.cancel()
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     assert [lay.name for lay in viewer.layers] == ["stack"] and "cancelled" in widget.status.value
     widget.run()
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     labels, pts = viewer.layers["stack labels"], viewer.layers["stack points"]
     for z in range(len(stack)):
         plane = np.repeat(stack[z][..., None], 3, axis=-1)
@@ -191,8 +173,8 @@ def test_all_slices_cancelled_midway_changes_nothing_and_complete_run_fills_each
     assert heat.data.shape == stack.shape and all(heat.data[z].max() > 0 for z in range(len(stack)))
 
 
-def test_hand_painted_pixels_survive_edits_and_reruns_and_undo_restores(qtbot, viewer_and_widget, models):
-    viewer, widget = viewer_and_widget
+def test_hand_painted_pixels_survive_edits_and_reruns_and_undo_restores(qtbot, docked, models):
+    viewer, widget = docked
     img = viewer.add_image(data.chelsea(), name="chelsea")
     _run(qtbot, widget, img, "cat")
     pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
@@ -207,7 +189,7 @@ def test_hand_painted_pixels_survive_edits_and_reruns_and_undo_restores(qtbot, v
     painted = labels.data.copy()
     before_edit = labels.data.copy()
     _move_first_positive(pts, (250, 400))
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     assert (labels.data[100:140, 150:200] == 77).all()
     assert (labels.data[erased] == 0).all()
     expected = _expected(Oracle(models[1], data.chelsea()), pts)
@@ -222,13 +204,13 @@ def test_hand_painted_pixels_survive_edits_and_reruns_and_undo_restores(qtbot, v
     # a re-run keeps them too
     widget.threshold.value = 0.55
     widget.run()
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     assert (labels.data[100:140, 150:200] == 77).all() and (labels.data[erased] == 0).all()
     assert "hand-painted" in widget.status.value
 
 
-def test_box_prompt_alone_and_around_a_point(qtbot, viewer_and_widget, models):
-    viewer, widget = viewer_and_widget
+def test_box_prompt_alone_and_around_a_point(qtbot, docked, models):
+    viewer, widget = docked
     img = viewer.add_image(data.chelsea(), name="chelsea")
     _run(qtbot, widget, img, "cat")
     pts, labels, boxes = viewer.layers["chelsea points"], viewer.layers["chelsea labels"], \
@@ -238,7 +220,7 @@ def test_box_prompt_alone_and_around_a_point(qtbot, viewer_and_widget, models):
                     if not ((pts.data[:, 0] >= r - 1) & (pts.data[:, 0] <= r + 91) & (pts.data[:, 1] >= c - 1)
                             & (pts.data[:, 1] <= c + 101)).any())
     boxes.add_rectangles(np.array([free_box[:2], free_box[2:]], float))  # no point inside: a new object
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     new_id = int(boxes.features["object_id"].iloc[-1])
     assert new_id not in set(pts.features["object_id"].tolist())
     oracle = Oracle(models[1], data.chelsea())
@@ -252,15 +234,15 @@ def test_box_prompt_alone_and_around_a_point(qtbot, viewer_and_widget, models):
     r, c = pts.data[i]
     box = (max(r - 40, 0), max(c - 40, 0), min(r + 40, 299), min(c + 40, 450))
     boxes.add_rectangles(np.array([[box[0], box[1]], [box[2], box[3]]], float))
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     assert int(boxes.features["object_id"].iloc[-1]) == oid
     expected = _expected(oracle, pts, boxes={new_id: free_box, oid: box})
     np.testing.assert_array_equal(labels.data, expected)
     assert len(set(pts.features["object_id"])) == n_before
 
 
-def test_next_mask_cycles_sam_candidates(qtbot, viewer_and_widget, models):
-    viewer, widget = viewer_and_widget
+def test_next_mask_cycles_sam_candidates(qtbot, docked, models):
+    viewer, widget = docked
     img = viewer.add_image(data.chelsea(), name="chelsea")
     widget.one_object_per_prompt.value = False
     _run(qtbot, widget, img, "cat")
@@ -276,15 +258,15 @@ def test_next_mask_cycles_sam_candidates(qtbot, viewer_and_widget, models):
     seen = []
     for step in range(1, 4):
         widget.next_mask()
-        _idle(qtbot, widget)
+        idle(qtbot, widget)
         cand = (best + step) % 3
         np.testing.assert_array_equal(labels.data, _expected(oracle, pts, candidates={oid: cand}))
         seen.append(cand)
     assert sorted(seen) == [0, 1, 2]
 
 
-def test_remove_points_and_objects_flip_and_new_object(qtbot, viewer_and_widget, models):
-    viewer, widget = viewer_and_widget
+def test_remove_points_and_objects_flip_and_new_object(qtbot, docked, models):
+    viewer, widget = docked
     img = viewer.add_image(data.chelsea(), name="chelsea")
     _run(qtbot, widget, img, "cat")
     pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
@@ -294,20 +276,20 @@ def test_remove_points_and_objects_flip_and_new_object(qtbot, viewer_and_widget,
     oid = int(f["object_id"][f["positive"]].iloc[0])
     pts.selected_data = set(np.flatnonzero(f["object_id"].to_numpy() == oid).tolist())
     pts.remove_selected()
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     assert oid not in labels.data
     np.testing.assert_array_equal(labels.data, _expected(oracle, pts))
     # 'New object': the next points form one new object
     widget.new_object()
     pts.add(np.array([[60.0, 60.0]]))
     pts.add(np.array([[70.0, 80.0]]))
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     new_ids = pts.features["object_id"].to_numpy()[-2:]
     assert new_ids[0] == new_ids[1] and new_ids[0] not in f["object_id"].to_numpy()
     np.testing.assert_array_equal(labels.data, _expected(oracle, pts))
     pts.selected_data = {len(pts.data) - 1}
     widget.flip_selected()
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     assert not bool(pts.features["positive"].iloc[-1])
     np.testing.assert_array_equal(labels.data, _expected(oracle, pts))
     # leaving add mode ends 'new object'; then a click on the background starts another new object
@@ -315,13 +297,13 @@ def test_remove_points_and_objects_flip_and_new_object(qtbot, viewer_and_widget,
     pts.mode = "add"
     bg = np.argwhere(labels.data == 0)[len(np.argwhere(labels.data == 0)) // 2]
     pts.add(bg[None].astype(float))
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     assert int(pts.features["object_id"].iloc[-1]) not in set(pts.features["object_id"].iloc[:-1].tolist())
     np.testing.assert_array_equal(labels.data, _expected(oracle, pts))
 
 
-def test_boxes_from_heatmaps_are_editable_box_prompts(qtbot, viewer_and_widget, models):
-    viewer, widget = viewer_and_widget
+def test_boxes_from_heatmaps_are_editable_box_prompts(qtbot, docked, models):
+    viewer, widget = docked
     img = viewer.add_image(data.chelsea(), name="chelsea")
     widget.boxes_from_heatmaps.value = True
     _run(qtbot, widget, img, "cat")
@@ -346,15 +328,15 @@ def test_boxes_from_heatmaps_are_editable_box_prompts(qtbot, viewer_and_widget, 
     moved = [np.asarray(d).copy() for d in boxes.data]
     moved[0] = moved[0] + np.array([5.0, 5.0])
     boxes.data = (moved, list(boxes.shape_type))
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     box_of[oid] = tuple(np.array(box_of[oid]) + 5.0)
     np.testing.assert_array_equal(labels.data, _expected(oracle, pts, boxes=box_of))
 
 
-def test_a_decode_that_finishes_after_a_rerun_is_dropped(qtbot, viewer_and_widget, models):
+def test_a_decode_that_finishes_after_a_rerun_is_dropped(qtbot, docked, models):
     import threading
 
-    viewer, widget = viewer_and_widget
+    viewer, widget = docked
     img = viewer.add_image(data.chelsea(), name="chelsea")
     _run(qtbot, widget, img, "cat")
     pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
@@ -367,14 +349,14 @@ def test_a_decode_that_finishes_after_a_rerun_is_dropped(qtbot, viewer_and_widge
     _move_first_positive(pts, (5, 5))  # this edit's decode queues behind the run's SAM stage
     qtbot.wait(100)
     gate.set()
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     assert "done" in widget.status.value
     # the run's result stands: the edit's late decode (for the replaced objects) was not painted
     np.testing.assert_array_equal(labels.data, _expected(Oracle(models[1], data.chelsea()), pts))
 
 
-def test_semantic_view_and_labels_features(qtbot, viewer_and_widget):
-    viewer, widget = viewer_and_widget
+def test_semantic_view_and_labels_features(qtbot, docked):
+    viewer, widget = docked
     img = viewer.add_image(data.chelsea(), name="chelsea")
     _run(qtbot, widget, img, "cat\nsofa")
     labels, pts = viewer.layers["chelsea labels"], viewer.layers["chelsea points"]

@@ -5,31 +5,20 @@ the event loop, and leaves the user's layers as they were."""
 import numpy as np
 import pytest
 from napari.utils.notifications import notification_manager
-from skimage import data
 
-from napari_clipsam.widgets import ClipSamWidget
-
-TIMEOUT = 120_000
+from widget_helpers import TIMEOUT, idle
 
 
 @pytest.fixture
-def run_widget(make_napari_viewer, models, qtbot):
-    viewer = make_napari_viewer()
-    img = viewer.add_image(data.chelsea(), name="chelsea")
-    widget = ClipSamWidget(viewer)
-    widget.use_models(clip=models[0], sam=models[1])
-    viewer.window.add_dock_widget(widget)
-    widget.image.value = img
+def run_widget(viewer_widget, qtbot):
+    """chelsea annotated with 'cat'."""
+    viewer, widget = viewer_widget
     widget.prompts.value = "cat"
     widget.run()
-    qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT)
+    idle(qtbot, widget)
     return viewer, widget
 
 
-def _idle(qtbot, widget):
-    qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT)
-    qtbot.wait(20)
-    qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT)
 
 
 @pytest.mark.parametrize("column", ["object_id", "positive", "prompt"])
@@ -45,29 +34,25 @@ def test_points_layer_with_a_feature_column_removed_or_renamed(qtbot, run_widget
     moved = pts.data.copy()
     moved[0] += 7
     pts.data = moved  # an edit
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     pts.selected_data = {0}
     widget.flip_selected()
     widget.new_object()
     widget.next_mask()
     pts.add(np.array([[50.0, 50.0]]))
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     np.testing.assert_array_equal(labels.data, before)  # nothing painted from misread points
     new = [str(n.message) for n in notification_manager.records[n0:]]
     assert new and all(column in m for m in new if "napari-clipsam" in m), new
     assert column in widget.error.value
     # a new run rebuilds the points layer's columns
     widget.run()
-    _idle(qtbot, widget)
+    idle(qtbot, widget)
     assert {"positive", "object_id", "prompt"} <= set(pts.features.columns) and "done" in widget.status.value
 
 
-def test_viewer_closed_during_a_run(qtbot, make_napari_viewer, models):
-    viewer = make_napari_viewer()
-    viewer.add_image(data.chelsea(), name="chelsea")
-    widget = ClipSamWidget(viewer)
-    widget.use_models(clip=models[0], sam=models[1])
-    viewer.window.add_dock_widget(widget)
+def test_viewer_closed_during_a_run(qtbot, viewer_widget):
+    viewer, widget = viewer_widget
     widget.prompts.value = "cat"
     widget.run()
     viewer.close()
