@@ -293,13 +293,20 @@ class ClipSamWidget(AnnotateForm):
 
     def count_objects(self, image_layer=None) -> int:
         """Objects visible in the labels layer of ``image_layer`` (default: the chosen image):
-        distinct ids on the labels that are our objects."""
+        our objects with at least one pixel of their id on the labels (looked for inside each
+        object's mask box, so the cost follows the objects' size, not the stack's)."""
         editor = self.editor_for(image_layer if image_layer is not None else self.image.value)
         if editor is None:
             return 0
-        ids = np.unique(np.asarray(editor.labels_layer.data))
-        ours = {oid for a in editor.state.planes.values() for oid in a.objects}
-        return len(ours.intersection(ids.tolist()))
+        data = editor.labels_layer.data
+        shown = 0
+        for ann in editor.state.planes.values():
+            plane = ann.plane.take(data)
+            for oid, obj in ann.objects.items():
+                if obj.bbox is not None:
+                    r0, c0, r1, c1 = obj.bbox
+                    shown += bool((plane[r0:r1, c0:c1] == oid).any())
+        return shown
 
     # ------------------------------------------------------------------ live editing
     def _after_edit(self) -> None:
