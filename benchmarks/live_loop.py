@@ -42,6 +42,7 @@ def main() -> None:
     from skimage import data, transform
 
     from napari_clipsam.widgets import ClipSamWidget
+
     from reference_model import load_reference_clip
     from tiny_sam import build_tiny_sam
 
