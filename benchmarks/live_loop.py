@@ -80,7 +80,7 @@ def main() -> None:
     widget.max_objects.value = 3
     gaps = {"first run": run_gap(), "later run": run_gap()}
 
-    pts, labels = viewer.layers["photo points"], viewer.layers["photo labels"]
+    pts = viewer.layers["photo points"]
     feats = pts.features
     i = int(np.flatnonzero(feats["positive"].to_numpy(bool))[0])
     oid = int(feats["object_id"].iloc[i])
