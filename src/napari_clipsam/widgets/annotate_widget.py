@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 from napari.layers import Image, Labels, Points
+from napari.utils.notifications import show_error as notify_error
 from napari.utils.notifications import show_info, show_warning
 
 from .. import core as _core  # noqa: F401  (the triton/Mesa guard before torch)
@@ -233,9 +234,7 @@ class ClipSamWidget(AnnotateForm):
     def _fail(self, short: str, details: str = "") -> None:
         self.show_status("failed: nothing was changed")
         self.show_error(short, details)
-        from napari.utils.notifications import show_error
-
-        show_error(f"napari-clipsam: {short}")
+        notify_error(f"napari-clipsam: {short}")
 
     def _on_failed(self, short: str, details: str) -> None:
         if self.closed:
@@ -323,9 +322,7 @@ class ClipSamWidget(AnnotateForm):
             return
         self.show_error(short, details)
         self.show_status("mask update failed: the labels were not changed")
-        from napari.utils.notifications import show_error
-
-        show_error(f"napari-clipsam: {short}")
+        notify_error(f"napari-clipsam: {short}")
 
     def _bind_keys(self, points_layer) -> None:
         points_layer.bind_key("t", lambda lay: self.flip_selected(lay), overwrite=True)
