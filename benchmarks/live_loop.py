@@ -36,7 +36,7 @@ def main() -> None:
 
     import napari
     import torch
-    from qtpy.QtCore import QTimer
+    from qtpy.QtCore import QEventLoop, QTimer
     from qtpy.QtWidgets import QApplication
     from segment_anything import SamPredictor, sam_model_registry
     from skimage import data, transform
@@ -61,9 +61,9 @@ def main() -> None:
     timer.setInterval(5)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
 
-    def wait_idle():
+    def wait_idle():  # sleep until Qt has events (no busy loop competing with torch for the cores)
         while widget.is_busy:
-            app.processEvents()
+            app.processEvents(QEventLoop.ProcessEventsFlag.WaitForMoreEvents, 20)
         for _ in range(3):
             app.processEvents()
 

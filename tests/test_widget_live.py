@@ -375,3 +375,19 @@ def test_semantic_view_and_labels_features(qtbot, docked):
         cls = f[f["index"] == oid]["class"].iloc[0]
         expected[labels.data == oid] = ["cat", "sofa"].index(cls) + 1
     np.testing.assert_array_equal(sem, expected)
+
+
+def test_choosing_an_image_embeds_it_ahead_of_time(qtbot, docked, models):
+    from napari_clipsam.core.segment import image_key
+
+    viewer, widget = docked
+    a = viewer.add_image(data.chelsea(), name="A")
+    _run(qtbot, widget, a, "cat")  # SAM is in memory from now on
+    b_pixels = data.astronaut()[:200, :240]
+    b = viewer.add_image(b_pixels, name="B")
+    widget.image.value = b
+    qtbot.waitUntil(lambda: widget.is_busy, timeout=TIMEOUT)  # a background embedding starts
+    idle(qtbot, widget)
+    session = widget.models.session(models[1])
+    assert session.key == image_key(b_pixels)  # B's embedding is ready before any Run on B
+    assert len(viewer.layers) == 6  # and nothing was added to the viewer

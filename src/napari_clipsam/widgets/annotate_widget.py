@@ -13,6 +13,7 @@ import numpy as np
 from napari.layers import Image, Labels, Points
 from napari.utils.notifications import show_error as notify_error
 from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import QTimer
 
 from .. import core as _core  # noqa: F401  (the triton/Mesa guard before torch)
 from ..core.absence import AbsenceRule
@@ -20,6 +21,7 @@ from ..core.annotation import ImageAnnotation, Plane, SamQueue
 from ..core.localizers import check_prompts, get_localizer
 from ..core.localizers.prompts import resolve_templates
 from ..core.pipeline import annotate
+from ..core.progress import Task
 from . import layer_writer as LW
 from . import result_writer as RW
 from .form import AnnotateForm
@@ -50,6 +52,13 @@ class ClipSamWidget(AnnotateForm):
         self.export_button.changed.connect(self._export_dialog)
 
         self.closed = False
+        self._ahead: Task | None = None
+        self._ahead_timer = QTimer()
+        self._ahead_timer.setSingleShot(True)
+        self._ahead_timer.setInterval(300)
+        self._ahead_timer.timeout.connect(self.embed_ahead)
+        self.image.changed.connect(self._schedule_ahead)
+        self.viewer.dims.events.current_step.connect(self._schedule_ahead)
         self.native.destroyed.connect(self._on_destroyed)
         layers = self.viewer.layers
         layers.events.inserted.connect(self._layers_changed)
@@ -73,6 +82,9 @@ class ClipSamWidget(AnnotateForm):
             return
         self.closed = True
         self.runner.cancel()
+        if self._ahead is not None:
+            self._ahead.cancel()
+        self.viewer.dims.events.current_step.disconnect(self._schedule_ahead)
         self.runner.stop_display()
         for editor in self.editors:
             editor.close()
@@ -116,6 +128,39 @@ class ClipSamWidget(AnnotateForm):
     def use_models(self, clip=None, sam=None) -> None:
         """Use already-loaded models: clip = (open_clip model, tokenizer), sam = a ``Sam``."""
         self.models.use(clip, sam)
+
+    def _schedule_ahead(self, *_) -> None:
+        if not self.closed:
+            self._ahead_timer.start()  # after the user settles on an image or slice
+
+    def embed_ahead(self) -> bool:
+        """Start SAM's embedding of the chosen image's displayed plane in the background, on
+        the one SAM queue, so that Run's SAM stage finds it ready. Only once SAM is in memory
+        (after a first run, or given with ``use_models``); a newer request cancels an older one
+        that has not started. Returns whether one was started."""
+        if self.closed or self.is_running:
+            return False
+        layer = self.image.value
+        sam = self.models.loaded_sam(self.sam_model.value, self.sam_file.value)
+        if layer is None or layer not in self.viewer.layers or sam is None:
+            return False
+        try:
+            plane = displayed_plane(self.viewer, layer)
+        except ValueError:
+            return False
+        others = [lay for lay in (self.composite_with.value or []) if lay in self.viewer.layers]
+        session = self.models.session(sam, [e.state.session for e in self.editors])
+        if self._ahead is not None:
+            self._ahead.cancel()
+        task = self._ahead = Task()
+
+        def job():
+            task.check()
+            session.set_image(plane_rgb(layer, plane, others))
+
+        future = self.sam_queue.submit(job)
+        future.add_done_callback(lambda f: f.exception())  # cancelled or bad pixels: Run will say
+        return True
 
     # ------------------------------------------------------------------ state
     @property

@@ -44,6 +44,13 @@ class ModelCache:
             self._sam = (key, load_sam(kind, path or None, None, task=task))
         return self._sam[1]
 
+    def loaded_sam(self, kind: str, path=None):
+        """The ``Sam`` that ``sam(kind, path)`` would give if it is already in memory, else None."""
+        if "sam" in self.given:
+            return self.given["sam"]
+        key = (kind, str(path) if path else None)
+        return self._sam[1] if self._sam is not None and self._sam[0] == key else None
+
     def session(self, sam, in_use=()) -> SamSession:
         """The session of ``sam``; sessions not in ``in_use`` (and not ``sam``'s) are dropped."""
         for s in self._sessions:
