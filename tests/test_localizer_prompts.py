@@ -320,32 +320,39 @@ class CountingEncoder:
 
 
 def test_text_features_are_cached(clip):
+    from napari_clipsam.core.text_cache import TextFeatureCache
+
     model, _ = clip
-    loc = get_localizer("gem", *clip, templates="imagenet-simple")
+    cache = TextFeatureCache(None)  # memory only, this test's own
+    loc = get_localizer("gem", *clip, templates="imagenet-simple", text_cache=cache)
     with CountingEncoder(model) as counter:
         first = loc.text_features(["cat", "sofa; couch"])
-        assert counter.calls == 3 and counter.sentences == 3 * 7  # one batch per synonym
+        assert counter.calls == 1 and counter.sentences == 3 * 7  # every template of every synonym, one batch
         second = loc.text_features(["cat", "sofa; couch"])
-        assert counter.calls == 3
+        assert counter.calls == 1
         assert torch.equal(first, second)
         loc.text_features(["sofa; couch", "cat", "dog"])  # only the new prompt is encoded
-        assert counter.calls == 4
-        # another localizer (other templates) has its own cache
-        other = get_localizer("gem", *clip, templates="single")
-        other.text_features(["cat"])
-        assert counter.calls == 5
+        assert counter.calls == 2 and counter.sentences == 4 * 7
+        # another localizer, another method, same cache: nothing new to encode
+        get_localizer("sclip", *clip, templates="imagenet-simple", text_cache=cache).text_features(["dog", "cat"])
+        assert counter.calls == 2
+        # other templates are other sentences
+        get_localizer("gem", *clip, templates="single", text_cache=cache).text_features(["cat"])
+        assert counter.calls == 3 and counter.sentences == 4 * 7 + 1
     assert "encode_text" not in vars(model)  # restored
     # the cached features are still the right ones
     np.testing.assert_allclose(first[0].numpy(), ensemble(clip, "cat", loc.templates).numpy(), atol=1e-6, rtol=0)
 
 
 def test_cache_serves_every_image_and_presence(clip, square):
+    from napari_clipsam.core.text_cache import TextFeatureCache
+
     model, _ = clip
-    loc = get_localizer("gem", *clip, input_size=64, background=["sky"])
+    loc = get_localizer("gem", *clip, input_size=64, background=["sky"], text_cache=TextFeatureCache(None))
     with CountingEncoder(model) as counter:
         loc.similarity(square, ["cat", "sofa"])
         n = counter.calls
-        assert n == 3  # cat, sofa, sky
+        assert n == 1 and counter.sentences == 3  # cat, sofa, sky in one batch
         loc.similarity(square[:100], ["cat", "sofa"])
         loc.heatmaps(square, ["sofa", "cat"])
         loc.presence(square, ["cat", "sofa"])

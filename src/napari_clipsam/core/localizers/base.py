@@ -32,6 +32,7 @@ from torch.func import functional_call
 
 from ..image import to_rgb_uint8
 from ..progress import Task, as_task
+from ..text_cache import TextFeatureCache, model_fingerprint, shared_cache
 from . import resnet, vit
 from .prompts import canonical, check_prompts, resolve_templates, split_synonyms
 
@@ -127,6 +128,8 @@ class Localizer(ABC):
     background: prompts that compete with the user's prompts without becoming heatmaps:
         each prompt's similarity becomes its margin over the best background prompt, and
         they take part in ``presence``.
+    text_cache: where sentence features are cached (``core.text_cache``); None = the
+        process-wide ``shared_cache()`` (memory + disk), shared by every localizer and run.
     """
 
     name: ClassVar[str] = ""
@@ -136,7 +139,8 @@ class Localizer(ABC):
 
     def __init__(self, model, tokenizer, *, templates: str | Sequence[str] | None = None,
                  input_size: int | None = 448, window: int | None = None, stride: int | None = None,
-                 batch_size: int = 1, background: Sequence[str] | str = (), pos_interpolation: str = "official"):
+                 batch_size: int = 1, background: Sequence[str] | str = (), pos_interpolation: str = "official",
+                 text_cache: TextFeatureCache | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.templates = resolve_templates(templates if templates is not None else self.default_templates, ())
@@ -168,7 +172,8 @@ class Localizer(ABC):
         cfg = getattr(model.visual, "preprocess_cfg", None) or {}
         self.mean = tuple(cfg.get("mean", OPENAI_MEAN))
         self.std = tuple(cfg.get("std", OPENAI_STD))
-        self._text_cache: dict[tuple[str, str], torch.Tensor] = {}
+        self.text_cache = text_cache if text_cache is not None else shared_cache()
+        self._text_cache: dict[tuple[str, str, str], torch.Tensor] = {}
 
     # -- parameters -------------------------------------------------------------------
     @property
@@ -193,29 +198,44 @@ class Localizer(ABC):
 
     # -- text ---------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """(T, D) L2-normalised embeddings of full sentences."""
-        tokens = self.tokenizer(list(texts)).to(self.device)
-        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+    def encode_texts(self, texts: Sequence[str], task: Task | None = None) -> torch.Tensor:
+        """(T, D) L2-normalised embeddings of full sentences, on the model's device (through
+        ``text_cache``: trimmed, batched, cached)."""
+        return self.text_cache.sentence_features(self.model, self.tokenizer, texts, task).to(self.device)
 
     @torch.no_grad()
     def class_feature(self, prompt: str) -> torch.Tensor:
         """(D,) normalised feature of one class: templates x synonyms (cached per device).
         The empty prompt "" is allowed here (CLIP Surgery's redundancy feature)."""
-        key = (prompt, str(self.device))
-        if key not in self._text_cache:
-            if len(self._text_cache) >= 256:
-                self._text_cache.clear()
-            feats = []
-            for synonym in split_synonyms(prompt) or [""]:
-                t = self.encode_texts([tpl.format(synonym) for tpl in self.templates])
-                feats.append(t[0] if len(t) == 1 else F.normalize(t.mean(dim=0), dim=-1))
-            self._text_cache[key] = feats[0] if len(feats) == 1 else F.normalize(torch.stack(feats).mean(0), dim=-1)
-        return self._text_cache[key]
+        return self._class_features([prompt])[0]
 
-    def text_features(self, prompts: Sequence[str] | str) -> torch.Tensor:
-        """(P, D) float32, L2-normalised class features."""
-        return torch.stack([self.class_feature(p) for p in check_prompts(prompts)])
+    def _class_features(self, prompts: Sequence[str], task: Task | None = None) -> list[torch.Tensor]:
+        fp = model_fingerprint(self.model)
+        keys = [(p, str(self.device), fp) for p in prompts]
+        todo = list(dict.fromkeys(k for k in keys if k not in self._text_cache))
+        if todo:
+            groups = [[tpl.format(s) for tpl in self.templates] for p, _, _ in todo
+                      for s in (split_synonyms(p) or [""])]
+            feats = self.encode_texts([s for g in groups for s in g], task)  # one batched call
+            per_group, at = [], 0
+            for g in groups:
+                t = feats[at:at + len(g)]
+                at += len(g)
+                per_group.append(t[0] if len(t) == 1 else F.normalize(t.mean(dim=0), dim=-1))
+            if len(self._text_cache) + len(todo) > 256:
+                self._text_cache.clear()
+            at = 0
+            for key in todo:
+                n = len(split_synonyms(key[0]) or [""])
+                syn = per_group[at:at + n]
+                at += n
+                self._text_cache[key] = syn[0] if n == 1 else F.normalize(torch.stack(syn).mean(0), dim=-1)
+        return [self._text_cache[k] for k in keys]
+
+    def text_features(self, prompts: Sequence[str] | str, task: Task | None = None) -> torch.Tensor:
+        """(P, D) float32, L2-normalised class features (all uncached sentences of all
+        prompts encoded in one batched call; ``task`` sees "text features" reports)."""
+        return torch.stack(self._class_features(check_prompts(prompts), task))
 
     def classes(self, prompts: Sequence[str] | str) -> list[str]:
         """The user's prompts followed by the background prompts (checked for clashes)."""
@@ -311,6 +331,9 @@ class Localizer(ABC):
         work = self.working_image(rgb)
         (ch, cw), (ph, pw) = tiling.crop, tiling.patch
         gh, gw = ch // ph, cw // pw
+        quiet = Task()  # cancellable while the text is encoded, reports kept to "heatmaps"
+        quiet._cancelled = task._cancelled
+        self.text_features(classes, task=quiet)  # encoded once (or fetched), before the windows
         acc = torch.zeros(len(classes), *tiling.grid)
         count = torch.zeros(tiling.grid)
         task.report("heatmaps", 0, len(tiling), "windows")
