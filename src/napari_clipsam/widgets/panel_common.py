@@ -1,0 +1,121 @@
+"""What the verify, probe and slice-finder panels share: a worker with progress and cancel,
+one error notification, and reading the main widget's run options through its public fields."""
+
+from __future__ import annotations
+
+from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from napari.layers import Labels
+from napari.utils.notifications import show_error as notify_error
+
+from ..core.localizers import LOCALIZERS, check_prompts
+from .runner import Runner
+
+
+class PanelBase(Container):
+    """A small panel over ``viewer`` that borrows ``main``'s (a ClipSamWidget) models and options."""
+
+    title = "napari-clipsam"
+
+    def __init__(self, viewer, main):
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self.main = main
+        self.progress = ProgressBar(label="progress", min=0, max=1000, value=0, visible=False)
+        self.status = Label(label="status", value="ready")
+        self.status.native.setWordWrap(True)
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.cancel_button.changed.connect(self.cancel)
+        self.runner = Runner(self.progress, self.show_status)
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def is_running(self) -> bool:
+        return self.runner.is_running
+
+    def show_status(self, text: str) -> None:
+        self.status.value = text
+
+    def cancel(self, *_) -> None:
+        if self.is_running:
+            self.show_status("cancelling…")
+            self.runner.cancel()
+
+    def fail(self, short: str, details: str = "") -> None:
+        """One napari notification and the status line; nothing else changes."""
+        self.show_status(f"failed: {short}")
+        notify_error(f"{self.title}: {short}")
+
+    def start(self, job, on_done, label: str) -> None:
+        """Run ``job(task)`` in a worker; ``on_done(result)`` on the GUI thread."""
+        if self.is_running:
+            self.fail("already running; cancel it first")
+            return
+        self.cancel_button.enabled = True
+
+        def done(result):
+            self.cancel_button.enabled = False
+            try:
+                on_done(result)
+            except (ValueError, RuntimeError) as exc:
+                self.fail(str(exc))
+
+        def failed(short, details):
+            self.cancel_button.enabled = False
+            self.fail(short, details)
+
+        def cancelled():
+            self.cancel_button.enabled = False
+            self.show_status("cancelled: nothing was changed")
+
+        self.runner.start(job, on_done=done, on_failed=failed, on_cancelled=cancelled, label=label)
+
+    # -- the main widget's options ---------------------------------------------------------
+    def clip(self, task):
+        """(model, tokenizer) of the main widget's CLIP choice (loaded or downloaded once)."""
+        return self.main.models.clip(self.main.clip_model.value, self.main.clip_file.value, task)
+
+    def templates(self):
+        """The run's template ensemble: the main widget's choice, or its method's default."""
+        value = self.main.templates.value
+        if value == "custom":
+            return [t.strip() for t in self.main.custom_templates.value.split("|") if t.strip()]
+        if value == "method default":
+            return LOCALIZERS[self.main.method.value].default_templates
+        return value
+
+    def background(self) -> list[str]:
+        items = [b.strip() for b in self.main.background.value.split(",") if b.strip()]
+        return check_prompts(items) if items else []
+
+    def prompts(self) -> list[str]:
+        lines = [ln for ln in self.main.prompts.value.splitlines() if ln.strip()]
+        return check_prompts(lines) if lines else []
+
+    def labels_choices(self, *_):
+        return [lay for lay in self.viewer.layers if isinstance(lay, Labels)]
+
+    def image_of(self, labels_layer):
+        """The image layer a labels layer annotates: the main widget's editor's, else its chosen image."""
+        for editor in self.main.editors:
+            if editor.labels_layer is labels_layer:
+                return editor.image_layer
+        return self.main.image.value
+
+
+def layer_classes(labels_layer) -> tuple[dict[int, str], dict[int, float]]:
+    """({id: class}, {id: SAM score}) from a labels layer's features (index, class, score),
+    else from its metadata["classes"]; background rows are skipped."""
+    f = labels_layer.features
+    classes: dict[int, str] = {}
+    scores: dict[int, float] = {}
+    if len(f) and "index" in f and "class" in f:
+        for _, row in f.iterrows():
+            oid = int(row["index"])
+            if oid == 0 or not isinstance(row["class"], str) or not row["class"]:
+                continue
+            classes[oid] = row["class"]
+            if "score" in f:
+                scores[oid] = float(row["score"])
+    else:
+        classes = {int(k): str(v) for k, v in (labels_layer.metadata.get("classes") or {}).items()}
+    return classes, scores

@@ -1,0 +1,195 @@
+"""Probe panel: learn a linear probe from accepted objects, save/load it, and show its heatmaps.
+
+Train: the chosen labels layer's objects (every annotated plane of the main widget's run,
+else the displayed plane) against the rest of those planes, on the features of the main
+widget's method and CLIP. Apply: the probe's probability map of each class on the displayed
+plane of an image, as image layers "<image> probe [<class>]".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, PushButton
+
+from .. import core as _core  # noqa: F401  (the triton/Mesa guard before torch)
+from ..core.localizers import get_localizer
+from ..core.probe import LinearProbe, train_probe
+from . import layer_writer as LW
+from .inputs import displayed_plane, plane_rgb
+from .panel_common import PanelBase, layer_classes
+
+
+def probe_name(image: str, prompt: str) -> str:
+    return f"{image} probe [{prompt}]"
+
+
+class ProbePanel(PanelBase):
+    """``ProbePanel(viewer, main_widget)``: few-shot refinement from accepted objects."""
+
+    title = "napari-clipsam probe"
+
+    def __init__(self, viewer, main):
+        super().__init__(viewer, main)
+        self.labels = ComboBox(label="train on", choices=self.labels_choices, nullable=True,
+                               tooltip="The labels layer whose objects are the examples (default: the run's).")
+        self.strength = FloatSpinBox(label="C", min=0.001, max=1000.0, step=0.1, value=1.0,
+                                     tooltip="Inverse regularisation of the logistic regression.")
+        self.train_button = PushButton(text="Train probe")
+        self.path = FileEdit(label="probe file", mode="w", filter="*.probe.npz", nullable=True,
+                             tooltip="Where the probe is saved / loaded from (beside your exports).")
+        self.save_button = PushButton(text="Save")
+        self.load_button = PushButton(text="Load")
+        self.target = ComboBox(label="apply to", choices=self._images, nullable=True,
+                               tooltip="Image whose displayed plane gets the probe's heatmaps.")
+        self.apply_button = PushButton(text="Probe heatmaps")
+        self.extend([self.labels, self.strength,
+                     Container(layout="horizontal", widgets=[self.train_button, self.cancel_button], labels=False),
+                     self.path, Container(layout="horizontal", widgets=[self.save_button, self.load_button],
+                                          labels=False),
+                     self.target, self.apply_button, self.progress, self.status])
+        self.train_button.changed.connect(self.train)
+        self.save_button.changed.connect(self.save)
+        self.load_button.changed.connect(self.load)
+        self.apply_button.changed.connect(self.apply)
+        self.probe: LinearProbe | None = None
+        self.layers_added: list = []
+        viewer.layers.events.inserted.connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self.reset_choices)
+
+    def _images(self, *_):
+        from napari.layers import Image
+
+        return [lay for lay in self.viewer.layers if isinstance(lay, Image) and not LW.is_ours(lay)]
+
+    def _localizer(self, task):
+        model, tokenizer = self.clip(task)
+        return get_localizer(self.main.method.value, model, tokenizer, templates=self.templates(),
+                             input_size=int(self.main.resolution.value))
+
+    # ------------------------------------------------------------------ train
+    def _examples(self, layer, image_layer):
+        classes, _ = layer_classes(layer)
+        if not classes:
+            raise ValueError(f"'{layer.name}' has no classified objects (features 'class' or metadata 'classes')")
+        editor = next((e for e in self.main.editors if e.labels_layer is layer), None)
+        planes = [p for p, ann in editor.state.planes.items() if ann.objects] if editor is not None else []
+        if not planes:
+            planes = [displayed_plane(self.viewer, image_layer)]
+        out = []
+        for plane in planes:
+            labels = np.asarray(plane.take(np.asarray(layer.data)))
+            if labels.any():
+                out.append((plane_rgb(image_layer, plane), labels.copy(), classes))
+        if not out:
+            raise ValueError(f"'{layer.name}' has no objects to learn from")
+        return out
+
+    def train(self, *_) -> None:
+        self.reset_choices()
+        if self.labels.value is None:
+            for editor in self.main.editors:
+                if editor.labels_layer in self.viewer.layers:
+                    self.labels.value = editor.labels_layer
+                    break
+        layer = self.labels.value
+        if layer is None or layer not in self.viewer.layers:
+            self.fail("pick a labels layer with accepted objects first")
+            return
+        image_layer = self.image_of(layer)
+        if image_layer is None or image_layer not in self.viewer.layers:
+            self.fail(f"no image layer for '{layer.name}': choose it as 'image' in the main widget")
+            return
+        try:
+            examples = self._examples(layer, image_layer)
+        except ValueError as exc:
+            self.fail(str(exc))
+            return
+        info = dict(clip=self.main.clip_model.value, layer=layer.name, image=image_layer.name)
+        strength = float(self.strength.value)
+
+        def job(task):
+            return train_probe(self._localizer(task), examples, C=strength, info=info, task=task)
+
+        self.show_status("training…")
+        self.start(job, self._trained, "napari-clipsam probe")
+
+    def _trained(self, probe: LinearProbe) -> None:
+        self.probe = probe
+        counts = ", ".join(f"{k}: {v}" for k, v in probe.info["objects"].items())
+        self.show_status(f"probe trained on {probe.info['patches']} patches ({counts} objects)")
+
+    # ------------------------------------------------------------------ files
+    def save(self, *_) -> Path | None:
+        if self.probe is None:
+            self.fail("train or load a probe first")
+            return None
+        if not self.path.value or str(self.path.value) in ("", "."):
+            self.fail("choose a probe file first")
+            return None
+        try:
+            path = self.probe.save(self.path.value)
+        except OSError as exc:
+            self.fail(f"could not write the probe: {exc}")
+            return None
+        self.show_status(f"saved {path.name}")
+        return path
+
+    def load(self, *_) -> None:
+        if not self.path.value or not Path(self.path.value).is_file():
+            self.fail("choose an existing probe file first")
+            return
+        try:
+            self.probe = LinearProbe.load(self.path.value)
+        except (OSError, ValueError) as exc:
+            self.fail(str(exc))
+            return
+        info = self.probe.info
+        self.show_status(f"loaded: {self.probe.classes} ({info.get('method')}, {info.get('clip')}, "
+                         f"trained on '{info.get('layer')}')")
+
+    # ------------------------------------------------------------------ apply
+    def apply(self, *_) -> None:
+        """Add the probe's heatmaps of the displayed plane of 'apply to' (or the main image)."""
+        self.reset_choices()
+        probe = self.probe
+        if probe is None:
+            self.fail("train or load a probe first")
+            return
+        image_layer = self.target.value or self.main.image.value
+        if image_layer is None or image_layer not in self.viewer.layers:
+            self.fail("pick an image to apply the probe to")
+            return
+        try:
+            plane = displayed_plane(self.viewer, image_layer)
+            rgb = plane_rgb(image_layer, plane)
+        except ValueError as exc:
+            self.fail(str(exc))
+            return
+
+        def job(task):
+            return probe.heatmaps(rgb, self._localizer(task), task=task)
+
+        self.show_status("probe heatmaps…")
+        self.start(job, lambda maps: self._show(image_layer, plane, maps), "napari-clipsam probe")
+
+    def _show(self, image_layer, plane, maps: np.ndarray) -> None:
+        if image_layer not in self.viewer.layers:
+            self.show_status("the image was removed: nothing was added")
+            return
+        shape = [1] * plane.ndim
+        shape[plane.rows], shape[plane.cols] = maps.shape[-2:]
+        scale = np.asarray(image_layer.scale, float)
+        translate = np.asarray(image_layer.translate, float).copy()
+        for ax, i in plane.fixed:
+            translate[ax] += i * scale[ax]
+        self.layers_added = []
+        for heat, prompt in zip(maps, self.probe.classes):
+            data = (heat.T if plane.transposed else heat).reshape(shape)
+            layer = LW.upsert_layer(self.viewer, "image", probe_name(image_layer.name, prompt), data,
+                                    image_layer=image_layer, colormap="viridis", blending="additive", opacity=0.6,
+                                    contrast_limits=(0.0, 1.0), scale=tuple(scale), translate=tuple(translate),
+                                    metadata={"prompt": prompt, "probe": dict(self.probe.info)})
+            self.layers_added.append(layer)
+        self.show_status(f"{len(maps)} probe heatmaps on '{image_layer.name}'")

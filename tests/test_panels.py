@@ -1,0 +1,215 @@
+"""The verify, probe and slice-finder panels on a real viewer with the tiny models, driven
+through public attributes; expected values from tests/clip_oracle.py (the tiny CLIP's own
+encoders written out) or known by construction."""
+
+import numpy as np
+from napari.layers import Image
+from skimage import data
+from skimage.transform import resize
+from sklearn.metrics import roc_auc_score
+
+from clip_oracle import image_embedding, text_embeddings, zero_shot
+from napari_clipsam.widgets.probe_panel import ProbePanel
+from napari_clipsam.widgets.slice_finder import SliceFinder
+from napari_clipsam.widgets.verify_panel import VerifyPanel
+from synthetic_cells import cell_slices
+from widget_helpers import TIMEOUT, idle
+
+
+def wait(qtbot, panel):
+    qtbot.waitUntil(lambda: not panel.is_running, timeout=TIMEOUT)
+
+
+def square_crop(rgb, mask):
+    """Margin 0: the mask's bounding box made square around its centre, clipped to the image."""
+    rows, cols = np.nonzero(mask)
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    side = max(r1 - r0, c1 - c0)
+    sr, sc = min(side, rgb.shape[0]), min(side, rgb.shape[1])
+    top = min(max(int(round((r0 + r1) / 2 - sr / 2)), 0), rgb.shape[0] - sr)
+    left = min(max(int(round((c0 + c1) / 2 - sc / 2)), 0), rgb.shape[1] - sc)
+    return np.ascontiguousarray(rgb[top:top + sr, left:left + sc])
+
+
+def test_verify_flags_the_wrong_class_mask_and_drops_on_request(qtbot, viewer_widget, models):
+    viewer, widget = viewer_widget
+    model, tok = models[0]
+    prompts = ["cat", "sofa"]
+    widget.prompts.value = "\n".join(prompts)
+    widget.templates.value = "single"
+    widget.max_objects.value = 3
+    widget.run()
+    idle(qtbot, widget)
+    labels_layer = widget.editors[0].labels_layer
+    rgb = data.chelsea()
+    labels = np.asarray(labels_layer.data)
+    ids = [int(i) for i in np.unique(labels) if i]
+    assert ids
+    top = {i: prompts[int(np.argmax(zero_shot(model, tok, square_crop(rgb, labels == i), prompts)))] for i in ids}
+    # the user says the first object is the other class: CLIP must disagree
+    f = labels_layer.features.copy()
+    wrong = ids[0]
+    f.loc[f["index"] == wrong, "class"] = next(p for p in prompts if p != top[wrong])
+    labels_layer.features = f
+    classes = dict(zip(f["index"].astype(int), f["class"]))
+
+    panel = VerifyPanel(viewer, widget)
+    viewer.window.add_dock_widget(panel)
+    assert panel.labels.value is labels_layer
+    panel.margin.value, panel.dim.value, panel.min_probability.value = 0.0, 0.0, 0.0
+    panel.verify_button.clicked.emit()
+    wait(qtbot, panel)
+    table = panel.table
+    assert sorted(table["id"]) == ids
+    for _, row in table.iterrows():
+        assert row["clip_class"] == top[row["id"]]
+        assert row["suspect"] == (top[row["id"]] != classes[row["id"]])
+    assert wrong in panel.suspect_ids()
+    feats = labels_layer.features.set_index("index")
+    assert feats.loc[wrong, "suspect"] and feats.loc[wrong, "clip_class"] == top[wrong]
+    assert feats.loc[wrong, "method"] == "gem" and np.isfinite(feats.loc[wrong, "score"])
+    assert str(panel.suspect_list.value).startswith(f"{wrong}:")
+    panel.jump_button.clicked.emit()
+    assert labels_layer.selected_label == wrong
+    rows, cols = np.nonzero(labels == wrong)
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    np.testing.assert_allclose(camera.center[-2:], (rows.mean(), cols.mean()), atol=1.0)
+    # drop: the suspects leave the labels, named in the status
+    panel.action.value = "drop"
+    panel.verify_button.clicked.emit()
+    wait(qtbot, panel)
+    suspects = panel.suspect_ids()
+    assert panel.dropped == suspects and wrong in suspects
+    assert not np.isin(labels_layer.data, suspects).any()
+    kept = [i for i in ids if i not in suspects]
+    assert all((labels_layer.data == i).sum() == (labels == i).sum() for i in kept)
+    assert str(wrong) in panel.status.value
+
+
+def test_verify_unhappy(qtbot, docked):
+    viewer, widget = docked
+    panel = VerifyPanel(viewer, widget)
+    panel.verify_button.clicked.emit()
+    assert panel.status.value.startswith("failed: pick a labels layer")
+    viewer.add_image(data.camera(), name="camera")
+    viewer.add_labels(np.zeros((512, 512), np.int32), name="empty")
+    widget.image.value = viewer.layers["camera"]
+    panel.reset_choices()
+    panel.labels.value = viewer.layers["empty"]
+    widget.prompts.value = "cat"
+    panel.verify_button.clicked.emit()
+    assert "no masks" in panel.status.value and not panel.is_running
+
+
+def test_probe_trained_saved_loaded_same_heatmap(qtbot, tmp_path, docked):
+    viewer, widget = docked
+    (img0, lab0), (img1, lab1) = cell_slices(2, seed=4)
+    train = viewer.add_image(img0, name="train")
+    test = viewer.add_image(img1, name="test")
+    ids = [int(i) for i in np.unique(lab0) if i][:3]
+    layer = viewer.add_labels(np.where(np.isin(lab0, ids), lab0, 0).astype(np.int32), name="accepted",
+                              features={"index": [0, *ids], "class": ["background", "cell", "cell", "cell"],
+                                        "score": [np.nan, 1.0, 1.0, 1.0]})
+    widget.image.value = train
+    widget.prompts.value = "cell"
+    widget.resolution.value = 224
+    panel = ProbePanel(viewer, widget)
+    viewer.window.add_dock_widget(panel)
+    panel.labels.value = layer
+    panel.train_button.clicked.emit()
+    wait(qtbot, panel)
+    assert panel.probe is not None and panel.probe.info["objects"] == {"cell": 3}
+    assert panel.probe.info["layer"] == "accepted" and panel.probe.info["method"] == "gem"
+    panel.target.value = test
+    panel.apply_button.clicked.emit()
+    wait(qtbot, panel)
+    heat = np.asarray(viewer.layers["test probe [cell]"].data)
+    assert heat.shape == img1.shape
+    assert roc_auc_score((lab1 > 0).ravel(), heat.ravel()) > 0.8  # truth known by construction
+    panel.path.value = tmp_path / "exports" / "cells.probe.npz"
+    path = panel.save()
+    assert path.is_file()
+
+    other = ProbePanel(viewer, widget)
+    other.path.value = path
+    other.load_button.clicked.emit()
+    assert other.probe.classes == ["cell"] and "accepted" in other.status.value
+    viewer.layers.remove("test probe [cell]")
+    other.target.value = test
+    other.apply_button.clicked.emit()
+    wait(qtbot, other)
+    np.testing.assert_array_equal(np.asarray(viewer.layers["test probe [cell]"].data), heat)
+
+
+def test_probe_unhappy(qtbot, tmp_path, docked):
+    viewer, widget = docked
+    panel = ProbePanel(viewer, widget)
+    panel.apply_button.clicked.emit()
+    assert "train or load a probe first" in panel.status.value
+    (tmp_path / "bad.probe.npz").write_bytes(b"junk")
+    panel.path.value = tmp_path / "bad.probe.npz"
+    panel.load_button.clicked.emit()
+    assert "not a napari-clipsam probe" in panel.status.value and panel.probe is None
+
+
+def _stack():
+    def gray(img):
+        g = img if img.ndim == 2 else img[..., :3].mean(-1)
+        return resize(g, (128, 128), preserve_range=True, anti_aliasing=True).astype(np.uint8)
+
+    return np.stack([gray(f()) for f in (data.camera, data.coins, data.moon, data.astronaut, data.chelsea,
+                                         data.coffee, data.rocket)])
+
+
+def test_slice_finder_jumps_to_the_oracle_best_slice(qtbot, docked, models):
+    viewer, widget = docked
+    model, tok = models[0]
+    stack = _stack()
+    layer = viewer.add_image(stack, name="stack", contrast_limits=(0, 255))
+    widget.templates.value = "single"
+    emb = np.stack([image_embedding(model, np.repeat(s[..., None], 3, -1)) for s in stack])
+    oracle = emb @ text_embeddings(model, tok, ["coins"])[0]
+    order = list(np.argsort(-oracle))
+    finder = SliceFinder(viewer, widget)
+    viewer.window.add_dock_widget(finder)
+    finder.image.value = layer
+    finder.axis.value = 0
+    finder.query.value = "coins"
+    finder.top_k.value = 3
+    viewer.dims.set_current_step(0, 6 if order[0] != 6 else 0)
+    finder.rank_button.clicked.emit()
+    wait(qtbot, finder)
+    np.testing.assert_allclose(finder.scores, oracle, atol=2e-4)
+    assert viewer.dims.current_step[0] == order[0]
+    assert list(finder.plot.scores) == list(finder.scores) and finder.plot.current == order[0]
+    assert finder.next_best() == order[1] and viewer.dims.current_step[0] == order[1]
+    assert finder.next_best() == order[2]
+    assert finder.next_best() == order[0]
+    # embeddings cached: ranking again encodes no slice
+    finder.query.value = "moon"
+    finder.rank_button.clicked.emit()
+    wait(qtbot, finder)
+    assert finder.cache.misses == len(stack) and finder.cache.hits == len(stack)
+
+
+def test_slice_finder_other_axis_and_unhappy(qtbot, docked):
+    viewer, widget = docked
+    stack = _stack()
+    finder = SliceFinder(viewer, widget)
+    viewer.add_image(stack[0], name="flat")
+    finder.rank_button.clicked.emit()
+    assert finder.status.value.startswith("failed")
+    layer = viewer.add_image(np.moveaxis(stack, 0, 2), name="moved", contrast_limits=(0, 255))  # (H, W, N)
+    viewer.dims.order = (2, 0, 1)
+    finder.reset_choices()
+    finder.image.value = layer
+    finder.axis.value = 1
+    finder.query.value = "cat"
+    finder.rank_button.clicked.emit()
+    assert "not a stepping axis" in finder.status.value
+    finder.axis.value = 2
+    finder.rank_button.clicked.emit()
+    wait(qtbot, finder)
+    assert len(finder.scores) == len(stack)
+    assert viewer.dims.current_step[2] == finder.ranking[0]
+    assert isinstance(layer, Image)
