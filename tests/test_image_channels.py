@@ -293,7 +293,7 @@ def _reference_to_rgb_uint8(arr, rgb, contrast_limits):
         else:
             lo, hi = float(arr.min()), float(arr.max())
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        out = np.clip((arr.astype(np.float32) - lo) * scale, 0, 255)
+        out = np.clip((arr.astype(np.float64) - lo) * scale, 0, 255)
         out = np.round(out).astype(np.uint8)
     if out.ndim == 2:
         out = np.repeat(out[..., None], 3, axis=-1)
@@ -306,7 +306,6 @@ def _reference_cases():
     cases = [
         (rng.integers(0, 65536, shape, dtype=np.uint16), None),
         (rng.integers(0, 65536, shape, dtype=np.uint16), (100, 40000)),
-        (rng.integers(0, 65536, shape, dtype=np.uint16), (40000, 100)),  # inverted: all 0
         (rng.integers(0, 65536, shape, dtype=np.uint16), (500, 500)),
         (rng.integers(-30000, 30000, shape, dtype=np.int16), None),
         (rng.integers(-2**62, 2**62, shape, dtype=np.int64), None),
@@ -427,3 +426,44 @@ def test_peak_memory_is_output_plus_bounded_temporaries(which):
         # the baseline peak must be the current footprint, or growth would hide under it
         assert result["before_peak"] - result["before_now"] < 32 * 2**20, result
     assert result["growth"] < out_bytes + 150 * 2**20, result
+
+
+# ------------------------------------------------------------------ no silent information loss
+
+
+def test_to_rgb_uint8_narrow_range_at_large_offset_keeps_detail():
+    """1e9 + [0, 1] in float64: float32 would flatten it to one value (issue 11)."""
+    ramp = np.linspace(0.0, 1.0, 256).reshape(16, 16)
+    img = 1e9 + ramp
+    expected = np.round((img - img.min()) / (img.max() - img.min()) * 255)  # exact in float64 here
+    got = to_rgb_uint8(img)
+    assert len(np.unique(got)) == 256
+    np.testing.assert_array_equal(got[..., 0], expected)
+    # with contrast limits at the offset, the same
+    np.testing.assert_array_equal(to_rgb_uint8(img, contrast_limits=(1e9, 1e9 + 1))[..., 0], expected)
+    # int64 counts far from zero
+    counts = (2**40 + np.arange(256, dtype=np.int64)).reshape(16, 16)
+    np.testing.assert_array_equal(to_rgb_uint8(counts)[..., 0], np.arange(256).reshape(16, 16))
+
+
+def test_to_rgb_uint8_and_composite_span_beyond_float64():
+    img = np.array([[-1e308, 0.0, 1e308]])
+    np.testing.assert_array_equal(to_rgb_uint8(img)[0, :, 0], [0, 128, 255])
+    np.testing.assert_array_equal(composite_rgb([img])[0, :, 0], [0, 128, 255])
+    tiny = np.array([[0.0, 5e-324, 1e-323]])  # subnormal span: 255 / span overflows
+    np.testing.assert_array_equal(to_rgb_uint8(tiny)[0, :, 0], [0, 128, 255])
+
+
+@pytest.mark.parametrize(
+    "limits, message",
+    [
+        ((10, 2), r"contrast limits for the image are \(10\.0, 2\.0\): low is above high"),
+        ((0, np.nan), r"contrast limits for the image are \(0\.0, nan\); both must be finite"),
+        ((-np.inf, 1), r"both must be finite"),
+        ((1, 2, 3), r"must be a \(low, high\) pair of numbers"),
+        ("ab", r"must be a \(low, high\) pair of numbers"),
+    ],
+)
+def test_to_rgb_uint8_bad_contrast_limits_raise(limits, message):
+    with pytest.raises(ValueError, match=message):
+        to_rgb_uint8(np.zeros((3, 3), np.uint16), contrast_limits=limits)

@@ -135,8 +135,11 @@ def to_rgb_uint8(
     Raises ValueError naming the shape/dtype when the data cannot be used.
 
     Works in blocks of rows: besides the uint8 result, memory use does not grow with the
-    image (no whole-image float copies). Values are computed per pixel in float32 as
-    ``round(clip((x - low) * 255 / (high - low), 0, 255))``; ``high <= low`` gives 0.
+    image (no whole-image float copies). Values are computed per pixel in float64 as
+    ``round(clip((x - low) * (255 / (high - low)), 0, 255))``, so a narrow range far from 0
+    (``1e9 + [0, 1]``) keeps its detail; ``high == low`` (a constant image) gives 0.
+    Contrast limits with low above high, or NaN/inf, raise ValueError (napari never shows
+    an image that way: the caller swapped them or computed them from non-finite data).
     """
     arr = _as_array(data)
     if arr.dtype.kind == "c":
@@ -160,6 +163,8 @@ def to_rgb_uint8(
     if min(arr.shape[:2]) < 1:
         raise ValueError(f"image is empty ({_describe(arr)})")
 
+    limits = None if contrast_limits is None else _parse_pair(contrast_limits, "the image")
+
     if arr.dtype == np.uint8 and (rgb or contrast_limits is None):
         # Shown as-is: no arithmetic, just RGB layout (grayscale replicated).
         out = np.asarray(arr)
@@ -179,17 +184,43 @@ def to_rgb_uint8(
         return out
 
     if contrast_limits is not None:
-        lo, hi = (float(v) for v in contrast_limits)
+        lo, hi = limits
     else:
         lo, hi = data_lo, data_hi
-    scale = 255.0 / (hi - lo) if hi > lo else 0.0
     for r0, r1 in _row_blocks(h, w):
-        block = np.asarray(arr[r0:r1])
-        # float32 arithmetic with Python-float lo/scale, exactly as for a whole image.
-        scaled = np.clip((block.astype(np.float32) - lo) * scale, 0, 255)
-        block8 = np.round(scaled).astype(np.uint8)
+        block8 = _scale_to_uint8(np.asarray(arr[r0:r1]), lo, hi)
         out[r0:r1] = block8 if block8.ndim == 3 else block8[..., None]
     return out
+
+
+def _scale_to_uint8(block: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``round(clip((x - lo) * 255 / (hi - lo), 0, 255))`` as uint8, in float64.
+
+    float64 holds every value of the integer types up to 32 bits and of float16/32/64
+    exactly, and ``x - lo`` is computed before any scaling, so a narrow range at a large
+    offset (1e9 + [0, 1]) is not flattened the way float32 (24-bit mantissa) would flatten
+    it. A span too large for float64 (e.g. -1e308..1e308) is scaled by halves; a span so
+    small that 255 / span overflows (subnormal) is divided instead. ``hi <= lo`` gives 0.
+    """
+    x = block.astype(np.float64)  # a fresh copy: modified in place below
+    if not hi > lo:
+        return np.zeros(block.shape, np.uint8)
+    span = hi - lo
+    if np.isfinite(span):
+        x -= lo
+        scale = 255.0 / span
+        if np.isfinite(scale):
+            x *= scale
+        else:
+            x /= span
+            x *= 255.0
+    else:  # both halves are finite, so is their difference
+        x *= 0.5
+        x -= lo * 0.5
+        x *= 255.0 / (hi * 0.5 - lo * 0.5)
+    np.clip(x, 0.0, 255.0, out=x)
+    np.round(x, out=x)
+    return x.astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------
@@ -421,8 +452,13 @@ def composite_rgb(
         for p, table, (lo, hi), gamma in zip(planes, tables, limits, gamma_values):
             value = np.asarray(p[r0:r1]).astype(np.float64)  # a fresh copy: modified in place
             if hi > lo:
-                value -= lo
-                value /= hi - lo
+                if np.isfinite(hi - lo):
+                    value -= lo
+                    value /= hi - lo
+                else:  # a span beyond float64 (-1e308..1e308): the halves' span is finite
+                    value *= 0.5
+                    value -= lo * 0.5
+                    value /= hi * 0.5 - lo * 0.5
                 np.clip(value, 0.0, 1.0, out=value)
             else:
                 value.fill(0.0)
