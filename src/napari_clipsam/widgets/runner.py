@@ -29,9 +29,11 @@ class _Outcome:
 
 
 def _short(exc: BaseException) -> str:
+    """The reason in one short sentence; the whole text goes to the details."""
     text = str(exc).strip() or type(exc).__name__
     first = text.splitlines()[0]
-    return first if len(first) <= 160 else first[:157] + "…"
+    sentence = first.split(". ")[0]
+    return sentence if len(sentence) <= 140 else sentence[:137] + "…"
 
 
 class Runner:
