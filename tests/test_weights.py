@@ -322,3 +322,31 @@ def test_api_shows_a_terminal_bar_without_callback(server, cache, capsys):
     assert weights.fetch(f).read_bytes() == data
     err = capsys.readouterr().err
     assert "bar test" in err and "100%" in err
+
+
+# ----------------------------------------------------------------------------- corrupt bookkeeping
+@pytest.mark.parametrize("content", [
+    b"[]", b'"stamps"', b"null", b"42", b'{"a": 1}', b'{"a": [1, 2]}', b'{"a": [true, 2, "x"]}',
+    b'{"a": [1, 2, "', b"\xff\xfe\x00garbage\x81", b"",
+], ids=["list", "string", "null", "number", "bad-entry", "short-entry", "bool-entry", "truncated", "binary",
+        "empty"])
+def test_corrupt_verification_record_is_ignored_and_rebuilt(cache, monkeypatch, caplog, content):
+    """verified.json that is garbage or JSON of another shape: every cached file still loads
+    (offline, from the cache), with a warning, and the record is rewritten as it should be."""
+    data = blob(1000, seed=4)
+    f = entry("http://127.0.0.1:9/never", data)
+    f.target.parent.mkdir(parents=True)
+    f.target.write_bytes(data)
+    stamps = weights.cache_dir() / "verified.json"
+    stamps.write_bytes(content)
+    caplog.set_level("WARNING", logger="napari_clipsam.core.weights")
+    assert weights.fetch(f, offline=True) == f.target
+    if content:  # an empty file is a corrupt one too
+        assert "verification record" in caplog.text
+    import json
+
+    record = json.loads(stamps.read_text())
+    assert record[str(f.target.resolve())][2] == hashlib.sha256(data).hexdigest()
+    # and now it is used: no second hash
+    monkeypatch.setattr(weights, "_sha256", lambda path: pytest.fail("hashed again"))
+    assert weights.fetch(f, offline=True) == f.target

@@ -276,10 +276,36 @@ def _stamp_file() -> Path:
 
 
 def _stamps() -> dict:
+    """The verification stamps {resolved path: [size, mtime_ns, sha256]}.
+
+    A missing file is an empty record. A file that is not JSON (truncated, binary garbage)
+    or JSON of another shape (a list, a string, entries that are not [int, int, str]) is
+    logged and ignored -- it is only a cache: the files concerned are hashed again and the
+    stamps file is rewritten on the next verification. It never stops a model from loading.
+    """
+    f = _stamp_file()
     try:
-        return json.loads(_stamp_file().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        raw = f.read_bytes()
+    except FileNotFoundError:
         return {}
+    except OSError as exc:
+        log.warning("cannot read the weights verification record %s (%s); files will be hashed again", f, exc)
+        return {}
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+        log.warning("ignoring the corrupt weights verification record %s (%s); it will be rebuilt", f, exc)
+        return {}
+    if not isinstance(data, dict):
+        log.warning("ignoring the weights verification record %s: it holds a %s, not an object; "
+                    "it will be rebuilt", f, type(data).__name__)
+        return {}
+    good = {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 3
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in v[:2]) and isinstance(v[2], str)}
+    if len(good) != len(data):
+        log.warning("ignoring %d malformed entries of the weights verification record %s",
+                    len(data) - len(good), f)
+    return good
 
 
 def _stamp_key(path: Path) -> tuple[str, list]:
