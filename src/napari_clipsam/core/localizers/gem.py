@@ -23,20 +23,29 @@ from .base import TokenSimilarityLocalizer, require_vit
 def self_self_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inv_temp: torch.Tensor | float, iters: int
 ) -> torch.Tensor:
-    """GEM's qkv self-self attention on (B, heads, N, d) tensors -> (B, heads, N, d)."""
+    """GEM's qkv self-self attention on (B, heads, N, d) tensors -> (B, heads, N, d).
 
-    def attend(feat):
-        feat = F.normalize(feat, dim=-1)
-        return ((feat @ feat.transpose(-2, -1)) * inv_temp).softmax(dim=-1), feat
+    For each feat in (v, k, q), ``iters`` times: f = normalize(feat), feat = softmax(t f f^T) f;
+    then f = normalize(feat) and out = softmax(t f f^T) v; the result is the mean of the three
+    outs (t = ``inv_temp``, a number or a (B, 1, 1, 1) tensor). The three kinds run stacked
+    along the batch axis, each attention one fused ``scaled_dot_product_attention``.
+    """
+    B = q.shape[0]
+    feat = torch.cat([v, k, q])  # (3B, heads, N, d); the reference's order (v, k, q)
+    if isinstance(inv_temp, torch.Tensor) and inv_temp.numel() > 1:
+        temp = inv_temp.reshape(B, 1, 1, 1).to(feat.dtype).repeat(3, 1, 1, 1)
+        scale = 1.0  # a per-image temperature goes onto the queries
+    else:
+        temp, scale = None, float(inv_temp)
 
-    outs = []
-    for feat in (v, k, q):  # the reference's order (v, k, q) fixes the float summation order
-        for _ in range(iters):
-            attn, feat = attend(feat)
-            feat = attn @ feat
-        attn, _ = attend(feat)
-        outs.append(attn @ v)
-    return (outs[0] + outs[1] + outs[2]) / 3
+    def attend(f, values):  # softmax(t f f^T) values, f already normalised
+        return F.scaled_dot_product_attention(f if temp is None else f * temp, f, values, scale=scale)
+
+    for _ in range(iters):
+        f = F.normalize(feat, dim=-1)
+        feat = attend(f, f)
+    out = attend(F.normalize(feat, dim=-1), v.repeat(3, 1, 1, 1))
+    return (out[:B] + out[B:2 * B] + out[2 * B:]) / 3
 
 
 class GEMLocalizer(TokenSimilarityLocalizer):

@@ -106,7 +106,7 @@ class SurgeryLocalizer(Localizer):
         x = vit.run_blocks(visual, x, blocks[:start])
 
         def vv_attention(q, k, v, h):
-            return ((v @ v.transpose(-2, -1)) * v.shape[-1] ** -0.5).softmax(dim=-1) @ v
+            return F.scaled_dot_product_attention(v, v, v)  # softmax(v v^T / sqrt(d)) v, fused
 
         x_vv, x = vit.dual_stream(visual, x, blocks[start:], vv_attention)
         tokens = torch.cat([x[:, :1], x_vv[:, 1:]], dim=1)

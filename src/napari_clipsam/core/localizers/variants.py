@@ -54,6 +54,7 @@ from __future__ import annotations
 from abc import abstractmethod
 
 import torch
+import torch.nn.functional as F
 
 from . import resnet, vit
 from .base import TokenSimilarityLocalizer, require_vit
@@ -158,9 +159,9 @@ class SCLIPLocalizer(LastBlockLocalizer):
 
     def last_block(self, block, x, grid):
         q, k, v = vit.attn_qkv(block, block.ln_1(x))
-        s = q.shape[-1] ** -0.5
-        attn = ((q @ q.transpose(-2, -1)) * s).softmax(dim=-1) + ((k @ k.transpose(-2, -1)) * s).softmax(dim=-1)
-        x = x + block.ls_1(vit.attn_merge(block, attn @ v))
+        # (softmax(s q q^T) + softmax(s k k^T)) v, as two fused attentions
+        out = F.scaled_dot_product_attention(q, q, v) + F.scaled_dot_product_attention(k, k, v)
+        x = x + block.ls_1(vit.attn_merge(block, out))
         return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
@@ -171,8 +172,7 @@ class ClearCLIPLocalizer(LastBlockLocalizer):
 
     def last_block(self, block, x, grid):
         q, _, v = vit.attn_qkv(block, block.ln_1(x))
-        attn = ((q @ q.transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(dim=-1)
-        return block.ls_1(vit.attn_merge(block, attn @ v))
+        return block.ls_1(vit.attn_merge(block, F.scaled_dot_product_attention(q, q, v)))
 
 
 class NACLIPLocalizer(LastBlockLocalizer):
@@ -191,6 +191,6 @@ class NACLIPLocalizer(LastBlockLocalizer):
 
     def last_block(self, block, x, grid):
         _, k, v = vit.attn_qkv(block, block.ln_1(x))
-        logits = (k @ k.transpose(-2, -1)) * k.shape[-1] ** -0.5
-        logits = logits + gaussian_bias(grid, self.gaussian_std, device=k.device, dtype=k.dtype)
-        return block.ls_1(vit.attn_merge(block, logits.softmax(dim=-1) @ v))
+        bias = gaussian_bias(grid, self.gaussian_std, device=k.device, dtype=k.dtype)
+        # softmax(s k k^T + G) v, fused, G as the additive mask
+        return block.ls_1(vit.attn_merge(block, F.scaled_dot_product_attention(k, k, v, attn_mask=bias)))

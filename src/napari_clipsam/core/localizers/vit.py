@@ -132,12 +132,14 @@ def dual_stream(
     Returns (side stream, original stream), each (B, N, C).
     """
     x_side = x
+    B = x.shape[0]
     for blk in blocks:
         h = blk.ln_1(x)
         q, k, v = attn_qkv(blk, h)
-        ori = ((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(dim=-1) @ v
-        x_side = x_side + blk.ls_1(attn_merge(blk, side_attention(q, k, v, h)))
-        x = x + blk.ls_1(attn_merge(blk, ori))
+        ori = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v, fused
+        both = blk.ls_1(attn_merge(blk, torch.cat([side_attention(q, k, v, h), ori])))  # one out_proj
+        x_side = x_side + both[:B]
+        x = x + both[B:]
         x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
     return x_side, x
 
