@@ -103,3 +103,14 @@ def test_bad_input(tmp_path, clip, loc, slices):
     task.cancel()
     with pytest.raises(Cancelled):
         train_probe(loc, [(img, lab, {1: "cell"})], task=task)
+    with pytest.raises(ValueError, match="too many patches"):
+        patch_features(get_localizer("gem", *clip, input_size=4096), img)
+
+
+def test_probe_runs_with_sliding_windows(clip, loc, slices):
+    img, lab = slices[0]
+    probe = train_probe(loc, [(img, lab, {int(i): "cell" for i in np.unique(lab) if i})])
+    windowed = get_localizer("gem", *clip, input_size=448, window=224)
+    heat = probe.heatmaps(slices[1][0], windowed)
+    assert heat.shape == (1, *img.shape) and 0 <= heat.min() and heat.max() <= 1
+    assert auroc(heat[0], slices[1][1]) > 0.8

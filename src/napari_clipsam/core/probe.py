@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .image import to_rgb_uint8
-from .localizers.base import Localizer, TokenSimilarityLocalizer
+from .localizers.base import MAX_SINGLE_PASS_TOKENS, Localizer, TokenSimilarityLocalizer
 from .localizers.prompts import check_prompts
 from .progress import Task, as_task
 
@@ -51,6 +51,10 @@ def patch_features(localizer, image: np.ndarray, task: Task | None = None) -> np
     task = as_task(task)
     rgb = to_rgb_uint8(image)
     work = localizer.working_image(rgb)
+    ph, pw = localizer.patch_size
+    if (work.shape[0] // ph) * (work.shape[1] // pw) > MAX_SINGLE_PASS_TOKENS:
+        raise ValueError(f"a {work.shape[0]}x{work.shape[1]} working image is too many patches for one pass; "
+                         "lower the resolution to train a probe")
     task.report("patch features")
     feats, (gh, gw) = localizer.tokens(localizer.normalize(work))
     feats = F.normalize(feats.float(), dim=-1)[0, 1:]
