@@ -149,7 +149,73 @@ def test_load_sam_other_variant_is_rejected(tiny_kind, tmp_path):
     torch.save(build_tiny_sam(img_size=64).state_dict(), other)
     with pytest.raises(WeightsError, match="does not fit SAM tiny") as err:
         models.load_sam(tiny_kind, other, device="cpu")
-    assert str(other) in str(err.value)
+    msg = str(err.value)
+    assert str(other) in msg
+    # which tensors differ, with both shapes (independently: the two models' state dicts)
+    a, b = build_tiny_sam(img_size=64).state_dict(), build_tiny_sam().state_dict()
+    differ = [k for k in b if tuple(a[k].shape) != tuple(b[k].shape)]
+    assert differ and f"{len(differ)} tensors differ in shape" in msg
+    k = differ[0]
+    assert f"{k}: file {tuple(a[k].shape)} vs model {tuple(b[k].shape)}" in msg
+    assert "32 wide" in msg and "vit_b 768" in msg and "choose the SAM kind" in msg
+
+
+def test_load_sam_official_variant_is_named(tiny_kind, tmp_path, monkeypatch):
+    """A checkpoint whose image encoder is 768 wide is called vit_b, with missing/unexpected keys."""
+    state = build_tiny_sam().state_dict()
+    state["image_encoder.patch_embed.proj.weight"] = torch.zeros(768, 3, 16, 16)
+    state["image_encoder.extra.weight"] = torch.zeros(1)
+    del state["mask_decoder.iou_token.weight"]
+    p = tmp_path / "wide.pth"
+    torch.save(state, p)
+    with pytest.raises(WeightsError) as err:
+        models.load_sam(tiny_kind, p, device="cpu")
+    msg = str(err.value)
+    assert "1 keys missing from the file (mask_decoder.iou_token.weight)" in msg
+    assert "1 keys the model does not have (image_encoder.extra.weight)" in msg
+    assert "image_encoder.patch_embed.proj.weight: file (768, 3, 16, 16) vs model (32, 3, 16, 16)" in msg
+    assert "a vit_b checkpoint: choose SAM kind vit_b" in msg
+
+
+def test_load_clip_other_clip_architecture_names_keys_shapes_and_model(tiny_clip, tmp_path, monkeypatch):
+    """The reference CLIP's file loaded as a config with 4 vision layers: which keys are
+    left over, and which open_clip config the file matches."""
+    import copy
+
+    import open_clip
+
+    name, path = tiny_clip
+    cfg = json.loads((REF / "clip_config.json").read_text())
+    small = copy.deepcopy(cfg)
+    small["vision_cfg"]["layers"] = 4
+    small["vision_cfg"]["patch_size"] = 32
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "tiny_small", small)
+    with pytest.raises(WeightsError, match="another architecture") as err:
+        models.load_clip("tiny_small", path, device="cpu")
+    msg = str(err.value)
+    file_keys = set(torch.load(path, weights_only=True))
+    model_keys = set(open_clip.create_model("tiny_small", pretrained=None).state_dict())
+    assert f"{len(file_keys - model_keys)} keys the model does not have" in msg
+    assert "visual.conv1.weight: file (128, 3, 16, 16) vs model (128, 3, 32, 32)" in msg
+    assert "vision width 128, patch 16, 8 layers, 224 px, embed dim 64" in msg
+    assert name in msg  # the registered config the file fits
+
+
+def test_bad_precision_and_device_raise():
+    with pytest.raises(TypeError, match="precision must be one of"):
+        models.resolve_precision(16, "cpu")
+    with pytest.raises(ValueError, match=r"unknown precision 'fp8'"):
+        models.resolve_precision("fp8", "cpu")
+    assert models.resolve_precision(" FP16 ", "cpu") == torch.float16
+    from napari_clipsam.core.runtime import pick_device
+
+    with pytest.raises(TypeError, match="device must be a string"):
+        pick_device(0)
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        pick_device("gpu")
+    with pytest.raises(ValueError, match="unknown device 'cpu:x'"):
+        pick_device("cpu:x")
+    assert pick_device(torch.device("cpu")) == "cpu"
 
 
 def test_load_sam_missing_file(tiny_kind, tmp_path):

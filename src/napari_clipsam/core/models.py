@@ -68,7 +68,9 @@ def resolve_precision(precision: str | None, device: str):
     """
     import torch
 
-    p = (precision or "auto").lower()
+    if precision is not None and not isinstance(precision, str):
+        raise TypeError(f"precision must be one of {PRECISIONS} (a string), got {precision!r}")
+    p = (precision or "auto").strip().lower()
     if p not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
     return {"auto": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[p]
@@ -123,10 +125,73 @@ def _unreadable(path: Path, exc: BaseException, expected: str) -> WeightsError:
     )
 
 
-def _mismatch(path: Path, exc: BaseException, expected: str) -> WeightsError:
-    """The file was read, but its tensors do not fit the model."""
-    detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])[:400]
-    return WeightsError(f"{path} is a checkpoint for another architecture, expected {expected}: {detail}")
+def state_dict_diff(model_state: dict, file_state: dict, n: int = 3) -> str:
+    """What separates a checkpoint's tensors from a model's, for messages: keys missing from
+    the file, keys the model does not have, tensors whose shapes differ (first ``n`` of
+    each, with counts). Empty when they fit."""
+    missing = [k for k in model_state if k not in file_state]
+    unexpected = [k for k in file_state if k not in model_state]
+    shapes = [(k, tuple(file_state[k].shape), tuple(model_state[k].shape)) for k in model_state
+              if k in file_state and hasattr(file_state[k], "shape")
+              and tuple(file_state[k].shape) != tuple(model_state[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} keys missing from the file ({_describe_keys(missing, n)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} keys the model does not have ({_describe_keys(unexpected, n)})")
+    if shapes:
+        shown = "; ".join(f"{k}: file {a} vs model {b}" for k, a, b in shapes[:n])
+        more = f"; ... ({len(shapes)} in all)" if len(shapes) > n else ""
+        parts.append(f"{len(shapes)} tensors differ in shape ({shown}{more})")
+    return "; ".join(parts)
+
+
+def _clip_arch(state: dict) -> str | None:
+    """A ViT CLIP checkpoint's vision tower as open_clip config values, and the open_clip
+    models with that shape (e.g. "vision width 768, patch 16, 12 layers, 224 px, embed dim
+    512: ViT-B-16, ..."); None when the file does not look like an open_clip ViT."""
+    conv = state.get("visual.conv1.weight")
+    pos = state.get("visual.positional_embedding")
+    proj = state.get("visual.proj")
+    if not all(hasattr(t, "shape") for t in (conv, pos, proj)) or len(conv.shape) != 4:
+        return None
+    width, patch = int(conv.shape[0]), int(conv.shape[-1])
+    layers = len({k.split(".")[3] for k in state if k.startswith("visual.transformer.resblocks.")})
+    grid = int(round((int(pos.shape[0]) - 1) ** 0.5))
+    size, embed = grid * patch, int(proj.shape[1])
+    found = f"vision width {width}, patch {patch}, {layers} layers, {size} px, embed dim {embed}"
+    try:
+        import open_clip
+
+        names = []
+        for name in open_clip.list_models():
+            cfg = open_clip.get_model_config(name) or {}
+            v = cfg.get("vision_cfg", {})
+            if (v.get("width"), v.get("patch_size"), v.get("layers"), v.get("image_size"), cfg.get("embed_dim")) \
+                    == (width, patch, layers, size, embed):
+                names.append(name)
+    except Exception:  # noqa: BLE001 - a guess only
+        names = []
+    return found + (f": open_clip model {', '.join(names[:4])}" if names else "")
+
+
+def _mismatch(path: Path, exc: BaseException, expected: str, model=None, state: dict | None = None
+              ) -> WeightsError:
+    """The file was read, but its tensors do not fit the model: say which keys and shapes
+    differ and, for CLIP ViTs, which architecture the file probably is."""
+    diff = ""
+    arch = None
+    if model is not None and isinstance(state, dict):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        diff = state_dict_diff(model.state_dict(), state)
+        arch = _clip_arch(state)
+    if not diff:
+        diff = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])[:400]
+    hint = f" The file looks like {arch}." if arch else ""
+    return WeightsError(
+        f"{path} is a checkpoint for another architecture, expected {expected}: {diff}.{hint} "
+        "Choose the model name that matches the file (open_clip.list_models()), or a file made for this model."
+    )
 
 
 # --------------------------------------------------------------------------------- CLIP
@@ -171,13 +236,14 @@ def load_clip(name: str = "ViT-B-16", pretrained: str | os.PathLike | None = "op
         expected = f"open_clip checkpoint for {name}"
         weights_only = not _is_torchscript(path)
         try:  # first only read it: a failure here means the file, not the architecture
-            open_clip.factory.load_state_dict(str(path), weights_only=weights_only)
+            file_state = open_clip.factory.load_state_dict(str(path), weights_only=weights_only)
         except Exception as exc:  # noqa: BLE001 - torch, safetensors, zip, pickle errors alike
             raise _unreadable(path, exc, expected) from exc
         try:  # open_clip's own load_checkpoint (strict), which knows all its checkpoint layouts
             open_clip.load_checkpoint(model, str(path), weights_only=weights_only)
         except Exception as exc:  # noqa: BLE001 - missing/unexpected keys, size mismatches
-            raise _mismatch(path, exc, expected) from exc
+            raise _mismatch(path, exc, expected, model, file_state) from exc
+        del file_state
     model.eval()
     _half_encoder(model.visual, dtype)
     model.to(device)
@@ -208,9 +274,10 @@ def fetch_sam_checkpoint(kind: str, task: Task | None = None, *, url: str | None
 _SAM_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 
 
-def _guess_sam_kind(state: dict) -> str | None:
+def _sam_width(state: dict) -> int | None:
+    """The image encoder's embedding width of a SAM state dict (vit_b 768, vit_l 1024, vit_h 1280)."""
     w = state.get("image_encoder.patch_embed.proj.weight")
-    return _SAM_WIDTHS.get(int(w.shape[0])) if hasattr(w, "shape") else None
+    return int(w.shape[0]) if hasattr(w, "shape") and len(w.shape) else None
 
 
 def load_sam(kind: str = "vit_b", checkpoint: str | os.PathLike | None = None, device: str | None = None,
@@ -251,9 +318,18 @@ def load_sam(kind: str = "vit_b", checkpoint: str | os.PathLike | None = None, d
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        guess = _guess_sam_kind(state)
-        hint = f" It looks like a {guess} checkpoint: choose SAM kind {guess}." if guess and guess != kind else ""
-        raise WeightsError(f"{path} does not fit SAM {kind}: {str(exc).strip().splitlines()[0][:200]}.{hint}") from exc
+        diff = state_dict_diff(model.state_dict(), state) or str(exc).strip().splitlines()[0][:200]
+        width = _sam_width(state)
+        guess = _SAM_WIDTHS.get(width) if width else None
+        widths = ", ".join(f"{k} {w}" for w, k in _SAM_WIDTHS.items())
+        if guess and guess != kind:
+            hint = f" Its image encoder is {width} wide, i.e. a {guess} checkpoint: choose SAM kind {guess}."
+        elif width:
+            hint = (f" Its image encoder is {width} wide ({widths}): choose the SAM kind this file was made for, "
+                    f"or the official {kind} checkpoint.")
+        else:
+            hint = f" Choose the SAM kind this file was made for ({widths}), or the official {kind} checkpoint."
+        raise WeightsError(f"{path} does not fit SAM {kind}: {diff}.{hint}") from exc
     model.eval()
     _half_encoder(model.image_encoder, dtype)
     return model.to(device)
