@@ -213,3 +213,38 @@ def test_slice_finder_other_axis_and_unhappy(qtbot, docked):
     assert len(finder.scores) == len(stack)
     assert viewer.dims.current_step[2] == finder.ranking[0]
     assert isinstance(layer, Image)
+
+
+def test_probe_heatmaps_for_every_slice_of_a_stack(qtbot, docked):
+    viewer, widget = docked
+    slices = cell_slices(4, seed=4)
+    (img0, lab0) = slices[0]
+    flat = viewer.add_image(slices[1][0], name="flat")
+    stack = viewer.add_image(np.stack([img for img, _ in slices[1:]]), name="stack")
+    layer = viewer.add_labels(lab0, name="accepted",
+                              features={"index": [0, *range(1, lab0.max() + 1)],
+                                        "class": ["background", *["cell"] * lab0.max()]})
+    widget.image.value = viewer.add_image(img0, name="train")
+    widget.prompts.value = "cell"
+    widget.resolution.value = 224
+    panel = ProbePanel(viewer, widget)
+    panel.labels.value = layer
+    panel.train_button.clicked.emit()
+    wait(qtbot, panel)
+    panel.target.value = flat
+    panel.apply_button.clicked.emit()
+    wait(qtbot, panel)
+    single = np.asarray(viewer.layers["flat probe [cell]"].data)
+    panel.target.value = stack
+    panel.slices.value = "all along axis"
+    panel.slice_axis.value = 1
+    panel.apply_button.clicked.emit()
+    assert "not a stepping axis" in panel.status.value
+    panel.slice_axis.value = 0
+    panel.apply_button.clicked.emit()
+    wait(qtbot, panel)
+    vol = np.asarray(viewer.layers["stack probe [cell]"].data)
+    assert vol.shape == (3, *img0.shape)
+    np.testing.assert_array_equal(vol[0], single)  # the same pixels give the same map on any slice
+    for (_, lab), heat in zip(slices[1:], vol):
+        assert roc_auc_score((lab > 0).ravel(), heat.ravel()) > 0.8

@@ -11,13 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, PushButton
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, PushButton, SpinBox
 
 from .. import core as _core  # noqa: F401  (the triton/Mesa guard before torch)
+from ..core.annotation import Plane
 from ..core.localizers import get_localizer
 from ..core.probe import LinearProbe, train_probe
 from . import layer_writer as LW
-from .inputs import displayed_plane, plane_rgb
+from .inputs import displayed_plane, plane_rgb, spatial_shape
 from .panel_common import PanelBase, layer_classes
 
 
@@ -43,12 +44,15 @@ class ProbePanel(PanelBase):
         self.load_button = PushButton(text="Load")
         self.target = ComboBox(label="apply to", choices=self._images, nullable=True,
                                tooltip="Image whose displayed plane gets the probe's heatmaps.")
+        self.slices = ComboBox(label="slices", choices=["displayed", "all along axis"], value="displayed",
+                               tooltip="nD images: the displayed plane, or every plane along 'slice axis'.")
+        self.slice_axis = SpinBox(label="slice axis", min=0, max=31, value=0)
         self.apply_button = PushButton(text="Probe heatmaps")
         self.extend([self.labels, self.strength,
                      Container(layout="horizontal", widgets=[self.train_button, self.cancel_button], labels=False),
                      self.path, Container(layout="horizontal", widgets=[self.save_button, self.load_button],
                                           labels=False),
-                     self.target, self.apply_button, self.progress, self.status])
+                     self.target, self.slices, self.slice_axis, self.apply_button, self.progress, self.status])
         self.train_button.changed.connect(self.train)
         self.save_button.changed.connect(self.save)
         self.load_button.changed.connect(self.load)
@@ -162,34 +166,68 @@ class ProbePanel(PanelBase):
             self.fail("pick an image to apply the probe to")
             return
         try:
-            plane = displayed_plane(self.viewer, image_layer)
-            rgb = plane_rgb(image_layer, plane)
+            planes = self._planes(image_layer)
+            first = plane_rgb(image_layer, planes[0])  # bad pixels are a message before the work
         except ValueError as exc:
             self.fail(str(exc))
             return
 
         def job(task):
-            return probe.heatmaps(rgb, self._localizer(task), task=task)
+            loc = self._localizer(task)
+            out = []
+            for i, plane in enumerate(planes):
+                part = task.within(f"slice {i + 1}/{len(planes)}") if len(planes) > 1 else task
+                rgb = first if i == 0 else plane_rgb(image_layer, plane)
+                out.append(probe.heatmaps(rgb, loc, task=part))
+            return out
 
         self.show_status("probe heatmaps…")
-        self.start(job, lambda maps: self._show(image_layer, plane, maps), "napari-clipsam probe")
+        self.start(job, lambda maps: self._show(image_layer, planes, maps), "napari-clipsam probe")
 
-    def _show(self, image_layer, plane, maps: np.ndarray) -> None:
+    def _planes(self, layer) -> list[Plane]:
+        plane = displayed_plane(self.viewer, layer)
+        if self.slices.value == "displayed":
+            return [plane]
+        axis = int(self.slice_axis.value)
+        fixed = [ax for ax, _ in plane.fixed]
+        if axis not in fixed:
+            raise ValueError(f"slice axis {axis} is not a stepping axis of '{layer.name}' (not displayed: "
+                             f"{fixed or 'none, the image is 2D'}); pick one of them")
+        return [Plane(plane.ndim, plane.rows, plane.cols,
+                      tuple((ax, i if ax == axis else idx) for ax, idx in plane.fixed))
+                for i in range(spatial_shape(layer)[axis])]
+
+    def _show(self, image_layer, planes: list[Plane], maps: list[np.ndarray]) -> None:
+        """One layer per class: the planes' maps at their place (a single plane sits on its
+        slice, several fill the swept axis), with the image's scale and translate."""
         if image_layer not in self.viewer.layers:
             self.show_status("the image was removed: nothing was added")
             return
-        shape = [1] * plane.ndim
-        shape[plane.rows], shape[plane.cols] = maps.shape[-2:]
+        plane0 = planes[0]
+        sweep = {ax for p in planes for ax, i in p.fixed if i != dict(plane0.fixed)[ax]}
+        full = spatial_shape(image_layer)
+        shape = [1] * plane0.ndim
+        shape[plane0.rows], shape[plane0.cols] = full[plane0.rows], full[plane0.cols]
+        for ax in sweep:
+            shape[ax] = full[ax]
         scale = np.asarray(image_layer.scale, float)
         translate = np.asarray(image_layer.translate, float).copy()
-        for ax, i in plane.fixed:
-            translate[ax] += i * scale[ax]
+        for ax, i in plane0.fixed:
+            if ax not in sweep:
+                translate[ax] += i * scale[ax]
         self.layers_added = []
-        for heat, prompt in zip(maps, self.probe.classes):
-            data = (heat.T if plane.transposed else heat).reshape(shape)
+        for c, prompt in enumerate(self.probe.classes):
+            vol = np.zeros(shape, np.float32)
+            for plane, m in zip(planes, maps):
+                idx = [0] * plane.ndim
+                for ax, i in plane.fixed:
+                    idx[ax] = i if ax in sweep else 0
+                idx[plane.rows] = idx[plane.cols] = slice(None)
+                vol[tuple(idx)] = m[c].T if plane.transposed else m[c]
+            data = vol if plane0.ndim > 2 else vol.reshape(full)
             layer = LW.upsert_layer(self.viewer, "image", probe_name(image_layer.name, prompt), data,
                                     image_layer=image_layer, colormap="viridis", blending="additive", opacity=0.6,
                                     contrast_limits=(0.0, 1.0), scale=tuple(scale), translate=tuple(translate),
                                     metadata={"prompt": prompt, "probe": dict(self.probe.info)})
             self.layers_added.append(layer)
-        self.show_status(f"{len(maps)} probe heatmaps on '{image_layer.name}'")
+        self.show_status(f"{len(self.probe.classes)} probe heatmaps on {len(planes)} plane(s) of '{image_layer.name}'")
