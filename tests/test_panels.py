@@ -87,10 +87,15 @@ def test_verify_flags_the_wrong_class_mask_and_drops_on_request(qtbot, viewer_wi
 
 
 def test_verify_unhappy(qtbot, docked):
+    from napari.utils.notifications import notification_manager
+
     viewer, widget = docked
     panel = VerifyPanel(viewer, widget)
+    before = len(notification_manager.records)
     panel.verify_button.clicked.emit()
     assert panel.status.value.startswith("failed: pick a labels layer")
+    new = [str(n.message) for n in notification_manager.records[before:]]
+    assert new == ["napari-clipsam verify: pick a labels layer first (run the annotation, or open labels)"]
     viewer.add_image(data.camera(), name="camera")
     viewer.add_labels(np.zeros((512, 512), np.int32), name="empty")
     widget.image.value = viewer.layers["camera"]
