@@ -63,8 +63,14 @@ class AbsenceRule:
     min_presence: float = 0.0
 
     def __post_init__(self):
-        if self.floor not in FLOOR_MODES:
+        if not isinstance(self.floor, str) or self.floor not in FLOOR_MODES:
             raise ValueError(f"unknown floor mode {self.floor!r}; choose one of {FLOOR_MODES}")
+        for name in ("value", "min_presence"):
+            v = getattr(self, name)
+            if v is None and name == "value":
+                continue
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise TypeError(f"AbsenceRule.{name} must be a number, got {v!r} ({type(v).__name__})")
         if not 0.0 <= self.min_presence <= 1.0:
             raise ValueError(f"min_presence is a probability in [0, 1], got {self.min_presence}")
         raw_floor(np.zeros(2), self.floor, self.value)  # validates value
@@ -103,6 +109,16 @@ def heatmap_thresholds(scores: np.ndarray, rule: AbsenceRule, presence: np.ndarr
     """Apply ``rule`` to (P, ...) raw score maps (what the heatmaps normalise) and, if given,
     the (P,) image-level ``presence`` probabilities."""
     s = np.asarray(scores, dtype=np.float64)
+    if s.ndim < 2:
+        raise ValueError(f"scores must be (P, ...) maps, one per prompt, got shape {s.shape}")
+    if not np.isfinite(s).all():
+        raise ValueError(f"the raw similarity maps contain {int((~np.isfinite(s)).sum())} NaN/inf values: "
+                         "the CLIP model produced non-finite output (corrupt weights, or too low a precision); "
+                         "reload the model in fp32 or download its weights again")
+    if presence is not None and not np.isfinite(np.asarray(presence, dtype=np.float64)).all():
+        raise ValueError("the image-level presence contains NaN/inf: the CLIP model produced non-finite output "
+                         "(corrupt weights, or too low a precision); reload the model in fp32 or download its "
+                         "weights again")
     thresholds = np.zeros(len(s))
     no_pixel = np.zeros(len(s), bool)
     for p, m in enumerate(s):

@@ -1,0 +1,79 @@
+"""Options of the wrong type or range through the Python API (issue 11): a clear
+TypeError/ValueError naming the parameter, the value and the allowed range -- not an error
+from deep inside skimage or torch, and not a silently wrong result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_clipsam.core.absence import AbsenceRule, heatmap_thresholds
+from napari_clipsam.core.points import heatmaps_to_points
+
+
+def _heat() -> np.ndarray:
+    yy, xx = np.mgrid[:40, :40]
+    m = np.exp(-((yy - 10) ** 2 + (xx - 12) ** 2) / 20) + 0.8 * np.exp(-((yy - 30) ** 2 + (xx - 28) ** 2) / 20)
+    return (m / m.max()).astype(np.float32)[None]
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"max_objects": 2.5}, ValueError, r"max_objects must be a whole number >= 0, got 2\.5"),
+    ({"max_objects": -1}, ValueError, r"max_objects must be a whole number >= 0, got -1"),
+    ({"max_objects": True}, TypeError, r"max_objects must be a whole number >= 0, got the bool True"),
+    ({"max_objects": "3"}, TypeError, r"max_objects must be a whole number"),
+    ({"max_objects": float("nan")}, ValueError, r"max_objects must be a whole number >= 0, got nan"),
+    ({"min_distance": 0}, ValueError, r"min_distance must be a whole number >= 1, got 0"),
+    ({"min_distance": 1.5}, ValueError, r"min_distance must be a whole number >= 1, got 1\.5"),
+    ({"negatives": -2}, ValueError, r"negatives must be a whole number >= 0, got -2"),
+    ({"negatives": 0.5}, ValueError, r"negatives must be a whole number >= 0, got 0\.5"),
+    ({"negative_threshold": 1.5}, ValueError, r"negative_threshold must be within \[0, 1\], got 1\.5"),
+    ({"negative_threshold": None}, TypeError, r"negative_threshold must be a number within \[0, 1\], got None"),
+    ({"threshold": float("nan")}, ValueError, r"threshold must be within \[0, 1\], got nan"),
+    ({"threshold": "high"}, TypeError, r"threshold must be a number within \[0, 1\]"),
+    ({"one_object_per_prompt": "yes"}, TypeError, r"one_object_per_prompt must be True or False"),
+])
+def test_heatmaps_to_points_bad_options(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        heatmaps_to_points(_heat(), **kwargs)
+
+
+def test_heatmaps_to_points_whole_floats_and_numpy_ints_are_fine():
+    a = heatmaps_to_points(_heat(), max_objects=np.int64(2), min_distance=3.0, negatives=np.uint8(1))
+    b = heatmaps_to_points(_heat(), max_objects=2, min_distance=3, negatives=1)
+    np.testing.assert_array_equal(a.points, b.points)
+    assert (a.positive.sum(), (~a.positive).sum()) == (2, 1)
+
+
+def test_heatmaps_to_points_refuses_raw_similarities():
+    """Raw cosines (-0.1..0.3) instead of [0, 1] heatmaps would silently give no points."""
+    with pytest.raises(ValueError, match=r"heatmaps must be within \[0, 1\], got values from -0\.1 to 0\.3"):
+        heatmaps_to_points(np.linspace(-0.1, 0.3, 64, dtype=np.float32).reshape(1, 8, 8))
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"floor": "median"}, ValueError, r"unknown floor mode 'median'"),
+    ({"floor": None}, ValueError, r"unknown floor mode None"),
+    ({"min_presence": "0.5"}, TypeError, r"AbsenceRule\.min_presence must be a number, got '0\.5'"),
+    ({"min_presence": 1.5}, ValueError, r"min_presence is a probability in \[0, 1\], got 1\.5"),
+    ({"min_presence": float("nan")}, ValueError, r"min_presence is a probability in \[0, 1\], got nan"),
+    ({"floor": "quantile", "value": 1.0}, ValueError, r"'quantile' floor needs a value in \[0, 1\)"),
+    ({"floor": "quantile", "value": "0.9"}, TypeError, r"AbsenceRule\.value must be a number"),
+    ({"floor": "absolute", "value": float("inf")}, ValueError, r"'absolute' floor needs a finite value"),
+    ({"floor": "absolute", "value": True}, TypeError, r"AbsenceRule\.value must be a number, got True"),
+])
+def test_absence_rule_bad_options(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        AbsenceRule(**kwargs)
+
+
+def test_absence_non_finite_scores_or_presence_are_named():
+    rule = AbsenceRule("otsu", min_presence=0.1)
+    scores = np.zeros((2, 4, 4))
+    scores[1, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"raw similarity maps contain 1 NaN/inf values: the CLIP model produced"):
+        heatmap_thresholds(scores, rule)
+    with pytest.raises(ValueError, match=r"presence contains NaN/inf"):
+        heatmap_thresholds(np.zeros((2, 4, 4)), rule, np.array([0.5, np.nan]))
+    with pytest.raises(ValueError, match=r"scores must be \(P, \.\.\.\) maps"):
+        heatmap_thresholds(np.zeros(3), rule)
