@@ -8,8 +8,12 @@ This is the one place where (row, col) becomes SAM's (x, y).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import tempfile
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 
@@ -27,16 +31,105 @@ def image_key(rgb: np.ndarray) -> str:
     return h.hexdigest()
 
 
-class SamSession:
-    """sam: a segment-anything ``Sam`` (any kind). cache_size: embeddings kept in memory."""
+def _weights_fingerprint(module) -> str:
+    """A hash of a module's tensors: names, shapes, dtypes, float64 sums and up to 1024
+    evenly spaced values each (what ``core.text_cache`` does for the text tower)."""
+    import torch
 
-    def __init__(self, sam, cache_size: int = 4):
+    h = hashlib.blake2b(digest_size=16)
+    h.update(type(module).__qualname__.encode())
+    with torch.no_grad():
+        for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+            flat = t.detach().reshape(-1)
+            if flat.numel():
+                h.update(flat[:: max(1, flat.numel() // 1024)][:1024].float().cpu().numpy().tobytes())
+                h.update(np.float64(torch.sum(flat, dtype=torch.float64).item()).tobytes())
+    return h.hexdigest()
+
+
+class SamSession:
+    """sam: a segment-anything ``Sam`` (any kind). cache_size: embeddings kept in memory.
+
+    accelerate: compute embeddings with ``core.sam_speed``'s fused attention (applied only
+        during ``set_image``, the model is left as it was; the embedding equals the
+        unpatched one to ~1e-6). False: segment-anything's own encoder.
+    disk_cache: a folder where embeddings persist across sessions and processes, keyed by
+        image content, the image encoder's weights and ``accelerate`` (``.npz`` files, about
+        4 MB each; unreadable files are ignored and replaced); None (default): memory only.
+    disk_cache_bytes: the folder is kept below this size, least recently used files first.
+    """
+
+    def __init__(self, sam, cache_size: int = 4, *, accelerate: bool = True,
+                 disk_cache: str | os.PathLike | None = None, disk_cache_bytes: int = 2 * 2**30):
         from segment_anything import SamPredictor
 
+        if int(cache_size) < 1:
+            raise ValueError(f"cache_size must be >= 1, got {cache_size}")
         self.predictor = SamPredictor(sam)
         self.cache_size = int(cache_size)
+        self.accelerate = bool(accelerate)
+        self.disk_cache = None if disk_cache is None else Path(disk_cache)
+        self.disk_cache_bytes = int(disk_cache_bytes)
+        self._fingerprint: str | None = None
         self._cache: OrderedDict[str, tuple] = OrderedDict()
         self._key: str | None = None
+
+    # -- disk ---------------------------------------------------------------------------
+    def _disk_path(self, key: str) -> Path | None:
+        if self.disk_cache is None:
+            return None
+        if self._fingerprint is None:
+            self._fingerprint = _weights_fingerprint(self.predictor.model.image_encoder)
+        tag = "fast" if self.accelerate else "ref"
+        return self.disk_cache / f"{self._fingerprint}-{tag}" / f"{key}.npz"
+
+    def _load_disk(self, key: str):
+        path = self._disk_path(key)
+        if path is None or not path.exists():
+            return None
+        import torch
+
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                feats, orig, inp = z["features"], z["original_size"], z["input_size"]
+            if feats.ndim != 4 or feats.dtype != np.float32 or orig.shape != (2,) or inp.shape != (2,) \
+                    or not np.isfinite(feats).all():
+                raise ValueError("inconsistent embedding file")
+            os.utime(path)  # recently used
+        except Exception:  # noqa: BLE001 - an unreadable file is dropped and recomputed
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+        device = self.predictor.device
+        return (torch.from_numpy(feats.copy()).to(device), tuple(int(v) for v in orig),
+                tuple(int(v) for v in inp))
+
+    def _save_disk(self, key: str, entry: tuple) -> None:
+        path = self._disk_path(key)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, features=entry[0].float().cpu().numpy(), original_size=np.array(entry[1]),
+                         input_size=np.array(entry[2]))
+            os.replace(tmp, path)
+            files = []
+            for f in self.disk_cache.glob("*/*.npz"):
+                with contextlib.suppress(OSError):
+                    st = f.stat()
+                    files.append((st.st_mtime, st.st_size, f))
+            total = sum(size for _, size, _ in files)
+            for _, size, f in sorted(files):
+                if total <= self.disk_cache_bytes or f == path:
+                    continue
+                with contextlib.suppress(OSError):
+                    f.unlink()
+                    total -= size
+        except OSError:
+            return  # a full or read-only disk only costs a recomputation later
 
     @property
     def image_shape(self) -> tuple[int, int] | None:
@@ -52,7 +145,10 @@ class SamSession:
         if key == self._key:
             return True
         if key not in self._cache:
-            return False
+            entry = self._load_disk(key)
+            if entry is None:
+                return False
+            self._remember(key, entry)
         p = self.predictor
         p.reset_image()
         p.features, p.original_size, p.input_size = self._cache[key]
@@ -68,13 +164,23 @@ class SamSession:
         key = image_key(rgb)
         if self.use(key):
             return key
+        from .sam_speed import accelerated
+
         p = self.predictor
-        p.set_image(rgb, image_format="RGB")
-        self._cache[key] = (p.features, p.original_size, p.input_size)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        self._key = None
+        with accelerated(p.model) if self.accelerate else contextlib.nullcontext():
+            p.set_image(rgb, image_format="RGB")
+        entry = (p.features, tuple(p.original_size), tuple(p.input_size))
+        self._remember(key, entry)
+        self._save_disk(key, entry)
         self._key = key
         return key
+
+    def _remember(self, key: str, entry: tuple) -> None:
+        self._cache[key] = entry
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
 
     def _check_points(self, points_rc, labels, box=None) -> tuple[np.ndarray, np.ndarray]:
         if self._key is None:
