@@ -69,6 +69,12 @@ def test_verify_flags_the_wrong_class_mask_and_drops_on_request(qtbot, viewer_wi
     assert feats.loc[wrong, "suspect"] and feats.loc[wrong, "clip_class"] == top[wrong]
     assert feats.loc[wrong, "method"] == "gem" and np.isfinite(feats.loc[wrong, "score"])
     assert str(panel.suspect_list.value).startswith(f"{wrong}:")
+    boxes = viewer.layers[f"{labels_layer.name} suspects"]
+    assert len(boxes.data) == len(panel.suspect_ids())
+    rows, cols = np.nonzero(labels == wrong)
+    box = boxes.data[panel.suspect_ids().index(wrong)]
+    np.testing.assert_allclose(box.min(0), (rows.min() - 0.5, cols.min() - 0.5))
+    np.testing.assert_allclose(box.max(0), (rows.max() + 0.5, cols.max() + 0.5))
     panel.jump_button.clicked.emit()
     assert labels_layer.selected_label == wrong
     rows, cols = np.nonzero(labels == wrong)

@@ -68,8 +68,6 @@ def verify_picture(app):
     panel.min_probability.value = 0.6
     panel.verify()
     settle(app, lambda: panel.is_running)
-    panel.jump()
-    settle(app)
     for lay in list(viewer.layers):
         if "heatmap" in lay.name:
             lay.visible = False

@@ -15,6 +15,7 @@ from napari.utils.notifications import show_info
 
 from .. import core as _core  # noqa: F401  (the triton/Mesa guard before torch)
 from ..core.verify import verify_masks
+from . import layer_writer as LW
 from .inputs import displayed_plane, plane_rgb
 from .panel_common import PanelBase, layer_classes
 
@@ -50,6 +51,8 @@ class VerifyPanel(PanelBase):
         self.jump_button.changed.connect(self.jump)
         self.table: pd.DataFrame | None = None
         self.dropped: list[int] = []
+        self.suspect_boxes = None
+        self._last_masks: dict = {}
         self._layer = None
         self._boxes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         viewer.layers.events.inserted.connect(self.reset_choices)
@@ -113,6 +116,8 @@ class VerifyPanel(PanelBase):
         self._write_features(layer, table)
         suspects = table[table["suspect"]]
         self.dropped = []
+        before = plane.take(np.asarray(layer.data))
+        self._last_masks = {int(i): np.nonzero(before == int(i)) for i in suspects["id"]}
         if self.action.value == "drop" and len(suspects):
             ids = [int(i) for i in suspects["id"]]
             current = plane.take(np.asarray(layer.data))
@@ -120,6 +125,7 @@ class VerifyPanel(PanelBase):
             layer.data_setitem(plane.indices(rows, cols), np.zeros(len(rows), layer.data.dtype))
             self.dropped = ids
             show_info(f"napari-clipsam: dropped {len(ids)} suspect masks from '{layer.name}': ids {ids}")
+        self._outline(layer, plane, suspects)
         choices = [f"{int(r.id)}: {r['class'] or '?'} -> CLIP '{r.clip_class}' p={r.clip_probability:.2f}"
                    + (" (dropped)" if int(r.id) in self.dropped else "") for _, r in suspects.iterrows()]
         self.suspect_list.choices = choices
@@ -127,6 +133,28 @@ class VerifyPanel(PanelBase):
         self._plane = plane
         self.show_status(f"{len(table)} masks verified, {len(suspects)} suspect"
                          + (f", dropped ids {self.dropped}" if self.dropped else ""))
+
+    def _outline(self, layer, plane, suspects: pd.DataFrame) -> None:
+        """A red box around each suspect mask, in the shapes layer "<labels> suspects" (the
+        distinct colour of the flag; empty when there are none)."""
+        boxes = []
+        for oid in suspects["id"]:
+            where = self._last_masks.get(int(oid))  # where the mask was (before a drop)
+            if where is None or not len(where[0]):
+                continue
+            r0, r1, c0, c1 = where[0].min() - 0.5, where[0].max() + 0.5, where[1].min() - 0.5, where[1].max() + 0.5
+            corners = plane.indices(np.array([r0, r0, r1, r1]), np.array([c0, c1, c1, c0]))
+            box = np.stack([np.asarray(a, float) for a in corners], axis=1)
+            box[:, plane.rows] = [r0, r0, r1, r1]
+            box[:, plane.cols] = [c0, c1, c1, c0]
+            boxes.append(box)
+        name = f"{layer.name} suspects"
+        self.suspect_boxes = LW.upsert_layer(
+            self.viewer, "shapes", name, boxes, image_layer=layer, shape_type="rectangle", edge_color="red",
+            face_color="transparent", edge_width=2, scale=tuple(layer.scale), translate=tuple(layer.translate),
+            ndim=layer.ndim) if boxes or name in self.viewer.layers else None
+        if self.suspect_boxes is not None and not boxes:
+            self.suspect_boxes.data = []
 
     @staticmethod
     def _write_features(layer, table: pd.DataFrame) -> None:
