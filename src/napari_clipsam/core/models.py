@@ -37,6 +37,8 @@ from .weights import (
 
 __all__ = [
     "CLIP_CHOICES",
+    "NonFiniteOutput",
+    "check_finite_output",
     "PRECISIONS",
     "SAM_CHECKPOINTS",
     "SAM_BUILDERS",
@@ -110,6 +112,44 @@ def _is_torchscript(path: Path) -> bool:
             return any(n.split("/", 1)[-1] == "constants.pkl" for n in z.namelist())
     except (zipfile.BadZipFile, OSError):
         return False
+
+
+class NonFiniteOutput(RuntimeError):
+    """A model produced NaN/inf: corrupt weights, or a precision too low for the input."""
+
+
+def check_finite_output(values, model: str, stage: str) -> None:
+    """Raise :class:`NonFiniteOutput` if ``values`` (a torch tensor or numpy array) holds
+    NaN/inf, naming the ``model`` ("CLIP", "SAM"), the ``stage`` and what to do."""
+    import numpy as np
+    import torch
+
+    if torch.is_tensor(values):
+        bad = int((~torch.isfinite(values.detach())).sum()) if values.is_floating_point() else 0
+        total = values.numel()
+    else:
+        arr = np.asarray(values)
+        bad = int((~np.isfinite(arr)).sum()) if arr.dtype.kind in "fc" else 0
+        total = arr.size
+    if bad:
+        raise NonFiniteOutput(
+            f"the {model} model produced NaN/inf ({bad} of {total} values) in {stage}: its weights are corrupt "
+            "or the precision (fp16/bf16) is too low; load it again with precision 'auto' (fp32), and if that "
+            "does not help, download its weights again"
+        )
+
+
+def _nonfinite_weights(model, path: Path, what: str) -> None:
+    """Refuse a checkpoint whose tensors hold NaN/inf (a corrupt or badly converted file)."""
+    import torch
+
+    bad = [name for name, t in model.state_dict().items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise WeightsError(
+            f"{path} has NaN/inf values in {len(bad)} tensors ({_describe_keys(bad)}): the {what} weights are "
+            "corrupt (or were converted with too low a precision); download the file again"
+        )
 
 
 def _describe_keys(keys, n: int = 3) -> str:
@@ -244,6 +284,7 @@ def load_clip(name: str = "ViT-B-16", pretrained: str | os.PathLike | None = "op
         except Exception as exc:  # noqa: BLE001 - missing/unexpected keys, size mismatches
             raise _mismatch(path, exc, expected, model, file_state) from exc
         del file_state
+        _nonfinite_weights(model, path, f"CLIP {name}")
     model.eval()
     _half_encoder(model.visual, dtype)
     model.to(device)
@@ -330,6 +371,7 @@ def load_sam(kind: str = "vit_b", checkpoint: str | os.PathLike | None = None, d
         else:
             hint = f" Choose the SAM kind this file was made for ({widths}), or the official {kind} checkpoint."
         raise WeightsError(f"{path} does not fit SAM {kind}: {diff}.{hint}") from exc
+    _nonfinite_weights(model, path, f"SAM {kind}")
     model.eval()
     _half_encoder(model.image_encoder, dtype)
     return model.to(device)

@@ -31,6 +31,7 @@ from PIL import Image
 from torch.func import functional_call
 
 from ..image import to_rgb_uint8
+from ..models import check_finite_output
 from ..progress import Task, as_task
 from ..text_cache import TextFeatureCache, model_fingerprint, shared_cache
 from . import resnet, vit
@@ -349,6 +350,7 @@ class Localizer(ABC):
                 count[y // ph:y // ph + gh, x // pw:x // pw + gw] += 1
             task.report("heatmaps", min(b0 + self.batch_size, len(tiling)), len(tiling), "windows")
         acc /= count
+        check_finite_output(acc, "CLIP", f"the {self.name or type(self).__name__} similarity maps")
         if self.background:
             acc = acc[:n_prompts] - acc[n_prompts:].max(dim=0, keepdim=True).values
         return acc, tuple(rgb.shape[:2])
@@ -392,6 +394,7 @@ class Localizer(ABC):
         emb = F.normalize(self.encode_image(self.normalize(view), "open_clip").float(), dim=-1)
         cos = (emb @ self.text_features(classes).to(emb.device).T)[0]
         scale = self.model.logit_scale.exp().float() if hasattr(self.model, "logit_scale") else 100.0
+        check_finite_output(cos * scale, "CLIP", "the image-level presence (image and text embeddings)")
         prob = (cos * scale).softmax(dim=-1)
         return prob[: len(classes) - len(self.background)].cpu().numpy().astype(np.float32)
 

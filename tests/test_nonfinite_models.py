@@ -1,0 +1,85 @@
+"""Models that produce non-finite values (issue 11): a clear error where NaN/inf is first
+seen -- at load time for a checkpoint with NaN weights, in the localizer's maps or presence
+for a CLIP model that produces them at run time -- never all-zero heatmaps and no points."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_clipsam.core import models
+from napari_clipsam.core.localizers import LOCALIZERS, get_localizer
+from napari_clipsam.core.models import NonFiniteOutput
+from napari_clipsam.core.weights import WeightsError
+
+from reference_model import REFERENCE_DIR, load_reference_clip, register_config
+from tiny_sam import build_tiny_sam
+
+IMAGE = (np.random.default_rng(0).random((64, 80, 3)) * 255).astype(np.uint8)
+
+
+def _poison(module: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.fill_(float("nan"))
+
+
+@pytest.fixture(scope="module")
+def nan_clip():
+    """The reference CLIP whose visual tower's weights are all NaN (e.g. a bad conversion)."""
+    model, tok = load_reference_clip()
+    _poison(model.visual)
+    return model, tok
+
+
+@pytest.mark.parametrize("name", sorted(LOCALIZERS))
+def test_nan_clip_heatmaps_raise_naming_the_model(nan_clip, name):
+    loc = get_localizer(name, *nan_clip, input_size=64)
+    with pytest.raises(NonFiniteOutput, match=r"the CLIP model produced NaN/inf \(\d+ of \d+ values\) in the "
+                       r".*similarity maps: its weights are corrupt or the precision"):
+        loc.heatmaps(IMAGE, ["cell", "dog"])
+
+
+def test_nan_clip_presence_raises(nan_clip):
+    loc = get_localizer("gem", *nan_clip, input_size=64)
+    with pytest.raises(NonFiniteOutput, match="image-level presence"):
+        loc.presence(IMAGE, ["cell", "dog"])
+
+
+def test_finite_clip_is_not_refused():
+    loc = get_localizer("gem", *load_reference_clip(), input_size=64)
+    heat = loc.heatmaps(IMAGE, ["cell", "dog"])
+    assert np.isfinite(heat).all() and heat.max() == 1.0
+
+
+def test_nan_weights_in_a_clip_file_are_refused_at_load(tmp_path):
+    name = register_config()
+    state = torch.load(REFERENCE_DIR / "clip_weights.pt", weights_only=True)
+    state["visual.proj"][0, 0] = float("inf")
+    state["token_embedding.weight"][3, :] = float("nan")
+    bad = tmp_path / "clip_nan.pt"
+    torch.save(state, bad)
+    with pytest.raises(WeightsError, match=r"clip_nan\.pt has NaN/inf values in 2 tensors \((visual\.proj|token_"
+                       r"embedding\.weight), .*corrupt.*download the file again"):
+        models.load_clip(name, bad, device="cpu")
+    assert models.load_clip(name, REFERENCE_DIR / "clip_weights.pt", device="cpu")[0] is not None
+
+
+def test_nan_weights_in_a_sam_file_are_refused_at_load(tmp_path, monkeypatch):
+    monkeypatch.setitem(models.SAM_BUILDERS, "tiny", build_tiny_sam)
+    sam = build_tiny_sam(img_size=128, seed=3)
+    state = sam.state_dict()
+    state["image_encoder.blocks.0.attn.qkv.weight"][0, 0] = float("nan")
+    bad = tmp_path / "sam_nan.pth"
+    torch.save(state, bad)
+    with pytest.raises(WeightsError, match=r"sam_nan\.pth has NaN/inf values in 1 tensors "
+                       r"\(image_encoder\.blocks\.0\.attn\.qkv\.weight\): the SAM tiny weights are corrupt"):
+        models.load_sam("tiny", bad, device="cpu")
+
+
+def test_check_finite_output_numpy_and_torch():
+    models.check_finite_output(np.zeros(3), "SAM", "x")
+    models.check_finite_output(torch.arange(3), "SAM", "x")  # integers: nothing to check
+    with pytest.raises(NonFiniteOutput, match=r"the SAM model produced NaN/inf \(1 of 3 values\) in the embedding"):
+        models.check_finite_output(torch.tensor([0.0, float("inf"), 1.0]), "SAM", "the embedding")
