@@ -3,6 +3,7 @@ through public attributes; expected values from tests/clip_oracle.py (the tiny C
 encoders written out) or known by construction."""
 
 import numpy as np
+import pytest
 from napari.layers import Image
 from skimage import data
 from skimage.transform import resize
@@ -201,6 +202,13 @@ def test_slice_finder_jumps_to_the_oracle_best_slice(qtbot, docked, models):
     finder.rank_button.clicked.emit()
     wait(qtbot, finder)
     assert finder.cache.misses == len(stack) and finder.cache.hits == len(stack)
+    # image query: the shown slice finds itself first (score 1)
+    viewer.dims.set_current_step(0, 4)
+    finder.by_example.value = True
+    finder.rank_button.clicked.emit()
+    wait(qtbot, finder)
+    assert finder.ranking[0] == 4 and finder.scores[4] == pytest.approx(1.0, abs=1e-5)
+    assert finder.status.value.startswith("like slice 4")
 
 
 def test_slice_finder_other_axis_and_unhappy(qtbot, docked):

@@ -4,13 +4,13 @@ scores, and jump napari's dims to the best one (or step through the top k)."""
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, LineEdit, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, LineEdit, PushButton, SpinBox
 from qtpy.QtCore import QRectF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QWidget
 
 from .. import core as _core  # noqa: F401  (the triton/Mesa guard before torch)
-from ..core.retrieval import EmbeddingCache, rank_slices
+from ..core.retrieval import EmbeddingCache, rank_slices, slice_rgb
 from .inputs import displayed_plane, layer_data, spatial_shape
 from .panel_common import PanelBase
 
@@ -65,11 +65,14 @@ class SliceFinder(PanelBase):
                             tooltip="Data axis to rank along (a slice or time axis, not a displayed one).")
         self.query = LineEdit(label="prompt", value="",
                               tooltip="What the slice should show (default: the first prompt of the main widget).")
+        self.by_example = CheckBox(label="like the shown slice", value=False,
+                                   tooltip="Rank by similarity to the slice shown now (image query) instead "
+                                           "of the prompt.")
         self.top_k = SpinBox(label="top k", min=1, max=100, value=3)
         self.rank_button = PushButton(text="Rank slices")
         self.next_button = PushButton(text="Next of top k", enabled=False)
         self.plot = ScorePlot()
-        self.extend([self.image, self.axis, self.query, self.top_k,
+        self.extend([self.image, self.axis, self.query, self.by_example, self.top_k,
                      Container(layout="horizontal", widgets=[self.rank_button, self.cancel_button], labels=False),
                      self.progress, self.status, self.next_button])
         self.native.layout().addWidget(self.plot)
@@ -117,10 +120,6 @@ class SliceFinder(PanelBase):
         if layer is None or layer not in self.viewer.layers:
             self.fail("pick an image with a slice or time axis (3D or more)")
             return
-        query = self.query.value.strip() or (self.prompts()[:1] or [""])[0]
-        if not query:
-            self.fail("type a prompt")
-            return
         axis = int(self.axis.value)
         try:
             stack = self._stack(layer, axis)
@@ -129,6 +128,15 @@ class SliceFinder(PanelBase):
             return
         rgb = bool(layer.rgb)
         limits = None if (rgb and stack.dtype == np.uint8) else tuple(layer.contrast_limits)
+        if self.by_example.value:
+            shown = int(dict(displayed_plane(self.viewer, layer).fixed)[axis])
+            query, label = slice_rgb(stack, shown, 0, rgb=rgb, contrast_limits=limits), f"like slice {shown}"
+        else:
+            query = self.query.value.strip() or (self.prompts()[:1] or [""])[0]
+            label = f"'{query}'"
+            if not query:
+                self.fail("type a prompt")
+                return
         templates = self.templates()
         cache = self.cache
 
@@ -138,7 +146,7 @@ class SliceFinder(PanelBase):
                                templates=templates, cache=cache, task=task)
 
         self.show_status(f"ranking {stack.shape[0]} slices…")
-        self.start(job, lambda scores: self._ranked(layer, axis, query, scores), "napari-clipsam find slice")
+        self.start(job, lambda scores: self._ranked(layer, axis, label, scores), "napari-clipsam find slice")
 
     def _ranked(self, layer, axis: int, query: str, scores: np.ndarray) -> None:
         self.scores = scores
@@ -148,7 +156,7 @@ class SliceFinder(PanelBase):
         self.next_button.enabled = len(self.ranking) > 1
         best = self.ranking[0]
         self.jump(best)
-        self.show_status(f"'{query}': best slice {best} (score {scores[best]:.3f}); "
+        self.show_status(f"{query}: best slice {best} (score {scores[best]:.3f}); "
                          f"top {min(int(self.top_k.value), len(scores))}: "
                          f"{self.ranking[:int(self.top_k.value)]}")
 
