@@ -77,3 +77,54 @@ def test_absence_non_finite_scores_or_presence_are_named():
         heatmap_thresholds(np.zeros((2, 4, 4)), rule, np.array([0.5, np.nan]))
     with pytest.raises(ValueError, match=r"scores must be \(P, \.\.\.\) maps"):
         heatmap_thresholds(np.zeros(3), rule)
+
+
+# ----------------------------------------------------------------------------- localizers, SAM session
+@pytest.fixture(scope="module")
+def clip():
+    from reference_model import load_reference_clip
+
+    return load_reference_clip()
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"input_size": 224.5}, ValueError, r"input_size must be a whole number >= 1, got 224\.5"),
+    ({"input_size": True}, TypeError, r"input_size must be a whole number >= 1, got the bool True"),
+    ({"input_size": "448"}, TypeError, r"input_size must be a whole number >= 1, got '448'"),
+    ({"input_size": 8}, ValueError, r"input_size must be at least the patch size 16, got 8"),
+    ({"window": 100.5}, ValueError, r"window must be a whole number >= 1, got 100\.5"),
+    ({"window": -224}, ValueError, r"window must be a whole number >= 1, got -224"),
+    ({"window": 224, "stride": 0}, ValueError, r"stride must be a whole number >= 1, got 0"),
+    ({"window": 224, "stride": 56.5}, ValueError, r"stride must be a whole number >= 1, got 56\.5"),
+    ({"window": 224, "stride": 300}, ValueError, r"stride must be in 1\.\.window \(224\), got 300"),
+    ({"stride": 112}, ValueError, r"stride needs a window size"),
+    ({"batch_size": 0}, ValueError, r"batch_size must be a whole number >= 1, got 0"),
+    ({"batch_size": 2.5}, ValueError, r"batch_size must be a whole number >= 1, got 2\.5"),
+    ({"batch_size": None}, TypeError, r"batch_size must be a whole number >= 1, got None"),
+    ({"templates": 5}, TypeError, r"templates must be a template-set name or a list of strings"),
+    ({"templates": [b"a {}"]}, TypeError, r"templates must be a template-set name or a list of strings"),
+    ({"templates": "nope"}, ValueError, r"unknown template set 'nope'"),
+    ({"templates": ["a photo"]}, ValueError, r"must contain '\{\}' exactly once"),
+    ({"pos_interpolation": 3}, TypeError, r"pos_interpolation must be a string, got 3"),
+])
+def test_get_localizer_bad_params(clip, kwargs, error, message):
+    from napari_clipsam.core.localizers import get_localizer
+
+    with pytest.raises(error, match=message):
+        get_localizer("gem", *clip, **kwargs)
+
+
+def test_get_localizer_whole_floats_and_tuples_are_fine(clip):
+    from napari_clipsam.core.localizers import get_localizer
+
+    loc = get_localizer("gem", *clip, input_size=np.int64(224), window=224.0, stride=112,
+                        templates=("a photo of a {}.", "a {}"))
+    assert (loc.input_size, loc.window, loc.stride) == (224, 224, 112)
+    assert loc.templates == ("a photo of a {}.", "a {}")
+
+
+def test_unknown_localizer_name_lists_the_choices(clip):
+    from napari_clipsam.core.localizers import get_localizer
+
+    with pytest.raises(ValueError, match=r"unknown localizer 'gme'; choose one of \["):
+        get_localizer("gme", *clip)

@@ -8,11 +8,12 @@ point with object id 0 is shared by every object of its prompt.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 from skimage.feature import peak_local_max
+
+from .options import unit_interval, whole_number
 
 __all__ = ["PointPrompts", "heatmap_boxes", "heatmaps_to_points", "object_point_sets"]
 
@@ -38,37 +39,6 @@ def _peaks(img: np.ndarray, min_distance: int, threshold: float, count: int) -> 
         return np.zeros((0, 2), int)
     return peak_local_max(img, min_distance=min_distance, threshold_abs=threshold,
                           num_peaks=count, exclude_border=False)
-
-
-def _count(name: str, value, minimum: int) -> int:
-    """``value`` as an int >= ``minimum``; a bool, a fractional or non-finite number, or a
-    non-number raises naming ``name``, the value and the allowed range."""
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value[()]
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a whole number >= {minimum}, got the bool {value!r}")
-    if not isinstance(value, (numbers.Real, np.number)) or isinstance(value, np.complexfloating):
-        raise TypeError(f"{name} must be a whole number >= {minimum}, got {value!r} ({type(value).__name__})")
-    as_float = float(value)
-    if not np.isfinite(as_float) or as_float != int(as_float):
-        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}; round it first")
-    if int(as_float) < minimum:
-        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
-    return int(as_float)
-
-
-def _unit(name: str, value) -> float:
-    """``value`` as a float in [0, 1]; anything else raises naming ``name``."""
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value[()]
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a number within [0, 1], got the bool {value!r}")
-    if not isinstance(value, (numbers.Real, np.number)) or isinstance(value, np.complexfloating):
-        raise TypeError(f"{name} must be a number within [0, 1], got {value!r} ({type(value).__name__})")
-    v = float(value)
-    if not 0.0 <= v <= 1.0:
-        raise ValueError(f"{name} must be within [0, 1], got {value!r}")
-    return v
 
 
 def heatmaps_to_points(
@@ -105,13 +75,13 @@ def heatmaps_to_points(
     if hm.size and (hm.min() < -1e-6 or hm.max() > 1 + 1e-6):
         raise ValueError(f"heatmaps must be within [0, 1], got values from {hm.min():g} to {hm.max():g}; "
                          "pass normalised heatmaps (Localizer.heatmaps), not raw similarities")
-    max_objects = _count("max_objects", max_objects, 0)
-    negatives = _count("negatives", negatives, 0)
-    negative_threshold = _unit("negative_threshold", negative_threshold)
+    max_objects = whole_number("max_objects", max_objects, 0)
+    negatives = whole_number("negatives", negatives, 0)
+    negative_threshold = unit_interval("negative_threshold", negative_threshold)
     if not isinstance(one_object_per_prompt, (bool, np.bool_)):
         raise TypeError(f"one_object_per_prompt must be True or False, got {one_object_per_prompt!r}")
     if np.ndim(threshold) == 0:
-        thr = np.full(hm.shape[0], _unit("threshold", threshold))
+        thr = np.full(hm.shape[0], unit_interval("threshold", threshold))
     else:
         try:
             thr = np.asarray(threshold, dtype=np.float64).ravel()
@@ -127,7 +97,7 @@ def heatmaps_to_points(
         if skipped.dtype != bool or skipped.shape != (hm.shape[0],):
             raise ValueError(f"skip must be {hm.shape[0]} booleans (one per prompt), got {skipped.tolist()}")
     H, W = hm.shape[1:]
-    md = _count("min_distance", min_distance, 1) if min_distance is not None else max(1, min(H, W) // 20)
+    md = whole_number("min_distance", min_distance, 1) if min_distance is not None else max(1, min(H, W) // 20)
 
     pts, pos, obj, cls, score = [], [], [], [], []
     next_id = 1

@@ -20,7 +20,7 @@ uint8 RGB copy of the image, its uint8 working copy and a few windows' activatio
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -32,6 +32,7 @@ from torch.func import functional_call
 
 from ..image import to_rgb_uint8
 from ..models import check_finite_output
+from ..options import optional_whole_number, whole_number
 from ..progress import Task, as_task
 from ..text_cache import TextFeatureCache, model_fingerprint, shared_cache
 from . import resnet, vit
@@ -144,7 +145,19 @@ class Localizer(ABC):
                  text_cache: TextFeatureCache | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
+        if templates is not None and not isinstance(templates, str):
+            items = list(templates) if isinstance(templates, Iterable) and not isinstance(templates, bytes) else None
+            if items is None or not all(isinstance(t, str) for t in items):
+                raise TypeError(f"templates must be a template-set name or a list of strings with '{{}}', "
+                                f"got {templates!r}")
+            templates = items
         self.templates = resolve_templates(templates if templates is not None else self.default_templates, ())
+        input_size = optional_whole_number("input_size", input_size, 1)
+        window = optional_whole_number("window", window, 1)
+        stride = optional_whole_number("stride", stride, 1)
+        batch_size = whole_number("batch_size", batch_size, 1)
+        if not isinstance(pos_interpolation, str):
+            raise TypeError(f"pos_interpolation must be a string, got {pos_interpolation!r}")
         ph, pw = self.patch_size
         if input_size is not None and int(input_size) < max(ph, pw):
             raise ValueError(f"input_size must be at least the patch size {max(ph, pw)}, got {input_size}")
