@@ -83,3 +83,35 @@ def test_check_finite_output_numpy_and_torch():
     models.check_finite_output(torch.arange(3), "SAM", "x")  # integers: nothing to check
     with pytest.raises(NonFiniteOutput, match=r"the SAM model produced NaN/inf \(1 of 3 values\) in the embedding"):
         models.check_finite_output(torch.tensor([0.0, float("inf"), 1.0]), "SAM", "the embedding")
+
+
+# ----------------------------------------------------------------------------- SAM at run time
+def test_nan_sam_encoder_raises_at_the_embedding():
+    from napari_clipsam.core.segment import SamSession
+
+    sam = build_tiny_sam(img_size=256, seed=3)
+    _poison(sam.image_encoder)
+    session = SamSession(sam, accelerate=False)
+    with pytest.raises(NonFiniteOutput, match=r"the SAM model produced NaN/inf .* in the image embedding"):
+        session.set_image(IMAGE)
+    assert session.key is None  # nothing half-set: a later decode says set_image first
+
+
+def test_nan_sam_decoder_raises_at_the_decode():
+    from napari_clipsam.core.segment import SamSession
+
+    sam = build_tiny_sam(img_size=256, seed=3)
+    _poison(sam.mask_decoder)
+    session = SamSession(sam, accelerate=False)
+    session.set_image(IMAGE)
+    for call in (lambda: session.decode([[10, 10]], [1]), lambda: session.predict_with_score([[10, 10]], [1])):
+        with pytest.raises(NonFiniteOutput, match=r"the SAM model produced NaN/inf .* in the mask decoder's scores"):
+            call()
+
+
+@pytest.mark.parametrize("value, error", [(2.5, ValueError), (0, ValueError), (True, TypeError), ("4", TypeError)])
+def test_sam_session_cache_size_checked(value, error):
+    from napari_clipsam.core.segment import SamSession
+
+    with pytest.raises(error, match="cache_size must be a whole number >= 1"):
+        SamSession(build_tiny_sam(img_size=256, seed=3), cache_size=value)

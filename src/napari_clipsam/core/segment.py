@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from .image import to_rgb_uint8
+from .models import check_finite_output
+from .options import whole_number
 from .points import PointPrompts, object_point_sets
 
 __all__ = ["SamSession", "image_key", "paint_labels"]
@@ -64,10 +66,9 @@ class SamSession:
                  disk_cache: str | os.PathLike | None = None, disk_cache_bytes: int = 2 * 2**30):
         from segment_anything import SamPredictor
 
-        if int(cache_size) < 1:
-            raise ValueError(f"cache_size must be >= 1, got {cache_size}")
+        cache_size = whole_number("cache_size", cache_size, 1)
         self.predictor = SamPredictor(sam)
-        self.cache_size = int(cache_size)
+        self.cache_size = cache_size
         self.accelerate = bool(accelerate)
         self.disk_cache = None if disk_cache is None else Path(disk_cache)
         self.disk_cache_bytes = int(disk_cache_bytes)
@@ -170,6 +171,7 @@ class SamSession:
         self._key = None
         with accelerated(p.model) if self.accelerate else contextlib.nullcontext():
             p.set_image(rgb, image_format="RGB")
+        check_finite_output(p.features, "SAM", "the image embedding")
         entry = (p.features, tuple(p.original_size), tuple(p.input_size))
         self._remember(key, entry)
         self._save_disk(key, entry)
@@ -225,6 +227,7 @@ class SamSession:
             point_labels=lab if len(pts) else None,
             box=sam_box, multimask_output=multimask,
         )
+        check_finite_output(scores, "SAM", "the mask decoder's scores")
         pick = int(np.argmax(scores)) if candidate is None else int(candidate) % len(scores)
         return masks[pick].astype(bool), float(scores[pick]), (pick if multimask else None)
 
@@ -242,6 +245,7 @@ class SamSession:
         masks, scores, _ = self.predictor.predict(
             point_coords=pts[:, ::-1].copy(), point_labels=lab, multimask_output=multimask
         )
+        check_finite_output(scores, "SAM", "the mask decoder's scores")
         best = int(np.argmax(scores))
         return masks[best].astype(bool), float(scores[best])
 
