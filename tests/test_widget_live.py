@@ -391,3 +391,26 @@ def test_choosing_an_image_embeds_it_ahead_of_time(qtbot, docked, models):
     session = widget.models.session(models[1])
     assert session.key == image_key(b_pixels)  # B's embedding is ready before any Run on B
     assert len(viewer.layers) == 6  # and nothing was added to the viewer
+
+
+def test_tools_dock_and_verification_columns_survive_other_objects_edits(qtbot, viewer_widget):
+    viewer, widget = viewer_widget
+    widget.prompts.value = "cat\nsofa"
+    widget.run()
+    idle(qtbot, widget)
+    tools = widget.open_tools()
+    assert set(tools) == {"Verify masks", "Few-shot probe", "Find slice"}
+    assert widget.open_tools() is tools  # once each
+    panel = tools["Verify masks"]
+    panel.verify_button.clicked.emit()
+    qtbot.waitUntil(lambda: not panel.is_running, timeout=TIMEOUT)
+    labels, pts = viewer.layers["chelsea labels"], viewer.layers["chelsea points"]
+    before = labels.features.set_index("index")
+    assert "clip_class" in before.columns
+    oid = int(pts.features["object_id"][pts.features["positive"]].iloc[0])
+    _move_first_positive(pts, (30, 30))
+    idle(qtbot, widget)
+    after = labels.features.set_index("index")
+    assert after.loc[oid, "clip_class"] is None or after.loc[oid, "clip_class"] != after.loc[oid, "clip_class"]
+    others = [i for i in after.index if i not in (0, oid) and i in before.index]
+    assert others and all(after.loc[i, "clip_class"] == before.loc[i, "clip_class"] for i in others)

@@ -20,7 +20,6 @@ from ..core.absence import AbsenceRule
 from ..core.annotation import ImageAnnotation, Plane, SamQueue
 from ..core.localizers import check_prompts, get_localizer
 from ..core.localizers.prompts import resolve_templates
-from ..core.pipeline import annotate
 from ..core.progress import Task
 from . import layer_writer as LW
 from . import result_writer as RW
@@ -28,6 +27,7 @@ from .form import AnnotateForm
 from .inputs import displayed_plane, plane_rgb, spatial_shape
 from .live_editor import LiveEditor
 from .model_cache import ModelCache
+from .run_support import annotate_via_queue, provenance, run_record
 from .runner import Runner
 
 
@@ -50,6 +50,11 @@ class ClipSamWidget(AnnotateForm):
         self.next_mask_button.changed.connect(self.next_mask)
         self.semantic_button.changed.connect(self.semantic_view)
         self.export_button.changed.connect(self._export_dialog)
+        self.tools_button.changed.connect(self.open_tools)
+        self.tools: dict = {}  # name -> panel, once opened
+        #: optional callable applied to each run's localizer (e.g. a few-shot probe's
+        #: ``LinearProbe.localizer``); None runs the method as chosen
+        self.localizer_wrapper = None
 
         self.closed = False
         self._ahead: Task | None = None
@@ -236,6 +241,8 @@ class ClipSamWidget(AnnotateForm):
                    one_object_per_prompt=bool(self.one_object_per_prompt.value),
                    boxes_from_heatmaps=bool(self.boxes_from_heatmaps.value))
 
+        wrapper = self.localizer_wrapper
+
         def pixels_now(plane: Plane) -> np.ndarray:
             """The plane's pixels as the layers hold them now (what live decodes embed)."""
             return plane_rgb(layer, plane, others)
@@ -249,6 +256,8 @@ class ClipSamWidget(AnnotateForm):
             task.report("loading SAM")
             sam = self.models.sam(cfg["sam"], cfg["sam_file"], task)
             localizer = get_localizer(cfg["method"], clip_model, tokenizer, **cfg["localizer"])
+            if wrapper is not None:
+                localizer = wrapper(localizer)
             session = self.models.session(sam, [e.state.session for e in self.editors])
             task.report("recording the models")  # weights' sha256 for the provenance (hashed once per file)
             record = run_record(cfg, localizer, clip_model, sam, self.models.given, layer)
@@ -435,6 +444,19 @@ class ClipSamWidget(AnnotateForm):
                                 translate=tuple(editor.labels_layer.translate))
         layer.features = LW.labels_features({i + 1: p for i, p in enumerate(prompts)}, {})
 
+    # ------------------------------------------------------------------ tools
+    def open_tools(self) -> dict:
+        """Dock the verify, few-shot probe and find-slice panels (tabbed, once each)."""
+        from .probe_panel import ProbePanel
+        from .slice_finder import SliceFinder
+        from .verify_panel import VerifyPanel
+
+        for cls, name in ((VerifyPanel, "Verify masks"), (ProbePanel, "Few-shot probe"), (SliceFinder, "Find slice")):
+            if name not in self.tools:
+                self.tools[name] = cls(self.viewer, self)
+                self.viewer.window.add_dock_widget(self.tools[name], name=name, tabify=True)
+        return self.tools
+
     # ------------------------------------------------------------------ export
     def export_labels(self, path, labels_layer=None, *, overwrite: bool = False) -> list[str]:
         """Write the labels layer (default: the chosen image's) to ``path``, the format from the
@@ -488,71 +510,3 @@ class ClipSamWidget(AnnotateForm):
             return
         self.clear_error()
         show_info(f"napari-clipsam: wrote {', '.join(written)}")
-
-
-def run_record(cfg: dict, localizer, clip_model, sam, given: dict, image_layer) -> dict:
-    """What a run was made with, for the provenance: options, the localizer and the models
-    (name, tag or file, sha256 of the weights; hashed in the worker, once per file)."""
-    from ..core.provenance import clip_model_info, sam_model_info
-
-    if "clip" in given:
-        clip = clip_model_info("given by script", None, model=clip_model)
-    else:
-        name, tag = (t.strip() for t in cfg["clip"].split("/", 1))
-        clip = clip_model_info(name, cfg["clip_file"] or tag, model=clip_model)
-    sam_info = sam_model_info("given by script" if "sam" in given else cfg["sam"],
-                              None if "sam" in given else cfg["sam_file"], model=sam)
-    source = getattr(getattr(image_layer, "source", None), "path", None) or image_layer.name
-    return dict(method=cfg["method"], localizer=localizer, localizer_params=dict(cfg["localizer"]),
-                threshold=cfg["threshold"], absence=cfg["absence"],
-                point_params={k: cfg[k] for k in ("max_objects", "one_object_per_prompt", "boxes_from_heatmaps")},
-                clip=clip, sam=sam_info, source=str(source))
-
-
-def provenance(editor, labels: np.ndarray, classes: dict, scores: dict) -> dict | None:
-    """The provenance of an image's labels as they are now: the run's record and every
-    plane's objects with their final prompts."""
-    from ..core.provenance import build_provenance
-
-    record = getattr(editor, "record", None)
-    if record is None:
-        return None
-    planes = list(editor.state.planes.values())
-    prompts = list(dict.fromkeys(p for a in planes for p in a.prompts))
-    objects = {}
-    for ann in planes:  # each object's prompt index, in the union of prompts
-        for oid, obj in ann.objects.items():
-            objects[oid] = obj
-    plane_index = [i for _, i in planes[0].plane.fixed] if len(planes) == 1 and planes[0].plane.fixed else None
-    return build_provenance(
-        prompts=prompts, method=record["method"], localizer=record["localizer"],
-        localizer_params=record["localizer_params"], threshold=record["threshold"], absence=record["absence"],
-        point_params=record["point_params"], clip=record["clip"], sam=record["sam"], labels=labels,
-        classes=classes, scores=scores, objects=objects, image_shape=tuple(editor.image_layer.data.shape)
-        if not editor.image_layer.multiscale else tuple(editor.image_layer.data[0].shape),
-        image_dtype=editor.image_layer.dtype, source=record["source"], image_slice=plane_index,
-        extra={"layer": editor.labels_layer.name,
-               "planes": [{"plane": a.plane.tag, "objects": sorted(a.objects)} for a in planes]})
-
-
-def annotate_via_queue(queue: SamQueue, rgb, prompts, localizer, session, cfg, task):
-    """The pipeline with its SAM stages on the one SAM queue: CLIP work runs in the caller's
-    thread; embedding and decodes wait their turn behind live decodes."""
-    result = annotate(rgb, prompts, localizer, None, threshold=cfg["threshold"], absence=cfg["absence"], task=task,
-                      boxes_from_heatmaps=cfg["boxes_from_heatmaps"], max_objects=cfg["max_objects"],
-                      one_object_per_prompt=cfg["one_object_per_prompt"])
-    from ..core.annotation import decode_objects, objects_from_prompts
-
-    def sam_stage():
-        task.report("image embedding")
-        key = session.set_image(rgb)
-        objects = objects_from_prompts(result.points, result.boxes)
-        decode_objects(session, objects.values(), task)
-        return key, objects
-
-    key, objects = queue.run(sam_stage)
-    result.key = key
-    result.objects = objects
-    result.classes = {oid: result.prompts[o.prompt] for oid, o in objects.items()}
-    result.scores = {oid: o.score for oid, o in objects.items()}
-    return result

@@ -93,6 +93,9 @@ class AnnotateForm(Container):
         self.semantic_button = PushButton(text="Semantic view",
                                           tooltip="Add a labels layer with one id per class (prompt).")
         self.export_button = PushButton(text="Export labels…")
+        self.tools_button = PushButton(text="Verify · few-shot · find slice…",
+                                       tooltip="Open the tools that check masks with CLIP, learn a heatmap from "
+                                               "accepted objects, and rank the slices of a stack by a prompt")
         self.shortcuts = Label(label="keys", value="T flip · N new object · M next mask · Ctrl+Z undo (labels)")
         self.shortcuts.native.setWordWrap(True)
         self.shortcuts.tooltip = "\n".join(f"{k}: {v}" for k, v in SHORTCUTS.items())
@@ -165,7 +168,7 @@ class AnnotateForm(Container):
         self.extend([
             self.run_button, self.cancel_button, self.progress, self.status, self.error, self.error_details_button,
             self.error_details, self.new_object_button, self.flip_button, self.next_mask_button,
-            self.semantic_button, self.export_button, self.shortcuts,
+            self.semantic_button, self.export_button, self.tools_button, self.shortcuts,
         ])
         layout = self.native.layout()  # "More options" right under the first four fields
         layout.removeWidget(self.more_options)

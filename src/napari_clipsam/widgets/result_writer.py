@@ -169,7 +169,18 @@ def update_label_features(editor) -> None:
         classes.update(ann.classes)
         scores.update({oid: o.score for oid, o in ann.objects.items()})
     layer = editor.labels_layer
-    layer.features = LW.labels_features(classes, scores)
+    table = LW.labels_features(classes, scores)
+    old = layer.features
+    extra = [c for c in old.columns if c not in table.columns]
+    if extra and "index" in old and "score" in old:
+        # other tools' columns (e.g. mask verification) are kept for objects SAM did not
+        # decode again (same score); a re-decoded object's are blank: they described the old mask
+        old = old.drop_duplicates("index").set_index("index")
+        same = [i in old.index and np.isclose(old.at[i, "score"], s, equal_nan=True)
+                for i, s in zip(table["index"], table["score"])]
+        for col in extra:
+            table[col] = [old.at[i, col] if keep else None for i, keep in zip(table["index"], same)]
+    layer.features = table
     layer.metadata["classes"] = classes
     layer.metadata["prompts"] = list(dict.fromkeys(p for a in editor.state.planes.values() for p in a.prompts))
 

@@ -130,13 +130,14 @@ class Runner:
         if not (task and task.cancelled):
             self.status(text)
         self.bar.value = int(1000 * frac) if frac is not None else 0
-        if self._activity is not None:
-            self._activity.set_description(text)
+        activity = self._activity  # set_description may process events and end the job meanwhile
+        if activity is not None:
+            activity.set_description(text)
             if frac is not None:
-                if self._activity.total != 1000:
-                    self._activity.total = 1000
-                self._activity.n = int(1000 * frac)
-                self._activity.refresh()
+                if activity.total != 1000:
+                    activity.total = 1000
+                activity.n = int(1000 * frac)
+                activity.refresh()
 
     def stop_display(self) -> None:
         """Stop showing progress (the widget is going away); the job still ends on its own."""
