@@ -467,3 +467,17 @@ def test_to_rgb_uint8_and_composite_span_beyond_float64():
 def test_to_rgb_uint8_bad_contrast_limits_raise(limits, message):
     with pytest.raises(ValueError, match=message):
         to_rgb_uint8(np.zeros((3, 3), np.uint16), contrast_limits=limits)
+
+
+def test_take_displayed_slice_bad_view_point_is_named():
+    from napari_clipsam.core.image import take_displayed_slice
+
+    stack = np.zeros((3, 4, 5))
+    with pytest.raises(ValueError, match=r"view point's entry for axis 0 is nan; it must be a finite"):
+        take_displayed_slice(stack, [np.nan, 0, 0], rgb=False)
+    with pytest.raises(ValueError, match=r"view point's entry for axis 0 is 'a', not a number"):
+        take_displayed_slice(stack, ["a"], rgb=False)
+    with pytest.raises(ValueError, match=r"axis 0 of the image is empty"):
+        take_displayed_slice(np.zeros((0, 4, 5)), [0], rgb=False)
+    np.testing.assert_array_equal(take_displayed_slice(np.arange(60).reshape(3, 4, 5), [7.6], rgb=False),
+                                  np.arange(40, 60).reshape(4, 5))  # clipped to the last plane

@@ -128,3 +128,33 @@ def test_unknown_localizer_name_lists_the_choices(clip):
 
     with pytest.raises(ValueError, match=r"unknown localizer 'gme'; choose one of \["):
         get_localizer("gme", *clip)
+
+
+# ----------------------------------------------------------------------------- pipeline.annotate
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"threshold": 1.5}, ValueError, r"threshold must be within \[0, 1\], got 1\.5"),
+    ({"threshold": "0.5"}, TypeError, r"threshold must be a number within \[0, 1\]"),
+    ({"absence": "otsu"}, TypeError, r"absence must be an AbsenceRule or None, got str"),
+    ({"boxes_from_heatmaps": "yes"}, TypeError, r"boxes_from_heatmaps must be True or False"),
+    ({"max_object": 3}, TypeError, r"unknown option\(s\) \['max_object'\] for annotate; point options are"),
+    ({"max_objects": 2.5}, ValueError, r"max_objects must be a whole number >= 0, got 2\.5"),
+])
+def test_annotate_bad_options_raise_before_model_work(clip, kwargs, error, message, monkeypatch):
+    from napari_clipsam.core.localizers import get_localizer
+    from napari_clipsam.core.pipeline import annotate
+
+    loc = get_localizer("gem", *clip, input_size=64)
+    if "max_objects" not in kwargs:  # the others are refused before the localizer runs
+        monkeypatch.setattr(type(loc), "grid_similarity", lambda *a, **k: pytest.fail("model work started"))
+    with pytest.raises(error, match=message):
+        annotate(np.zeros((32, 32), np.uint8), ["cell"], loc, None, **kwargs)
+
+
+def test_annotate_wrong_objects_for_models(clip):
+    from napari_clipsam.core.localizers import get_localizer
+    from napari_clipsam.core.pipeline import annotate
+
+    with pytest.raises(TypeError, match=r"localizer must be a Localizer .*got tuple"):
+        annotate(np.zeros((32, 32), np.uint8), ["cell"], clip, None)
+    with pytest.raises(TypeError, match=r"session must be a SamSession or None .*got str"):
+        annotate(np.zeros((32, 32), np.uint8), ["cell"], get_localizer("gem", *clip, input_size=64), "sam")

@@ -59,6 +59,16 @@ def take_displayed_slice(data, point: Sequence[float] | None, rgb: bool) -> np.n
     for axis in range(n_lead):
         size = data.shape[axis]
         value = point[axis] if axis < len(point) else 0
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"the view point's entry for axis {axis} is {value!r}, not a number") from None
+        if not np.isfinite(value):
+            raise ValueError(f"the view point's entry for axis {axis} is {value}; it must be a finite "
+                             "data coordinate (the slider position)")
+        if size < 1:
+            raise ValueError(f"axis {axis} of the image is empty ({_describe(np.asarray(data[:0]))}); "
+                             "there is no plane to show")
         index.append(int(np.clip(np.round(value), 0, size - 1)))
     return np.asarray(data[tuple(index)])
 

@@ -16,6 +16,7 @@ from .absence import AbsenceRule, heatmap_thresholds
 from .annotation import Plane, PlaneAnnotation, SamObject, decode_objects, objects_from_prompts
 from .image import to_rgb_uint8
 from .localizers import Localizer, check_prompts
+from .options import unit_interval
 from .points import PointPrompts, heatmap_boxes, heatmaps_to_points
 from .progress import Task, as_task
 from .segment import SamSession
@@ -55,6 +56,26 @@ def segment_points(session: SamSession, points: PointPrompts, prompts: Sequence[
     return plane
 
 
+_POINT_PARAMS = ("min_distance", "max_objects", "negatives", "negative_threshold", "one_object_per_prompt")
+
+
+def _check_annotate_options(localizer, session, threshold, absence, boxes_from_heatmaps, point_params) -> None:
+    """Refuse options of the wrong type or range before any model work, naming the option."""
+    if not all(hasattr(localizer, a) for a in ("grid_similarity", "grid_to_heatmaps", "presence")):
+        raise TypeError(f"localizer must be a Localizer (core.localizers.get_localizer(...)), got "
+                        f"{type(localizer).__name__}")
+    if session is not None and not all(hasattr(session, a) for a in ("set_image", "decode")):
+        raise TypeError(f"session must be a SamSession or None (points only), got {type(session).__name__}")
+    unit_interval("threshold", threshold)
+    if absence is not None and not isinstance(absence, AbsenceRule):
+        raise TypeError(f"absence must be an AbsenceRule or None, got {type(absence).__name__}")
+    if not isinstance(boxes_from_heatmaps, (bool, np.bool_)):
+        raise TypeError(f"boxes_from_heatmaps must be True or False, got {boxes_from_heatmaps!r}")
+    unknown = sorted(set(point_params) - set(_POINT_PARAMS))
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown} for annotate; point options are {list(_POINT_PARAMS)}")
+
+
 def annotate(
     image: np.ndarray,
     prompts: Sequence[str] | str,
@@ -78,6 +99,7 @@ def annotate(
         and cancellation between them (``progress.Task``).
     point_params go to ``heatmaps_to_points`` (max_objects, negatives, ...).
     """
+    _check_annotate_options(localizer, session, threshold, absence, boxes_from_heatmaps, point_params)
     task = as_task(task)
     prompts = check_prompts(prompts)
     rgb = to_rgb_uint8(image)
