@@ -128,6 +128,8 @@ def test_load_sam_truncated(tiny_kind, sam_file, tmp_path):
     with pytest.raises(WeightsError, match="truncated") as err:
         models.load_sam(tiny_kind, bad, device="cpu")
     assert str(bad) in str(err.value)
+    first = str(err.value).split(". ")[0]  # the notification's sentence says what to do
+    assert first.startswith("cut.pth is not a readable SAM tiny checkpoint") and first.endswith("download it again")
 
 
 def test_load_sam_not_a_checkpoint(tiny_kind, tmp_path):
@@ -157,7 +159,9 @@ def test_load_sam_other_variant_is_rejected(tiny_kind, tmp_path):
     assert differ and f"{len(differ)} tensors differ in shape" in msg
     k = differ[0]
     assert f"{k}: file {tuple(a[k].shape)} vs model {tuple(b[k].shape)}" in msg
-    assert "32 wide" in msg and "vit_b 768" in msg and "choose the SAM kind" in msg
+    assert "32 wide" in msg and "vit_b 768" in msg and "choose the kind it was made for" in msg
+    first = msg.split(". ")[0]  # what the widget's notification shows (its first sentence, <= 140 chars)
+    assert len(first) <= 140 and "choose the kind it was made for" in first
 
 
 def test_load_sam_official_variant_is_named(tiny_kind, tmp_path, monkeypatch):
@@ -174,7 +178,8 @@ def test_load_sam_official_variant_is_named(tiny_kind, tmp_path, monkeypatch):
     assert "1 keys missing from the file (mask_decoder.iou_token.weight)" in msg
     assert "1 keys the model does not have (image_encoder.extra.weight)" in msg
     assert "image_encoder.patch_embed.proj.weight: file (768, 3, 16, 16) vs model (32, 3, 16, 16)" in msg
-    assert "a vit_b checkpoint: choose SAM kind vit_b" in msg
+    assert msg.startswith("wide.pth is a SAM vit_b checkpoint (image encoder 768 wide), not tiny: choose SAM kind "
+                          "vit_b. ")
 
 
 def test_load_clip_other_clip_architecture_names_keys_shapes_and_model(tiny_clip, tmp_path, monkeypatch):
@@ -198,7 +203,9 @@ def test_load_clip_other_clip_architecture_names_keys_shapes_and_model(tiny_clip
     assert f"{len(file_keys - model_keys)} keys the model does not have" in msg
     assert "visual.conv1.weight: file (128, 3, 16, 16) vs model (128, 3, 32, 32)" in msg
     assert "vision width 128, patch 16, 8 layers, 224 px, embed dim 64" in msg
-    assert name in msg  # the registered config the file fits
+    # the first sentence (what a notification shows) names the configs the file fits
+    first = msg.split(". ")[0]
+    assert name in first and "choose that model" in first and "not tiny_small" in first
 
 
 def test_bad_precision_and_device_raise():

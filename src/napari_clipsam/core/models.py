@@ -147,8 +147,9 @@ def _nonfinite_weights(model, path: Path, what: str) -> None:
            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
         raise WeightsError(
-            f"{path} has NaN/inf values in {len(bad)} tensors ({_describe_keys(bad)}): the {what} weights are "
-            "corrupt (or were converted with too low a precision); download the file again"
+            f"{path.name} has NaN/inf values: the {what} weights are corrupt, download the file again. "
+            f"File {path}; {len(bad)} tensors hold NaN/inf ({_describe_keys(bad)}), e.g. from a conversion "
+            "with too low a precision"
         )
 
 
@@ -160,8 +161,8 @@ def _describe_keys(keys, n: int = 3) -> str:
 def _unreadable(path: Path, exc: BaseException, expected: str) -> WeightsError:
     """The file could not be read as a checkpoint at all (torch/safetensors/zip failure)."""
     return WeightsError(
-        f"{path} is not a readable {expected} ({type(exc).__name__}: {str(exc).strip()[:200]}); "
-        "the file may be truncated or not a checkpoint: download it again."
+        f"{path.name} is not a readable {expected}: the file may be truncated or not a checkpoint, download it "
+        f"again. File {path}; {type(exc).__name__}: {str(exc).strip()[:200]}"
     )
 
 
@@ -186,10 +187,10 @@ def state_dict_diff(model_state: dict, file_state: dict, n: int = 3) -> str:
     return "; ".join(parts)
 
 
-def _clip_arch(state: dict) -> str | None:
-    """A ViT CLIP checkpoint's vision tower as open_clip config values, and the open_clip
-    models with that shape (e.g. "vision width 768, patch 16, 12 layers, 224 px, embed dim
-    512: ViT-B-16, ..."); None when the file does not look like an open_clip ViT."""
+def _clip_arch(state: dict) -> tuple[str, list[str]] | None:
+    """A ViT CLIP checkpoint's vision tower as open_clip config values ("vision width 768,
+    patch 16, 12 layers, 224 px, embed dim 512") and the open_clip models of that shape;
+    None when the file does not look like an open_clip ViT."""
     conv = state.get("visual.conv1.weight")
     pos = state.get("visual.positional_embedding")
     proj = state.get("visual.proj")
@@ -200,10 +201,10 @@ def _clip_arch(state: dict) -> str | None:
     grid = int(round((int(pos.shape[0]) - 1) ** 0.5))
     size, embed = grid * patch, int(proj.shape[1])
     found = f"vision width {width}, patch {patch}, {layers} layers, {size} px, embed dim {embed}"
+    names = []
     try:
         import open_clip
 
-        names = []
         for name in open_clip.list_models():
             cfg = open_clip.get_model_config(name) or {}
             v = cfg.get("vision_cfg", {})
@@ -212,13 +213,13 @@ def _clip_arch(state: dict) -> str | None:
                 names.append(name)
     except Exception:  # noqa: BLE001 - a guess only
         names = []
-    return found + (f": open_clip model {', '.join(names[:4])}" if names else "")
+    return found, names
 
 
-def _mismatch(path: Path, exc: BaseException, expected: str, model=None, state: dict | None = None
+def _mismatch(path: Path, exc: BaseException, name: str, model=None, state: dict | None = None
               ) -> WeightsError:
-    """The file was read, but its tensors do not fit the model: say which keys and shapes
-    differ and, for CLIP ViTs, which architecture the file probably is."""
+    """The file was read, but its tensors do not fit CLIP ``name``. The first sentence (what
+    a notification shows) says what to choose; then which keys and shapes differ."""
     diff = ""
     arch = None
     if model is not None and isinstance(state, dict):
@@ -227,10 +228,15 @@ def _mismatch(path: Path, exc: BaseException, expected: str, model=None, state: 
         arch = _clip_arch(state)
     if not diff:
         diff = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])[:400]
-    hint = f" The file looks like {arch}." if arch else ""
+    if arch and arch[1]:
+        first = f"{path.name} is a checkpoint for another architecture ({', '.join(arch[1][:3])}), not {name}: " \
+                "choose that model"
+    else:
+        first = f"{path.name} is a checkpoint for another architecture, not {name}: choose the model it was made for"
+    shape = f" The file has {arch[0]}." if arch else ""
     return WeightsError(
-        f"{path} is a checkpoint for another architecture, expected {expected}: {diff}.{hint} "
-        "Choose the model name that matches the file (open_clip.list_models()), or a file made for this model."
+        f"{first}. File {path}, expected an open_clip checkpoint for {name}; it differs in: {diff}.{shape} "
+        "Model names: open_clip.list_models()."
     )
 
 
@@ -282,7 +288,7 @@ def load_clip(name: str = "ViT-B-16", pretrained: str | os.PathLike | None = "op
         try:  # open_clip's own load_checkpoint (strict), which knows all its checkpoint layouts
             open_clip.load_checkpoint(model, str(path), weights_only=weights_only)
         except Exception as exc:  # noqa: BLE001 - missing/unexpected keys, size mismatches
-            raise _mismatch(path, exc, expected, model, file_state) from exc
+            raise _mismatch(path, exc, name, model, file_state) from exc
         del file_state
         _nonfinite_weights(model, path, f"CLIP {name}")
     model.eval()
@@ -349,11 +355,12 @@ def load_sam(kind: str = "vit_b", checkpoint: str | os.PathLike | None = None, d
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not state:
-        raise WeightsError(f"{path} holds a {type(state).__name__}, not a {expected}")
+        raise WeightsError(f"{path.name} holds a {type(state).__name__}, not a SAM {kind} checkpoint. File {path}; "
+                           f"expected a {expected}")
     if not any(str(k).startswith("image_encoder.") for k in state):
         raise WeightsError(
-            f"{path} is not a {expected}: its keys look like {_describe_keys(state)} "
-            "(an open_clip checkpoint? choose it in the CLIP model box instead)"
+            f"{path.name} is not a SAM {kind} checkpoint (an open_clip checkpoint? choose it in the CLIP model box "
+            f"instead). File {path}; its keys look like {_describe_keys(state)}, expected a {expected}"
         )
     model = builder(checkpoint=None)
     try:
@@ -363,14 +370,16 @@ def load_sam(kind: str = "vit_b", checkpoint: str | os.PathLike | None = None, d
         width = _sam_width(state)
         guess = _SAM_WIDTHS.get(width) if width else None
         widths = ", ".join(f"{k} {w}" for w, k in _SAM_WIDTHS.items())
+        # the first sentence is what a notification shows: what the file is, what to choose
         if guess and guess != kind:
-            hint = f" Its image encoder is {width} wide, i.e. a {guess} checkpoint: choose SAM kind {guess}."
+            first = f"{path.name} is a SAM {guess} checkpoint (image encoder {width} wide), not {kind}: " \
+                    f"choose SAM kind {guess}"
         elif width:
-            hint = (f" Its image encoder is {width} wide ({widths}): choose the SAM kind this file was made for, "
-                    f"or the official {kind} checkpoint.")
+            first = f"{path.name} does not fit SAM {kind} (image encoder {width} wide; {widths}): choose the " \
+                    "kind it was made for"
         else:
-            hint = f" Choose the SAM kind this file was made for ({widths}), or the official {kind} checkpoint."
-        raise WeightsError(f"{path} does not fit SAM {kind}: {diff}.{hint}") from exc
+            first = f"{path.name} does not fit SAM {kind}: choose the SAM kind it was made for ({widths})"
+        raise WeightsError(f"{first}. File {path}; it differs from SAM {kind} in: {diff}.") from exc
     _nonfinite_weights(model, path, f"SAM {kind}")
     model.eval()
     _half_encoder(model.image_encoder, dtype)
