@@ -158,3 +158,15 @@ def test_annotate_wrong_objects_for_models(clip):
         annotate(np.zeros((32, 32), np.uint8), ["cell"], clip, None)
     with pytest.raises(TypeError, match=r"session must be a SamSession or None .*got str"):
         annotate(np.zeros((32, 32), np.uint8), ["cell"], get_localizer("gem", *clip, input_size=64), "sam")
+
+
+def test_heatmap_boxes_bad_thresholds():
+    from napari_clipsam.core.points import heatmap_boxes
+
+    heat = _heat()
+    pts = heatmaps_to_points(heat, threshold=0.5)
+    with pytest.raises(ValueError, match=r"threshold must be within \[0, 1\], got nan"):
+        heatmap_boxes(heat, pts, float("nan"))  # would silently give no boxes
+    with pytest.raises(ValueError, match=r"per-prompt thresholds must be 1 values within \[0, 1\]"):
+        heatmap_boxes(heat, pts, [0.5, 0.5])
+    assert set(heatmap_boxes(heat, pts, np.float32(0.5))) == set(pts.object_id[pts.positive].tolist())

@@ -165,7 +165,14 @@ def heatmap_boxes(heatmaps: np.ndarray, points: PointPrompts, threshold: float |
     hm = np.asarray(heatmaps, dtype=np.float32)
     if hm.ndim == 2:
         hm = hm[None]
-    thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (hm.shape[0],))
+    if hm.ndim != 3:
+        raise ValueError(f"heatmaps must be (P, H, W) or (H, W), got shape {hm.shape}")
+    if np.ndim(threshold) == 0:
+        thr = np.full(hm.shape[0], unit_interval("threshold", threshold))
+    else:
+        thr = np.asarray(threshold, dtype=np.float64).ravel()
+        if thr.shape != (hm.shape[0],) or not ((thr >= 0) & (thr <= 1)).all():
+            raise ValueError(f"per-prompt thresholds must be {hm.shape[0]} values within [0, 1], got {thr.tolist()}")
     regions: dict[int, np.ndarray] = {}
     boxes: dict[int, list] = {}
     for (r, c), pos, oid, p in zip(points.points, points.positive, points.object_id, points.prompt):
