@@ -20,7 +20,7 @@ from napari_clipsam.core.annotation import Plane
 from napari_clipsam.core.image import composite_rgb, take_displayed_slice, to_rgb_uint8
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-DTYPES = [np.uint8, np.uint16, np.int16, np.float32, np.float64]
+DTYPES = [np.uint8, np.uint16, np.int16, np.int64, np.uint64, np.float32, np.float64]
 
 
 @st.composite

@@ -15,6 +15,7 @@ block at a time, so dask/zarr-backed planes are never loaded whole.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Iterator, Sequence
 
@@ -112,8 +113,8 @@ def _scan(arr, *, need_range: bool, check_finite: bool) -> tuple[int, float, flo
         if check_finite:
             bad += block.size - int(np.count_nonzero(np.isfinite(block)))
         if need_range and not bad:
-            lo = min(lo, float(block.min()))
-            hi = max(hi, float(block.max()))
+            lo = min(lo, block.min().item())  # Python int for integer data: exact beyond 2**53
+            hi = max(hi, block.max().item())
     if not need_range or bad:
         return bad, float("nan"), float("nan")
     return bad, lo, hi
@@ -212,9 +213,11 @@ def _scale_to_uint8(block: np.ndarray, lo: float, hi: float) -> np.ndarray:
     it. A span too large for float64 (e.g. -1e308..1e308) is scaled by halves; a span so
     small that 255 / span overflows (subnormal) is divided instead. ``hi <= lo`` gives 0.
     """
-    x = block.astype(np.float64)  # a fresh copy: modified in place below
     if not hi > lo:
         return np.zeros(block.shape, np.uint8)
+    if block.dtype.kind in "iu" and block.dtype.itemsize == 8:
+        return _scale_int64_to_uint8(block, lo, hi)
+    x = block.astype(np.float64)  # a fresh copy: modified in place below
     span = hi - lo
     if np.isfinite(span):
         x -= lo
@@ -228,6 +231,22 @@ def _scale_to_uint8(block: np.ndarray, lo: float, hi: float) -> np.ndarray:
         x *= 0.5
         x -= lo * 0.5
         x *= 255.0 / (hi * 0.5 - lo * 0.5)
+    np.clip(x, 0.0, 255.0, out=x)
+    np.round(x, out=x)
+    return x.astype(np.uint8)
+
+
+def _scale_int64_to_uint8(block: np.ndarray, lo, hi) -> np.ndarray:
+    """``_scale_to_uint8`` for 64-bit integers, whose values float64 cannot all hold: the
+    offset is subtracted in integers (clipped to the limits first, so the unsigned
+    difference is exact), and only the difference is converted to float."""
+    info = np.iinfo(block.dtype)
+    lo_i = min(max(math.floor(lo), int(info.min)), int(info.max))
+    hi_i = min(max(math.ceil(hi), int(info.min)), int(info.max))
+    clipped = np.clip(block, block.dtype.type(lo_i), block.dtype.type(hi_i))
+    x = (clipped.astype(np.uint64) - np.uint64(lo_i % 2**64)).astype(np.float64)  # clipped - lo_i, exact
+    x -= float(lo - lo_i)  # the fractional part of a float low limit (0 for integer limits)
+    x *= 255.0 / float(hi - lo)
     np.clip(x, 0.0, 255.0, out=x)
     np.round(x, out=x)
     return x.astype(np.uint8)
