@@ -145,7 +145,7 @@ def test_composite_rgb_matches_per_pixel_oracle(stack):
     limits = []
     for p, mode in zip(planes, modes):
         lo, hi = p.min().item(), p.max().item()
-        limits.append(None if mode == "own" else (lo, (lo + hi) / 2 if np.isfinite(lo + hi) else hi))
+        limits.append(None if mode == "own" else (lo, (lo + hi) / 2 if np.isfinite(float(lo) + float(hi)) else hi))
     got = composite_rgb(planes, luts=luts, contrast_limits=limits, gammas=gamma)
     h, w = planes[0].shape
     assert got.shape == (h, w, 3) and got.dtype == np.uint8

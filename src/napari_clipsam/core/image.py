@@ -236,16 +236,23 @@ def _scale_to_uint8(block: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return x.astype(np.uint8)
 
 
-def _scale_int64_to_uint8(block: np.ndarray, lo, hi) -> np.ndarray:
-    """``_scale_to_uint8`` for 64-bit integers, whose values float64 cannot all hold: the
-    offset is subtracted in integers (clipped to the limits first, so the unsigned
-    difference is exact), and only the difference is converted to float."""
+def _int64_minus(block: np.ndarray, lo, hi) -> np.ndarray:
+    """float64 ``clip(block, lo, hi) - lo`` (up to the nearest integers around the limits)
+    for 64-bit integer data, whose values float64 cannot all hold: the offset is
+    subtracted in integers (after clipping, so the unsigned difference is exact) and only
+    the difference is converted to float."""
     info = np.iinfo(block.dtype)
     lo_i = min(max(math.floor(lo), int(info.min)), int(info.max))
     hi_i = min(max(math.ceil(hi), int(info.min)), int(info.max))
     clipped = np.clip(block, block.dtype.type(lo_i), block.dtype.type(hi_i))
     x = (clipped.astype(np.uint64) - np.uint64(lo_i % 2**64)).astype(np.float64)  # clipped - lo_i, exact
     x -= float(lo - lo_i)  # the fractional part of a float low limit (0 for integer limits)
+    return x
+
+
+def _scale_int64_to_uint8(block: np.ndarray, lo, hi) -> np.ndarray:
+    """``_scale_to_uint8`` for 64-bit integers (see ``_int64_minus``)."""
+    x = _int64_minus(block, lo, hi)
     x *= 255.0 / float(hi - lo)
     np.clip(x, 0.0, 255.0, out=x)
     np.round(x, out=x)
@@ -479,8 +486,13 @@ def composite_rgb(
         acc, tmp = acc_buf[:, : r1 - r0], tmp_buf[: r1 - r0]
         acc.fill(0.0)
         for p, table, (lo, hi), gamma in zip(planes, tables, limits, gamma_values):
-            value = np.asarray(p[r0:r1]).astype(np.float64)  # a fresh copy: modified in place
-            if hi > lo:
+            block = np.asarray(p[r0:r1])
+            wide_int = block.dtype.kind in "iu" and block.dtype.itemsize == 8
+            value = _int64_minus(block, lo, hi) if wide_int and hi > lo else block.astype(np.float64)  # a copy
+            if hi > lo and wide_int:
+                value /= float(hi - lo)
+                np.clip(value, 0.0, 1.0, out=value)
+            elif hi > lo:
                 if np.isfinite(hi - lo):
                     value -= lo
                     value /= hi - lo
