@@ -155,3 +155,17 @@ def test_disk_cache_is_bounded(tmp_path, image):
     assert len(list(tmp_path.glob("*/*.npz"))) == 2
     with pytest.raises(ValueError, match="cache_size"):
         SamSession(sam, cache_size=0)
+
+
+def test_session_bf16_is_opt_in(image, tmp_path):
+    sam = build_tiny_sam(img_size=128, seed=9)
+    ref = SamPredictor(sam)
+    ref.set_image(image)
+    half = SamSession(sam, bf16=True, disk_cache=tmp_path)
+    half.set_image(image)
+    assert not is_accelerated(sam) and "forward" not in vars(sam.image_encoder)
+    err = (half.predictor.features - ref.features).abs().max() / ref.features.abs().max()
+    assert 0 < err < 0.1  # bf16: close, not exact
+    assert [p.parent.name.split("-")[1] for p in tmp_path.glob("*/*.npz")] == ["bf16"]  # its own disk entries
+    with pytest.raises(ValueError, match="bf16=True needs accelerate=True"):
+        SamSession(sam, accelerate=False, bf16=True)
