@@ -11,12 +11,14 @@ that does not hold (no causal mask, pooling other than at the end token, an over
 ``TextFeatureCache`` keeps one L2-normalised float32 vector per (model, sentence):
 
 * the model is identified by ``model_fingerprint``: a hash of the text tower's structure
-  (names, shapes, dtypes, device type) and contents (for every tensor, its float64 sum and
-  up to 1024 evenly spaced values). It is computed once per model object (about 30 ms for
+  (names, shapes, dtypes, device type) and contents (for every tensor, up to 4096 evenly
+  spaced values and its last one). It is computed once per model object (a few ms for
   ViT-B-16's text tower on a CPU) and recomputed only when a tensor of that tower is replaced
   or modified in place (its storage or version counter changes, e.g. ``load_state_dict``).
-  Two different weight files practically never agree on every tensor's sum and samples;
-  hashing every byte would cost ~0.3 s per model and buy nothing in practice.
+  Two weight files (other checkpoints, fine-tunes) practically never agree on every sampled
+  value of every tensor; hashing every byte costs ~0.6 s per model, a float64 sum per tensor
+  1.2 s (and depends on the thread count). An edit of a few single weights between samples
+  would go unseen: call ``TextFeatureCache.clear_memory`` and use another folder for that.
 * the sentence is identified by its token ids (so template + prompt, and the tokenizer too).
 
 Entries live in an LRU dict in memory (``max_entries``) and, unless disabled, in small
@@ -50,6 +52,8 @@ DISK_FORMAT = "text-features-v1"
 _DEFAULT = object()
 #: sentences per forward pass of the text tower
 BATCH = 256
+#: evenly spaced values per tensor that enter ``model_fingerprint``
+SAMPLES = 4096
 
 
 # ----------------------------------------------------------------------------- model identity
@@ -86,9 +90,9 @@ def model_fingerprint(model) -> str:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}:{t.device.type};".encode())
         flat = t.detach().reshape(-1)
         if flat.numel():
-            step = max(1, flat.numel() // 1024)
-            h.update(flat[::step][:1024].float().cpu().numpy().tobytes())
-            h.update(np.float64(torch.sum(flat, dtype=torch.float64).item()).tobytes())
+            step = max(1, flat.numel() // SAMPLES)
+            h.update(flat[::step][:SAMPLES].float().cpu().numpy().tobytes())
+            h.update(flat[-1:].float().cpu().numpy().tobytes())
     digest = h.hexdigest()
     with _fp_lock:
         _fingerprints[model] = (state, digest)
