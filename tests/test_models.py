@@ -378,3 +378,15 @@ def test_clip_half_precision_visual_only(tiny_clip, clip_fp32):
         a, b = ref.encode_image(px), model.encode_image(px)  # float32 in, float32 out
     assert b.dtype == torch.float32
     assert torch.nn.functional.cosine_similarity(a, b).min() > 0.98
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: models.load_clip(16, None, device="cpu"), r"CLIP model name must be a string"),
+    (lambda: models.load_clip("ViT-B-16", 5, device="cpu"), r"pretrained must be an open_clip tag .* got 5"),
+    (lambda: models.load_clip("ViT-B-16", None, device="cpu", quick_gelu="yes"), r"quick_gelu must be True"),
+    (lambda: models.load_sam(None, device="cpu"), r"SAM kind must be a string such as 'vit_b', got None"),
+    (lambda: models.load_sam("vit_b", 3, device="cpu"), r"checkpoint must be a file path or None .*got 3"),
+])
+def test_loader_arguments_of_the_wrong_type(call, message):
+    with pytest.raises(TypeError, match=message):
+        call()

@@ -257,6 +257,13 @@ def load_clip(name: str = "ViT-B-16", pretrained: str | os.PathLike | None = "op
     """
     import open_clip
 
+    if not isinstance(name, str):
+        raise TypeError(f"the CLIP model name must be a string such as 'ViT-B-16', got {name!r}")
+    if pretrained is not None and not isinstance(pretrained, (str, os.PathLike)):
+        raise TypeError(f"pretrained must be an open_clip tag (e.g. 'openai'), a checkpoint path or None, "
+                        f"got {pretrained!r}")
+    if quick_gelu is not None and not isinstance(quick_gelu, bool):
+        raise TypeError(f"quick_gelu must be True, False or None (from the tag), got {quick_gelu!r}")
     device = pick_device(device)
     dtype = resolve_precision(precision, device)
     if name not in open_clip.list_models():
@@ -337,6 +344,10 @@ def load_sam(kind: str = "vit_b", checkpoint: str | os.PathLike | None = None, d
     """
     import torch
 
+    if not isinstance(kind, str):
+        raise TypeError(f"the SAM kind must be a string such as 'vit_b', got {kind!r}")
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a file path or None (the official weights), got {checkpoint!r}")
     device = pick_device(device)
     dtype = resolve_precision(precision, device)
     if not checkpoint and kind in SAM_CHECKPOINTS:  # cache/offline answer first: no heavy imports
