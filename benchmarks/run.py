@@ -27,7 +27,7 @@ put them into the same table):
   (unfused attention); the target is 1.1 x GEM's FLOP ratio (counted by torch's
   ``FlopCounterMode`` on the unfused path, whose matmuls it sees).
 * methods: MaskCLIP, SCLIP, ClearCLIP, NACLIP and raw heatmaps vs ``encode_image`` (<= 1.05x).
-* sam: ``SamSession.set_image`` (fused attention) vs segment-anything's ``SamPredictor.set_image``
+* sam: ``SamSession(sam, accelerate=True).set_image`` (fused attention) vs segment-anything's ``SamPredictor.set_image``
   on a 1024 x 768 image (>= 2x), and their masks (logits within 1e-4) for points and a box.
 """
 
@@ -241,7 +241,8 @@ def row_sam(repeats: int) -> dict:
             if "rel_pos" in name:
                 p.normal_(0, 0.02)
     rgb = np.random.default_rng(1).integers(0, 256, (768, 1024, 3), dtype=np.uint8)
-    ref, session, half = SamPredictor(sam), SamSession(sam), SamSession(sam, bf16=True)
+    ref, session = SamPredictor(sam), SamSession(sam, accelerate=True)
+    half = SamSession(sam, accelerate=True, bf16=True)
 
     def fast(s=session):
         s._cache.clear()

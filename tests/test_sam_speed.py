@@ -59,8 +59,8 @@ def test_session_masks_equal_the_unpatched_predictor(image):
     sam = build_tiny_sam(img_size=128, seed=5)
     ref = SamPredictor(sam)
     ref.set_image(image)  # the oracle: segment-anything as shipped
-    session = SamSession(sam)
-    assert session.accelerate
+    assert not SamSession(sam).accelerate  # opt-in: the default stays bit-identical to SamPredictor
+    session = SamSession(sam, accelerate=True)
     calls = []
     original = sam_speed._attention_forward
     sam_speed._attention_forward = lambda self, x: (calls.append(1), original(self, x))[1]
@@ -118,24 +118,25 @@ def test_bf16_is_opt_in_and_close(image):
 
 def test_embeddings_persist_on_disk(tmp_path, image, monkeypatch):
     sam = build_tiny_sam(img_size=128, seed=7)
-    first = SamSession(sam, disk_cache=tmp_path)
+    first = SamSession(sam, accelerate=True, disk_cache=tmp_path)
     key = first.set_image(image)
     expected = first.predict([[40, 100]], [1])
     (path,) = tmp_path.glob("*/*.npz")
     assert path.name == f"{key}.npz"
     # a new session (another process would do the same) never runs the encoder
-    second = SamSession(sam, disk_cache=tmp_path)
+    second = SamSession(sam, accelerate=True, disk_cache=tmp_path)
     monkeypatch.setattr(second.predictor, "set_image", lambda *a, **k: pytest.fail("encoder ran"))
     assert second.use(key)
     np.testing.assert_array_equal(second.predict([[40, 100]], [1]), expected)
     assert second.set_image(image) == key
     monkeypatch.undo()
     # other weights: another folder, the stored embedding is not used
-    other = SamSession(build_tiny_sam(img_size=128, seed=8), disk_cache=tmp_path)
+    other = SamSession(build_tiny_sam(img_size=128, seed=8), accelerate=True, disk_cache=tmp_path)
     assert not other.use(key)
+    assert not SamSession(sam, disk_cache=tmp_path).use(key)  # SAM's own encoder: its own entries
     # a corrupt file is ignored, recomputed and rewritten
     path.write_bytes(b"garbage")
-    third = SamSession(sam, disk_cache=tmp_path)
+    third = SamSession(sam, accelerate=True, disk_cache=tmp_path)
     assert not third.use(key)
     assert third.set_image(image) == key
     np.testing.assert_array_equal(third.predict([[40, 100]], [1]), expected)
@@ -161,7 +162,7 @@ def test_session_bf16_is_opt_in(image, tmp_path):
     sam = build_tiny_sam(img_size=128, seed=9)
     ref = SamPredictor(sam)
     ref.set_image(image)
-    half = SamSession(sam, bf16=True, disk_cache=tmp_path)
+    half = SamSession(sam, accelerate=True, bf16=True, disk_cache=tmp_path)
     half.set_image(image)
     assert not is_accelerated(sam) and "forward" not in vars(sam.image_encoder)
     err = (half.predictor.features - ref.features).abs().max() / ref.features.abs().max()
