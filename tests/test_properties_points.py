@@ -207,3 +207,23 @@ def test_update_keeps_user_pixels_and_paints_the_rest(case):
         expected = np.where(user, layer, paint(new, shape))
         np.testing.assert_array_equal(layer, expected)
         assert upd.kept == int((user & (paint(new, shape) != before)).sum())
+
+
+def test_plane_refuses_coordinates_of_the_wrong_width_and_bad_views():
+    import pytest
+
+    from napari_clipsam.core.annotation import Plane
+
+    plane = Plane.from_view((4, 10, 12), (2, 0, 0))
+    with pytest.raises(ValueError, match=r"\(N, 2\)"):
+        plane.to_nd(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"\(N, 3\)"):
+        plane.to_rc(np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=r"\(N, 3\)"):
+        plane.contains(np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="empty axis"):
+        Plane.from_view((0, 10, 12), (0, 0, 0))
+    with pytest.raises(ValueError, match="position on axis 0"):
+        Plane.from_view((4, 10, 12), (np.nan, 0, 0))
+    with pytest.raises(ValueError, match="whole axis numbers"):
+        Plane.from_view((4, 10, 12), (0, 0, 0), (2.7, 1))

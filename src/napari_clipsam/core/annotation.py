@@ -56,6 +56,11 @@ class Plane:
         ndim = len(shape)
         if ndim < 2:
             raise ValueError(f"an image needs at least two spatial axes, got shape {tuple(shape)}")
+        if min(int(s) for s in shape) < 1:
+            raise ValueError(f"the image has an empty axis (shape {tuple(shape)}); there is no plane to annotate")
+        if displayed is not None and (len(displayed) != 2 or any(
+                isinstance(a, bool) or not float(a).is_integer() for a in displayed)):
+            raise ValueError(f"displayed axes must be two whole axis numbers, got {tuple(displayed)}")
         rows, cols = (ndim - 2, ndim - 1) if displayed is None else (int(displayed[0]), int(displayed[1]))
         if not (0 <= rows < ndim and 0 <= cols < ndim) or rows == cols:
             raise ValueError(f"displayed axes {tuple(displayed or ())} do not fit an image with {ndim} axes")
@@ -67,7 +72,9 @@ class Plane:
             if ax in (rows, cols):
                 continue
             v = pt[-ndim + ax]
-            idx = 0 if not np.isfinite(v) else int(np.clip(np.round(v), 0, shape[ax] - 1))
+            if not np.isfinite(v):
+                raise ValueError(f"the view's position on axis {ax} is {v}; move the slider to a slice")
+            idx = int(np.clip(np.round(v), 0, shape[ax] - 1))
             fixed.append((ax, idx))
         return cls(ndim, rows, cols, tuple(fixed))
 
@@ -94,9 +101,17 @@ class Plane:
     def shape_of(self, shape: Sequence[int]) -> tuple[int, int]:
         return int(shape[self.rows]), int(shape[self.cols])
 
+    def _coords(self, coords, width: int, what: str) -> np.ndarray:
+        arr = np.asarray(coords, dtype=float)
+        if arr.size == 0:
+            return arr.reshape(0, width)
+        if arr.ndim != 2 or arr.shape[1] != width:
+            raise ValueError(f"{what} must be (N, {width}), got shape {arr.shape}")
+        return arr
+
     def to_nd(self, rc: np.ndarray) -> np.ndarray:
         """(N, 2) plane (row, col) -> (N, ndim) image coordinates."""
-        rc = np.asarray(rc, dtype=float).reshape(-1, 2)
+        rc = self._coords(rc, 2, "plane points (row, col)")
         out = np.zeros((len(rc), self.ndim))
         for ax, i in self.fixed:
             out[:, ax] = i
@@ -106,7 +121,7 @@ class Plane:
 
     def contains(self, coords: np.ndarray) -> np.ndarray:
         """(N,) bool: which (N, ndim) coordinates lie on this plane (rounded)."""
-        coords = np.asarray(coords, dtype=float).reshape(-1, self.ndim)
+        coords = self._coords(coords, self.ndim, "image coordinates")
         inside = np.ones(len(coords), bool)
         for ax, i in self.fixed:
             inside &= np.round(coords[:, ax]) == i
@@ -114,7 +129,7 @@ class Plane:
 
     def to_rc(self, coords: np.ndarray) -> np.ndarray:
         """(N, ndim) image coordinates -> (N, 2) plane (row, col)."""
-        coords = np.asarray(coords, dtype=float).reshape(-1, self.ndim)
+        coords = self._coords(coords, self.ndim, "image coordinates")
         return coords[:, [self.rows, self.cols]]
 
     def indices(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, ...]:
