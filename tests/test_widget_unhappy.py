@@ -73,3 +73,25 @@ def test_widget_removed_during_a_decode(qtbot, run_widget):
     moved[0] += 9
     pts.data = moved  # editing after the widget is gone does nothing (and raises nothing)
     qtbot.wait(100)
+
+
+def test_a_model_that_gives_nan_is_one_clear_message(qtbot, viewer_widget):
+    import torch
+    from napari.utils.notifications import notification_manager
+
+    from reference_model import load_reference_clip
+
+    viewer, widget = viewer_widget
+    model, tok = load_reference_clip()
+    with torch.no_grad():
+        for p in model.visual.parameters():
+            p.fill_(float("nan"))
+    widget.use_models(clip=(model, tok))
+    widget.prompts.value = "cat"
+    before = len(notification_manager.records)
+    widget.run()
+    idle(qtbot, widget)
+    assert [layer.name for layer in viewer.layers] == ["chelsea"]
+    assert "failed" in widget.status.value
+    new = [str(n.message) for n in notification_manager.records[before:]]
+    assert len(new) == 1 and ("NaN" in new[0] or "non-finite" in new[0].lower()), new
