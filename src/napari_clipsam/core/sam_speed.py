@@ -57,11 +57,15 @@ def _attention_forward(self, x: torch.Tensor) -> torch.Tensor:
     else:
         k, v = k.contiguous(), v.contiguous()  # once, not once per chunk inside the kernel
         out = q.new_empty(B, n, heads, d)
+        buf = None  # one mask buffer for all chunks: no fresh pages to fault in per chunk
         for s in range(0, n, QUERY_CHUNK):
             e = min(n, s + QUERY_CHUNK)
             mask = None
             if rel_h is not None:
-                mask = (rel_h[:, :, s:e, :, None] + rel_w[:, :, s:e, None, :]).reshape(B, heads, e - s, n)
+                if buf is None or buf.shape[2] != e - s:
+                    buf = q.new_empty(B, heads, e - s, H, W)
+                torch.add(rel_h[:, :, s:e, :, None], rel_w[:, :, s:e, None, :], out=buf)
+                mask = buf.view(B, heads, e - s, n)
             out[:, s:e] = F.scaled_dot_product_attention(q[:, :, s:e], k, v, attn_mask=mask, scale=self.scale
                                                          ).transpose(1, 2)
     return self.proj(out.reshape(B, H, W, C))
