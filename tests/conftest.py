@@ -1,10 +1,13 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 # Tests never touch the network: fail fast instead of retrying hub look-ups.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NAPARI_CLIPSAM_OFFLINE", "1")
+# caches (weights, text features, SAM embeddings) in a folder of this test session, never ~/.cache
+os.environ.setdefault("NAPARI_CLIPSAM_CACHE", tempfile.mkdtemp(prefix="napari-clipsam-tests-"))
 sys.path.insert(0, str(Path(__file__).parent))
 
 

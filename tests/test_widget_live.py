@@ -414,3 +414,17 @@ def test_tools_dock_and_verification_columns_survive_other_objects_edits(qtbot, 
     assert after.loc[oid, "clip_class"] is None or after.loc[oid, "clip_class"] != after.loc[oid, "clip_class"]
     others = [i for i in after.index if i not in (0, oid) and i in before.index]
     assert others and all(after.loc[i, "clip_class"] == before.loc[i, "clip_class"] for i in others)
+
+
+def test_embeddings_persist_on_disk_for_the_next_widget(qtbot, docked, models):
+    from napari_clipsam.core.segment import image_key
+    from napari_clipsam.widgets import ClipSamWidget
+
+    viewer, widget = docked
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    _run(qtbot, widget, img, "cat")
+    fresh = ClipSamWidget(viewer)  # another widget: its own memory, the same disk cache
+    fresh.use_models(sam=models[1])
+    session = fresh.models.session(models[1])
+    assert session.key is None and session.use(image_key(data.chelsea()))  # loaded, not computed
+    fresh.close_down()

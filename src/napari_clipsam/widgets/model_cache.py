@@ -4,9 +4,21 @@ cache is shared by runs and live edits. Plain Python: loading happens in the run
 
 from __future__ import annotations
 
+import os
+
 from ..core.models import load_clip, load_sam
 from ..core.progress import Task
 from ..core.segment import SamSession
+
+
+def embedding_cache_dir():
+    """Where SAM embeddings persist across sessions (None: memory only, with
+    ``NAPARI_CLIPSAM_SAM_DISK_CACHE=0``)."""
+    if os.environ.get("NAPARI_CLIPSAM_SAM_DISK_CACHE", "").strip().lower() in {"0", "false", "no", "off"}:
+        return None
+    from ..core.weights import cache_dir
+
+    return cache_dir() / "sam-embeddings"
 
 
 class ModelCache:
@@ -56,6 +68,6 @@ class ModelCache:
         for s in self._sessions:
             if s.predictor.model is sam:
                 return s
-        session = SamSession(sam)
+        session = SamSession(sam, disk_cache=embedding_cache_dir())
         self._sessions = [s for s in self._sessions if any(s is u for u in in_use)] + [session]
         return session
