@@ -90,25 +90,23 @@ class LiveEditor:
             self.sticky_object = None  # 'New object' lasts while the user keeps adding points
 
     def _on_points(self, event=None) -> None:
-        if self._quiet:
-            return
-        action = str(getattr(event, "action", "changed"))
-        if action in ("adding", "removing", "changing"):
-            return
-        if action == "added":
-            self._assign_added(self._indices(event, self.points_layer))
-        LW.recolor(self.points_layer)
-        self.schedule()
+        if self._finished_edit(event, self.points_layer, self._assign_added):
+            LW.recolor(self.points_layer)
+            self.schedule()
 
     def _on_boxes(self, event=None) -> None:
-        if self._quiet:
-            return
+        if self._finished_edit(event, self.boxes_layer, self._assign_added_boxes):
+            self.schedule()
+
+    def _finished_edit(self, event, layer, assign_added) -> bool:
+        """True for a finished user edit of ``layer`` (added rows get their object first);
+        False for the plugin's own writes and for edits still in progress."""
         action = str(getattr(event, "action", "changed"))
-        if action in ("adding", "removing", "changing"):
-            return
+        if self._quiet or action in ("adding", "removing", "changing"):
+            return False
         if action == "added":
-            self._assign_added_boxes(self._indices(event, self.boxes_layer))
-        self.schedule()
+            assign_added(self._indices(event, layer))
+        return True
 
     @staticmethod
     def _indices(event, layer) -> list[int]:
