@@ -24,7 +24,7 @@ from ..core.progress import Task
 from . import layer_writer as LW
 from . import result_writer as RW
 from .form import AnnotateForm
-from .inputs import displayed_plane, plane_rgb, spatial_shape
+from .inputs import displayed_plane, plane_rgb, planes_to_annotate, spatial_shape
 from .live_editor import LiveEditor
 from .model_cache import ModelCache
 from .run_support import annotate_via_queue, provenance, run_record
@@ -200,17 +200,8 @@ class ClipSamWidget(AnnotateForm):
         return None if (rule.floor == "none" and rule.min_presence == 0) else rule
 
     def _planes(self, layer) -> list[Plane]:
-        plane = displayed_plane(self.viewer, layer)
-        if self.slices.value == "displayed":
-            return [plane]
-        axis = int(self.slice_axis.value)
-        fixed_axes = [ax for ax, _ in plane.fixed]
-        if axis not in fixed_axes:
-            raise ValueError(f"slice axis {axis} is not a stepping axis of '{layer.name}' (data axes that are not "
-                             f"displayed: {fixed_axes or 'none, the image is 2D'}); pick one of them")
-        size = spatial_shape(layer)[axis]
-        return [Plane(plane.ndim, plane.rows, plane.cols,
-                      tuple((ax, i if ax == axis else idx) for ax, idx in plane.fixed)) for i in range(size)]
+        axis = None if self.slices.value == "displayed" else int(self.slice_axis.value)
+        return planes_to_annotate(self.viewer, layer, axis)
 
     def run(self) -> None:
         """Start a run on the chosen image layer (a message instead if one is running or
@@ -362,13 +353,12 @@ class ClipSamWidget(AnnotateForm):
         return shown
 
     # ------------------------------------------------------------------ live editing
-    def _after_edit(self) -> None:
+    def _after_edit(self, editor: LiveEditor) -> None:
+        """An edit's masks were painted: that image's features and the status follow."""
         if self.closed:
             return
-        for editor in self.editors:
-            if editor.layers_alive():
-                RW.update_label_features(editor)
-        n = self.count_objects()
+        RW.update_label_features(editor)
+        n = self.count_objects(editor.image_layer)
         self.show_status(f"updated: {n} objects")
 
     def _edit_failed(self, short: str, details: str) -> None:

@@ -54,3 +54,18 @@ def plane_rgb(layer, plane: Plane, others=()) -> np.ndarray:
     return composite_rgb(planes, luts=[np.asarray(lay.colormap.map(ramp))[:, :3] for lay in channels],
                          contrast_limits=[tuple(lay.contrast_limits) for lay in channels],
                          gammas=[float(lay.gamma) for lay in channels])
+
+
+def planes_to_annotate(viewer, layer, axis: int | None = None) -> list[Plane]:
+    """The displayed plane of ``layer`` (``axis`` None), or every plane along data ``axis``
+    (an axis that is not displayed; the other axes stay where the view is)."""
+    plane = displayed_plane(viewer, layer)
+    if axis is None:
+        return [plane]
+    fixed_axes = [ax for ax, _ in plane.fixed]
+    if axis not in fixed_axes:
+        raise ValueError(f"slice axis {axis} is not a stepping axis of '{layer.name}' (data axes that are not "
+                         f"displayed: {fixed_axes or 'none, the image is 2D'}); pick one of them")
+    return [Plane(plane.ndim, plane.rows, plane.cols,
+                  tuple((ax, i if ax == axis else idx) for ax, idx in plane.fixed))
+            for i in range(spatial_shape(layer)[axis])]

@@ -18,7 +18,8 @@ from ..core.annotation import Plane
 from ..core.localizers import get_localizer
 from ..core.probe import LinearProbe, train_probe
 from . import layer_writer as LW
-from .inputs import displayed_plane, plane_rgb, spatial_shape
+from . import result_writer as RW
+from .inputs import displayed_plane, plane_rgb, planes_to_annotate
 from .panel_common import PanelBase, layer_classes
 
 
@@ -185,17 +186,8 @@ class ProbePanel(PanelBase):
         self.start(job, lambda maps: self._show(image_layer, planes, maps), "napari-clipsam probe")
 
     def _planes(self, layer) -> list[Plane]:
-        plane = displayed_plane(self.viewer, layer)
-        if self.slices.value == "displayed":
-            return [plane]
-        axis = int(self.slice_axis.value)
-        fixed = [ax for ax, _ in plane.fixed]
-        if axis not in fixed:
-            raise ValueError(f"slice axis {axis} is not a stepping axis of '{layer.name}' (not displayed: "
-                             f"{fixed or 'none, the image is 2D'}); pick one of them")
-        return [Plane(plane.ndim, plane.rows, plane.cols,
-                      tuple((ax, i if ax == axis else idx) for ax, idx in plane.fixed))
-                for i in range(spatial_shape(layer)[axis])]
+        axis = None if self.slices.value == "displayed" else int(self.slice_axis.value)
+        return planes_to_annotate(self.viewer, layer, axis)
 
     def _show(self, image_layer, planes: list[Plane], maps: list[np.ndarray]) -> None:
         """One layer per class: the planes' maps at their place (a single plane sits on its
@@ -203,28 +195,10 @@ class ProbePanel(PanelBase):
         if image_layer not in self.viewer.layers:
             self.show_status("the image was removed: nothing was added")
             return
-        plane0 = planes[0]
-        sweep = {ax for p in planes for ax, i in p.fixed if i != dict(plane0.fixed)[ax]}
-        full = spatial_shape(image_layer)
-        shape = [1] * plane0.ndim
-        shape[plane0.rows], shape[plane0.cols] = full[plane0.rows], full[plane0.cols]
-        for ax in sweep:
-            shape[ax] = full[ax]
-        scale = np.asarray(image_layer.scale, float)
-        translate = np.asarray(image_layer.translate, float).copy()
-        for ax, i in plane0.fixed:
-            if ax not in sweep:
-                translate[ax] += i * scale[ax]
+        scale, translate = RW.plane_placement(image_layer, planes)
         self.layers_added = []
         for c, prompt in enumerate(self.probe.classes):
-            vol = np.zeros(shape, np.float32)
-            for plane, m in zip(planes, maps):
-                idx = [0] * plane.ndim
-                for ax, i in plane.fixed:
-                    idx[ax] = i if ax in sweep else 0
-                idx[plane.rows] = idx[plane.cols] = slice(None)
-                vol[tuple(idx)] = m[c].T if plane.transposed else m[c]
-            data = vol if plane0.ndim > 2 else vol.reshape(full)
+            data = RW.plane_volume(image_layer, planes, [m[c] for m in maps])
             layer = LW.upsert_layer(self.viewer, "image", probe_name(image_layer.name, prompt), data,
                                     image_layer=image_layer, colormap="viridis", blending="additive", opacity=0.6,
                                     contrast_limits=(0.0, 1.0), scale=tuple(scale), translate=tuple(translate),

@@ -14,39 +14,58 @@ from . import layer_writer as LW
 from .inputs import spatial_shape
 
 
+def _sweep(planes) -> set[int]:
+    """Axes along which the planes differ (an all-slices run's axis)."""
+    first = dict(planes[0].fixed)
+    return {ax for p in planes for ax, i in p.fixed if i != first[ax]}
+
+
+def plane_placement(image_layer, planes) -> tuple[tuple, tuple]:
+    """(scale, translate) for a layer holding ``planes``' maps (see ``plane_volume``): the
+    image's, moved to the planes' index on every axis they do not sweep."""
+    sweep = _sweep(planes)
+    scale = np.asarray(image_layer.scale, float)
+    translate = np.asarray(image_layer.translate, float).copy()
+    for ax, i in planes[0].fixed:
+        if ax not in sweep:
+            translate[ax] += i * scale[ax]
+    return tuple(scale), tuple(translate)
+
+
+def plane_volume(image_layer, planes, maps) -> np.ndarray:
+    """(H, W) maps of ``planes`` -> one float32 array in the image's axis order: full size on
+    the planes' axes and the axis they sweep, length 1 elsewhere (with ``plane_placement``
+    a single plane of a stack shows on its own slice only)."""
+    shape = spatial_shape(image_layer)
+    plane0 = planes[0]
+    sweep = _sweep(planes)
+    vshape = [1] * len(shape)
+    vshape[plane0.rows], vshape[plane0.cols] = shape[plane0.rows], shape[plane0.cols]
+    for ax in sweep:
+        vshape[ax] = shape[ax]
+    vol = np.zeros(vshape, np.float32)
+    for plane, m in zip(planes, maps):
+        idx = [0] * len(shape)
+        for ax, i in plane.fixed:
+            idx[ax] = i if ax in sweep else 0
+        idx[plane.rows] = idx[plane.cols] = slice(None)
+        vol[tuple(idx)] = m.T if plane.transposed else m
+    return vol if len(shape) > 2 else vol.reshape(shape)
+
+
 def write_heatmaps(viewer, image_layer, results) -> None:
     """One layer per prompt over the run's planes (on other axes only the plane's index, so a
     single plane of a stack shows on its own slice), with the image's scale and translate."""
-    shape = spatial_shape(image_layer)
-    name = image_layer.name
-    plane0 = results[0][0]
-    sweep = {ax for plane, _ in results for ax, i in plane.fixed if i != dict(plane0.fixed)[ax]}
-    hshape = [1] * len(shape)
-    hshape[plane0.rows], hshape[plane0.cols] = shape[plane0.rows], shape[plane0.cols]
-    for ax in sweep:
-        hshape[ax] = shape[ax]
-    scale = np.asarray(image_layer.scale, float)
-    translate = np.asarray(image_layer.translate, float).copy()
-    for ax, i in plane0.fixed:
-        if ax not in sweep:
-            translate[ax] += i * scale[ax]
+    planes = [plane for plane, _ in results]
+    scale, translate = plane_placement(image_layer, planes)
     prompts = results[-1][1].prompts
     presence = results[-1][1].presence
     for p, prompt in enumerate(prompts):
-        vol = np.zeros(hshape, np.float32)
-        for plane, result in results:
-            idx = [0] * len(shape)
-            for ax, i in plane.fixed:
-                idx[ax] = i if ax in sweep else 0
-            idx[plane.rows] = slice(None)
-            idx[plane.cols] = slice(None)
-            heat = result.heatmaps[p]
-            vol[tuple(idx)] = heat.T if plane.transposed else heat
         absent = any(prompt in r.absent for _, r in results)
-        LW.upsert_layer(viewer, "image", LW.heatmap_name(name, prompt), vol if len(shape) > 2 else vol.reshape(shape),
+        data = plane_volume(image_layer, planes, [r.heatmaps[p] for _, r in results])
+        LW.upsert_layer(viewer, "image", LW.heatmap_name(image_layer.name, prompt), data,
                         image_layer=image_layer, colormap="inferno", blending="additive", opacity=0.6,
-                        contrast_limits=(0.0, 1.0), visible=not absent, scale=tuple(scale),
-                        translate=tuple(translate),
+                        contrast_limits=(0.0, 1.0), visible=not absent, scale=scale, translate=translate,
                         metadata={"prompt": prompt, "absent": absent,
                                   "presence": None if presence is None else float(presence[p])})
 
