@@ -22,7 +22,7 @@ from . import layer_writer as LW
 
 class LiveEditor:
     def __init__(self, viewer, image_layer, points_layer, labels_layer, boxes_layer, state: ImageAnnotation,
-                 queue: SamQueue, pixels: Callable, *, on_applied: Callable[[], None],
+                 queue: SamQueue, pixels: Callable, *, on_applied: Callable[[LiveEditor], None],
                  on_error: Callable[[str, str], None], displayed: Callable[[], object]):
         self.viewer = viewer
         self.image_layer = image_layer
@@ -279,7 +279,7 @@ class LiveEditor:
                 self.apply(ann, wanted, key)
                 applied += 1
             if applied:
-                self.on_applied()
+                self.on_applied(self)
         if self._again:
             self._again = False
             self.schedule()
