@@ -22,7 +22,9 @@ def test_run_adds_heatmaps_points_and_labels(qtbot, viewer_widget):
                      "chelsea boxes"]
     for p in ("cat", "sofa"):
         heat = viewer.layers[f"chelsea heatmap [{p}]"]
-        assert isinstance(heat, Image) and heat.data.shape == (300, 451) and heat.data.dtype == np.float32
+        # on the patch grid, placed over the image (tests/test_widget_layers.py checks where)
+        grid = widget.last_result.grid_heatmaps[("cat", "sofa").index(p)]
+        assert isinstance(heat, Image) and heat.data.shape == grid.shape and heat.data.dtype == np.float32
         assert heat.data.min() >= 0 and heat.data.max() <= 1
     pts = viewer.layers["chelsea points"]
     labels = viewer.layers["chelsea labels"]

@@ -170,7 +170,8 @@ def test_all_slices_cancelled_midway_changes_nothing_and_complete_run_fills_each
         on = lambda d, z=z: np.round(d[:, 0]) == z  # noqa: E731
         np.testing.assert_array_equal(labels.data[z], _expected(Oracle(models[1], plane), pts, on))
     heat = viewer.layers["stack heatmap [cat]"]
-    assert heat.data.shape == stack.shape and all(heat.data[z].max() > 0 for z in range(len(stack)))
+    assert heat.data.shape == (len(stack), *widget.last_result.grid_heatmaps.shape[1:])
+    assert all(heat.data[z].max() > 0 for z in range(len(stack)))
 
 
 def test_hand_painted_pixels_survive_edits_and_reruns_and_undo_restores(qtbot, docked, models):
@@ -311,7 +312,7 @@ def test_boxes_from_heatmaps_are_editable_box_prompts(qtbot, docked, models):
         viewer.layers["chelsea boxes"]
     objs = object_prompts(pts)
     assert len(boxes.data) == len(objs) and set(boxes.features["object_id"]) == set(objs)
-    heat = viewer.layers["chelsea heatmap [cat]"].data
+    heat = widget.last_result.heatmaps[0]  # full resolution, what the boxes were made from
     from scipy import ndimage
 
     lab, _ = ndimage.label(heat >= widget.threshold.value, structure=np.ones((3, 3)))

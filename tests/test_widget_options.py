@@ -66,7 +66,8 @@ def test_windowed_run_reports_windows_and_cancel_between_windows_changes_nothing
     windows = [(p.done, p.total) for p in widget.runner.log if p.stage == "heatmaps"]
     n = 5 * 7  # 300 x 451 at 896 px: a 592 x 896 working image, 224 px windows, stride 112
     assert windows == [(i, n) for i in range(n + 1)]
-    assert viewer.layers["chelsea heatmap [cat]"].data.shape == (300, 451)
+    assert widget.last_result.heatmaps.shape == (1, 300, 451)
+    assert viewer.layers["chelsea heatmap [cat]"].data.shape == (37, 56)  # the 592 x 896 image's 16 px patches
     # cancel as soon as the first window reports
     for layer in list(viewer.layers)[1:]:
         viewer.layers.remove(layer)

@@ -28,7 +28,11 @@ __all__ = ["Annotation", "annotate", "segment_points"]
 class Annotation:
     """What one run produces. heatmaps (P, H, W) float32 [0, 1]; labels (H, W) int32;
     presence (P,) image-level zero-shot probabilities; absent: prompts that got no points
-    because of the absence rule; objects: id -> SamObject (prompts, score, packed mask)."""
+    because of the absence rule; objects: id -> SamObject (prompts, score, packed mask);
+    grid_heatmaps (P, gh, gw) float32 [0, 1]: the same maps on the localizer's patch grid,
+    before upsampling (what a viewer shows, scaled: grid cell (i, j) is centred at image
+    pixel ((i + 0.5) * H / gh - 0.5, (j + 0.5) * W / gw - 0.5), bilinear's half-pixel
+    centres; a few kB where ``heatmaps`` is 4 H W bytes per prompt)."""
 
     prompts: list[str]
     heatmaps: np.ndarray
@@ -41,6 +45,7 @@ class Annotation:
     objects: dict[int, SamObject] = field(default_factory=dict)
     key: str = ""  # image_key of the pixels SAM embedded ("" without SAM)
     boxes: dict = field(default_factory=dict)  # object id -> ((row0, col0, row1, col1), prompt index)
+    grid_heatmaps: np.ndarray | None = None
 
 
 def segment_points(session: SamSession, points: PointPrompts, prompts: Sequence[str],
@@ -105,6 +110,7 @@ def annotate(
     rgb = to_rgb_uint8(image)
     grid, shape = localizer.grid_similarity(rgb, prompts, task)
     heat = localizer.grid_to_heatmaps(grid, shape).numpy()
+    small = localizer.grid_to_heatmaps(grid, tuple(grid.shape[-2:])).numpy()  # upsampling to its own size: none
     presence = localizer.presence(rgb, prompts)
     task.report("points")
     absent: list[str] = []
@@ -129,4 +135,4 @@ def annotate(
         classes = state.classes
         scores = {oid: o.score for oid, o in state.objects.items()}
         objects = state.objects
-    return Annotation(prompts, heat, points, labels, classes, scores, presence, absent, objects, key, boxes)
+    return Annotation(prompts, heat, points, labels, classes, scores, presence, absent, objects, key, boxes, small)

@@ -55,6 +55,9 @@ class ClipSamWidget(AnnotateForm):
         #: optional callable applied to each run's localizer (e.g. a few-shot probe's
         #: ``LinearProbe.localizer``); None runs the method as chosen
         self.localizer_wrapper = None
+        #: heatmap layers at the image's resolution (4 bytes a pixel per prompt) instead of
+        #: the localizer's patch grid placed over the image with a scale (the default)
+        self.full_resolution_heatmaps = False
 
         self.closed = False
         self._ahead: Task | None = None
@@ -233,6 +236,7 @@ class ClipSamWidget(AnnotateForm):
                    boxes_from_heatmaps=bool(self.boxes_from_heatmaps.value))
 
         wrapper = self.localizer_wrapper
+        full_resolution = bool(self.full_resolution_heatmaps)
 
         def pixels_now(plane: Plane) -> np.ndarray:
             """The plane's pixels as the layers hold them now (what live decodes embed)."""
@@ -258,7 +262,8 @@ class ClipSamWidget(AnnotateForm):
                 rgb = pixels(plane)
                 result = annotate_via_queue(self.sam_queue, rgb, prompts, localizer, session, cfg, part)
                 out.append((plane, result))
-            return session, out, record
+            heat = RW.heatmap_layers(layer, out, full_resolution=full_resolution)  # layers' data made here
+            return session, out, record, heat
 
         self.run_button.enabled = False
         self.cancel_button.enabled = True
@@ -293,21 +298,52 @@ class ClipSamWidget(AnnotateForm):
         self._end_run()
         self.show_status("cancelled: nothing was changed (a partial download resumes next time)")
 
-    def _on_done(self, image_layer, payload, pixels) -> None:
+    def _on_done(self, image_layer, payload, pixels):
+        """The run's results enter the viewer in steps, one per event-loop turn (a generator
+        the runner advances): each heatmap layer, each new layer, then the points, boxes and
+        labels together (one consistent state for the live editor)."""
         if self.closed:
-            return  # the widget is gone: a run's results never land in a closed viewer
-        self._end_run()
-        session, results, record = payload
+            return None  # the widget is gone: a run's results never land in a closed viewer
+        self.cancel_button.enabled = False
+        session, results, record, heat = payload
         if image_layer not in self.viewer.layers:
+            self._end_run()
             self.show_status("image layer was removed: results discarded")
             show_warning(f"napari-clipsam: the image layer '{image_layer.name}' was removed during the run; "
                          "its results were discarded")
-            return
-        self.last_result = results[-1][1]
-        kept = self._write_results(image_layer, session, results, pixels)
-        editor = self.editor_for(image_layer)
-        if editor is not None:
+            return None
+        return self._apply(image_layer, session, results, record, heat, pixels)
+
+    def _apply(self, image_layer, session, results, record, heat, pixels):
+        try:
+            self.last_result = results[-1][1]
+            self.show_status("adding the results")
+            for item in heat:
+                RW.write_heatmap(self.viewer, image_layer, item)
+                yield
+                if not self._still_there(image_layer):
+                    return
+            editor = self.editor_for(image_layer)
+            if editor is None:
+                prompts = list(results[-1][1].prompts)
+                points, labels, boxes = yield from RW.new_layer_steps(self.viewer, image_layer, prompts)
+                yield
+                if not self._still_there(image_layer, points, labels, boxes):
+                    return
+                editor = LiveEditor(self.viewer, image_layer, points, labels, boxes,
+                                    ImageAnnotation(spatial_shape(image_layer), session), self.sam_queue, pixels,
+                                    on_applied=self._after_edit, on_error=self._edit_failed,
+                                    displayed=lambda lay=image_layer: displayed_plane(self.viewer, lay))
+                self.editors.append(editor)
+                self._bind_keys(points)
+            editor.pixels = pixels
+            editor.state.session = session
+            editor.state.shape = spatial_shape(image_layer)
+            kept = RW.write_run(editor, results)
             editor.record = record
+        finally:
+            if not self.closed:
+                self._end_run()
         n_points = sum(len(r.points) for _, r in results)
         absent = sorted({p for _, r in results for p in r.absent})
         if absent:
@@ -317,23 +353,15 @@ class ClipSamWidget(AnnotateForm):
         self.show_status(f"done: {len(results[-1][1].prompts)} heatmaps, {n_points} points, "
                          f"{self.count_objects(image_layer)} objects{note}")
 
-    # ------------------------------------------------------------------ results -> layers
-    def _write_results(self, image_layer, session, results, pixels) -> int:
-        prompts = list(results[-1][1].prompts)
-        RW.write_heatmaps(self.viewer, image_layer, results)
-        editor = self.editor_for(image_layer)
-        if editor is None:
-            points, labels, boxes = RW.new_layers(self.viewer, image_layer, prompts)
-            editor = LiveEditor(self.viewer, image_layer, points, labels, boxes,
-                                ImageAnnotation(spatial_shape(image_layer), session), self.sam_queue, pixels,
-                                on_applied=self._after_edit, on_error=self._edit_failed,
-                                displayed=lambda lay=image_layer: displayed_plane(self.viewer, lay))
-            self.editors.append(editor)
-            self._bind_keys(points)
-        editor.pixels = pixels
-        editor.state.session = session
-        editor.state.shape = spatial_shape(image_layer)
-        return RW.write_run(editor, results)
+    def _still_there(self, image_layer, *layers) -> bool:
+        """Between steps: the widget is open and the run's layers are in the viewer (else
+        the rest of the results are dropped, with a status line saying so)."""
+        if self.closed:
+            return False
+        gone = [lay for lay in (image_layer, *layers) if lay is not None and lay not in self.viewer.layers]
+        if gone:
+            self.show_status(f"'{gone[0].name}' was removed while the results were added: the rest was dropped")
+        return not gone
 
     def count_objects(self, image_layer=None) -> int:
         """Objects visible in the labels layer of ``image_layer`` (default: the chosen image):

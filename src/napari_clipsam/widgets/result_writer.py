@@ -20,27 +20,38 @@ def _sweep(planes) -> set[int]:
     return {ax for p in planes for ax, i in p.fixed if i != first[ax]}
 
 
-def plane_placement(image_layer, planes) -> tuple[tuple, tuple]:
+def plane_placement(image_layer, planes, grid: tuple[int, int] | None = None) -> tuple[tuple, tuple]:
     """(scale, translate) for a layer holding ``planes``' maps (see ``plane_volume``): the
-    image's, moved to the planes' index on every axis they do not sweep."""
+    image's, moved to the planes' index on every axis they do not sweep. ``grid`` (rows,
+    cols): the maps' size when it is not the plane's (a localizer's patch grid): a map pixel
+    then spans H / rows image pixels and sits where bilinear upsampling with half-pixel
+    centres puts its value (image pixel (i + 0.5) H / rows - 0.5), so the layer covers the
+    image exactly."""
     sweep = _sweep(planes)
-    scale = np.asarray(image_layer.scale, float)
+    scale = np.asarray(image_layer.scale, float).copy()
     translate = np.asarray(image_layer.translate, float).copy()
     for ax, i in planes[0].fixed:
         if ax not in sweep:
             translate[ax] += i * scale[ax]
-    return tuple(scale), tuple(translate)
+    if grid is not None:
+        shape = spatial_shape(image_layer)
+        for ax, n in ((planes[0].rows, grid[0]), (planes[0].cols, grid[1])):
+            f = shape[ax] / int(n)
+            translate[ax] += (f - 1) / 2 * scale[ax]
+            scale[ax] *= f
+    return tuple(float(v) for v in scale), tuple(float(v) for v in translate)
 
 
 def plane_volume(image_layer, planes, maps) -> np.ndarray:
-    """(H, W) maps of ``planes`` -> one float32 array in the image's axis order: full size on
-    the planes' axes and the axis they sweep, length 1 elsewhere (with ``plane_placement``
+    """(h, w) maps of ``planes`` -> one float32 array in the image's axis order: the maps'
+    size on the planes' axes (the image's, or a patch grid's with ``plane_placement(...,
+    grid)``), full size on the axis they sweep, length 1 elsewhere (with ``plane_placement``
     a single plane of a stack shows on its own slice only)."""
     shape = spatial_shape(image_layer)
     plane0 = planes[0]
     sweep = _sweep(planes)
     vshape = [1] * len(shape)
-    vshape[plane0.rows], vshape[plane0.cols] = shape[plane0.rows], shape[plane0.cols]
+    vshape[plane0.rows], vshape[plane0.cols] = np.shape(maps[0])[:2]
     for ax in sweep:
         vshape[ax] = shape[ax]
     vol = np.zeros(vshape, np.float32)
@@ -50,29 +61,73 @@ def plane_volume(image_layer, planes, maps) -> np.ndarray:
             idx[ax] = i if ax in sweep else 0
         idx[plane.rows] = idx[plane.cols] = slice(None)
         vol[tuple(idx)] = m.T if plane.transposed else m
-    return vol if len(shape) > 2 else vol.reshape(shape)
+    return vol
 
 
-def write_heatmaps(viewer, image_layer, results) -> None:
-    """One layer per prompt over the run's planes (on other axes only the plane's index, so a
-    single plane of a stack shows on its own slice), with the image's scale and translate."""
+#: heatmaps are per-prompt min-max normalised: their contrast limits are known without a
+#: look at the data (napari would otherwise scan the array on the GUI thread)
+HEATMAP_LIMITS = (0.0, 1.0)
+
+
+def heatmap_layers(image_layer, results, *, full_resolution: bool = False) -> list[dict]:
+    """A run's heatmap layers, ready to add (in the worker: nothing here changes the
+    viewer): one dict per prompt with its data, planes and grid (``write_heatmap`` places it
+    with the image layer's name, scale and translate as they are then). By default the maps
+    stay on the localizer's patch grid (a few kB, placed with a scale); ``full_resolution``
+    uses the image-size maps (4 bytes a pixel)."""
     planes = [plane for plane, _ in results]
-    scale, translate = plane_placement(image_layer, planes)
-    prompts = results[-1][1].prompts
-    presence = results[-1][1].presence
-    for p, prompt in enumerate(prompts):
+    last = results[-1][1]
+    small = not full_resolution and all(r.grid_heatmaps is not None for _, r in results)
+    grids = {tuple(r.grid_heatmaps.shape[-2:]) for _, r in results} if small else set()
+    small = small and len(grids) == 1
+    out = []
+    for p, prompt in enumerate(last.prompts):
         absent = any(prompt in r.absent for _, r in results)
-        data = plane_volume(image_layer, planes, [r.heatmaps[p] for _, r in results])
-        LW.upsert_layer(viewer, "image", LW.heatmap_name(image_layer.name, prompt), data,
-                        image_layer=image_layer, colormap="inferno", blending="additive", opacity=0.6,
-                        contrast_limits=(0.0, 1.0), visible=not absent, scale=scale, translate=translate,
-                        metadata={"prompt": prompt, "absent": absent,
-                                  "presence": None if presence is None else float(presence[p])})
+        maps = [(r.grid_heatmaps if small else r.heatmaps)[p] for _, r in results]
+        out.append(dict(
+            prompt=prompt, data=plane_volume(image_layer, planes, maps),
+            planes=planes, grid=next(iter(grids)) if small else None, visible=not absent,
+            metadata={"prompt": prompt, "absent": absent,
+                      "presence": None if last.presence is None else float(last.presence[p])}))
+    return out
+
+
+def write_heatmap(viewer, image_layer, item: dict):
+    """Add or update one layer of ``heatmap_layers`` over the image (GUI thread)."""
+    scale, translate = plane_placement(image_layer, item["planes"], item["grid"])
+    extra = {"interpolation2d": "linear"} if item["grid"] is not None else {}
+    name = LW.heatmap_name(image_layer.name, item["prompt"])
+    return LW.upsert_layer(viewer, "image", name, item["data"], image_layer=image_layer, colormap="inferno",
+                           blending="additive", opacity=0.6, contrast_limits=HEATMAP_LIMITS, visible=item["visible"],
+                           scale=scale, translate=translate, metadata=item["metadata"], **extra)
+
+
+def write_heatmaps(viewer, image_layer, results, *, full_resolution: bool = False) -> None:
+    """One layer per prompt over the run's planes (on other axes only the plane's index, so a
+    single plane of a stack shows on its own slice), placed over the image: on the patch
+    grid with a scale, or at the image's resolution with ``full_resolution``."""
+    for item in heatmap_layers(image_layer, results, full_resolution=full_resolution):
+        write_heatmap(viewer, image_layer, item)
+
+
+def drain(steps):
+    """Run a generator of steps to its end at once; its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as end:
+            return end.value
 
 
 def new_layers(viewer, image_layer, prompts: list[str]):
     """(points, labels, boxes) layers for an image annotated for the first time; a labels
     layer of ours with the image's shape is reused (the user's painting on it is kept)."""
+    return drain(new_layer_steps(viewer, image_layer, prompts))
+
+
+def new_layer_steps(viewer, image_layer, prompts: list[str]):
+    """``new_layers`` as a generator that yields after each layer it adds (napari's adding
+    a layer is a GUI-thread cost of its own: one per event-loop turn); returns the layers."""
     name = image_layer.name
     shape = spatial_shape(image_layer)
     geo = dict(scale=tuple(image_layer.scale), translate=tuple(image_layer.translate))
@@ -80,10 +135,12 @@ def new_layers(viewer, image_layer, prompts: list[str]):
     if labels is None or tuple(labels.data.shape) != shape:
         labels = LW.upsert_layer(viewer, "labels", LW.labels_name(name), np.zeros(shape, np.int32),
                                  image_layer=image_layer, **geo)
+        yield
     points = LW.upsert_layer(
         viewer, "points", LW.points_name(name), np.zeros((0, len(shape))), image_layer=image_layer,
         features=LW.points_features([], [], [], prompts, []), size=max(4.0, max(shape[-2:]) / 60.0),
         border_color="white", face_color="lime", metadata={"prompts": prompts}, **geo)
+    yield
     boxes = LW.upsert_layer(
         viewer, "shapes", LW.boxes_name(name), [], image_layer=image_layer, ndim=len(shape),
         features={"object_id": np.zeros(0, int), "prompt": np.array([], dtype=object),

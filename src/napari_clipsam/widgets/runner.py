@@ -5,6 +5,11 @@ The work is a plain function ``job(task) -> result`` that reports to the ``Task`
 way progress and cancellation are done, see ``core.progress``). The GUI thread polls the
 task's last report, so the worker never touches Qt. The job's outcome reaches exactly one
 of ``on_done(result)``, ``on_failed(short, details)`` or ``on_cancelled()``, on the GUI thread.
+
+Applying results in steps: ``on_done`` may return an iterator (a generator that yields
+between pieces of work, e.g. one layer added per step); the runner then runs one step per
+turn of Qt's event loop (repaints and input in between, no long freeze) and counts as
+running until the last step is done. A step that raises ends it with ``on_failed``.
 """
 
 from __future__ import annotations
@@ -52,13 +57,23 @@ class Runner:
         self._timer = QTimer()
         self._timer.setInterval(100)
         self._timer.timeout.connect(self._show_progress)
+        self._steps = None  # (iterator, on_failed) while results are being applied
+        self._step_timer = QTimer()
+        self._step_timer.setInterval(1)  # once per event-loop turn (a 0 ms timer can run twice before other timers)
+        self._step_timer.timeout.connect(self._next_step)
 
     @property
     def is_running(self) -> bool:
-        return self._worker is not None
+        """True while the job runs or its results are being applied."""
+        return self._worker is not None or self._steps is not None
+
+    @property
+    def applying(self) -> bool:
+        """True while the job is over and its results are being applied in steps."""
+        return self._steps is not None
 
     def start(self, job: Callable[[Task], object], *, on_done, on_failed, on_cancelled, label: str = "napari-clipsam"):
-        if self._worker is not None:
+        if self.is_running:
             raise RuntimeError("a run is already going; cancel it first")
         self.log = log = []
         observers = list(self.observers)
@@ -87,7 +102,10 @@ class Runner:
             delivered.append(outcome)
             self._stop()
             if outcome.kind == "done":
-                on_done(outcome.value)
+                steps = on_done(outcome.value)
+                if steps is not None and hasattr(steps, "__next__"):
+                    self._steps = (steps, on_failed)
+                    self._step_timer.start()
             elif outcome.kind == "cancelled":
                 on_cancelled()
             else:
@@ -107,8 +125,30 @@ class Runner:
         worker.start()
 
     def cancel(self) -> None:
+        """Cancel the job at its next step; results already being applied are applied."""
         if self.task is not None:
             self.task.cancel()
+
+    def _next_step(self) -> None:
+        if self._steps is None:
+            self._step_timer.stop()
+            return
+        steps, on_failed = self._steps
+        try:
+            next(steps)
+            return
+        except StopIteration:
+            self._end_steps()
+        except Exception as exc:  # a bug while applying: one readable message, the traceback one click away
+            self._end_steps()
+            on_failed(f"unexpected error: {_short(exc)}", traceback.format_exc())
+
+    def _end_steps(self) -> None:
+        self._steps = None
+        try:
+            self._step_timer.stop()
+        except RuntimeError:  # Qt already deleted it
+            pass
 
     def _show_progress(self) -> None:
         try:
@@ -140,7 +180,13 @@ class Runner:
                 activity.refresh()
 
     def stop_display(self) -> None:
-        """Stop showing progress (the widget is going away); the job still ends on its own."""
+        """Stop showing progress (the widget is going away); the job still ends on its own,
+        results not yet applied are dropped."""
+        if self._steps is not None:
+            close = getattr(self._steps[0], "close", None)
+            if close is not None:
+                close()
+            self._end_steps()
         try:
             self._timer.stop()
         except RuntimeError:  # Qt already deleted it

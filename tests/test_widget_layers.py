@@ -1,0 +1,120 @@
+"""The run's heatmap layers in a real viewer: on the localizer's patch grid, placed with a
+scale and translate so that napari shows them exactly over the image (2D, with the image's
+own scale and translate, and nD), updated in place by a re-run of another size."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage import data
+
+from widget_helpers import idle
+
+
+def _run(qtbot, widget, layer, prompts="cat"):
+    widget.image.value = layer
+    widget.prompts.value = prompts
+    widget.run()
+    idle(qtbot, widget)
+
+
+def _shown_at_image_pixels(heat, image, index, rows, cols, lead=()):
+    """What the heat layer shows (bilinear between its pixel centres, the edge value past
+    the last centre: napari's 'linear' interpolation) at the world position of each image
+    pixel (rows x cols) of the plane ``lead`` (leading data indices of the image)."""
+    rr, cc = np.meshgrid(np.arange(rows, dtype=float), np.arange(cols, dtype=float), indexing="ij")
+    pix = np.stack([*(np.full(rr.size, float(i)) for i in lead), rr.ravel(), cc.ravel()], axis=1)
+    world = pix * np.asarray(image.scale) + np.asarray(image.translate)  # the image's data_to_world
+    at = (world - np.asarray(heat.translate)) / np.asarray(heat.scale)  # heat layer's data coordinates
+    plane = heat.data[index]
+    return ndimage.map_coordinates(plane, at[:, -2:].T, order=1, mode="nearest").reshape(rows, cols)
+
+
+def _min_max(a):
+    return (a - a.min()) / (a.max() - a.min())
+
+
+def test_heatmap_layer_is_the_patch_grid_placed_over_the_image(qtbot, docked):
+    viewer, widget = docked
+    img = viewer.add_image(data.chelsea(), name="chelsea", scale=(2.0, 0.5), translate=(10.0, -7.0))
+    _run(qtbot, widget, img, "cat\nsofa")
+    result = widget.last_result
+    for p, prompt in enumerate(("cat", "sofa")):
+        heat = viewer.layers[f"chelsea heatmap [{prompt}]"]
+        grid = result.grid_heatmaps[p]
+        gh, gw = grid.shape
+        assert (gh, gw) != (300, 451) and gh * gw * 4 < 300 * 451  # grid-sized, not a float per pixel
+        assert heat.data.shape == (gh, gw) and heat.data.dtype == np.float32 and heat.data.nbytes == gh * gw * 4
+        np.testing.assert_array_equal(heat.data, grid)
+        assert tuple(heat.contrast_limits) == (0.0, 1.0) and heat.data.min() == 0 and heat.data.max() == 1
+        assert heat.interpolation2d == "linear"
+        # the layer covers the image exactly: its outer pixel edges are the image's
+        for corner in ((-0.5, -0.5), (gh - 0.5, gw - 0.5)):
+            img_corner = (-0.5, -0.5) if corner[0] < 0 else (299.5, 450.5)
+            np.testing.assert_allclose(heat.data_to_world(corner), img.data_to_world(img_corner), atol=1e-9)
+        # ... and, shown with bilinear interpolation, it is the full-resolution heatmap the
+        # points came from (bilinear with half-pixel centres) at every image pixel
+        shown = _shown_at_image_pixels(heat, img, (), 300, 451)
+        np.testing.assert_allclose(_min_max(shown), result.heatmaps[p], atol=2e-5)
+
+
+def test_rerun_at_another_size_updates_the_same_layer_and_full_resolution_on_request(qtbot, viewer_widget):
+    viewer, widget = viewer_widget
+    img = viewer.layers["chelsea"]
+    _run(qtbot, widget, img)
+    heat = viewer.layers["chelsea heatmap [cat]"]
+    first = heat.data.shape
+    widget.resolution.value = 224
+    _run(qtbot, widget, img)
+    assert viewer.layers["chelsea heatmap [cat]"] is heat and len(viewer.layers) == 5
+    grid = widget.last_result.grid_heatmaps[0]
+    assert heat.data.shape == grid.shape != first
+    np.testing.assert_allclose(_min_max(_shown_at_image_pixels(heat, img, (), 300, 451)),
+                               widget.last_result.heatmaps[0], atol=2e-5)
+    widget.full_resolution_heatmaps = True
+    _run(qtbot, widget, img)
+    assert viewer.layers["chelsea heatmap [cat]"] is heat and heat.data.shape == (300, 451)
+    assert tuple(heat.scale) == tuple(img.scale) and tuple(heat.translate) == tuple(img.translate)
+    np.testing.assert_array_equal(heat.data, widget.last_result.heatmaps[0])
+
+
+def _stack():
+    rng = np.random.default_rng(1)
+    base = data.camera()[::4, ::3]  # 128 x 171
+    return (np.stack([np.roll(base, 11 * k, axis=1) for k in range(4)]) + rng.integers(0, 3, (4, 128, 171))
+            ).astype(np.uint8)
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (0, 2, 1)])
+def test_nd_heatmaps_overlay_their_slices(qtbot, docked, order):
+    viewer, widget = docked
+    stack = _stack()
+    img = viewer.add_image(stack, name="stack", scale=(3.0, 1.0, 1.5), translate=(0.0, 4.0, 0.0))
+    viewer.dims.order = order
+    viewer.dims.set_current_step(0, 2)
+    rows, cols = order[1], order[2]
+    shape = (stack.shape[rows], stack.shape[cols])
+
+    # the displayed slice only: a one-slice layer at z = 2
+    _run(qtbot, widget, img)
+    heat = viewer.layers["stack heatmap [cat]"]
+    grid = widget.last_result.grid_heatmaps[0]
+    expect = [1, 0, 0]
+    expect[rows], expect[cols] = grid.shape
+    assert heat.data.shape == tuple(expect)
+    assert heat.data_to_world((0, 0, 0))[0] == img.data_to_world((2, 0, 0))[0]
+    shown = _shown_at_image_pixels(heat, img, (0,), stack.shape[1], stack.shape[2], lead=(2,))
+    shown = shown if rows == 1 else shown.T
+    np.testing.assert_allclose(_min_max(shown), widget.last_result.heatmaps[0], atol=2e-5)
+    assert widget.last_result.heatmaps[0].shape == shape
+    # every slice along axis 0: one layer with the stack's depth, each slice its own map
+    widget.slices.value = "all along axis"
+    widget.slice_axis.value = 0
+    _run(qtbot, widget, img)
+    assert viewer.layers["stack heatmap [cat]"] is heat
+    expect[0] = len(stack)
+    assert heat.data.shape == tuple(expect) and heat.data_to_world((3, 0, 0))[0] == img.data_to_world((3, 0, 0))[0]
+    for z in range(len(stack)):
+        assert heat.data[z].max() == 1 and not np.allclose(heat.data[z], heat.data[(z + 1) % len(stack)])
+    z = len(stack) - 1  # the last slice's full-resolution maps are the widget's last result
+    shown = _shown_at_image_pixels(heat, img, (z,), stack.shape[1], stack.shape[2], lead=(z,))
+    np.testing.assert_allclose(_min_max(shown if rows == 1 else shown.T), widget.last_result.heatmaps[0], atol=2e-5)
