@@ -1,4 +1,5 @@
-"""Model loading: open_clip CLIP models and segment-anything SAM models, as plain objects.
+"""Model loading: open_clip CLIP models and Segment Anything models (segment-anything's SAM 1,
+and SAM 2.1 from Meta's optional ``sam2`` package), as plain objects.
 
 Both loaders take a weight *source* that is either a name the ecosystem knows (an open_clip
 pretrained tag; a SAM kind with its official checkpoint URL and sha256) or a local file.
@@ -11,7 +12,7 @@ another architecture gives a :class:`WeightsError` that names it, never a torch 
 Precision (``precision=``): ``"auto"`` is float32 everywhere (see ``resolve_precision``);
 ``"fp16"``/``"bf16"`` cast only the image encoder (CLIP ``model.visual``, SAM
 ``image_encoder``) and make it take and return float32 at its boundary, so callers
-(localizers, ``SamPredictor``) need not change. Text tower, prompt encoder and mask decoder
+(localizers, the SAM predictors) need not change. Text tower, prompt encoder and mask decoder
 stay float32.
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from .progress import Task
 from .runtime import pick_device
+from .sam_backends import SAM2_CONFIGS, Sam2Backend, import_sam2, is_sam2_kind
 from .weights import (
     CLIP_CHOICES,
     SAM_CHECKPOINTS,
@@ -42,6 +44,7 @@ __all__ = [
     "PRECISIONS",
     "SAM_CHECKPOINTS",
     "SAM_BUILDERS",
+    "SAM2_CONFIGS",
     "WeightsError",
     "cache_dir",
     "fetch_sam_checkpoint",
@@ -53,8 +56,9 @@ __all__ = [
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
-#: SAM kind -> builder(checkpoint=None) -> Sam. The official kinds (vit_b/l/h) are added on
-#: first use; add entries to offer more variants (tests register a tiny one).
+#: SAM kind -> builder(checkpoint=None) -> Sam (or sam2 SAM2Base). The official kinds (vit_b/l/h,
+#: sam2.1_tiny/small/base_plus/large) are added on first use; add entries to offer more variants
+#: (tests register tiny ones).
 SAM_BUILDERS: dict[str, Callable] = {}
 _official_builders_added = False
 
@@ -91,8 +95,17 @@ def _half_encoder(module, dtype) -> None:
             return (args[0].to(dtype), *args[1:])
         return None
 
+    def fp32(out):  # SAM 2's encoder returns a dict of lists of tensors
+        if torch.is_tensor(out):
+            return out.float() if out.is_floating_point() else out
+        if isinstance(out, dict):
+            return {k: fp32(v) for k, v in out.items()}
+        if isinstance(out, (list, tuple)):
+            return type(out)(fp32(v) for v in out)
+        return out
+
     def to_fp32(_m, _args, out):
-        return out.float() if torch.is_tensor(out) and out.is_floating_point() else out
+        return fp32(out)
 
     module.register_forward_pre_hook(to_dtype)
     module.register_forward_hook(to_fp32)
@@ -313,6 +326,8 @@ def _sam_builder(kind: str) -> Callable:
         for k, v in sam_model_registry.items():
             if k != "default":
                 SAM_BUILDERS.setdefault(k, v)
+        for k, config in SAM2_CONFIGS.items():
+            SAM_BUILDERS.setdefault(k, _Sam2Builder(config))
         _official_builders_added = True
     if kind not in SAM_BUILDERS:
         raise ValueError(f"unknown SAM kind {kind!r}; choose one of {sorted(SAM_BUILDERS)}")
@@ -325,7 +340,27 @@ def fetch_sam_checkpoint(kind: str, task: Task | None = None, *, url: str | None
     return fetch(sam_weights(kind), task=task, url=url)
 
 
+class _Sam2Builder:
+    """builder(checkpoint=None) -> a SAM 2.1 ``SAM2Base`` from a config of the sam2 package, built
+    by sam2's own ``build_sam2`` (with the mask post-processing it applies by default), random
+    weights; ``checkpoint``, if given, is loaded strictly."""
+
+    def __init__(self, config: str):
+        self.config = config
+
+    def __call__(self, checkpoint=None):
+        import torch
+
+        model = import_sam2().build_sam2(self.config, ckpt_path=None, device="cpu", mode="eval")
+        if checkpoint is not None:
+            model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"], strict=True)
+        return model
+
+
 _SAM_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+#: SAM 2.1 (Hiera width, blocks) -> kind
+_SAM2_SHAPES = {(96, 12): "sam2.1_tiny", (96, 16): "sam2.1_small", (112, 24): "sam2.1_base_plus",
+                (144, 48): "sam2.1_large"}
 
 
 def _sam_width(state: dict) -> int | None:
@@ -334,13 +369,55 @@ def _sam_width(state: dict) -> int | None:
     return int(w.shape[0]) if hasattr(w, "shape") and len(w.shape) else None
 
 
+def _sam2_shape(state: dict) -> tuple[int, int] | None:
+    """(Hiera width, number of blocks) of a SAM 2 state dict, None if it is not one."""
+    w = state.get("image_encoder.trunk.patch_embed.proj.weight")
+    if not (hasattr(w, "shape") and len(w.shape)):
+        return None
+    blocks = {str(k).split(".")[3] for k in state if str(k).startswith("image_encoder.trunk.blocks.")}
+    return int(w.shape[0]), len(blocks)
+
+
+def _sam_mismatch(path: Path, kind: str, sam2_model: bool, state: dict, diff: str) -> str:
+    """The first sentence (what a notification shows: what the file is, what to choose) of a
+    checkpoint that does not fit SAM ``kind``."""
+    width, shape = _sam_width(state), _sam2_shape(state)
+    if shape is not None:
+        if "no_obj_embed_spatial" not in state:  # SAM 2.0 lacks SAM 2.1's new tensors
+            return f"{path.name} is a SAM 2 (2.0) checkpoint, not SAM 2.1: use the SAM 2.1 file " \
+                   "(sam2.1_hiera_*.pt) of the kind you want"
+        guess = _SAM2_SHAPES.get(shape)
+        found = f"Hiera image encoder {shape[0]} wide, {shape[1]} blocks"
+        if guess and guess != kind:
+            return f"{path.name} is a SAM {guess} checkpoint ({found}), not {kind}: choose SAM kind {guess}"
+        return f"{path.name} does not fit SAM {kind} ({found}): choose the kind it was made for"
+    guess = _SAM_WIDTHS.get(width) if width else None
+    widths = ", ".join(f"{k} {w}" for w, k in _SAM_WIDTHS.items())
+    if guess and guess != kind:
+        return f"{path.name} is a SAM {guess} checkpoint (image encoder {width} wide), not {kind}: " \
+               f"choose SAM kind {guess}"
+    if width and sam2_model:
+        return f"{path.name} is a SAM 1 checkpoint (image encoder {width} wide), not {kind}: choose the " \
+               f"SAM 1 kind it was made for ({widths})"
+    if width:
+        return f"{path.name} does not fit SAM {kind} (image encoder {width} wide; {widths}): choose the " \
+               "kind it was made for"
+    return f"{path.name} does not fit SAM {kind}: choose the SAM kind it was made for ({widths})"
+
+
 def load_sam(kind: str = "vit_b", checkpoint: str | os.PathLike | None = None, device: str | None = None,
              *, precision: str = "auto", task: Task | None = None):
-    """Build a segment-anything ``Sam`` of ``kind`` and load its weights.
+    """Build a Segment Anything model of ``kind`` and load its weights (strictly).
 
-    checkpoint: a local file, or None for the official checkpoint (downloaded once and
-        verified; the download reports ``Progress("download SAM <kind>", bytes, total,
-        "bytes")`` to ``task`` and stops with ``Cancelled`` when it is cancelled).
+    kind: a SAM 1 kind (vit_b, vit_l, vit_h: a segment-anything ``Sam``), a SAM 2.1 kind
+        (sam2.1_tiny, sam2.1_small, sam2.1_base_plus, sam2.1_large: a sam2 ``SAM2Base``; needs
+        the optional sam2 package, an ``ImportError`` with the install command otherwise), or
+        one registered in ``SAM_BUILDERS``.
+    checkpoint: a local file (a state dict, or SAM 2's ``{"model": state dict}``), or None for
+        the official checkpoint (downloaded once and verified; the download reports
+        ``Progress("download SAM <kind>", bytes, total, "bytes")`` to ``task`` and stops with
+        ``Cancelled`` when it is cancelled).
+    Either model works with ``segment.SamSession``.
     """
     import torch
 
@@ -350,6 +427,8 @@ def load_sam(kind: str = "vit_b", checkpoint: str | os.PathLike | None = None, d
         raise TypeError(f"checkpoint must be a file path or None (the official weights), got {checkpoint!r}")
     device = pick_device(device)
     dtype = resolve_precision(precision, device)
+    if is_sam2_kind(kind):
+        import_sam2()  # not installed: say so before any download
     if not checkpoint and kind in SAM_CHECKPOINTS:  # cache/offline answer first: no heavy imports
         path = fetch_sam_checkpoint(kind, task)
         builder = _sam_builder(kind)
@@ -358,7 +437,9 @@ def load_sam(kind: str = "vit_b", checkpoint: str | os.PathLike | None = None, d
         path = Path(checkpoint).expanduser() if checkpoint else fetch_sam_checkpoint(kind, task)
     if not path.is_file():
         raise WeightsError(f"SAM checkpoint file not found: {path}")
-    expected = f"SAM {kind} checkpoint (a state dict of image_encoder.*, prompt_encoder.*, mask_decoder.*)"
+    expected = f"SAM {kind} checkpoint (a state dict of image_encoder.*, " + \
+        ("sam_prompt_encoder.*, sam_mask_decoder.*, ...)" if is_sam2_kind(kind)
+         else "prompt_encoder.*, mask_decoder.*)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - zip, pickle, EOF errors alike
@@ -378,18 +459,7 @@ def load_sam(kind: str = "vit_b", checkpoint: str | os.PathLike | None = None, d
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         diff = state_dict_diff(model.state_dict(), state) or str(exc).strip().splitlines()[0][:200]
-        width = _sam_width(state)
-        guess = _SAM_WIDTHS.get(width) if width else None
-        widths = ", ".join(f"{k} {w}" for w, k in _SAM_WIDTHS.items())
-        # the first sentence is what a notification shows: what the file is, what to choose
-        if guess and guess != kind:
-            first = f"{path.name} is a SAM {guess} checkpoint (image encoder {width} wide), not {kind}: " \
-                    f"choose SAM kind {guess}"
-        elif width:
-            first = f"{path.name} does not fit SAM {kind} (image encoder {width} wide; {widths}): choose the " \
-                    "kind it was made for"
-        else:
-            first = f"{path.name} does not fit SAM {kind}: choose the SAM kind it was made for ({widths})"
+        first = _sam_mismatch(path, kind, Sam2Backend.accepts(model), state, diff)
         raise WeightsError(f"{first}. File {path}; it differs from SAM {kind} in: {diff}.") from exc
     _nonfinite_weights(model, path, f"SAM {kind}")
     model.eval()

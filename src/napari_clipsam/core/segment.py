@@ -1,8 +1,9 @@
 """Segment Anything session: the image embedding computed once, then cheap point decodes.
 
-Wraps segment-anything's own ``SamPredictor`` (so pre/post-processing is exactly the
-library's) and adds what an interactive tool needs: napari (row, col) points, an embedding
-cache keyed by image content, and many objects -> one labels array.
+Wraps the library's own predictor (segment-anything's ``SamPredictor`` for SAM 1, sam2's
+``SAM2ImagePredictor`` for SAM 2.1, through ``sam_backends``; so pre/post-processing is
+exactly the library's) and adds what an interactive tool needs: napari (row, col) points,
+an embedding cache keyed by image content, and many objects -> one labels array.
 This is the one place where (row, col) becomes SAM's (x, y).
 """
 
@@ -21,6 +22,7 @@ from .image import to_rgb_uint8
 from .models import check_finite_output
 from .options import whole_number
 from .points import PointPrompts, object_point_sets
+from .sam_backends import backend_for
 
 __all__ = ["SamSession", "image_key", "paint_labels"]
 
@@ -51,16 +53,21 @@ def _weights_fingerprint(module) -> str:
 
 
 class SamSession:
-    """sam: a segment-anything ``Sam`` (any kind). cache_size: embeddings kept in memory.
+    """sam: a segment-anything ``Sam`` or a sam2 ``SAM2Base`` (any kind). cache_size:
+    embeddings kept in memory (a SAM 1 embedding is 4 MB, a SAM 2.1 one 16 MB with its
+    high-resolution features).
 
-    accelerate: compute embeddings with ``core.sam_speed``'s fused attention (applied only
+    predictor: the library's own predictor (``SamPredictor`` / ``SAM2ImagePredictor``).
+
+    accelerate: (SAM 1 only) compute embeddings with ``core.sam_speed``'s fused attention (applied only
         during ``set_image``, the model is left as it was): 1.7x faster for vit_b on a CPU,
         embedding within ~1e-6 and mask logits within ~1e-6 of segment-anything's, so a
         pixel whose logit lies that close to 0 can change side. False (default):
         segment-anything's own encoder, bit-identical to ``SamPredictor``.
     disk_cache: a folder where embeddings persist across sessions and processes, keyed by
         image content, the image encoder's weights and ``accelerate`` (``.npz`` files, about
-        4 MB each; unreadable files are ignored and replaced); None (default): memory only.
+        4 MB each for SAM 1, 16 MB for SAM 2.1; unreadable files are ignored and replaced);
+        None (default): memory only.
     disk_cache_bytes: the folder is kept below this size, least recently used files first.
     bf16: with ``accelerate``, run the image encoder under bfloat16 autocast (much faster on
         CPUs with AMX/AVX512-BF16 and on GPUs; embeddings are no longer exact, masks may differ
@@ -70,12 +77,14 @@ class SamSession:
     def __init__(self, sam, cache_size: int = 4, *, accelerate: bool = False,
                  disk_cache: str | os.PathLike | None = None, disk_cache_bytes: int = 2 * 2**30,
                  bf16: bool = False):
-        from segment_anything import SamPredictor
-
         cache_size = whole_number("cache_size", cache_size, 1)
-        self.predictor = SamPredictor(sam)
+        self.backend = backend_for(sam)
+        self.predictor = self.backend.predictor
         self.cache_size = cache_size
         self.accelerate = bool(accelerate)
+        if self.accelerate and not self.backend.accelerable:
+            raise ValueError(f"accelerate=True applies to SAM 1 (segment-anything) models only, not to this "
+                             f"{self.backend.family} model; leave it False")
         if bf16 and not self.accelerate:
             raise ValueError("bf16=True needs accelerate=True (bf16 is part of the accelerated encoder)")
         self.bf16 = bool(bf16)
@@ -90,7 +99,7 @@ class SamSession:
         if self.disk_cache is None:
             return None
         if self._fingerprint is None:
-            self._fingerprint = _weights_fingerprint(self.predictor.model.image_encoder)
+            self._fingerprint = _weights_fingerprint(self.backend.fingerprint_module())
         tag = ("bf16" if self.bf16 else "fast") if self.accelerate else "ref"
         return self.disk_cache / f"{self._fingerprint}-{tag}" / f"{key}.npz"
 
@@ -98,22 +107,15 @@ class SamSession:
         path = self._disk_path(key)
         if path is None or not path.exists():
             return None
-        import torch
-
         try:
             with np.load(path, allow_pickle=False) as z:
-                feats, orig, inp = z["features"], z["original_size"], z["input_size"]
-            if feats.ndim != 4 or feats.dtype != np.float32 or orig.shape != (2,) or inp.shape != (2,) \
-                    or not np.isfinite(feats).all():
-                raise ValueError("inconsistent embedding file")
+                entry = self.backend.from_arrays({name: z[name] for name in z.files})
             os.utime(path)  # recently used
         except Exception:  # noqa: BLE001 - an unreadable file is dropped and recomputed
             with contextlib.suppress(OSError):
                 path.unlink()
             return None
-        device = self.predictor.device
-        return (torch.from_numpy(feats.copy()).to(device), tuple(int(v) for v in orig),
-                tuple(int(v) for v in inp))
+        return entry
 
     def _save_disk(self, key: str, entry: tuple) -> None:
         path = self._disk_path(key)
@@ -123,8 +125,7 @@ class SamSession:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
             with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, features=entry[0].float().cpu().numpy(), original_size=np.array(entry[1]),
-                         input_size=np.array(entry[2]))
+                np.savez(fh, **self.backend.to_arrays(entry))
             os.replace(tmp, path)
             files = []
             for f in self.disk_cache.glob("*/*.npz"):
@@ -143,7 +144,7 @@ class SamSession:
 
     @property
     def image_shape(self) -> tuple[int, int] | None:
-        return tuple(self.predictor.original_size) if self._key else None
+        return self.backend.image_shape() if self._key else None
 
     @property
     def key(self) -> str | None:
@@ -159,10 +160,7 @@ class SamSession:
             if entry is None:
                 return False
             self._remember(key, entry)
-        p = self.predictor
-        p.reset_image()
-        p.features, p.original_size, p.input_size = self._cache[key]
-        p.is_image_set = True
+        self.backend.restore(self._cache[key])
         self._cache.move_to_end(key)
         self._key = key
         return True
@@ -174,19 +172,15 @@ class SamSession:
         key = image_key(rgb)
         if self.use(key):
             return key
-        from .sam_speed import accelerated
-
-        p = self.predictor
         self._key = None
         dtype = None
         if self.bf16:
             import torch
 
             dtype = torch.bfloat16
-        with accelerated(p.model, dtype=dtype) if self.accelerate else contextlib.nullcontext():
-            p.set_image(rgb, image_format="RGB")
-        check_finite_output(p.features, "SAM", "the image embedding")
-        entry = (p.features, tuple(p.original_size), tuple(p.input_size))
+        entry = self.backend.embed(rgb, accelerate=self.accelerate, dtype=dtype)
+        for t in self.backend.tensors(entry):
+            check_finite_output(t, "SAM", "the image embedding")
         self._remember(key, entry)
         self._save_disk(key, entry)
         self._key = key
@@ -236,14 +230,17 @@ class SamSession:
                 raise ValueError(f"box {box} has NaN/inf corners")
             sam_box = np.array([min(c0, c1), min(r0, r1), max(c0, c1), max(r0, r1)], float)
         multimask = candidate is not None or (len(pts) == 1 and sam_box is None)
-        masks, scores, _ = self.predictor.predict(
-            point_coords=pts[:, ::-1].copy() if len(pts) else None,
-            point_labels=lab if len(pts) else None,
-            box=sam_box, multimask_output=multimask,
-        )
-        check_finite_output(scores, "SAM", "the mask decoder's scores")
+        masks, scores = self._predict(pts, lab, sam_box, multimask)
         pick = int(np.argmax(scores)) if candidate is None else int(candidate) % len(scores)
         return masks[pick].astype(bool), float(scores[pick]), (pick if multimask else None)
+
+    def _predict(self, pts, lab, sam_box, multimask: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The library's masks (C, H, W) bool and scores for checked (row, col) points, labels and
+        an (x0, y0, x1, y1) box: here (row, col) becomes (x, y)."""
+        masks, scores = self.backend.predict(pts[:, ::-1].copy() if len(pts) else None,
+                                             lab if len(pts) else None, sam_box, multimask)
+        check_finite_output(scores, "SAM", "the mask decoder's scores")
+        return masks, scores
 
     def predict(self, points_rc, labels, multimask: bool = True) -> np.ndarray:
         """Mask (H, W) bool for one object from (N, 2) napari (row, col) points, labels 1/0.
@@ -256,10 +253,7 @@ class SamSession:
 
     def predict_with_score(self, points_rc, labels, multimask: bool = True) -> tuple[np.ndarray, float]:
         pts, lab = self._check_points(points_rc, labels)
-        masks, scores, _ = self.predictor.predict(
-            point_coords=pts[:, ::-1].copy(), point_labels=lab, multimask_output=multimask
-        )
-        check_finite_output(scores, "SAM", "the mask decoder's scores")
+        masks, scores = self._predict(pts, lab, None, multimask)
         best = int(np.argmax(scores))
         return masks[best].astype(bool), float(scores[best])
 
