@@ -214,10 +214,14 @@ def _closed_port() -> socket.socket:
 
 
 @pytest.mark.parametrize("hub", [False, True])
-def test_a_host_that_did_not_answer_fails_at_once_afterwards(cache, hub):
+def test_a_host_that_did_not_answer_fails_at_once_afterwards(cache, hub, monkeypatch):
     """Without HF_HUB_OFFLINE: once a host did not answer (here a closed loopback port; a Hub
     metadata look-up or a plain download), every later download from it fails at once, without
     a connection attempt, until forget_unreachable()."""
+    if hub:  # huggingface_hub read HF_HUB_OFFLINE (set by conftest) when it was imported: online here
+        import huggingface_hub.constants as hf_constants
+
+        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     sock = _closed_port()
     try:
         base = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -350,3 +354,163 @@ def test_corrupt_verification_record_is_ignored_and_rebuilt(cache, monkeypatch, 
     # and now it is used: no second hash
     monkeypatch.setattr(weights, "_sha256", lambda path: pytest.fail("hashed again"))
     assert weights.fetch(f, offline=True) == f.target
+
+
+# ----------------------------------------------------------------------------- Hub-hosted files
+@pytest.fixture
+def hub_server(cache, monkeypatch):
+    """A fake Hugging Face Hub (fake_hub.py) as HF_ENDPOINT, online, 16 kB chunks."""
+    import huggingface_hub.constants as hf_constants
+
+    from fake_hub import start_fake_hub
+
+    fake, stop = start_fake_hub()
+    monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
+    # huggingface_hub reads HF_HUB_OFFLINE once, when imported (conftest sets it for the session)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "DOWNLOAD_CHUNK_SIZE", 16 * 1024)  # several progress steps
+    yield fake
+    stop()
+
+
+def hub_entry(fake, data: bytes, **kw) -> WeightsFile:
+    url = fake.add("org/repo", "model.safetensors", data, **kw)
+    return WeightsFile("hub model", url, "model.safetensors", "hubtest", hf_repo="org/repo",
+                       hf_filename="model.safetensors")
+
+
+def test_sam2_download_from_the_hub_checks_its_sha256_reports_bytes_then_is_cached(hub_server, cache):
+    data = blob(seed=7)
+    hub_server.add("facebook/sam2.1-hiera-tiny", "sam2.1_hiera_tiny.pt", data)
+    f = weights.sam_weights("sam2.1_tiny")
+    assert f.url == hub_server.url("facebook/sam2.1-hiera-tiny", "sam2.1_hiera_tiny.pt")  # HF_ENDPOINT
+    rec = Recorder()
+    path = weights.fetch(f, task=rec)
+    assert path == cache / "sam" / "sam2.1_hiera_tiny.pt" and path.read_bytes() == data
+    assert [m for m, *_ in hub_server.log] == ["HEAD", "GET"]  # metadata, then the download (302 to the CDN)
+    assert [r[2] for r in hub_server.cdn.gets] == [None]
+    assert rec.calls[0] == (0, 0)  # "starting": the size is the Hub's, not known before asking it
+    bytes_ = rec.calls[1:]
+    done = [d for d, _ in bytes_]
+    assert len(done) >= 5 and done == sorted(done) and len(set(done)) == len(done)
+    assert bytes_[-1] == (len(data), len(data)) and all(t == len(data) for _, t in bytes_)
+    assert {(p.stage, p.unit) for p in rec.reports} == {("download SAM 2.1 tiny", "bytes")}
+    assert leftovers(cache) == []  # no .part, and the .pt is not counted by leftovers()
+    import json
+
+    stamps = json.loads((cache / "verified.json").read_text())  # hashed against the Hub's sha256
+    assert stamps[str(path.resolve())][2] == hashlib.sha256(data).hexdigest()
+    n, m = len(hub_server.log), len(hub_server.cdn.log)
+    assert weights.fetch(weights.sam_weights("sam2.1_tiny")) == path
+    assert (len(hub_server.log), len(hub_server.cdn.log)) == (n, m)  # cached: no request at all
+
+
+def test_hub_cancel_keeps_part_and_next_call_resumes_with_range(hub_server, cache):
+    data = blob()
+    f = hub_entry(hub_server, data)
+    task = Recorder(cancel_after=len(data) // 3)
+    with pytest.raises(Cancelled):
+        weights.fetch(f, task=task)
+    part = f.target.with_name("model.safetensors.part")
+    kept = part.stat().st_size
+    assert 0 < kept < len(data) and not f.target.exists()
+    path = weights.fetch(f)
+    assert path.read_bytes() == data and not part.exists()
+    assert [r[2] for r in hub_server.cdn.gets] == [None, f"bytes={kept}-"]  # only the rest was asked for
+
+
+def test_hub_dropped_connection_resumes_with_range(hub_server, cache):
+    data = blob()
+    f = hub_entry(hub_server, data, mode="break_once")
+    rec = Recorder()
+    assert weights.fetch(f, task=rec).read_bytes() == data
+    (_, _, r1), (_, _, r2) = hub_server.cdn.gets
+    assert r1 is None and 0 < int(r2.split("=")[1].rstrip("-")) < len(data)
+    done = [d for d, _ in rec.calls]
+    assert done == sorted(done) and rec.calls[-1] == (len(data), len(data))
+    assert not f.target.with_name("model.safetensors.part").exists()
+
+
+def test_hub_sha256_mismatch_is_refused_and_leaves_nothing(hub_server, cache):
+    data = blob()
+    f = hub_entry(hub_server, data, linked_etag="cd" * 32)  # the Hub publishes another sha256
+    with pytest.raises(WeightsError) as err:
+        weights.fetch(f)
+    msg = str(err.value)
+    for part in ("corrupt and was deleted", "checksum mismatch", "cd" * 32, hashlib.sha256(data).hexdigest(),
+                 "model.safetensors", f.url, str(f.target), "by hand"):
+        assert part in msg
+    assert not f.target.exists() and not list(cache.rglob("*.part"))
+
+
+def test_hub_missing_file_names_the_http_error(hub_server, cache):
+    f = WeightsFile("hub model", hub_server.url("org/repo", "nothere.bin"), "nothere.bin", "hubtest",
+                    hf_repo="org/repo", hf_filename="nothere.bin")
+    with pytest.raises(WeightsError) as err:
+        weights.fetch(f)
+    msg = str(err.value)
+    assert "the Hub refused it: HTTP 404" in msg and f.url in msg and str(f.target) in msg
+    assert not list(cache.rglob("*.part"))
+
+
+@pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "NAPARI_CLIPSAM_OFFLINE", "huggingface_hub"])
+def test_hub_offline_missing_fails_fast_and_says_how_to_install(hub_server, cache, monkeypatch, how):
+    data = blob()
+    f = hub_entry(hub_server, data)
+    if how == "huggingface_hub":  # the library was imported with HF_HUB_OFFLINE=1 and remembers it
+        import huggingface_hub.constants as hf_constants
+
+        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    else:
+        monkeypatch.setenv(how, "1")
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsError) as err:
+        weights.fetch(f)
+    assert time.perf_counter() - t0 < 2.0
+    msg = str(err.value)
+    assert "model.safetensors is not cached and this machine is offline" in msg
+    assert "To install it by hand" in msg and f.url in msg and str(f.target) in msg
+    assert hub_server.log == [] and hub_server.cdn.log == []
+
+
+def test_sam2_registry_entries():
+    reg = weights.registry()
+    for size in ("tiny", "small", "base_plus", "large"):
+        (f,) = reg[f"sam/sam2.1_{size}"]
+        repo = f"facebook/sam2.1-hiera-{size.replace('_', '-')}"
+        assert (f.hf_repo, f.hf_filename, f.filename) == (repo, f"sam2.1_hiera_{size}.pt", f"sam2.1_hiera_{size}.pt")
+        assert f.label == f"SAM 2.1 {size}" and f.sha256 is None  # the Hub's, read when downloading
+    assert reg["sam/sam2.1_large"][0].url == \
+        "https://huggingface.co/facebook/sam2.1-hiera-large/resolve/main/sam2.1_hiera_large.pt"
+
+
+def test_sam_url_base_does_not_move_hub_checkpoints(monkeypatch):
+    monkeypatch.setenv("NAPARI_CLIPSAM_SAM_URL_BASE", "http://127.0.0.1:9/mirror/")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:8/hub/")
+    assert weights.sam_weights("sam2.1_small").url == \
+        "http://127.0.0.1:8/hub/facebook/sam2.1-hiera-small/resolve/main/sam2.1_hiera_small.pt"
+
+
+# ----------------------------------------------------------------------------- plain URLs: more resume cases
+def test_part_from_an_earlier_call_restarts_when_range_is_ignored(server, cache):
+    data = blob()
+    f = entry(server.add("model.pth", data, ranges=False), data)
+    part = f.target.with_name("model.pth.part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data[:1000])
+    rec = Recorder()
+    assert weights.fetch(f, task=rec).read_bytes() == data
+    assert [r[2] for r in server.gets] == ["bytes=1000-"]  # asked for the rest, got all of it: one GET
+    assert rec.calls[-1] == (len(data), len(data)) and not part.exists()
+
+
+def test_sha256_prefix_is_checked(server, cache):
+    data = blob()
+    sha = hashlib.sha256(data).hexdigest()
+    ok = entry(server.add("model.pth", data), data, sha256=sha[:16])  # open_clip's mlfoundations URLs
+    assert weights.fetch(ok).read_bytes() == data
+    bad = entry(server.add("other.pth", data), data, name="other.pth", sha256="0" * 16, size=None)
+    with pytest.raises(WeightsError, match="corrupt and was deleted: checksum mismatch") as err:
+        weights.fetch(bad)
+    assert "0" * 16 in str(err.value) and sha in str(err.value)
+    assert not bad.target.exists() and leftovers(cache) == ["model.pth"]

@@ -18,13 +18,19 @@ Everything the plugin offers resolves here to one or more :class:`WeightsFile` e
    path, size and mtime, so later loads do not re-read gigabytes.
 2. Offline (``HF_HUB_OFFLINE=1`` or ``NAPARI_CLIPSAM_OFFLINE=1``) and not cached: a
    :class:`WeightsError` at once, naming the file, where it comes from and where to put it.
-3. Otherwise the file is downloaded with ``pooch.HTTPDownloader`` (requests) into
-   ``<target>.part``, which is never used as weights. **Resume**: after an interruption the
-   next attempt (in the same call while attempts keep making progress, or in a later call)
-   asks for the rest with an HTTP ``Range`` header; a server that ignores it answers 200 and
-   the part file is restarted from zero (clean retry). When complete the size and sha256 are
-   checked, and only then is the part renamed to the target. A mismatch deletes the part
-   (after one clean re-download if the bad file had been resumed) and raises.
+3. Otherwise the file is downloaded into ``<target>.part``, which is never used as weights,
+   and placed by ``pooch.retrieve`` (the sha256 checked by pooch when it is a full one, then an
+   atomic rename to the target). The transport: Hub files (``hf_repo`` set) with
+   huggingface_hub (``get_hf_file_metadata`` reads the sha256 the Hub publishes, its LFS
+   ``X-Linked-Etag``, and the size; its ``http_get`` downloads: Hub headers and token, CDN
+   redirect, retries; Xet storage is not used, so progress and cancel work the same); plain
+   URLs (SAM 1, OpenAI CLIP) with requests. **Resume**: the part file survives a broken
+   connection or a cancel, and the next attempt (in the same call while attempts make
+   progress, or a later call) asks for the rest with an HTTP ``Range`` header; a server that
+   ignores it answers 200 and the part restarts from zero. A file that fails its size or
+   sha256 check is deleted (after one clean re-download if it had been resumed) and raises.
+   ``hf_hub_download`` is not used because it downloads into a temporary file that it deletes
+   on any failure, which would lose a partial multi-hundred-MB file.
 
 Progress and cancel (``core.progress``): with ``task=``, bytes as they arrive are reported
 as ``Progress(stage="download <label>", done, total, unit="bytes")`` (monotonic, the last
@@ -38,12 +44,14 @@ candidates and calls on that host fail at once, naming the file and how to place
 (``forget_unreachable()`` clears the memory).
 
 No Qt, no napari. Heavy imports (pooch, requests, open_clip, huggingface_hub) are lazy.
+One lock file per target (filelock) keeps two processes from downloading the same file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -54,7 +62,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from .progress import Cancelled, Task
 
@@ -131,11 +139,23 @@ class WeightsFile:
 SAM_URL_BASE = "https://dl.fbaipublicfiles.com/segment_anything/"
 
 
+HF_ENDPOINT_DEFAULT = "https://huggingface.co"
+
+
 def _sam(kind: str, filename: str, sha256: str, size: int) -> WeightsFile:
     return WeightsFile(f"SAM {kind}", SAM_URL_BASE + filename, filename, "sam", sha256, size)
 
 
-#: SAM kind -> official checkpoint (segment-anything's README links; sizes as served).
+def _sam2(size: str) -> WeightsFile:
+    """A SAM 2.1 checkpoint on the Hub (``facebook/sam2.1-hiera-<size>``); its sha256 and size
+    are the ones the Hub publishes for the file, read just before downloading."""
+    repo, filename = f"facebook/sam2.1-hiera-{size.replace('_', '-')}", f"sam2.1_hiera_{size}.pt"
+    return WeightsFile(f"SAM 2.1 {size}", f"{HF_ENDPOINT_DEFAULT}/{repo}/resolve/main/{filename}", filename,
+                       "sam", hf_repo=repo, hf_filename=filename)
+
+
+#: SAM kind -> official checkpoint. SAM 1: segment-anything's README links (sha256 and sizes
+#: as served). SAM 2.1: the Hub repos of facebook (sizes about 156, 184, 324 and 898 MB).
 SAM_CHECKPOINTS: dict[str, WeightsFile] = {
     "vit_b": _sam("vit_b", "sam_vit_b_01ec64.pth",
                   "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375_042_383),
@@ -143,6 +163,7 @@ SAM_CHECKPOINTS: dict[str, WeightsFile] = {
                   "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", 1_249_524_607),
     "vit_h": _sam("vit_h", "sam_vit_h_4b8939.pth",
                   "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2_564_550_879),
+    **{f"sam2.1_{size}": _sam2(size) for size in ("tiny", "small", "base_plus", "large")},
 }
 
 #: (open_clip model name, pretrained tag) pairs offered in the widget, best first for localizing.
@@ -160,13 +181,16 @@ CLIP_EXTRA: dict[tuple[str, str], tuple[WeightsFile, ...]] = {}
 
 
 def sam_weights(kind: str) -> WeightsFile:
-    """The official checkpoint of SAM ``kind``; ``$NAPARI_CLIPSAM_SAM_URL_BASE`` replaces the host."""
+    """The official checkpoint of SAM ``kind``. ``$NAPARI_CLIPSAM_SAM_URL_BASE`` replaces the host
+    of the SAM 1 URLs; Hub-hosted ones (SAM 2.1) follow ``$HF_ENDPOINT``, the Hub's own mirror setting."""
     entry = SAM_CHECKPOINTS.get(kind)
     if entry is None:
         raise WeightsError(
             f"no official checkpoint is known for SAM kind {kind!r} (known: {sorted(SAM_CHECKPOINTS)}); "
             "pass a local checkpoint file instead"
         )
+    if entry.hf_repo and entry.hf_filename:
+        return dataclasses.replace(entry, url=_hf_url(entry.hf_repo, entry.hf_filename))
     base = os.environ.get(ENV_SAM_URL_BASE, "").strip()
     if base:
         entry = dataclasses.replace(entry, url=base.rstrip("/") + "/" + entry.filename)
@@ -220,12 +244,9 @@ def clip_weights(name: str, tag: str) -> tuple[WeightsFile, ...]:
 
 
 def _hf_url(repo: str, filename: str) -> str:
-    try:
-        from huggingface_hub import hf_hub_url
-
-        return hf_hub_url(repo, filename)  # honours HF_ENDPOINT (mirrors)
-    except ImportError:  # pragma: no cover - huggingface_hub comes with open_clip
-        return f"https://huggingface.co/{repo}/resolve/main/{filename}"
+    """The Hub's download URL of ``filename`` in ``repo`` (main), on ``$HF_ENDPOINT`` as set now."""
+    endpoint = (os.environ.get("HF_ENDPOINT") or HF_ENDPOINT_DEFAULT).rstrip("/")
+    return f"{endpoint}/{repo}/resolve/main/{quote(filename)}"
 
 
 def registry() -> dict[str, tuple[WeightsFile, ...]]:
@@ -429,117 +450,20 @@ def manual_install_hint(f: WeightsFile) -> str:
             "local checkpoint.")
 
 
+def _offline_error(cands: Sequence[WeightsFile], problems: Sequence[str] = ()) -> WeightsError:
+    first = cands[0]
+    return WeightsError(
+        f"{first.label}: {first.filename} is not cached and this machine is offline "
+        f"(HF_HUB_OFFLINE / {ENV_OFFLINE}). Expected at {first.target}. " + manual_install_hint(first)
+        + "".join(f" Or: {f.url} -> {f.target}." for f in cands[1:] if f.url)
+        + "".join(f" Note: {p}." for p in problems)
+    )
+
+
 def _fail(f: WeightsFile, what: str, url: str | None = None) -> WeightsError:
     src = url or f.url
     return WeightsError(f"{f.label}: {what}. File {f.filename} from {src} to {f.target}. "
                         + manual_install_hint(dataclasses.replace(f, url=src)))
-
-
-# ----------------------------------------------------------------------------- download
-class _PoochBar:
-    """A pooch progressbar object (``total``/``update``/``reset``/``close``) -> ``callback(done, total)``.
-
-    Reports the real number of bytes on disk (the part file's position), so a resumed download
-    starts where it left off and the numbers never go back.
-    """
-
-    def __init__(self, out, callback: _Reporter | None, known_size: int | None):
-        self.out, self.callback, self.known_size = out, callback, known_size
-        self.base = out.tell()
-        self.content_length = 0
-        self.last = -1
-        self.raised: Cancelled | None = None
-
-    @property
-    def total(self) -> int | None:
-        if self.known_size:
-            return self.known_size
-        return self.base + self.content_length if self.content_length else None
-
-    @total.setter
-    def total(self, value) -> None:  # pooch sets this from the response's Content-Length
-        self.content_length = int(value or 0)
-
-    def _report(self) -> None:
-        done = self.out.tell()
-        total = self.total
-        if total is not None:
-            done = min(done, total)
-        if done > self.last and self.callback is not None:
-            self.last = done
-            try:
-                self.callback(done, total)
-            except Cancelled as exc:  # remembered: pooch/requests must not turn it into an I/O error
-                self.raised = exc
-                raise
-        self.last = max(self.last, done)
-
-    def update(self, _n) -> None:
-        self._report()
-
-    def reset(self) -> None:  # pooch calls reset(); update(total); close() when the stream ends
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def restart(self) -> None:  # server ignored Range: the part file starts over
-        self.base = 0
-        self.last = -1
-
-
-def _hub_metadata(f: WeightsFile) -> tuple[str | None, int | None]:
-    """sha256 (the Hub's LFS etag) and size of a Hub file; raises on network/missing file."""
-    from huggingface_hub import get_hf_file_metadata
-
-    meta = get_hf_file_metadata(f.url, timeout=TIMEOUT[0])
-    etag = (meta.etag or "").strip('"').lower()
-    return (etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None), meta.size
-
-
-def _lock(target: Path):
-    try:
-        from filelock import FileLock
-    except ImportError:  # pragma: no cover
-        return contextlib.nullcontext()
-    return FileLock(str(target) + ".lock")
-
-
-def _get(url: str, part: Path, prog_cb: _Reporter | None, size: int | None) -> None:
-    """One HTTP GET into ``part`` (appending from its current size with a Range request)."""
-    import pooch
-
-    with open(part, "ab") as out:
-        start = out.tell()
-        bar = _PoochBar(out, prog_cb, size)
-
-        def on_response(r, *args, **kwargs):
-            if r.status_code == 200 and out.tell() > 0:  # Range ignored: clean restart
-                out.seek(0)
-                out.truncate()
-                bar.restart()
-            elif r.status_code == 206:
-                m = re.match(r"bytes (\d+)-", r.headers.get("Content-Range", ""))
-                if not m or int(m.group(1)) != start:
-                    r.status_code = 416  # not the range we asked for: treat as unusable
-            return r
-
-        kwargs = {"timeout": TIMEOUT, "hooks": {"response": on_response}}
-        if start:
-            kwargs["headers"] = {"Range": f"bytes={start}-", "Accept-Encoding": "identity"}
-        else:
-            kwargs["headers"] = {"Accept-Encoding": "identity"}
-        downloader = pooch.HTTPDownloader(progressbar=bar, chunk_size=CHUNK_SIZE, **kwargs)
-        try:
-            downloader(url, out, None)
-        except BaseException:
-            if bar.raised is not None:
-                raise bar.raised from None
-            raise
-
-
-class _CorruptDownload(WeightsError):
-    """A download completed but failed its check (deleted): another source will not help."""
 
 
 # ----------------------------------------------------------------------------- no network
@@ -636,23 +560,241 @@ def _task_reporter(task: Task, label: str) -> _Reporter:
     return report
 
 
-def _download(f: WeightsFile, url: str, progress: _Reporter | None) -> Path:
-    import requests
+# ----------------------------------------------------------------------------- download
+class _PartDownloader:
+    """A pooch downloader, ``downloader(url, output_file, pooch)``, that fills ``<target>.part``.
 
+    The part file outlives a failed or cancelled attempt: the next one asks only for the rest
+    (``Range``). When the part is complete it is moved to pooch's ``output_file``; pooch then
+    checks the sha256 and renames it to the target. Subclasses carry the HTTP (``_fill``).
+    """
+
+    def __init__(self, f: WeightsFile, part: Path, size: int | None, progress: _Reporter | None):
+        self.f, self.part, self.size, self.progress = f, part, size, progress
+        self.resumed_from = 0  # bytes the part already had when the last call started
+        self.complete = False  # the part reached pooch (a ValueError after this is pooch's hash check)
+        self._last = -1
+
+    def __call__(self, url: str, output_file: str, pooch_obj=None) -> None:
+        self.complete = False
+        start = self.part.stat().st_size if self.part.exists() else 0
+        if self.size is not None and start > self.size:  # not a prefix of this file
+            self.part.unlink()
+            start = 0
+        self.resumed_from = start
+        if self.size is None or start < self.size:
+            self._fill(url, start)
+        self._report(self.part.stat().st_size, self.size)  # also "done" when nothing was missing
+        self.complete = True
+        os.replace(self.part, output_file)
+
+    def _report(self, done: int, total: int | None) -> None:
+        if done > self._last and self.progress is not None:
+            self._last = done
+            self.progress(done, total)  # raises Cancelled when the task was cancelled
+
+    def _failed(self, url: str, what: str, start: int, exc: BaseException) -> WeightsError:
+        """The error for a transfer that stopped; remembers a host that did not answer at all."""
+        got = self.part.stat().st_size if self.part.exists() else 0
+        if got == start and _is_no_network(exc):
+            _mark_unreachable(url, exc)
+        kept = f" ({got:,} bytes kept in {self.part}; the next try resumes)" if got else ""
+        return _fail(self.f, what + kept, url)
+
+    def _fill(self, url: str, start: int) -> None:
+        raise NotImplementedError
+
+
+class _UrlDownloader(_PartDownloader):
+    """Plain URLs, with requests: ``Range`` from the part's size; a server that ignores it (200)
+    or answers another range restarts the part from zero; a connection that drops after
+    sending something is asked again (up to ``MAX_ATTEMPTS`` in a row)."""
+
+    def _fill(self, url: str, start: int) -> None:
+        import requests
+
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                self._stream(url, start)
+            except requests.exceptions.HTTPError as exc:
+                code = exc.response.status_code if exc.response is not None else None
+                if code == 416 and start > 0 and attempt < MAX_ATTEMPTS:  # a stale part: start over
+                    self.part.unlink(missing_ok=True)
+                    start = 0
+                    continue
+                raise _fail(self.f, f"download failed: HTTP {code} for {url}", url) from exc
+            except (requests.exceptions.RequestException, OSError) as exc:
+                got = self.part.stat().st_size if self.part.exists() else 0
+                if got > start and attempt < MAX_ATTEMPTS:
+                    log.info("%s: interrupted at %d bytes (%s); resuming", self.f.label, got, exc)
+                    start = got
+                    continue
+                raise self._failed(url, f"download failed ({type(exc).__name__}: {str(exc)[:200]})",
+                                   start, exc) from exc
+            got = self.part.stat().st_size
+            if self.size is None or got >= self.size:
+                return
+            if got > start and attempt < MAX_ATTEMPTS:  # the stream ended early without an error
+                start = got
+                continue
+            break
+        got = self.part.stat().st_size if self.part.exists() else 0
+        raise _fail(self.f, f"download stopped at {got:,} of {self.size:,} bytes (kept in {self.part})", url)
+
+    def _stream(self, url: str, start: int) -> None:
+        import requests
+
+        headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={start}-"} if start else {})}
+        with requests.get(url, headers=headers, stream=True, timeout=TIMEOUT) as r:
+            r.raise_for_status()
+            if start and not re.match(rf"bytes {start}-", r.headers.get("Content-Range", "")):
+                if r.status_code == 206:  # some other range: not usable, ask again for all of it
+                    r.close()
+                    self.part.unlink(missing_ok=True)
+                    return self._stream(url, 0)
+                start = 0  # the server ignored Range (200): the part starts over
+                self._last = -1
+            total = self.size or (start + int(r.headers.get("Content-Length") or 0)) or None
+            with open(self.part, "ab" if start else "wb") as out:
+                for chunk in r.iter_content(CHUNK_SIZE):
+                    out.write(chunk)
+                    self._report(out.tell(), total)
+
+
+class _HubBar:
+    """What huggingface_hub's ``http_get`` calls as its ``tqdm_class`` (``total=``, ``initial=``,
+    ...): counts the bytes and reports them; the Cancelled a report raises stops the stream."""
+
+    def __init__(self, report: Callable[[int, int | None], None], *, total=None, initial=0, **_tqdm_kwargs):
+        self.report, self.total, self.n = report, total, int(initial or 0)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.report(self.n, self.total)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _HubBar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+class _HubDownloader(_PartDownloader):
+    """Hub files, with huggingface_hub's own ``http_get`` (its client, headers, CDN redirect,
+    ``Range`` resume and retries within the call, restart when the server ignores Range, size
+    check). ``hf_hub_download`` itself is not used: it downloads into a temporary file that it
+    deletes on any failure, so a cancelled or broken download would start over next time."""
+
+    def _fill(self, url: str, start: int) -> None:
+        from huggingface_hub.errors import HfHubHTTPError
+        from huggingface_hub.file_download import http_get
+        from huggingface_hub.utils import build_hf_headers
+
+        bar = functools.partial(_HubBar, lambda done, total: self._report(done, self.size or total))
+        try:
+            with open(self.part, "ab") as out:
+                http_get(url, out, resume_size=start, expected_size=self.size, headers=build_hf_headers(),
+                         displayed_filename=self.f.filename, tqdm_class=bar)
+        except Cancelled:
+            raise
+        except HfHubHTTPError as exc:
+            code = exc.response.status_code if exc.response is not None else None
+            if code == 416 and start > 0:  # a stale part: start over once
+                self.part.unlink(missing_ok=True)
+                return self._fill(url, 0)
+            raise _fail(self.f, f"download failed: HTTP {code} for {url}", url) from exc
+        except Exception as exc:  # noqa: BLE001 - httpx transport errors, the size check's OSError
+            raise self._failed(url, f"download failed ({type(exc).__name__}: {str(exc)[:200]})", start, exc) from exc
+
+
+def _hub_metadata(f: WeightsFile, url: str) -> tuple[str | None, int | None]:
+    """sha256 (the LFS etag, ``X-Linked-Etag``) and size (``X-Linked-Size``) the Hub publishes
+    for ``url``: the file is checked against them."""
+    from huggingface_hub import get_hf_file_metadata
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        meta = get_hf_file_metadata(url, timeout=TIMEOUT[0])
+    except OfflineModeIsEnabled as exc:  # huggingface_hub read HF_HUB_OFFLINE when it was imported
+        raise _offline_error([f]) from exc
+    except HfHubHTTPError as exc:
+        code = exc.response.status_code if exc.response is not None else None
+        raise _fail(f, f"the Hub refused it: HTTP {code} ({str(exc)[:200]})", url) from exc
+    except Exception as exc:  # noqa: BLE001 - httpx transport errors and the like
+        if _is_no_network(exc):
+            _mark_unreachable(url, exc)
+        raise _fail(f, f"could not reach the Hub for it ({type(exc).__name__}: {str(exc)[:200]})", url) from exc
+    etag = (meta.etag or "").strip('"').lower()
+    sha = etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None
+    if not sha and not f.sha256:
+        log.warning("%s: the Hub published no sha256 for %s; checking the size only", f.label, url)
+    return f.sha256 or sha, f.size or meta.size
+
+
+def _lock(target: Path):
+    try:
+        from filelock import FileLock
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return FileLock(str(target) + ".lock")
+
+
+class _CorruptDownload(WeightsError):
+    """A download completed but failed its check (deleted): another source will not help."""
+
+
+def _corrupt(f: WeightsFile, url: str, problem: str) -> _CorruptDownload:
+    return _CorruptDownload(
+        f"{f.label}: the download of {f.filename} from {url} to {f.target} is corrupt and was deleted: "
+        f"{problem}. Try again later; if it persists the source changed or a proxy alters it. "
+        + manual_install_hint(dataclasses.replace(f, url=url)))
+
+
+def _retrieve(f: WeightsFile, url: str, sha: str | None, size: int | None, downloader: _PartDownloader) -> Path:
+    """``pooch.retrieve`` with ``downloader``: a full sha256 is pooch's ``known_hash``; a prefix
+    (open_clip's mlfoundations URLs) or a size alone is checked here. A mismatch deletes the
+    file; if the part had been resumed, the bad bytes may be an old part's, so once more from 0."""
+    import pooch
+
+    target = f.target
+    full = sha.lower() if sha and re.fullmatch(r"[0-9a-fA-F]{64}", sha) else None
+    for last_try in (False, True):
+        try:
+            pooch.retrieve(url, known_hash=f"sha256:{full}" if full else None, fname=target.name,
+                           path=target.parent, downloader=downloader)
+        except ValueError as exc:  # pooch's hash check (it deleted the file)
+            if not downloader.complete:
+                raise _fail(f, f"download failed ({type(exc).__name__}: {str(exc)[:200]})", url) from exc
+            m = re.search(r"expected (?:sha256:)?([0-9a-f]+) but got ([0-9a-f]+)", str(exc))
+            problem = f"checksum mismatch: expected sha256 {m[1]}, got {m[2]}" if m else str(exc)
+        except OSError as exc:  # pooch placing the file (read-only or full cache folder)
+            raise _fail(f, f"cannot write it to the cache ({type(exc).__name__}: {exc})", url) from exc
+        else:
+            if full:
+                _remember(target, full)
+                return target
+            problem, actual = _check(target, sha, size)
+            if not problem:
+                if actual:
+                    _remember(target, actual)
+                return target
+            target.unlink(missing_ok=True)
+            problem = problem.replace(str(target), "the downloaded file")
+        if not downloader.resumed_from or last_try:
+            raise _corrupt(f, url, problem)
+        log.info("%s: the resumed download failed its check (%s); downloading it again from the start",
+                 f.label, problem)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _download(f: WeightsFile, url: str, progress: _Reporter | None) -> Path:
+    """Download ``f`` from ``url`` into the cache (verified); raises WeightsError."""
     gone = _known_unreachable(url)
     if gone is not None:
         raise _fail(f, f"{urlsplit(url).hostname} did not answer a moment ago ({gone}); no network?", url)
-    sha, size = f.sha256, f.size
-    if f.hf_repo and not sha:
-        try:
-            sha, hub_size = _hub_metadata(dataclasses.replace(f, url=url))
-            size = size or hub_size
-        except Exception as exc:  # noqa: BLE001 - httpx / hub errors alike
-            if _is_no_network(exc):
-                _mark_unreachable(url, exc)
-            raise _fail(f, f"could not reach the Hub for it ({type(exc).__name__}: {str(exc)[:200]})", url) from exc
-        if not sha:
-            log.warning("%s: the Hub published no sha256 for %s; checking the size only", f.label, url)
     target = f.target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -662,58 +804,14 @@ def _download(f: WeightsFile, url: str, progress: _Reporter | None) -> Path:
     with _lock(target):
         if target.is_file():  # another process finished it while we waited
             with contextlib.suppress(WeightsError):
-                return verify_file(target, sha, size, label=f.label, url=url)
-        clean_retry_done = False
-        attempts = 0
-        while True:
-            attempts += 1
-            start = part.stat().st_size if part.exists() else 0
-            if size is not None and start > size:
-                part.unlink()
-                start = 0
-            if not (size is not None and start == size):
-                try:
-                    _get(url, part, progress, size)
-                except requests.exceptions.HTTPError as exc:
-                    code = exc.response.status_code if exc.response is not None else None
-                    if code == 416 and start > 0 and attempts < MAX_ATTEMPTS:  # stale part
-                        part.unlink(missing_ok=True)
-                        continue
-                    _drop_if_empty(part)
-                    raise _fail(f, f"download failed: HTTP {code} for {url}", url) from exc
-                except (requests.exceptions.RequestException, OSError) as exc:
-                    got = part.stat().st_size if part.exists() else 0
-                    if got > start and attempts < MAX_ATTEMPTS:
-                        log.info("%s: interrupted at %d bytes (%s); resuming", f.label, got, exc)
-                        continue
-                    _drop_if_empty(part)
-                    if _is_no_network(exc) and got == start:
-                        _mark_unreachable(url, exc)
-                    kept = f" ({got:,} bytes kept in {part}; the next try resumes)" if got else ""
-                    raise _fail(f, f"download failed ({type(exc).__name__}: {str(exc)[:200]}){kept}", url) from exc
-            got = part.stat().st_size
-            if size is not None and got < size:  # stream ended early without an error
-                if got > start and attempts < MAX_ATTEMPTS:
-                    continue
-                raise _fail(f, f"download stopped at {got:,} of {size:,} bytes (kept in {part})", url)
-            problem, actual = _check(part, sha, size)
-            if problem:
-                part.unlink(missing_ok=True)
-                if start > 0 and not clean_retry_done:  # the bad bytes may be an old part: once more from 0
-                    clean_retry_done = True
-                    continue
-                raise _CorruptDownload(
-                    f"{f.label}: the download of {f.filename} from {url} to {target} is corrupt and was "
-                    f"deleted: {problem.replace(str(part), 'the downloaded file')}. Try again later; if it "
-                    "persists the source changed or a proxy alters it. " + manual_install_hint(
-                        dataclasses.replace(f, url=url))
-                )
-            os.replace(part, target)
-            if actual:
-                _remember(target, actual)
-            if progress is not None and start == got and got:  # nothing was downloaded this call
-                progress(got, got)
-            return target
+                return verify_file(target, f.sha256, f.size, label=f.label, url=url)
+        try:
+            if f.hf_repo:
+                sha, size = _hub_metadata(f, url)
+                return _retrieve(f, url, sha, size, _HubDownloader(f, part, size, progress))
+            return _retrieve(f, url, f.sha256, f.size, _UrlDownloader(f, part, f.size, progress))
+        finally:
+            _drop_if_empty(part)
 
 
 def fetch(files: WeightsFile | Sequence[WeightsFile], *, task: Task | None = None,
@@ -738,15 +836,10 @@ def fetch(files: WeightsFile | Sequence[WeightsFile], *, task: Task | None = Non
     hit = find_cached(cands, problems)
     if hit is not None:
         return hit
-    note = "".join(f" Note: {p}." for p in problems)
     offline = is_offline() if offline is None else offline
     first = cands[0]
     if offline:
-        raise WeightsError(
-            f"{first.label}: {first.filename} is not cached and this machine is offline "
-            f"(HF_HUB_OFFLINE / {ENV_OFFLINE}). Expected at {first.target}. " + manual_install_hint(first)
-            + "".join(f" Or: {f.url} -> {f.target}." for f in cands[1:] if f.url) + note
-        )
+        raise _offline_error(cands, problems)
     errors: list[WeightsError] = []
     for f in cands:
         if not f.url:
