@@ -431,6 +431,16 @@ def test_hub_dropped_connection_resumes_with_range(hub_server, cache):
     assert not f.target.with_name("model.safetensors.part").exists()
 
 
+def test_hub_part_restarts_when_the_cdn_ignores_range(hub_server, cache):
+    data = blob()
+    f = hub_entry(hub_server, data, ranges=False)
+    part = f.target.with_name("model.safetensors.part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data[:1000])  # left by an earlier call
+    assert weights.fetch(f).read_bytes() == data and not part.exists()
+    assert [r[2] for r in hub_server.cdn.gets] == ["bytes=1000-"]  # all of it came back: one GET
+
+
 def test_hub_sha256_mismatch_is_refused_and_leaves_nothing(hub_server, cache):
     data = blob()
     f = hub_entry(hub_server, data, linked_etag="cd" * 32)  # the Hub publishes another sha256
