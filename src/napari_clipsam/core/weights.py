@@ -686,7 +686,9 @@ class _HubDownloader(_PartDownloader):
     """Hub files, with huggingface_hub's own ``http_get`` (its client, headers, CDN redirect,
     ``Range`` resume and retries within the call, restart when the server ignores Range, size
     check). ``hf_hub_download`` itself is not used: it downloads into a temporary file that it
-    deletes on any failure, so a cancelled or broken download would start over next time."""
+    deletes on any failure, so a cancelled or broken download would start over next time.
+    Progress and cancel act once per chunk of ``huggingface_hub.constants.DOWNLOAD_CHUNK_SIZE``
+    (10 MB), so on a slow link a cancel can take a few seconds to stop the transfer."""
 
     def _fill(self, url: str, start: int) -> None:
         from huggingface_hub.errors import HfHubHTTPError
