@@ -10,6 +10,7 @@ a candidate asks for the three masks and picks one.
 
 from __future__ import annotations
 
+import copy
 import sys
 
 import numpy as np
@@ -194,9 +195,15 @@ def test_disk_cache_restores_the_right_image_in_a_new_session(sam, image, tmp_pa
     for img, key in ((b, keys[1]), (a, keys[0]), (c, keys[2]), (b, keys[1])):
         assert second.set_image(img) == key and second.image_shape == img.shape[:2]
         np.testing.assert_array_equal(second.decode(*prompt)[0], Oracle(sam, img).decode(*prompt)[0])
-    # another SAM 2's weights: its own entries, never these
+    # another SAM 2's weights: its own entries, never these; also when only weights outside the
+    # image encoder differ that the embedding passes through (the decoder's conv_s0, no_mem_embed)
     other = SamSession(build_tiny_sam2(seed=5), disk_cache=tmp_path)
     assert not other.use(keys[0])
+    for name in ("sam_mask_decoder.conv_s0.weight", "no_mem_embed"):
+        changed = copy.deepcopy(sam)
+        with torch.no_grad():
+            changed.get_parameter(name).mul_(1.5)
+        assert not SamSession(changed, disk_cache=tmp_path).use(keys[0]), name
     # a damaged file is dropped and the embedding computed again
     monkeypatch.undo()
     damaged = next(p for p in files if p.stem == keys[2])

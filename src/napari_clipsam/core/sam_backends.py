@@ -21,6 +21,7 @@ import sys
 import numpy as np
 
 __all__ = [
+    "CPU_DEFAULT_SAM2",
     "SAM1_KINDS",
     "SAM2_CONFIGS",
     "SAM2_INSTALL",

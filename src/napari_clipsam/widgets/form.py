@@ -26,6 +26,7 @@ from superqt import QCollapsible
 from ..core.absence import FLOOR_MODES
 from ..core.localizers import LOCALIZERS, TEMPLATE_SETS
 from ..core.models import CLIP_CHOICES, SAM_CHECKPOINTS
+from ..core.sam_backends import CPU_DEFAULT_SAM2, SAM2_INSTALL, default_sam_kind, sam2_installed, sam_kinds
 
 METHOD_HELP = {
     "gem": "GEM (default): self-self attention on a parallel path through the last blocks; a good first choice.",
@@ -52,6 +53,19 @@ SHORTCUTS = {
 
 def clip_label(name: str, tag: str) -> str:
     return f"{name} / {tag}"
+
+
+def sam_model_help(default: str) -> str:
+    """The SAM model box's tooltip: the kinds, and why ``default`` is the default here."""
+    text = ("Segment Anything model. SAM 1: vit_b (fastest), vit_l, vit_h (most accurate). SAM 2.1 (the "
+            "optional sam2 package): sam2.1_tiny, sam2.1_small, sam2.1_base_plus, sam2.1_large.")
+    if default == CPU_DEFAULT_SAM2:
+        return text + (f"\nNo GPU here, so the default is {CPU_DEFAULT_SAM2}: its image embedding takes a "
+                       "fraction of vit_b's on a CPU (docs/sam-backends.md).")
+    if not sam2_installed():
+        return text + ("\nsam2 is not installed, so the SAM 2.1 kinds are not listed. Without a GPU, its "
+                       f"{CPU_DEFAULT_SAM2} is much faster than vit_b; install it with: {SAM2_INSTALL}")
+    return text
 
 
 class AnnotateForm(Container):
@@ -105,8 +119,9 @@ class AnnotateForm(Container):
                                    tooltip="open_clip architecture / pretrained weights (downloaded once, cached).")
         self.clip_file = FileEdit(label="CLIP file", mode="r", nullable=True,
                                   tooltip="Optional local open_clip checkpoint for the architecture above.")
-        self.sam_model = ComboBox(label="SAM model", choices=list(SAM_CHECKPOINTS), value="vit_b",
-                                  tooltip="Segment Anything size: vit_b is fastest, vit_h most accurate.")
+        sam_default = default_sam_kind()
+        self.sam_model = ComboBox(label="SAM model", choices=sam_kinds(list(SAM_CHECKPOINTS)), value=sam_default,
+                                  tooltip=sam_model_help(sam_default))
         self.sam_file = FileEdit(label="SAM file", mode="r", nullable=True,
                                  tooltip="Optional local SAM checkpoint of the kind above.")
         self.composite_with = Select(label="composite with", choices=(), value=[],

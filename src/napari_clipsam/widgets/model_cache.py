@@ -29,7 +29,8 @@ class ModelCache:
         self._sessions: list[SamSession] = []
 
     def use(self, clip=None, sam=None) -> None:
-        """Use already-loaded models: clip = (open_clip model, tokenizer), sam = a ``Sam``."""
+        """Use already-loaded models: clip = (open_clip model, tokenizer), sam = a segment-anything
+        ``Sam`` or a sam2 ``SAM2Base``."""
         if clip is not None:
             self.given["clip"] = clip
         if sam is not None:
@@ -47,7 +48,8 @@ class ModelCache:
         return self._clip[1]
 
     def sam(self, kind: str, path=None, task: Task | None = None):
-        """A segment-anything ``Sam`` of ``kind`` (or from a local checkpoint)."""
+        """The SAM model of ``kind`` (a segment-anything ``Sam`` or a sam2 ``SAM2Base``; or from a local
+        checkpoint)."""
         if "sam" in self.given:
             return self.given["sam"]
         key = (kind, str(path) if path else None)

@@ -1,0 +1,121 @@
+"""The dock widget with a SAM 2.1 model: the model list, the CPU default, and a run plus live
+edits (move a point, a box, next mask) whose labels equal a fresh sam2 ``SAM2ImagePredictor``
+on the exact pixels, with the object rules of ``sam_oracle``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sam2", reason="SAM 2.1 needs Meta's sam2 package "
+                                   "(SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2)")
+
+from sam2.sam2_image_predictor import SAM2ImagePredictor  # noqa: E402
+from skimage import data  # noqa: E402
+
+from napari_clipsam.widgets import ClipSamWidget  # noqa: E402
+
+from reference_model import load_reference_clip  # noqa: E402
+from sam_oracle import Oracle, object_prompts  # noqa: E402
+from tiny_sam2 import build_tiny_sam2  # noqa: E402
+from widget_helpers import idle  # noqa: E402
+
+
+class Sam2Oracle(Oracle):
+    """``sam_oracle.Oracle``'s rules and labels painting, masks from a fresh SAM2ImagePredictor."""
+
+    def __init__(self, sam, rgb):
+        self.predictor = SAM2ImagePredictor(sam)
+        self.predictor.set_image(np.ascontiguousarray(rgb))
+        self.shape = rgb.shape[:2]
+
+    def mask(self, points_rc, labels, box=None, candidate=None):
+        pts = np.asarray(points_rc, float).reshape(-1, 2)
+        lab = np.asarray(labels, int).reshape(-1)
+        sam_box = None if box is None else np.array([box[1], box[0], box[3], box[2]], float)
+        multimask = candidate is not None or (len(pts) == 1 and box is None)
+        masks, scores, _ = self.predictor.predict(
+            point_coords=pts[:, ::-1].copy() if len(pts) else None, point_labels=lab if len(pts) else None,
+            box=sam_box, multimask_output=multimask)
+        return masks[int(np.argmax(scores)) if candidate is None else candidate] > 0.5
+
+    def best_candidate(self, points_rc, labels) -> int:
+        pts = np.asarray(points_rc, float).reshape(-1, 2)
+        _, scores, _ = self.predictor.predict(point_coords=pts[:, ::-1].copy(),
+                                              point_labels=np.asarray(labels, int), multimask_output=True)
+        return int(np.argmax(scores))
+
+
+def _expected(oracle, pts, boxes=None, candidates=None):
+    masks = {}
+    for oid, (p, lab) in object_prompts(pts).items():
+        masks[oid] = oracle.mask(p, lab, (boxes or {}).get(oid), (candidates or {}).get(oid))
+    return oracle.labels(masks)
+
+
+@pytest.fixture(scope="module")
+def sam2_model():
+    return build_tiny_sam2(seed=3)
+
+
+def test_model_list_and_cpu_default(make_napari_viewer):
+    import torch
+
+    widget = ClipSamWidget(make_napari_viewer())
+    kinds = list(widget.sam_model.choices)
+    assert kinds[:3] == ["vit_b", "vit_l", "vit_h"]
+    assert {"sam2.1_tiny", "sam2.1_small", "sam2.1_base_plus", "sam2.1_large"} <= set(kinds)
+    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        assert widget.sam_model.value == "sam2.1_tiny"
+        assert "No GPU here, so the default is sam2.1_tiny" in widget.sam_model.tooltip
+
+
+def test_run_and_live_edits_with_sam2(qtbot, make_napari_viewer, sam2_model):
+    viewer = make_napari_viewer()
+    widget = ClipSamWidget(viewer)
+    widget.use_models(clip=load_reference_clip(), sam=sam2_model)
+    viewer.window.add_dock_widget(widget)
+    pixels = data.chelsea()
+    widget.image.value = viewer.add_image(pixels, name="chelsea")
+    widget.prompts.value = "cat\nsofa"
+    widget.run()
+    idle(qtbot, widget)
+    assert "done" in widget.status.value, widget.status.value
+    pts, labels, boxes = (viewer.layers[f"chelsea {n}"] for n in ("points", "labels", "boxes"))
+    oracle = Sam2Oracle(sam2_model, pixels)
+    expected = _expected(oracle, pts)
+    assert len(set(np.unique(expected).tolist()) - {0}) >= 2  # real objects, not an empty picture
+    np.testing.assert_array_equal(labels.data, expected)
+
+    # move a positive point
+    f = pts.features
+    i = int(np.flatnonzero(f["positive"].to_numpy(bool))[0])
+    moved = np.asarray(pts.data, float).copy()
+    moved[i] = (150, 200)
+    pts.data = moved
+    idle(qtbot, widget)
+    np.testing.assert_array_equal(labels.data, _expected(oracle, pts))
+
+    # a box around that point prompts its object (points + box)
+    oid = int(pts.features["object_id"].iloc[i])
+    box = (110.0, 150.0, 210.0, 290.0)
+    boxes.add_rectangles(np.array([box[:2], box[2:]], float))
+    idle(qtbot, widget)
+    assert int(boxes.features["object_id"].iloc[-1]) == oid
+    np.testing.assert_array_equal(labels.data, _expected(oracle, pts, boxes={oid: box}))
+
+    # next mask cycles SAM 2's three candidates of another object
+    other, (p, lab) = next((o, v) for o, v in object_prompts(pts).items() if o != oid)
+    j = int(np.flatnonzero((pts.features["object_id"] == other).to_numpy())[0])
+    best = oracle.best_candidate(p, lab) if len(p) == 1 else -1
+    viewer.layers.selection.active = pts
+    pts.selected_data = {j}
+    seen = []
+    for step in range(1, 4):
+        widget.next_mask()
+        idle(qtbot, widget)
+        cand = (best + step) % 3
+        np.testing.assert_array_equal(labels.data, _expected(oracle, pts, boxes={oid: box},
+                                                             candidates={other: cand}))
+        seen.append(cand)
+    assert sorted(seen) == [0, 1, 2]
