@@ -118,3 +118,38 @@ def test_nd_heatmaps_overlay_their_slices(qtbot, docked, order):
     z = len(stack) - 1  # the last slice's full-resolution maps are the widget's last result
     shown = _shown_at_image_pixels(heat, img, (z,), stack.shape[1], stack.shape[2], lead=(z,))
     np.testing.assert_allclose(_min_max(shown if rows == 1 else shown.T), widget.last_result.heatmaps[0], atol=2e-5)
+
+
+def test_results_land_in_steps_and_an_edit_between_them_waits_for_the_last(qtbot, docked, models):
+    """A run's results enter the viewer one piece per event-loop turn; the widget counts as
+    running until the last; a point moved between two pieces is decoded once all are
+    written (the labels then match a fresh predictor for the final points)."""
+    from sam_oracle import Oracle, object_prompts
+
+    viewer, widget = docked
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    widget.runner._step_timer.setInterval(300)  # slow steps, so that the test sees between them
+    widget.image.value = img
+    widget.prompts.value = "cat"
+    widget.run()
+    qtbot.waitUntil(lambda: widget.runner.applying, timeout=120_000)
+    qtbot.waitUntil(lambda: "chelsea heatmap [cat]" in viewer.layers, timeout=5_000)
+    assert widget.is_running and "chelsea labels" not in viewer.layers  # one layer at a time
+    qtbot.waitUntil(lambda: "chelsea points" in viewer.layers and len(viewer.layers["chelsea points"].data) > 0,
+                    timeout=10_000)
+    assert widget.runner.applying and widget.is_running  # the boxes and features are still to come
+    pts = viewer.layers["chelsea points"]
+    editor = widget.editor_for(img)
+    f = pts.features
+    i = int(np.flatnonzero(f["positive"].to_numpy(bool))[0])
+    moved = np.asarray(pts.data, float).copy()
+    moved[i] = (40.0, 60.0)
+    pts.data = moved  # a user edit while the run's boxes and features are not written yet
+    qtbot.wait(50)
+    assert editor._future is None and widget.runner.applying  # held: nothing decoded against half a state
+    idle(qtbot, widget)
+    assert not widget.is_running and "updated" in widget.status.value  # the edit was decoded after the run
+    assert np.allclose(pts.data[i], (40.0, 60.0))
+    oracle = Oracle(models[1], data.chelsea())
+    masks = {oid: oracle.mask(p, lab) for oid, (p, lab) in object_prompts(pts).items()}
+    np.testing.assert_array_equal(viewer.layers["chelsea labels"].data, oracle.labels(masks))

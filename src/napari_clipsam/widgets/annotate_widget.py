@@ -339,7 +339,7 @@ class ClipSamWidget(AnnotateForm):
             editor.pixels = pixels
             editor.state.session = session
             editor.state.shape = spatial_shape(image_layer)
-            kept = RW.write_run(editor, results)
+            kept = yield from RW.write_run_steps(editor, results)
             editor.record = record
         finally:
             if not self.closed:

@@ -80,8 +80,8 @@ def upsert_layer(viewer, kind: str, name: str, data, *, metadata: dict | None = 
                                  or existing.ndim == np.ndim(data)):
         existing.data = data
         for key in ("features", "visible", "scale", "translate"):
-            if key in kwargs:
-                setattr(existing, key, kwargs[key])
+            if key in kwargs and (key == "features" or not np.array_equal(getattr(existing, key), kwargs[key])):
+                setattr(existing, key, kwargs[key])  # each setter refreshes the layer: only what changed
         existing.metadata.update(meta)
         return existing
     name = _free_name(viewer, name)

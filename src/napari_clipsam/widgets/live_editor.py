@@ -42,6 +42,8 @@ class LiveEditor:
         self._closed = False
         self._scheduled = False
         self._quiet = False
+        self._held = 0  # > 0 while a run's results are being written in steps
+        self._pending = False  # an edit came while held
         self.record: dict | None = None  # what the last run was made with (for the provenance)
         points_layer.events.data.connect(self._on_points)
         points_layer.events.mode.connect(self._on_mode)
@@ -52,7 +54,7 @@ class LiveEditor:
     # ------------------------------------------------------------------ state
     @property
     def busy(self) -> bool:
-        return self._future is not None or self._scheduled
+        return self._future is not None or self._scheduled or self._pending
 
     def close(self) -> None:
         """Stop following the layers (the widget or a layer went away)."""
@@ -81,6 +83,17 @@ class LiveEditor:
             yield
         finally:
             self._quiet = False
+
+    def hold(self) -> None:
+        """Decode nothing until ``release``: the plugin is writing a run's results in steps
+        (an edit meanwhile is decoded once they are all written)."""
+        self._held += 1
+
+    def release(self) -> None:
+        self._held = max(0, self._held - 1)
+        if not self._held and self._pending:
+            self._pending = False
+            self.schedule()
 
     def _on_pixels(self, _event=None) -> None:
         self.state.pixels_changed = True
@@ -219,6 +232,9 @@ class LiveEditor:
     def _start(self) -> None:
         self._scheduled = False
         if self._closed:
+            return
+        if self._held:
+            self._pending = True
             return
         if not self.layers_alive():
             self.close()

@@ -154,9 +154,42 @@ def write_run(editor, results) -> int:
     points on that plane (others are kept), its objects (ids unique across the image) are
     painted, and decodes of the plane's old objects become stale. Returns the number of
     hand-painted pixels that were kept."""
-    state, points_layer = editor.state, editor.points_layer
-    ndim = len(state.shape)
+    return drain(write_run_steps(editor, results))
+
+
+def write_run_steps(editor, results):
+    """``write_run`` as a generator that yields between pieces a GUI thread can do in one
+    event-loop turn each: every plane's labels, the points, the boxes, the features. The
+    editor is held meanwhile (a user edit in between is decoded once all is written, never
+    against half-written layers). Returns the number of hand-painted pixels that were kept."""
+    editor.hold()
+    try:
+        return (yield from _write_run_steps(editor, results))
+    finally:
+        editor.release()
+
+
+def _write_run_steps(editor, results):
+    state = editor.state
     prompts = list(results[-1][1].prompts)
+    kept_pixels = 0
+    offsets = []
+    for plane, result in results:
+        offset = max((oid for p, a in state.planes.items() if p != plane for oid in a.objects), default=0)
+        offsets.append(offset)
+        objects = {}
+        for oid, obj in result.objects.items():
+            obj.id = oid + offset
+            objects[obj.id] = obj
+        ann = state.planes.get(plane) or PlaneAnnotation(plane, result.labels.shape, "", list(result.prompts))
+        ann.prompts = list(result.prompts)
+        ann.key = result.key
+        ann.bump()  # decodes of the old objects are stale from now on
+        state.planes[plane] = ann
+        kept_pixels += LW.paint(editor.labels_layer, ann, objects)
+        yield
+    points_layer = editor.points_layer  # read now: the user may have edited it between the steps
+    ndim = len(state.shape)
     data = np.asarray(points_layer.data, float).reshape(-1, ndim)
     keep = np.ones(len(data), bool)
     for plane, _ in results:
@@ -164,14 +197,8 @@ def write_run(editor, results) -> int:
     old = LW.read_point_table(points_layer)
     rows, pos, oids, names, tags = [data[keep]], [old["positive"][keep]], [old["object_id"][keep]], \
         [old["prompt"][keep]], [old["plane"][keep]]
-    kept_pixels = 0
     new_boxes = []  # (rectangle (4, ndim), object id, prompt, plane tag)
-    for plane, result in results:
-        offset = max((oid for p, a in state.planes.items() if p != plane for oid in a.objects), default=0)
-        objects = {}
-        for oid, obj in result.objects.items():
-            obj.id = oid + offset
-            objects[obj.id] = obj
+    for (plane, result), offset in zip(results, offsets):
         pts = result.points
         rows.append(plane.to_nd(pts.points))
         pos.append(pts.positive)
@@ -181,12 +208,6 @@ def write_run(editor, results) -> int:
         for oid, ((r0, c0, r1, c1), p) in result.boxes.items():
             corners = plane.to_nd(np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]], float))
             new_boxes.append((corners, oid + offset, result.prompts[p], plane.tag))
-        ann = state.planes.get(plane) or PlaneAnnotation(plane, result.labels.shape, "", list(result.prompts))
-        ann.prompts = list(result.prompts)
-        ann.key = result.key
-        ann.bump()  # decodes of the old objects are stale from now on
-        state.planes[plane] = ann
-        kept_pixels += LW.paint(editor.labels_layer, ann, objects)
     categories = points_layer.features["prompt"].cat.categories if "prompt" in points_layer.features and hasattr(
         points_layer.features["prompt"], "cat") else []
     all_prompts = list(dict.fromkeys([*categories, *prompts]))
@@ -196,8 +217,6 @@ def write_run(editor, results) -> int:
     with editor.quiet():
         points_layer.data = np.concatenate(rows)
         points_layer.features = features
-        if editor.boxes_layer is not None:
-            write_boxes(editor.boxes_layer, [p for p, _ in results], new_boxes)
     points_layer.metadata["prompts"] = all_prompts
     LW.recolor(points_layer)
     positive = features.index[features["positive"]]
@@ -206,9 +225,13 @@ def write_run(editor, results) -> int:
     else:
         points_layer.feature_defaults = LW.points_features([True], [1], [prompts[0]], all_prompts,
                                                            [results[-1][0].tag])
-    if editor.boxes_layer is not None:
-        editor.boxes_layer.feature_defaults = {"object_id": 0, "prompt": prompts[0], "plane": ""}
     editor.sticky_object = None
+    yield
+    if editor.boxes_layer is not None and editor.boxes_layer in editor.viewer.layers:
+        with editor.quiet():
+            write_boxes(editor.boxes_layer, [p for p, _ in results], new_boxes)
+        editor.boxes_layer.feature_defaults = {"object_id": 0, "prompt": prompts[0], "plane": ""}
+        yield
     update_label_features(editor)
     return kept_pixels
 

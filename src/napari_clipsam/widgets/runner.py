@@ -59,7 +59,7 @@ class Runner:
         self._timer.timeout.connect(self._show_progress)
         self._steps = None  # (iterator, on_failed) while results are being applied
         self._step_timer = QTimer()
-        self._step_timer.setInterval(1)  # once per event-loop turn (a 0 ms timer can run twice before other timers)
+        self._step_timer.setInterval(10)  # a pause between steps: input, repaints and other timers get in
         self._step_timer.timeout.connect(self._next_step)
 
     @property
