@@ -97,8 +97,13 @@ def point_colors(positive: np.ndarray) -> np.ndarray:
 
 
 def recolor(points_layer) -> None:
+    """Positive points green, negative ones magenta (the setter, which refreshes the layer,
+    only when a colour changes: a moved point keeps its colours)."""
     if len(points_layer.data) and "positive" in points_layer.features:
-        points_layer.face_color = point_colors(points_layer.features["positive"].to_numpy(bool))
+        colors = point_colors(points_layer.features["positive"].to_numpy(bool))
+        current = np.asarray(points_layer.face_color)
+        if current.shape != colors.shape or not np.allclose(current, colors):
+            points_layer.face_color = colors
 
 
 def points_features(positive, object_id, prompt_names, prompts: list[str], planes) -> pd.DataFrame:
