@@ -27,9 +27,9 @@ from skimage import data  # noqa: E402
 from napari_clipsam.core import models, sam_backends  # noqa: E402
 from napari_clipsam.core.segment import SamSession  # noqa: E402
 from napari_clipsam.core.weights import WeightsError  # noqa: E402
+from tiny_sam2 import build_tiny_sam2  # noqa: E402
 
 from tiny_sam import build_tiny_sam  # noqa: E402
-from tiny_sam2 import build_tiny_sam2  # noqa: E402
 
 KIND = "tiny_sam2"
 

@@ -14,11 +14,11 @@ from sam2.sam2_image_predictor import SAM2ImagePredictor  # noqa: E402
 from skimage import data  # noqa: E402
 
 from napari_clipsam.widgets import ClipSamWidget  # noqa: E402
-
-from reference_model import load_reference_clip  # noqa: E402
 from sam_oracle import Oracle, object_prompts  # noqa: E402
 from tiny_sam2 import build_tiny_sam2  # noqa: E402
 from widget_helpers import idle  # noqa: E402
+
+from reference_model import load_reference_clip  # noqa: E402
 
 
 class Sam2Oracle(Oracle):

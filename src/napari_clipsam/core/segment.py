@@ -54,7 +54,7 @@ def _weights_fingerprint(module) -> str:
 
 class SamSession:
     """sam: a segment-anything ``Sam`` or a sam2 ``SAM2Base`` (any kind). cache_size:
-    embeddings kept in memory (a SAM 1 embedding is 4 MB, a SAM 2.1 one 16 MB with its
+    embeddings kept in memory (a SAM 1 embedding is 4 MB, a SAM 2.1 one 17 MB with its
     high-resolution features).
 
     predictor: the library's own predictor (``SamPredictor`` / ``SAM2ImagePredictor``).
@@ -66,7 +66,7 @@ class SamSession:
         segment-anything's own encoder, bit-identical to ``SamPredictor``.
     disk_cache: a folder where embeddings persist across sessions and processes, keyed by
         image content, the image encoder's weights and ``accelerate`` (``.npz`` files, about
-        4 MB each for SAM 1, 16 MB for SAM 2.1; unreadable files are ignored and replaced);
+        4 MB each for SAM 1, 17 MB for SAM 2.1; unreadable files are ignored and replaced);
         None (default): memory only.
     disk_cache_bytes: the folder is kept below this size, least recently used files first.
     bf16: with ``accelerate``, run the image encoder under bfloat16 autocast (much faster on
