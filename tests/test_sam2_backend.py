@@ -245,7 +245,9 @@ def test_wrong_files_are_named(kind, ckpt, tmp_path):
     state = build_tiny_sam2().state_dict()
     old = tmp_path / "sam2_0.pt"  # SAM 2.0 files lack SAM 2.1's new tensors
     torch.save({"model": {k: v for k, v in state.items() if k != "no_obj_embed_spatial"}}, old)
-    with pytest.raises(WeightsError, match=r"^sam2_0.pt is a SAM 2 \(2.0\) checkpoint, not SAM 2.1") as err:
+    message = r"^sam2_0.pt is a SAM 2.0 checkpoint, not tiny_sam2: the SAM 2 kinds here are SAM 2.1, use a SAM 2.1 " \
+        r"file \(sam2.1_hiera_\*.pt\)\. "
+    with pytest.raises(WeightsError, match=message) as err:
         models.load_sam(kind, old, device="cpu")
     assert "1 keys missing from the file (no_obj_embed_spatial)" in str(err.value)
 

@@ -378,14 +378,14 @@ def _sam2_shape(state: dict) -> tuple[int, int] | None:
     return int(w.shape[0]), len(blocks)
 
 
-def _sam_mismatch(path: Path, kind: str, sam2_model: bool, state: dict, diff: str) -> str:
+def _sam_mismatch(path: Path, kind: str, sam2_model: bool, state: dict) -> str:
     """The first sentence (what a notification shows: what the file is, what to choose) of a
     checkpoint that does not fit SAM ``kind``."""
     width, shape = _sam_width(state), _sam2_shape(state)
     if shape is not None:
         if "no_obj_embed_spatial" not in state:  # SAM 2.0 lacks SAM 2.1's new tensors
-            return f"{path.name} is a SAM 2 (2.0) checkpoint, not SAM 2.1: use the SAM 2.1 file " \
-                   "(sam2.1_hiera_*.pt) of the kind you want"
+            return f"{path.name} is a SAM 2.0 checkpoint, not {kind}: the SAM 2 kinds here are SAM 2.1, " \
+                   "use a SAM 2.1 file (sam2.1_hiera_*.pt)"
         guess = _SAM2_SHAPES.get(shape)
         found = f"Hiera image encoder {shape[0]} wide, {shape[1]} blocks"
         if guess and guess != kind:
@@ -459,7 +459,7 @@ def load_sam(kind: str = "vit_b", checkpoint: str | os.PathLike | None = None, d
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         diff = state_dict_diff(model.state_dict(), state) or str(exc).strip().splitlines()[0][:200]
-        first = _sam_mismatch(path, kind, Sam2Backend.accepts(model), state, diff)
+        first = _sam_mismatch(path, kind, Sam2Backend.accepts(model), state)
         raise WeightsError(f"{first}. File {path}; it differs from SAM {kind} in: {diff}.") from exc
     _nonfinite_weights(model, path, f"SAM {kind}")
     model.eval()
