@@ -153,3 +153,19 @@ def test_results_land_in_steps_and_an_edit_between_them_waits_for_the_last(qtbot
     oracle = Oracle(models[1], data.chelsea())
     masks = {oid: oracle.mask(p, lab) for oid, (p, lab) in object_prompts(pts).items()}
     np.testing.assert_array_equal(viewer.layers["chelsea labels"].data, oracle.labels(masks))
+
+
+def test_a_failure_while_adding_results_is_reported_and_ends_the_run(qtbot, viewer_widget, monkeypatch):
+    from napari_clipsam.widgets import result_writer
+
+    viewer, widget = viewer_widget
+
+    def broken(editor, results):
+        yield
+        raise RuntimeError("broken writer")
+
+    monkeypatch.setattr(result_writer, "write_run_steps", broken)
+    _run(qtbot, widget, viewer.layers["chelsea"])
+    assert not widget.is_running and widget.run_button.enabled
+    assert "failed while adding the results" in widget.status.value
+    assert "broken writer" in widget.error.value and "broken writer" in widget.error_details.value

@@ -272,8 +272,9 @@ class ClipSamWidget(AnnotateForm):
                           on_failed=self._on_failed, on_cancelled=self._on_cancelled, label="napari-clipsam run")
 
     def cancel(self) -> None:
-        """Stop the run at its next step (between windows, slices, stages or download chunks)."""
-        if self.is_running:
+        """Stop the run at its next step (between windows, slices, stages or download chunks);
+        results already being added to the viewer are added in full."""
+        if self.is_running and not self.runner.applying:
             self.show_status("cancelling…")
             self.runner.cancel()
 
@@ -300,8 +301,8 @@ class ClipSamWidget(AnnotateForm):
 
     def _on_done(self, image_layer, payload, pixels):
         """The run's results enter the viewer in steps, one per event-loop turn (a generator
-        the runner advances): each heatmap layer, each new layer, then the points, boxes and
-        labels together (one consistent state for the live editor)."""
+        the runner advances): each heatmap layer, each new layer, each plane's labels, the
+        points, the boxes, the features (the live editor held until the last)."""
         if self.closed:
             return None  # the widget is gone: a run's results never land in a closed viewer
         self.cancel_button.enabled = False
@@ -341,6 +342,14 @@ class ClipSamWidget(AnnotateForm):
             editor.state.shape = spatial_shape(image_layer)
             kept = yield from RW.write_run_steps(editor, results)
             editor.record = record
+        except Exception as exc:  # a bug while adding: say what state the viewer is in
+            if not self.closed:
+                import traceback
+
+                self.show_status("failed while adding the results: some layers may hold this run's results")
+                self.show_error(f"unexpected error while adding the results: {exc}", traceback.format_exc())
+                notify_error(f"napari-clipsam: adding the results failed: {exc}")
+            return
         finally:
             if not self.closed:
                 self._end_run()
