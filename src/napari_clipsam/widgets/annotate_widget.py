@@ -261,6 +261,8 @@ class ClipSamWidget(AnnotateForm):
                 part = task.within(f"slice {i + 1}/{len(planes)}") if len(planes) > 1 else task
                 rgb = pixels(plane)
                 result = annotate_via_queue(self.sam_queue, rgb, prompts, localizer, session, cfg, part)
+                if out and not full_resolution:  # keep one plane's image-size maps (last_result), not all
+                    RW.slim(out[-1][1])
                 out.append((plane, result))
             heat = RW.heatmap_layers(layer, out, full_resolution=full_resolution)  # layers' data made here
             return session, out, record, heat

@@ -92,6 +92,15 @@ def heatmap_layers(image_layer, results, *, full_resolution: bool = False) -> li
     return out
 
 
+def slim(result) -> None:
+    """Drop what the viewer does not need of a plane's ``Annotation`` once its points and
+    grid maps are made: the image-size heatmaps (None; 4 bytes a pixel per prompt) and the
+    all-zero labels of a run without SAM (a zero-stride view of the same shape)."""
+    result.heatmaps = None
+    if result.labels is not None and result.labels.size and not result.labels.any():
+        result.labels = np.broadcast_to(np.int32(0), result.labels.shape)
+
+
 def write_heatmap(viewer, image_layer, item: dict):
     """Add or update one layer of ``heatmap_layers`` over the image (GUI thread)."""
     scale, translate = plane_placement(image_layer, item["planes"], item["grid"])
