@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Iterator, Sequence
+from fractions import Fraction
 
 import numpy as np
 
@@ -217,6 +218,7 @@ def _scale_to_uint8(block: np.ndarray, lo: float, hi: float) -> np.ndarray:
         return np.zeros(block.shape, np.uint8)
     if block.dtype.kind in "iu" and block.dtype.itemsize == 8:
         return _scale_int64_to_uint8(block, lo, hi)
+    lo, hi = float(lo), float(hi)  # the data are no wider than float64 here
     x = block.astype(np.float64)  # a fresh copy: modified in place below
     span = hi - lo
     if np.isfinite(span):
@@ -250,10 +252,16 @@ def _int64_minus(block: np.ndarray, lo, hi) -> np.ndarray:
     return x
 
 
+def _exact_span(lo, hi) -> float:
+    """``hi - lo`` rounded once: an int limit beyond 2**53 beside a float one (Python would round
+    the int to float first, e.g. (2**53 + 1, 2**53 + 2.0) -> 2.0 instead of 1.0)."""
+    return float(Fraction(hi) - Fraction(lo))
+
+
 def _scale_int64_to_uint8(block: np.ndarray, lo, hi) -> np.ndarray:
     """``_scale_to_uint8`` for 64-bit integers (see ``_int64_minus``)."""
     x = _int64_minus(block, lo, hi)
-    x *= 255.0 / float(hi - lo)
+    x *= 255.0 / _exact_span(lo, hi)
     np.clip(x, 0.0, 255.0, out=x)
     np.round(x, out=x)
     return x.astype(np.uint8)
@@ -329,16 +337,25 @@ def _parse_lut(lut, index: int) -> np.ndarray:
     return table
 
 
+def _limit(v):
+    """A contrast limit as a Python number: integers stay exact ints (64-bit data beyond 2**53
+    are scaled exactly), anything else becomes a float."""
+    if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+        return int(v)
+    return float(v)
+
+
 def _parse_pair(pair, which: str) -> tuple[float, float]:
     try:
-        lo, hi = (float(v) for v in pair)
-    except (TypeError, ValueError):
+        lo, hi = (_limit(v) for v in pair)
+        finite = np.isfinite(float(lo)) and np.isfinite(float(hi))
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"contrast limits for {which} must be a (low, high) pair of numbers, got {pair!r}") from None
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise ValueError(f"contrast limits for {which} are ({lo}, {hi}); both must be finite numbers")
+    if not finite:
+        raise ValueError(f"contrast limits for {which} are ({float(lo)}, {float(hi)}); both must be finite numbers")
     if lo > hi:
         raise ValueError(
-            f"contrast limits for {which} are ({lo}, {hi}): low is above high; "
+            f"contrast limits for {which} are ({float(lo)}, {float(hi)}): low is above high; "
             "pass them as (low, high) with low <= high"
         )
     return lo, hi
@@ -490,9 +507,10 @@ def composite_rgb(
             wide_int = block.dtype.kind in "iu" and block.dtype.itemsize == 8
             value = _int64_minus(block, lo, hi) if wide_int and hi > lo else block.astype(np.float64)  # a copy
             if hi > lo and wide_int:
-                value /= float(hi - lo)
+                value /= _exact_span(lo, hi)
                 np.clip(value, 0.0, 1.0, out=value)
             elif hi > lo:
+                lo, hi = float(lo), float(hi)  # the data are no wider than float64 here
                 if np.isfinite(hi - lo):
                     value -= lo
                     value /= hi - lo
