@@ -111,3 +111,37 @@ def test_weights_files_are_hashed(tmp_path, models):
 
     assert state_dict_sha256(build_tiny_sam(seed=1)) == state_dict_sha256(build_tiny_sam(seed=1))
     assert state_dict_sha256(build_tiny_sam(seed=1)) != state_dict_sha256(build_tiny_sam(seed=2))
+
+
+def test_state_dict_sha256_follows_weights_changed_after_a_first_hash():
+    """The per-module memory never returns an old hash: an in-place write, a replaced
+    parameter and a loaded state dict each give the sha256 of the new weights, computed here
+    by the formula (names, dtypes, shapes, bytes in state-dict order)."""
+    import torch
+
+    from tiny_sam import build_tiny_sam
+
+    def formula(module):
+        h = hashlib.sha256()
+        for name, t in module.state_dict().items():
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    sam = build_tiny_sam(seed=1)
+    assert state_dict_sha256(sam) == state_dict_sha256(sam) == formula(sam)
+    with torch.no_grad():
+        sam.mask_decoder.iou_token.weight.add_(1.0)  # in place
+    assert state_dict_sha256(sam) == formula(sam)
+    first = state_dict_sha256(sam)
+    old = sam.mask_decoder.iou_token.weight
+    new = torch.nn.Parameter(torch.zeros_like(old))
+    with torch.no_grad():
+        while new._version < old._version:  # a new tensor whose version counter equals the old one's
+            new.add_(0.0)
+    sam.mask_decoder.iou_token.weight = new
+    assert state_dict_sha256(sam) == formula(sam) != first
+    sam.load_state_dict(build_tiny_sam(seed=2).state_dict())
+    assert state_dict_sha256(sam) == formula(sam) == state_dict_sha256(build_tiny_sam(seed=2))
