@@ -41,7 +41,8 @@ def main() -> None:
 
     import napari
     import torch
-    from qtpy.QtCore import QEventLoop, Qt, QTimer
+    from qt_wait import wait_until
+    from qtpy.QtCore import Qt, QTimer
     from qtpy.QtWidgets import QApplication
     from segment_anything import SamPredictor, sam_model_registry
     from skimage import data, transform
@@ -88,9 +89,8 @@ def main() -> None:
     timer.setInterval(5)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
 
-    def wait_idle():  # sleep until Qt has events (no busy loop competing with torch for the cores)
-        while widget.is_busy:
-            app.processEvents(QEventLoop.ProcessEventsFlag.WaitForMoreEvents, 20)
+    def wait_idle():  # a real event loop, asleep between events (see qt_wait: no core spent spinning)
+        wait_until(lambda: not widget.is_busy, poll_ms=2)
         for _ in range(3):
             app.processEvents()
 
