@@ -70,7 +70,7 @@ def test_rerun_at_another_size_updates_the_same_layer_and_full_resolution_on_req
     assert heat.data.shape == grid.shape != first
     np.testing.assert_allclose(_min_max(_shown_at_image_pixels(heat, img, (), 300, 451)),
                                widget.last_result.heatmaps[0], atol=2e-5)
-    widget.full_resolution_heatmaps = True
+    widget.full_resolution_heatmaps.value = True
     _run(qtbot, widget, img)
     assert viewer.layers["chelsea heatmap [cat]"] is heat and heat.data.shape == (300, 451)
     assert tuple(heat.scale) == tuple(img.scale) and tuple(heat.translate) == tuple(img.translate)

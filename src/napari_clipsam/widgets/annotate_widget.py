@@ -55,9 +55,6 @@ class ClipSamWidget(AnnotateForm):
         #: optional callable applied to each run's localizer (e.g. a few-shot probe's
         #: ``LinearProbe.localizer``); None runs the method as chosen
         self.localizer_wrapper = None
-        #: heatmap layers at the image's resolution (4 bytes a pixel per prompt) instead of
-        #: the localizer's patch grid placed over the image with a scale (the default)
-        self.full_resolution_heatmaps = False
 
         self.closed = False
         self._ahead: Task | None = None
@@ -236,7 +233,7 @@ class ClipSamWidget(AnnotateForm):
                    boxes_from_heatmaps=bool(self.boxes_from_heatmaps.value))
 
         wrapper = self.localizer_wrapper
-        full_resolution = bool(self.full_resolution_heatmaps)
+        full_resolution = bool(self.full_resolution_heatmaps.value)
 
         def pixels_now(plane: Plane) -> np.ndarray:
             """The plane's pixels as the layers hold them now (what live decodes embed)."""

@@ -152,6 +152,11 @@ class AnnotateForm(Container):
                                             tooltip="Also prompt SAM with each object's heatmap blob (its region "
                                                     "above the threshold) as a box; the boxes are editable in "
                                                     "the boxes layer.")
+        self.full_resolution_heatmaps = CheckBox(
+            label="full-resolution heatmaps", value=False,
+            tooltip="Heatmap layers at the image's size (4 bytes a pixel per prompt) instead of the "
+                    "localizer's patch grid placed over the image (the same map, shown with linear "
+                    "interpolation, a few kB).")
         self.absence_floor = ComboBox(label="absence floor", choices=list(FLOOR_MODES), value="none",
                                       tooltip="A floor on the method's raw similarity that a point must reach; "
                                               "prompts with nothing above it get no points.")
@@ -163,7 +168,7 @@ class AnnotateForm(Container):
             self.clip_model, self.clip_file, self.sam_model, self.sam_file, self.slices, self.slice_axis,
             self.composite_with, self.templates, self.custom_templates, self.background, self.resolution,
             self.window, self.max_objects, self.one_object_per_prompt, self.boxes_from_heatmaps,
-            self.absence_floor, self.floor_value, self.min_presence,
+            self.full_resolution_heatmaps, self.absence_floor, self.floor_value, self.min_presence,
         ])
         self.more.margins = (0, 0, 0, 0)
         self.more_options = QCollapsible("More options")
