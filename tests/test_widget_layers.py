@@ -77,6 +77,22 @@ def test_rerun_at_another_size_updates_the_same_layer_and_full_resolution_on_req
     np.testing.assert_array_equal(heat.data, widget.last_result.heatmaps[0])
 
 
+def test_heatmap_layer_made_at_full_resolution_then_on_the_grid_is_shown_interpolated(qtbot, viewer_widget):
+    """A layer first made at the image's size (shown pixel by pixel), then updated with the
+    patch grid, is shown with linear interpolation: nearest would show the grid's blocks."""
+    viewer, widget = viewer_widget
+    img = viewer.layers["chelsea"]
+    widget.full_resolution_heatmaps.value = True
+    _run(qtbot, widget, img)
+    heat = viewer.layers["chelsea heatmap [cat]"]
+    assert heat.data.shape == (300, 451) and str(heat.interpolation2d) == "nearest"
+    widget.full_resolution_heatmaps.value = False
+    _run(qtbot, widget, img)
+    assert viewer.layers["chelsea heatmap [cat]"] is heat
+    assert heat.data.shape == widget.last_result.grid_heatmaps[0].shape
+    assert str(heat.interpolation2d) == "linear"
+
+
 def _stack():
     rng = np.random.default_rng(1)
     base = data.camera()[::4, ::3]  # 128 x 171

@@ -82,6 +82,8 @@ def upsert_layer(viewer, kind: str, name: str, data, *, metadata: dict | None = 
         for key in ("features", "visible", "scale", "translate"):
             if key in kwargs and (key == "features" or not np.array_equal(getattr(existing, key), kwargs[key])):
                 setattr(existing, key, kwargs[key])  # each setter refreshes the layer: only what changed
+        if "interpolation2d" in kwargs and str(existing.interpolation2d) != str(kwargs["interpolation2d"]):
+            existing.interpolation2d = kwargs["interpolation2d"]
         existing.metadata.update(meta)
         return existing
     name = _free_name(viewer, name)

@@ -104,7 +104,8 @@ def slim(result) -> None:
 def write_heatmap(viewer, image_layer, item: dict):
     """Add or update one layer of ``heatmap_layers`` over the image (GUI thread)."""
     scale, translate = plane_placement(image_layer, item["planes"], item["grid"])
-    extra = {"interpolation2d": "linear"} if item["grid"] is not None else {}
+    # the grid is shown with linear interpolation (that is the image-size map); image-size maps as they are
+    extra = {"interpolation2d": "linear" if item["grid"] is not None else "nearest"}
     name = LW.heatmap_name(image_layer.name, item["prompt"])
     return LW.upsert_layer(viewer, "image", name, item["data"], image_layer=image_layer, colormap="inferno",
                            blending="additive", opacity=0.6, contrast_limits=HEATMAP_LIMITS, visible=item["visible"],
