@@ -14,9 +14,12 @@ from segment_anything import SamPredictor
 
 
 class Oracle:
-    def __init__(self, sam, rgb: np.ndarray):
-        self.predictor = SamPredictor(sam)
-        self.predictor.set_image(np.ascontiguousarray(rgb), image_format="RGB")
+    """predictor_class: the library's own predictor (segment-anything's ``SamPredictor``, or
+    sam2's ``SAM2ImagePredictor`` for a SAM 2 model), fresh on the exact pixels."""
+
+    def __init__(self, sam, rgb: np.ndarray, predictor_class=SamPredictor):
+        self.predictor = predictor_class(sam)
+        self.predictor.set_image(np.ascontiguousarray(rgb))  # RGB uint8: both libraries' default
         self.shape = rgb.shape[:2]
 
     def mask(self, points_rc, labels, box=None, candidate=None) -> np.ndarray:
@@ -28,7 +31,7 @@ class Oracle:
             point_coords=pts[:, ::-1].copy() if len(pts) else None, point_labels=lab if len(pts) else None,
             box=sam_box, multimask_output=multimask)
         pick = int(np.argmax(scores)) if candidate is None else candidate
-        return masks[pick].astype(bool)
+        return np.asarray(masks[pick]) > 0.5  # bool (SAM 1) or 0/1 floats (SAM 2)
 
     def best_candidate(self, points_rc, labels) -> int:
         pts = np.asarray(points_rc, float).reshape(-1, 2)

@@ -21,31 +21,6 @@ from widget_helpers import idle  # noqa: E402
 from reference_model import load_reference_clip  # noqa: E402
 
 
-class Sam2Oracle(Oracle):
-    """``sam_oracle.Oracle``'s rules and labels painting, masks from a fresh SAM2ImagePredictor."""
-
-    def __init__(self, sam, rgb):
-        self.predictor = SAM2ImagePredictor(sam)
-        self.predictor.set_image(np.ascontiguousarray(rgb))
-        self.shape = rgb.shape[:2]
-
-    def mask(self, points_rc, labels, box=None, candidate=None):
-        pts = np.asarray(points_rc, float).reshape(-1, 2)
-        lab = np.asarray(labels, int).reshape(-1)
-        sam_box = None if box is None else np.array([box[1], box[0], box[3], box[2]], float)
-        multimask = candidate is not None or (len(pts) == 1 and box is None)
-        masks, scores, _ = self.predictor.predict(
-            point_coords=pts[:, ::-1].copy() if len(pts) else None, point_labels=lab if len(pts) else None,
-            box=sam_box, multimask_output=multimask)
-        return masks[int(np.argmax(scores)) if candidate is None else candidate] > 0.5
-
-    def best_candidate(self, points_rc, labels) -> int:
-        pts = np.asarray(points_rc, float).reshape(-1, 2)
-        _, scores, _ = self.predictor.predict(point_coords=pts[:, ::-1].copy(),
-                                              point_labels=np.asarray(labels, int), multimask_output=True)
-        return int(np.argmax(scores))
-
-
 def _expected(oracle, pts, boxes=None, candidates=None):
     masks = {}
     for oid, (p, lab) in object_prompts(pts).items():
@@ -82,7 +57,7 @@ def test_run_and_live_edits_with_sam2(qtbot, make_napari_viewer, sam2_model):
     idle(qtbot, widget)
     assert "done" in widget.status.value, widget.status.value
     pts, labels, boxes = (viewer.layers[f"chelsea {n}"] for n in ("points", "labels", "boxes"))
-    oracle = Sam2Oracle(sam2_model, pixels)
+    oracle = Oracle(sam2_model, pixels, SAM2ImagePredictor)
     expected = _expected(oracle, pts)
     assert len(set(np.unique(expected).tolist()) - {0}) >= 2  # real objects, not an empty picture
     np.testing.assert_array_equal(labels.data, expected)
