@@ -119,7 +119,21 @@ def _size(arrays: dict, name: str) -> tuple[int, int]:
     return int(a[0]), int(a[1])
 
 
-class Sam1Backend:
+class _Backend:
+    """What both adapters share: the library's own predictor and its model and device."""
+
+    predictor = None
+
+    @property
+    def model(self):
+        return self.predictor.model
+
+    @property
+    def device(self):
+        return self.predictor.device
+
+
+class Sam1Backend(_Backend):
     """segment-anything's ``SamPredictor``. Entry: (features (1, 256, 64, 64), original (h, w),
     input (h, w) after the long-side resize)."""
 
@@ -135,14 +149,6 @@ class Sam1Backend:
     def accepts(model) -> bool:
         module = sys.modules.get("segment_anything.modeling.sam")
         return module is not None and isinstance(model, module.Sam)
-
-    @property
-    def model(self):
-        return self.predictor.model
-
-    @property
-    def device(self):
-        return self.predictor.device
 
     def fingerprint_module(self):
         return self.predictor.model.image_encoder
@@ -188,7 +194,7 @@ class Sam1Backend:
         return torch.from_numpy(feats.copy()).to(self.device), orig, inp
 
 
-class Sam2Backend:
+class Sam2Backend(_Backend):
     """sam2's ``SAM2ImagePredictor``. Entry: (image_embed (1, 256, 64, 64), high-resolution
     features ((1, 32, 256, 256), (1, 64, 128, 128)), original (h, w))."""
 
@@ -208,14 +214,6 @@ class Sam2Backend:
     def accepts(model) -> bool:
         module = sys.modules.get("sam2.modeling.sam2_base")
         return module is not None and isinstance(model, module.SAM2Base)
-
-    @property
-    def model(self):
-        return self.predictor.model
-
-    @property
-    def device(self):
-        return self.predictor.device
 
     def fingerprint_module(self):
         # the embedding is the encoder's output passed through the decoder's conv_s0/conv_s1
