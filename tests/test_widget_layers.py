@@ -192,19 +192,11 @@ def test_an_all_slices_run_keeps_image_size_maps_of_one_slice_only(qtbot, docked
     img = viewer.add_image(_stack(), name="stack")
     widget.slices.value = "all along axis"
     widget.slice_axis.value = 0
-    payloads = []
-    on_done = widget._on_done
-
-    def keep(image_layer, payload, pixels):
-        payloads.append(payload)
-        return on_done(image_layer, payload, pixels)
-
-    widget._on_done = keep
     _run(qtbot, widget, img)
-    results = payloads[0][1]
-    assert len(results) == 4 and widget.last_result is results[-1][1]
-    assert results[-1][1].heatmaps.shape == (1, 128, 171)  # the last slice's, for scripts (last_result)
-    for _, r in results[:-1]:
+    results = widget.last_results
+    assert len(results) == 4 and widget.last_result is results[-1]
+    assert results[-1].heatmaps.shape == (1, 128, 171)  # the last slice's, for scripts (last_result)
+    for r in results[:-1]:
         assert r.heatmaps is None and r.grid_heatmaps is not None
         assert r.labels.shape == (128, 171) and r.labels.strides == (0, 0)  # no memory behind the zeros
-    assert viewer.layers["stack heatmap [cat]"].data.shape == (4, *results[0][1].grid_heatmaps.shape[1:])
+    assert viewer.layers["stack heatmap [cat]"].data.shape == (4, *results[0].grid_heatmaps.shape[1:])

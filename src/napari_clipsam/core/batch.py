@@ -244,8 +244,8 @@ def _planes(img: np.ndarray, options: BatchOptions):
 # ------------------------------------------------------------------ the worker's side
 _cache: dict = {}
 _cache_lock = threading.Lock()
-#: how many times models were loaded in this process (per spec key), for tests and logs
-LOAD_COUNTS: dict[str, int] = {}
+#: how many times models were loaded in this process, per (model spec key, worker name), for tests and logs
+LOAD_COUNTS: dict[tuple[str, str], int] = {}
 
 
 def _worker_name() -> str:
@@ -279,7 +279,7 @@ def _models_for(options: BatchOptions):
                 clip_info = {"factory": desc["factory"], "sha256": state_dict_sha256(clip), "sha256_of": "state_dict"}
                 sam_info = {"factory": desc["factory"], "sha256": state_dict_sha256(sam), "sha256_of": "state_dict"}
             entry["models"] = (clip, tokenizer, sam, clip_info, sam_info)
-            LOAD_COUNTS[spec_key] = LOAD_COUNTS.get(spec_key, 0) + 1
+            LOAD_COUNTS[key] = LOAD_COUNTS.get(key, 0) + 1
             entry["localizers"] = {}
         clip, tokenizer, sam, clip_info, sam_info = entry["models"]
         lkey = json.dumps([options.method, options.localizer_kwargs()], sort_keys=True, default=str)

@@ -39,6 +39,9 @@ class ClipSamWidget(AnnotateForm):
         self.viewer = napari_viewer
         self.sam_queue = SamQueue()
         self.editors: list[LiveEditor] = []
+        #: the last run's ``Annotation`` per annotated plane, in plane order (all slices: one per
+        #: slice; only the last keeps its image-size heatmaps), and the last of them
+        self.last_results: list = []
         self.last_result = None
         self.models = ModelCache()
         self.runner = Runner(self.progress, self.show_status)
@@ -316,7 +319,8 @@ class ClipSamWidget(AnnotateForm):
 
     def _apply(self, image_layer, session, results, record, heat, pixels):
         try:
-            self.last_result = results[-1][1]
+            self.last_results = [r for _, r in results]
+            self.last_result = self.last_results[-1]
             self.show_status("adding the results")
             for item in heat:
                 RW.write_heatmap(self.viewer, image_layer, item)
