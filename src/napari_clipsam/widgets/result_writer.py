@@ -112,32 +112,11 @@ def write_heatmap(viewer, image_layer, item: dict):
                            scale=scale, translate=translate, metadata=item["metadata"], **extra)
 
 
-def write_heatmaps(viewer, image_layer, results, *, full_resolution: bool = False) -> None:
-    """One layer per prompt over the run's planes (on other axes only the plane's index, so a
-    single plane of a stack shows on its own slice), placed over the image: on the patch
-    grid with a scale, or at the image's resolution with ``full_resolution``."""
-    for item in heatmap_layers(image_layer, results, full_resolution=full_resolution):
-        write_heatmap(viewer, image_layer, item)
-
-
-def drain(steps):
-    """Run a generator of steps to its end at once; its return value."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as end:
-            return end.value
-
-
-def new_layers(viewer, image_layer, prompts: list[str]):
-    """(points, labels, boxes) layers for an image annotated for the first time; a labels
-    layer of ours with the image's shape is reused (the user's painting on it is kept)."""
-    return drain(new_layer_steps(viewer, image_layer, prompts))
-
-
 def new_layer_steps(viewer, image_layer, prompts: list[str]):
-    """``new_layers`` as a generator that yields after each layer it adds (napari's adding
-    a layer is a GUI-thread cost of its own: one per event-loop turn); returns the layers."""
+    """(points, labels, boxes) layers for an image annotated for the first time; a labels
+    layer of ours with the image's shape is reused (the user's painting on it is kept). A
+    generator that yields after each layer it adds (napari's adding a layer is a GUI-thread
+    cost of its own: one per event-loop turn); returns the layers."""
     name = image_layer.name
     shape = spatial_shape(image_layer)
     geo = dict(scale=tuple(image_layer.scale), translate=tuple(image_layer.translate))
@@ -159,19 +138,14 @@ def new_layer_steps(viewer, image_layer, prompts: list[str]):
     return points, labels, boxes
 
 
-def write_run(editor, results) -> int:
+def write_run_steps(editor, results):
     """Put a run's planes into the editor's state and layers: each plane's points replace the
     points on that plane (others are kept), its objects (ids unique across the image) are
-    painted, and decodes of the plane's old objects become stale. Returns the number of
+    painted, and decodes of the plane's old objects become stale. A generator that yields
+    between pieces a GUI thread can do in one event-loop turn each: every plane's labels, the
+    points, the boxes, the features. The editor is held meanwhile (a user edit in between is
+    decoded once all is written, never against half-written layers). Returns the number of
     hand-painted pixels that were kept."""
-    return drain(write_run_steps(editor, results))
-
-
-def write_run_steps(editor, results):
-    """``write_run`` as a generator that yields between pieces a GUI thread can do in one
-    event-loop turn each: every plane's labels, the points, the boxes, the features. The
-    editor is held meanwhile (a user edit in between is decoded once all is written, never
-    against half-written layers). Returns the number of hand-painted pixels that were kept."""
     editor.hold()
     try:
         return (yield from _write_run_steps(editor, results))
