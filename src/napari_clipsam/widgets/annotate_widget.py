@@ -271,7 +271,8 @@ class ClipSamWidget(AnnotateForm):
         self.cancel_button.enabled = True
         self.show_status("starting")
         self.runner.start(job, on_done=lambda res, lay=layer: self._on_done(lay, res, pixels_now),
-                          on_failed=self._on_failed, on_cancelled=self._on_cancelled, label="napari-clipsam run")
+                          on_failed=self._on_failed, on_cancelled=self._on_cancelled,
+                          on_apply_failed=self._on_apply_failed, label="napari-clipsam run")
 
     def cancel(self) -> None:
         """Stop the run at its next step (between windows, slices, stages or download chunks);
@@ -294,6 +295,15 @@ class ClipSamWidget(AnnotateForm):
             return
         self._end_run()
         self._fail(short, details)
+
+    def _on_apply_failed(self, short: str, details: str) -> None:
+        """A step of adding the results raised: say what state the viewer is in."""
+        if self.closed:
+            return
+        self._end_run()
+        self.show_status("failed while adding the results: some layers may hold this run's results")
+        self.show_error(f"{short} (while adding the results)", details)
+        notify_error(f"napari-clipsam: adding the results failed: {short}")
 
     def _on_cancelled(self) -> None:
         if self.closed:
@@ -345,15 +355,7 @@ class ClipSamWidget(AnnotateForm):
             editor.state.shape = spatial_shape(image_layer)
             kept = yield from RW.write_run_steps(editor, results)
             editor.record = record
-        except Exception as exc:  # a bug while adding: say what state the viewer is in
-            if not self.closed:
-                import traceback
-
-                self.show_status("failed while adding the results: some layers may hold this run's results")
-                self.show_error(f"unexpected error while adding the results: {exc}", traceback.format_exc())
-                notify_error(f"napari-clipsam: adding the results failed: {exc}")
-            return
-        finally:
+        finally:  # also when a step raises (the runner then reports it: _on_apply_failed)
             if not self.closed:
                 self._end_run()
         n_points = sum(len(r.points) for _, r in results)

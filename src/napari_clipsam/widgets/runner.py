@@ -9,7 +9,8 @@ of ``on_done(result)``, ``on_failed(short, details)`` or ``on_cancelled()``, on 
 Applying results in steps: ``on_done`` may return an iterator (a generator that yields
 between pieces of work, e.g. one layer added per step); the runner then runs one step per
 turn of Qt's event loop (repaints and input in between, no long freeze) and counts as
-running until the last step is done. A step that raises ends it with ``on_failed``.
+running until the last step is done. A step that raises ends it with ``on_apply_failed``
+(default ``on_failed``): by then part of the results may be in the viewer.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ class Runner:
         """True while the job is over and its results are being applied in steps."""
         return self._steps is not None
 
-    def start(self, job: Callable[[Task], object], *, on_done, on_failed, on_cancelled, label: str = "napari-clipsam"):
+    def start(self, job: Callable[[Task], object], *, on_done, on_failed, on_cancelled, on_apply_failed=None,
+              label: str = "napari-clipsam"):
         if self.is_running:
             raise RuntimeError("a run is already going; cancel it first")
         self.log = log = []
@@ -104,7 +106,7 @@ class Runner:
             if outcome.kind == "done":
                 steps = on_done(outcome.value)
                 if steps is not None and hasattr(steps, "__next__"):
-                    self._steps = (steps, on_failed)
+                    self._steps = (steps, on_apply_failed or on_failed)
                     self._step_timer.start()
             elif outcome.kind == "cancelled":
                 on_cancelled()
