@@ -254,8 +254,20 @@ def test_presence_with_background(clip, square):
     assert p.shape == (2,)
     assert 0 < p.sum() < 1
     np.testing.assert_allclose(p, independent_presence(clip, square, prompts + background, 2), atol=1e-5, rtol=0)
-    # a single prompt alone is present by definition; with background it is a real probability
-    assert get_localizer("gem", *clip).presence(square, "cat") == pytest.approx([1.0])
+    # a single prompt alone is present by definition (CLIP's softmax over one class), so no
+    # image forward is spent on it; with background it is a real probability
+    expected = independent_presence(clip, square, ["cat"], 1)
+    forwards = []
+    hook = clip[0].visual.register_forward_hook(lambda *a: forwards.append(1))
+    try:
+        alone = get_localizer("gem", *clip).presence(square, "cat")
+        assert forwards == []
+        np.testing.assert_allclose(alone, expected, atol=1e-6, rtol=0)
+        assert alone.dtype == np.float32
+        get_localizer("gem", *clip, background=background).presence(square, "cat")
+        assert forwards == [1]
+    finally:
+        hook.remove()
     single = get_localizer("gem", *clip, background=background).presence(square, "cat")
     assert single.shape == (1,) and 0 < single[0] < 1
 

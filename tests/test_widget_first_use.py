@@ -64,14 +64,28 @@ def test_errors_stay_visible_with_details_and_status_resets(qtbot, viewer_widget
 
 
 def test_long_work_shows_in_napari_activity_and_no_private_api(qtbot, viewer_widget):
+    import time
+
     from napari.utils import progress
 
     viewer, widget = viewer_widget
     seen = []
-    widget.runner.observers.append(lambda p: seen.append(len(progress._all_instances)))
+
+    def slow_observer(p):  # runs in the worker: each report takes 0.1 s, so every run lasts > 0.5 s
+        seen.append(len(progress._all_instances))
+        time.sleep(0.1)
+
+    widget.runner.observers.append(slow_observer)
     before = len(notification_manager.records)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        widget.runner.activity_after_s = 60.0  # shorter than that: the widget's own bar only
+        widget.prompts.value = "cat"
+        widget.run()
+        idle(qtbot, widget)
+        assert seen and max(seen) == 0  # no napari progress (nor its animated status-bar GIF)
+        seen.clear()
+        widget.runner.activity_after_s = 0.3  # long work also shows in napari's activity panel
         for prompts in ("cat", "cat\nsofa", "cat"):  # re-runs update layers in place
             widget.prompts.value = prompts
             widget.run()

@@ -1,5 +1,12 @@
 """Running long work off the GUI thread: one worker, one ``Task`` (progress and cancel), and
-progress shown in the widget's bar and in napari's activity panel.
+progress shown in the widget's bar and, for work that turns out long, in napari's activity panel.
+
+napari's activity entry comes with an animated "in progress" GIF in the status bar (33 frames a
+second). Each frame repaints the window, on the GUI thread and holding the GIL (napari's main
+window handles Qt events in Python); with software OpenGL (remote desktops, VMs, Xvfb) that
+cost a worker 30% of its speed (GEM at 448: 0.72 s -> 0.96 s, ``benchmarks/widget_run.py``).
+So the entry is only made once a job has run ``activity_after_s`` (2 s): a run of a second or
+two shows its progress in the widget alone.
 
 The work is a plain function ``job(task) -> result`` that reports to the ``Task`` (the one
 way progress and cancellation are done, see ``core.progress``). The GUI thread polls the
@@ -15,6 +22,7 @@ running until the last step is done. A step that raises ends it with ``on_apply_
 
 from __future__ import annotations
 
+import time
 import traceback
 from collections.abc import Callable
 
@@ -45,6 +53,9 @@ def _short(exc: BaseException) -> str:
 class Runner:
     """Runs one job at a time; ``bar`` is a magicgui ProgressBar (0..1000)."""
 
+    #: seconds a job runs before it also shows in napari's activity panel
+    activity_after_s: float = 2.0
+
     def __init__(self, bar, status: Callable[[str], None]):
         self.bar = bar
         self.status = status
@@ -55,8 +66,10 @@ class Runner:
         self.observers: list[Callable] = []
         self._worker = None
         self._activity = None
+        self._label = "napari-clipsam"
+        self._started = 0.0
         self._timer = QTimer()
-        self._timer.setInterval(100)
+        self._timer.setInterval(200)  # 5 updates a second: each changed text or value repaints the window
         self._timer.timeout.connect(self._show_progress)
         self._steps = None  # (iterator, on_failed) while results are being applied
         self._step_timer = QTimer()
@@ -122,7 +135,8 @@ class Runner:
         self._worker = worker
         self.bar.value = 0
         self.bar.visible = True
-        self._activity = napari_progress(total=0, desc=label)
+        self._label = label
+        self._started = time.perf_counter()
         self._timer.start()
         worker.start()
 
@@ -172,6 +186,9 @@ class Runner:
         if not (task and task.cancelled):
             self.status(text)
         self.bar.value = int(1000 * frac) if frac is not None else 0
+        if self._activity is None and self._worker is not None \
+                and time.perf_counter() - self._started >= self.activity_after_s:
+            self._activity = napari_progress(total=0, desc=self._label)
         activity = self._activity  # set_description may process events and end the job meanwhile
         if activity is not None:
             activity.set_description(text)
