@@ -4,8 +4,10 @@ Qt's event loop during a run, each beside its reference in the same process.
     xvfb-run -a python benchmarks/live_loop.py [--sam vit_b|tiny] [--repeats 15] [--runs 5]
 
 Rows (JSON on stdout, a short table on stderr):
-* edit_to_labels: a positive point moved -> the labels layer holds the new mask (widget idle),
-  vs the reference: ``SamPredictor.predict`` for the same object's points called directly.
+* edit_to_labels: a positive point moved (napari's points setter included) -> the labels layer
+  holds the new mask (its ``labels_update`` event: ``updated``), the end of the next canvas
+  paint (``shown``: what the user sees) and the widget idle again (``idle``), vs the reference:
+  ``SamPredictor.predict`` for the same object's points called directly.
 * event_loop_gap: the longest interval between ticks of a 5 ms QTimer while a run goes (result
   layers added included), for the first run in a fresh viewer (napari creates the result
   layers) and for ``--runs`` later runs (the layers updated in place): median, min, max.
@@ -65,6 +67,8 @@ def main() -> None:
     step = getattr(runner_module.Runner, "_next_step", None)  # None: a version that applied results at once
     paint = vispy_qt.CanvasBackendDesktop.paintGL
 
+    paint_ends: list[float] = []
+
     def timed(fn, into):
         def wrapper(self, *a):
             t0 = time.perf_counter()
@@ -72,6 +76,8 @@ def main() -> None:
                 return fn(self, *a)
             finally:
                 into.append((time.perf_counter() - t0) * 1000)
+                if into is paints_ms:
+                    paint_ends.append(time.perf_counter())
         return wrapper
 
     if step is not None:
@@ -122,14 +128,22 @@ def main() -> None:
     predictor = SamPredictor(sam)
     predictor.set_image(photo)
     rng = np.random.default_rng(0)
-    edit_ms, direct_ms = [], []
+    edit_ms, direct_ms, updated_ms, shown_ms = [], [], [], []
+    label_updates: list[float] = []
+    viewer.layers["photo labels"].events.labels_update.connect(lambda e: label_updates.append(time.perf_counter()))
     for _ in range(args.repeats):
         moved = np.asarray(pts.data).copy()
         moved[i] = [rng.uniform(50, 700), rng.uniform(50, 950)]
+        label_updates.clear()
+        paint_ends.clear()
         t0 = time.perf_counter()
         pts.data = moved
         wait_idle()
         edit_ms.append((time.perf_counter() - t0) * 1000)
+        if label_updates:  # (a move that leaves the mask as it was updates nothing)
+            updated = label_updates[-1]
+            updated_ms.append((updated - t0) * 1000)
+            shown_ms.append((min((p for p in paint_ends if p > updated), default=float("nan")) - t0) * 1000)
         own = (pts.features["object_id"].to_numpy() == oid) | (
             (pts.features["object_id"].to_numpy() == 0) & ~pts.features["positive"].to_numpy(bool))
         p = np.asarray(pts.data)[own][:, ::-1].copy()
@@ -145,6 +159,8 @@ def main() -> None:
         "device": "cpu", "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg(),
         "sam": args.sam, "image": list(photo.shape),
         "edit_to_labels_ms": summary(edit_ms), "reference_predict_ms": summary(direct_ms),
+        "edit_to_labels_updated_ms": summary(updated_ms) if updated_ms else None,
+        "edit_to_labels_shown_ms": summary(shown_ms) if shown_ms else None,
         "edit_overhead_ratio": statistics.median(edit_ms) / statistics.median(direct_ms),
         "event_loop_gap_ms": gaps,
         "event_loop_gap_first_run": first,
@@ -152,11 +168,15 @@ def main() -> None:
                                       "apply_step_ms_max": max(g["step"] for g in later),
                                       "paint_ms_max": max(g["paint"] for g in later)},
         "load_average_start": load_start,
-        "targets": {"edit_to_labels < 50 ms": bool(statistics.median(edit_ms) < 50),
+        "targets": {"edit_to_labels < 50 ms (idle)": bool(statistics.median(edit_ms) < 50),
+                    "edit_to_labels < 50 ms (shown)": bool(shown_ms and statistics.median(shown_ms) < 50),
                     "event_loop_gap < 50 ms": bool(max(gaps.values()) < 50)},
     }
     print(json.dumps(out, indent=2))
-    print(f"edit -> labels: median {statistics.median(edit_ms):.0f} ms (decoder alone "
+    if shown_ms:
+        print(f"edit -> labels layer updated {statistics.median(updated_ms):.0f} ms, shown "
+              f"{statistics.median(shown_ms):.0f} ms", file=sys.stderr)
+    print(f"edit -> labels: median {statistics.median(edit_ms):.0f} ms to idle (decoder alone "
           f"{statistics.median(direct_ms):.0f} ms); longest event-loop gap: first run "
           f"{gaps['first run']:.0f} ms, later runs median {gaps['later run']:.0f} ms "
           f"({min(g['gap'] for g in later):.0f}-{max(g['gap'] for g in later):.0f})", file=sys.stderr)

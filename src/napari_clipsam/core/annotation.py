@@ -296,12 +296,17 @@ class PlaneAnnotation:
         before = self.compose(region, old)
         after = self.compose(region)
         now = np.asarray(current(region))
-        users = (now != before) | self._user_region(region)
+        users = now != before
+        if self.user_painted is not None:
+            users |= self._user_region(region)
+        r0, c0 = region[:2]
+        if not users.any():  # the usual case: nothing painted by hand here, the plugin's labels change
+            rr, cc = np.nonzero(after != now)
+            return LabelsUpdate(rr + r0, cc + c0, after[rr, cc].astype(np.int32), 0)
         self._remember_user(region, users)
         target = np.where(users, now, after)
         diff = target != now
         rr, cc = np.nonzero(diff)
-        r0, c0 = region[:2]
         kept = int((users & (after != before)).sum())
         return LabelsUpdate(rr + r0, cc + c0, target[diff].astype(np.int32), kept)
 
