@@ -1,7 +1,7 @@
 """The live loop in a real napari window: point edit -> labels updated, and the longest gap in
 Qt's event loop during a run, each beside its reference in the same process.
 
-    xvfb-run -a python benchmarks/live_loop.py [--sam vit_b|tiny] [--repeats 15] [--runs 5]
+    xvfb-run -a python benchmarks/live_loop.py [--sam vit_b|sam2.1_tiny|tiny] [--repeats 15] [--runs 5]
 
 Rows (JSON on stdout, a short table on stderr):
 * edit_to_labels: a positive point moved (napari's points setter included) -> the labels layer
@@ -13,8 +13,10 @@ Rows (JSON on stdout, a short table on stderr):
   layers) and for ``--runs`` later runs (the layers updated in place): median, min, max.
   The time the GUI thread spent in the plugin's result steps, and in canvas paints, is
   reported beside it (``apply_step_ms``, ``paint_ms``: the longest of each).
-Models: random-weight full-size SAM (``sam_model_registry[kind]`` with no checkpoint, weights
-cannot be downloaded here) and the tests' tiny CLIP (heatmap quality plays no role here).
+Models: random-weight full-size SAM (``sam_model_registry[kind]`` with no checkpoint, or SAM 2.1's
+``build_sam2``; weights cannot be downloaded here; ``tiny``: the tests' tiny SAM 1) and the tests'
+tiny CLIP (heatmap quality plays no role here). The reference predictor is the library's own
+(``SamPredictor`` or ``SAM2ImagePredictor``).
 """
 
 from __future__ import annotations
@@ -57,7 +59,14 @@ def main() -> None:
 
     load_start = os.getloadavg()
     torch.manual_seed(0)
-    sam = build_tiny_sam(img_size=256, seed=3) if args.sam == "tiny" else sam_model_registry[args.sam]().eval()
+    if args.sam == "tiny":
+        sam = build_tiny_sam(img_size=256, seed=3)
+    elif args.sam.startswith("sam2"):
+        from widget_run import build_sam
+
+        sam = build_sam(args.sam)
+    else:
+        sam = sam_model_registry[args.sam]().eval()
     photo = (transform.resize(data.chelsea(), (768, 1024), anti_aliasing=True) * 255).astype(np.uint8)
     viewer = napari.Viewer()
     # what the GUI thread does between ticks: the plugin's result steps and the canvas paints
@@ -125,7 +134,12 @@ def main() -> None:
     feats = pts.features
     i = int(np.flatnonzero(feats["positive"].to_numpy(bool))[0])
     oid = int(feats["object_id"].iloc[i])
-    predictor = SamPredictor(sam)
+    if args.sam.startswith("sam2"):
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        predictor = SAM2ImagePredictor(sam)
+    else:
+        predictor = SamPredictor(sam)
     predictor.set_image(photo)
     rng = np.random.default_rng(0)
     edit_ms, direct_ms, updated_ms, shown_ms = [], [], [], []

@@ -2,6 +2,7 @@
 against SAM 2.1 tiny, each with and without the embedding computed ahead of time.
 
     xvfb-run -a python benchmarks/widget_run.py [--kinds vit_b,sam2.1_tiny] [--repeats 3]
+        [--activity-after 2,0]  # also compare when napari's activity entry appears (0: at once)
 
 What a user waits for after pressing Run (until the widget is idle: heatmap, points and labels
 layers in the viewer), on a 1024 x 768 photo with one prompt, GEM on a random-weight open_clip
@@ -45,8 +46,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--kinds", default="vit_b,sam2.1_tiny")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--activity-after", default="",
+                        help="comma-separated Runner.activity_after_s values run side by side (default: the widget's)")
     args = parser.parse_args()
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    delays = [float(v) for v in args.activity_after.split(",") if v.strip()] or [None]
     os.environ["NAPARI_CLIPSAM_CACHE"] = tempfile.mkdtemp(prefix="napari-clipsam-bench-")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -83,7 +87,13 @@ def main() -> None:
         widget.image.value = layer
         return layer
 
-    def one_run(kind: str, ahead: bool) -> float:
+    default_delay = widget.runner.activity_after_s
+    reports: list[tuple[str, float]] = []  # (stage, time) as the worker reports them
+    widget.runner.observers.append(lambda p: reports.append((p.stage, time.perf_counter())))
+    stage_times: dict[str, dict[str, list[float]]] = {}
+
+    def one_run(kind: str, ahead: bool, delay: float | None = None) -> float:
+        widget.runner.activity_after_s = default_delay if delay is None else delay
         widget.use_models(clip=clip, sam=sams[kind])
         new_image()
         if ahead:
@@ -91,21 +101,35 @@ def main() -> None:
             wait_idle()
         # else Run at once: the background embedding would start 300 ms after the choice, and
         # does not start while a run goes
+        reports.clear()
         t0 = time.perf_counter()
         widget.run()
         wait_idle()
         elapsed = time.perf_counter() - t0
         if widget.error.value:
             raise RuntimeError(f"the run failed: {widget.error.value}")
+        first = {}
+        for stage, t in reports:
+            first.setdefault(stage, t)
+        if "heatmaps" in first and "points" in first:
+            stages = stage_times.setdefault(f"{kind} {'ahead' if ahead else 'cold'} {delay}", {})
+            stages.setdefault("heatmaps (text, windows, presence)", []).append(first["points"] - first["heatmaps"])
+            stages.setdefault("points -> masks stage", []).append(first.get("masks", t0) - first["points"])
+            stages.setdefault("masks stage -> idle (decodes, result layers)", []).append(
+                t0 + elapsed - first.get("masks", t0))
         return elapsed
 
     for kind in kinds:  # warm-up: text features cached, first layers created, lazy imports done
         one_run(kind, ahead=False)
-    times: dict[str, dict[str, list[float]]] = {k: {"cold": [], "ahead": []} for k in kinds}
+    def key(kind, delay):
+        return kind if len(delays) == 1 else f"{kind}, activity entry after {delay:g} s"
+
+    times: dict[str, dict[str, list[float]]] = {key(k, d): {"cold": [], "ahead": []} for k in kinds for d in delays}
     for _ in range(args.repeats):
         for kind in kinds:
-            for mode in ("cold", "ahead"):
-                times[kind][mode].append(one_run(kind, ahead=mode == "ahead"))
+            for delay in delays:
+                for mode in ("cold", "ahead"):
+                    times[key(kind, delay)][mode].append(one_run(kind, ahead=mode == "ahead", delay=delay))
 
     def summary(values):
         return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
@@ -115,6 +139,8 @@ def main() -> None:
         "load_average_start": load_start, "load_average_end": os.getloadavg(),
         "image": list(photo.shape), "clip": "ViT-B-16 (random weights), GEM at 448", "prompts": ["cat"],
         "run_to_labels_s": {k: {m: summary(v) for m, v in modes.items()} for k, modes in times.items()},
+        "stages_s (kind mode activity-delay)": {k: {n: summary(v) for n, v in st.items()}
+                                                for k, st in stage_times.items()},
         "targets": {f"{k} run -> labels < 3 s ({m})": bool(statistics.median(v) < 3.0)
                     for k, modes in times.items() for m, v in modes.items()},
     }
