@@ -2,6 +2,8 @@
 fresh segment-anything ``SamPredictor`` on the exact pixels (``sam_oracle``), never from the
 widget's own objects or session."""
 
+import threading
+
 import numpy as np
 from skimage import data
 
@@ -157,9 +159,19 @@ def test_all_slices_cancelled_midway_changes_nothing_and_complete_run_fills_each
     widget.prompts.value = "cat"
     widget.slices.value = "all along axis"
     widget.slice_axis.value = 0
+    reached, resume = threading.Event(), threading.Event()
+
+    def hold_at_slice_3(p):  # in the worker: stop there until the test has pressed Cancel
+        if "slice 3/6" in p.stage and not reached.is_set():
+            reached.set()
+            resume.wait(TIMEOUT / 1000)
+
+    widget.runner.observers.append(hold_at_slice_3)
     widget.run()
-    qtbot.waitUntil(lambda: "slice 3/6" in widget.status.value, timeout=TIMEOUT)
+    qtbot.waitUntil(reached.is_set, timeout=TIMEOUT)
     widget.cancel()
+    resume.set()
+    widget.runner.observers.remove(hold_at_slice_3)
     idle(qtbot, widget)
     assert [lay.name for lay in viewer.layers] == ["stack"] and "cancelled" in widget.status.value
     widget.run()
@@ -335,7 +347,6 @@ def test_boxes_from_heatmaps_are_editable_box_prompts(qtbot, docked, models):
 
 
 def test_a_decode_that_finishes_after_a_rerun_is_dropped(qtbot, docked, models):
-    import threading
 
     viewer, widget = docked
     img = viewer.add_image(data.chelsea(), name="chelsea")
