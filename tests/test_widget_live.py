@@ -347,7 +347,6 @@ def test_boxes_from_heatmaps_are_editable_box_prompts(qtbot, docked, models):
 
 
 def test_a_decode_that_finishes_after_a_rerun_is_dropped(qtbot, docked, models):
-
     viewer, widget = docked
     img = viewer.add_image(data.chelsea(), name="chelsea")
     _run(qtbot, widget, img, "cat")
