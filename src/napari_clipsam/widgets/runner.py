@@ -4,7 +4,8 @@ progress shown in the widget's bar and, for work that turns out long, in napari'
 napari's activity entry comes with an animated "in progress" GIF in the status bar (33 frames a
 second). Each frame repaints the window, on the GUI thread and holding the GIL (napari's main
 window handles Qt events in Python); with software OpenGL (remote desktops, VMs, Xvfb) that
-cost a worker 30% of its speed (GEM at 448: 0.72 s -> 0.96 s, ``benchmarks/widget_run.py``).
+cost a worker 30% of its speed (GEM at 448 in a worker: 0.66 s -> 0.87 s,
+``benchmarks/activity_indicator.py``).
 So the entry is only made once a job has run ``activity_after_s`` (2 s): a run of a second or
 two shows its progress in the widget alone.
 
