@@ -48,9 +48,10 @@ def main() -> None:
     from qt_wait import wait_until
     from qtpy.QtCore import Qt, QTimer
     from qtpy.QtWidgets import QApplication
-    from segment_anything import SamPredictor, sam_model_registry
     from skimage import data, transform
+    from widget_run import build_sam
 
+    from napari_clipsam.core.sam_backends import backend_for
     from napari_clipsam.widgets import ClipSamWidget
     from napari_clipsam.widgets import runner as runner_module
 
@@ -59,14 +60,7 @@ def main() -> None:
 
     load_start = os.getloadavg()
     torch.manual_seed(0)
-    if args.sam == "tiny":
-        sam = build_tiny_sam(img_size=256, seed=3)
-    elif args.sam.startswith("sam2"):
-        from widget_run import build_sam
-
-        sam = build_sam(args.sam)
-    else:
-        sam = sam_model_registry[args.sam]().eval()
+    sam = build_tiny_sam(img_size=256, seed=3) if args.sam == "tiny" else build_sam(args.sam)
     photo = (transform.resize(data.chelsea(), (768, 1024), anti_aliasing=True) * 255).astype(np.uint8)
     viewer = napari.Viewer()
     # what the GUI thread does between ticks: the plugin's result steps and the canvas paints
@@ -78,20 +72,21 @@ def main() -> None:
 
     paint_ends: list[float] = []
 
-    def timed(fn, into):
+    def timed(fn, into, ends=None):
         def wrapper(self, *a):
             t0 = time.perf_counter()
             try:
                 return fn(self, *a)
             finally:
-                into.append((time.perf_counter() - t0) * 1000)
-                if into is paints_ms:
-                    paint_ends.append(time.perf_counter())
+                t1 = time.perf_counter()
+                into.append((t1 - t0) * 1000)
+                if ends is not None:
+                    ends.append(t1)
         return wrapper
 
     if step is not None:
         runner_module.Runner._next_step = timed(step, steps_ms)
-    vispy_qt.CanvasBackendDesktop.paintGL = timed(paint, paints_ms)
+    vispy_qt.CanvasBackendDesktop.paintGL = timed(paint, paints_ms, paint_ends)
     img = viewer.add_image(photo, name="photo")
     widget = ClipSamWidget(viewer)
     widget.use_models(clip=load_reference_clip(), sam=sam)
@@ -134,12 +129,7 @@ def main() -> None:
     feats = pts.features
     i = int(np.flatnonzero(feats["positive"].to_numpy(bool))[0])
     oid = int(feats["object_id"].iloc[i])
-    if args.sam.startswith("sam2"):
-        from sam2.sam2_image_predictor import SAM2ImagePredictor
-
-        predictor = SAM2ImagePredictor(sam)
-    else:
-        predictor = SamPredictor(sam)
+    predictor = backend_for(sam).predictor  # the library's own: SamPredictor or SAM2ImagePredictor
     predictor.set_image(photo)
     rng = np.random.default_rng(0)
     edit_ms, direct_ms, updated_ms, shown_ms = [], [], [], []

@@ -92,6 +92,10 @@ def main() -> None:
     widget.runner.observers.append(lambda p: reports.append((p.stage, time.perf_counter())))
     stage_times: dict[str, dict[str, list[float]]] = {}
 
+    def key(kind, delay):
+        shown = default_delay if delay is None else delay
+        return kind if len(delays) == 1 else f"{kind}, activity entry after {shown:g} s"
+
     def one_run(kind: str, ahead: bool, delay: float | None = None) -> float:
         widget.runner.activity_after_s = default_delay if delay is None else delay
         widget.use_models(clip=clip, sam=sams[kind])
@@ -111,19 +115,16 @@ def main() -> None:
         first = {}
         for stage, t in reports:
             first.setdefault(stage, t)
-        if "heatmaps" in first and "points" in first:
-            stages = stage_times.setdefault(f"{kind} {'ahead' if ahead else 'cold'} {delay}", {})
+        if {"heatmaps", "points", "masks"} <= first.keys():
+            stages = stage_times.setdefault(f"{key(kind, delay)}, {'ahead' if ahead else 'cold'}", {})
             stages.setdefault("heatmaps (text, windows, presence)", []).append(first["points"] - first["heatmaps"])
-            stages.setdefault("points -> masks stage", []).append(first.get("masks", t0) - first["points"])
-            stages.setdefault("masks stage -> idle (decodes, result layers)", []).append(
-                t0 + elapsed - first.get("masks", t0))
+            stages.setdefault("points -> masks stage", []).append(first["masks"] - first["points"])
+            stages.setdefault("masks stage -> idle (decodes, result layers)", []).append(t0 + elapsed - first["masks"])
         return elapsed
 
     for kind in kinds:  # warm-up: text features cached, first layers created, lazy imports done
         one_run(kind, ahead=False)
-    def key(kind, delay):
-        return kind if len(delays) == 1 else f"{kind}, activity entry after {delay:g} s"
-
+    stage_times.clear()  # the warm-up runs are not measured
     times: dict[str, dict[str, list[float]]] = {key(k, d): {"cold": [], "ahead": []} for k in kinds for d in delays}
     for _ in range(args.repeats):
         for kind in kinds:
@@ -139,7 +140,7 @@ def main() -> None:
         "load_average_start": load_start, "load_average_end": os.getloadavg(),
         "image": list(photo.shape), "clip": "ViT-B-16 (random weights), GEM at 448", "prompts": ["cat"],
         "run_to_labels_s": {k: {m: summary(v) for m, v in modes.items()} for k, modes in times.items()},
-        "stages_s (kind mode activity-delay)": {k: {n: summary(v) for n, v in st.items()}
+        "stages_s": {k: {n: summary(v) for n, v in st.items()}
                                                 for k, st in stage_times.items()},
         "targets": {f"{k} run -> labels < 3 s ({m})": bool(statistics.median(v) < 3.0)
                     for k, modes in times.items() for m, v in modes.items()},

@@ -64,3 +64,22 @@ def object_prompts(points_layer, plane_filter=None) -> dict[int, tuple[np.ndarra
         sel = own | (keep & (oid == 0) & (prompt == cls) & ~pos)
         out[o] = (data[sel][:, -2:], pos[sel].astype(int))
     return out
+
+
+def expected_labels(oracle: Oracle, points_layer, plane_filter=None, boxes=None, candidates=None) -> np.ndarray:
+    """The labels a fresh predictor gives for a points layer's objects (``boxes``: {object id:
+    (row0, col0, row1, col1)}, ``candidates``: {object id: multimask index}); a box with no
+    positive point of its object is prompted with its prompt's shared negative points."""
+    masks = {}
+    objs = object_prompts(points_layer, plane_filter)
+    for oid, (pts, lab) in objs.items():
+        masks[oid] = oracle.mask(pts, lab, (boxes or {}).get(oid), (candidates or {}).get(oid))
+    for oid, box in (boxes or {}).items():
+        if oid not in objs:  # a box alone, with its prompt's shared negative points
+            f = points_layer.features
+            neg = (f["object_id"].to_numpy() == 0) & ~f["positive"].to_numpy(bool) & \
+                (f["prompt"].astype(str).to_numpy() == "cat")
+            if plane_filter is not None:
+                neg &= plane_filter(np.asarray(points_layer.data))
+            masks[oid] = oracle.mask(np.asarray(points_layer.data)[neg][:, -2:], np.zeros(int(neg.sum())), box)
+    return oracle.labels(masks)

@@ -7,8 +7,8 @@ import threading
 import numpy as np
 from skimage import data
 
-from sam_oracle import Oracle, object_prompts
-from widget_helpers import TIMEOUT, idle
+from sam_oracle import Oracle, expected_labels, object_prompts
+from widget_helpers import TIMEOUT, assert_next_mask_cycles, idle
 
 
 def _run(qtbot, widget, layer, prompts="cat"):
@@ -17,23 +17,6 @@ def _run(qtbot, widget, layer, prompts="cat"):
     widget.run()
     idle(qtbot, widget)
     assert "done" in widget.status.value, widget.status.value
-
-
-def _expected(oracle, points_layer, plane_filter=None, boxes=None, candidates=None):
-    masks = {}
-    objs = object_prompts(points_layer, plane_filter)
-    for oid, (pts, lab) in objs.items():
-        box = (boxes or {}).get(oid)
-        masks[oid] = oracle.mask(pts, lab, box, (candidates or {}).get(oid))
-    for oid, box in (boxes or {}).items():
-        if oid not in objs:  # a box alone, with its prompt's shared negative points
-            f = points_layer.features
-            neg = (f["object_id"].to_numpy() == 0) & ~f["positive"].to_numpy(bool) & \
-                (f["prompt"].astype(str).to_numpy() == "cat")
-            if plane_filter is not None:
-                neg &= plane_filter(np.asarray(points_layer.data))
-            masks[oid] = oracle.mask(np.asarray(points_layer.data)[neg][:, -2:], np.zeros(int(neg.sum())), box)
-    return oracle.labels(masks)
 
 
 def _move_first_positive(points_layer, to_rc):
@@ -51,10 +34,10 @@ def test_edits_match_a_fresh_predictor(qtbot, docked, models):
     _run(qtbot, widget, img, "cat\nsofa")
     pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
     oracle = Oracle(models[1], data.chelsea())
-    np.testing.assert_array_equal(labels.data, _expected(oracle, pts))
+    np.testing.assert_array_equal(labels.data, expected_labels(oracle, pts))
     _move_first_positive(pts, (20, 30))
     idle(qtbot, widget)
-    np.testing.assert_array_equal(labels.data, _expected(oracle, pts))
+    np.testing.assert_array_equal(labels.data, expected_labels(oracle, pts))
     # the status counts what is on screen
     shown = len(set(np.unique(labels.data).tolist()) - {0})
     assert f"{shown} objects" in widget.status.value
@@ -71,11 +54,11 @@ def test_two_images_edited_in_turn(qtbot, docked, models):
     pb, lb = viewer.layers["B points"], viewer.layers["B labels"]
     _move_first_positive(pa, (150, 200))
     idle(qtbot, widget)
-    np.testing.assert_array_equal(la.data, _expected(Oracle(models[1], a_pixels), pa))
+    np.testing.assert_array_equal(la.data, expected_labels(Oracle(models[1], a_pixels), pa))
     _move_first_positive(pb, (100, 100))
     idle(qtbot, widget)
-    np.testing.assert_array_equal(lb.data, _expected(Oracle(models[1], b_pixels), pb))
-    np.testing.assert_array_equal(la.data, _expected(Oracle(models[1], a_pixels), pa))
+    np.testing.assert_array_equal(lb.data, expected_labels(Oracle(models[1], b_pixels), pb))
+    np.testing.assert_array_equal(la.data, expected_labels(Oracle(models[1], a_pixels), pa))
 
 
 def test_run_during_a_decode_is_not_painted_over(qtbot, docked, models):
@@ -89,7 +72,7 @@ def test_run_during_a_decode_is_not_painted_over(qtbot, docked, models):
     idle(qtbot, widget)
     assert "done" in widget.status.value
     # the labels are the new run's, for the new run's points
-    np.testing.assert_array_equal(labels.data, _expected(Oracle(models[1], data.chelsea()), pts))
+    np.testing.assert_array_equal(labels.data, expected_labels(Oracle(models[1], data.chelsea()), pts))
 
 
 def test_replaced_image_data_is_what_masks_come_from(qtbot, docked, models):
@@ -101,7 +84,7 @@ def test_replaced_image_data_is_what_masks_come_from(qtbot, docked, models):
     img.data = new_pixels
     _move_first_positive(pts, (100, 100))
     idle(qtbot, widget)
-    np.testing.assert_array_equal(labels.data, _expected(Oracle(models[1], new_pixels), pts))
+    np.testing.assert_array_equal(labels.data, expected_labels(Oracle(models[1], new_pixels), pts))
 
 
 def _stack():
@@ -122,7 +105,7 @@ def test_3d_stack_each_plane_keeps_its_result_in_two_dims_orders(qtbot, docked, 
     assert set(np.round(pts.data[:, 0]).tolist()) == {2.0}
     on2 = lambda d: np.round(d[:, 0]) == 2  # noqa: E731
     plane2 = np.repeat(stack[2][..., None], 3, axis=-1)
-    np.testing.assert_array_equal(labels.data[2], _expected(Oracle(models[1], plane2), pts, on2))
+    np.testing.assert_array_equal(labels.data[2], expected_labels(Oracle(models[1], plane2), pts, on2))
     assert not labels.data[[0, 1, 3, 4, 5]].any()
     # another dims order: rows = axis 1, cols = axis 0, at axis-2 index 40
     viewer.dims.order = (2, 1, 0)
@@ -132,7 +115,7 @@ def test_3d_stack_each_plane_keeps_its_result_in_two_dims_orders(qtbot, docked, 
     on40 = lambda d: np.round(d[:, 2]) == 40  # noqa: E731
     oracle = Oracle(models[1], np.ascontiguousarray(plane))
     got = labels.data[:, :, 40].T
-    expected = _expected(oracle, _Transposed(pts, [1, 0]), on40)
+    expected = expected_labels(oracle, _Transposed(pts, [1, 0]), on40)
     # pixels of the first plane (z = 2) that the new plane crosses belong to the first run
     crossing = np.zeros_like(got, bool)
     crossing[:, 2] = True
@@ -180,7 +163,7 @@ def test_all_slices_cancelled_midway_changes_nothing_and_complete_run_fills_each
     for z in range(len(stack)):
         plane = np.repeat(stack[z][..., None], 3, axis=-1)
         on = lambda d, z=z: np.round(d[:, 0]) == z  # noqa: E731
-        np.testing.assert_array_equal(labels.data[z], _expected(Oracle(models[1], plane), pts, on))
+        np.testing.assert_array_equal(labels.data[z], expected_labels(Oracle(models[1], plane), pts, on))
     heat = viewer.layers["stack heatmap [cat]"]
     assert heat.data.shape == (len(stack), *widget.last_result.grid_heatmaps.shape[1:])
     assert all(heat.data[z].max() > 0 for z in range(len(stack)))
@@ -205,7 +188,7 @@ def test_hand_painted_pixels_survive_edits_and_reruns_and_undo_restores(qtbot, d
     idle(qtbot, widget)
     assert (labels.data[100:140, 150:200] == 77).all()
     assert (labels.data[erased] == 0).all()
-    expected = _expected(Oracle(models[1], data.chelsea()), pts)
+    expected = expected_labels(Oracle(models[1], data.chelsea()), pts)
     free = ~erased
     free[100:140, 150:200] = False
     np.testing.assert_array_equal(labels.data[free], expected[free])
@@ -237,7 +220,7 @@ def test_box_prompt_alone_and_around_a_point(qtbot, docked, models):
     new_id = int(boxes.features["object_id"].iloc[-1])
     assert new_id not in set(pts.features["object_id"].tolist())
     oracle = Oracle(models[1], data.chelsea())
-    expected = _expected(oracle, pts, boxes={new_id: free_box})
+    expected = expected_labels(oracle, pts, boxes={new_id: free_box})
     np.testing.assert_array_equal(labels.data, expected)
     assert new_id in labels.data
     # a box around an object's positive point prompts that object (points + box)
@@ -249,7 +232,7 @@ def test_box_prompt_alone_and_around_a_point(qtbot, docked, models):
     boxes.add_rectangles(np.array([[box[0], box[1]], [box[2], box[3]]], float))
     idle(qtbot, widget)
     assert int(boxes.features["object_id"].iloc[-1]) == oid
-    expected = _expected(oracle, pts, boxes={new_id: free_box, oid: box})
+    expected = expected_labels(oracle, pts, boxes={new_id: free_box, oid: box})
     np.testing.assert_array_equal(labels.data, expected)
     assert len(set(pts.features["object_id"])) == n_before
 
@@ -266,16 +249,8 @@ def test_next_mask_cycles_sam_candidates(qtbot, docked, models):
     i = int(np.flatnonzero((pts.features["object_id"] == oid).to_numpy())[0])
     # SAM's single-mask output first (several points), or its best of three (one point alone)
     best = oracle.best_candidate(p, lab) if len(p) == 1 else -1
-    viewer.layers.selection.active = pts
-    pts.selected_data = {i}
-    seen = []
-    for step in range(1, 4):
-        widget.next_mask()
-        idle(qtbot, widget)
-        cand = (best + step) % 3
-        np.testing.assert_array_equal(labels.data, _expected(oracle, pts, candidates={oid: cand}))
-        seen.append(cand)
-    assert sorted(seen) == [0, 1, 2]
+    assert_next_mask_cycles(qtbot, widget, pts, labels, i, best,
+                            lambda cand: expected_labels(oracle, pts, candidates={oid: cand}))
 
 
 def test_remove_points_and_objects_flip_and_new_object(qtbot, docked, models):
@@ -291,7 +266,7 @@ def test_remove_points_and_objects_flip_and_new_object(qtbot, docked, models):
     pts.remove_selected()
     idle(qtbot, widget)
     assert oid not in labels.data
-    np.testing.assert_array_equal(labels.data, _expected(oracle, pts))
+    np.testing.assert_array_equal(labels.data, expected_labels(oracle, pts))
     # 'New object': the next points form one new object
     widget.new_object()
     pts.add(np.array([[60.0, 60.0]]))
@@ -299,12 +274,12 @@ def test_remove_points_and_objects_flip_and_new_object(qtbot, docked, models):
     idle(qtbot, widget)
     new_ids = pts.features["object_id"].to_numpy()[-2:]
     assert new_ids[0] == new_ids[1] and new_ids[0] not in f["object_id"].to_numpy()
-    np.testing.assert_array_equal(labels.data, _expected(oracle, pts))
+    np.testing.assert_array_equal(labels.data, expected_labels(oracle, pts))
     pts.selected_data = {len(pts.data) - 1}
     widget.flip_selected()
     idle(qtbot, widget)
     assert not bool(pts.features["positive"].iloc[-1])
-    np.testing.assert_array_equal(labels.data, _expected(oracle, pts))
+    np.testing.assert_array_equal(labels.data, expected_labels(oracle, pts))
     # leaving add mode ends 'new object'; then a click on the background starts another new object
     pts.mode = "select"
     pts.mode = "add"
@@ -312,7 +287,7 @@ def test_remove_points_and_objects_flip_and_new_object(qtbot, docked, models):
     pts.add(bg[None].astype(float))
     idle(qtbot, widget)
     assert int(pts.features["object_id"].iloc[-1]) not in set(pts.features["object_id"].iloc[:-1].tolist())
-    np.testing.assert_array_equal(labels.data, _expected(oracle, pts))
+    np.testing.assert_array_equal(labels.data, expected_labels(oracle, pts))
 
 
 def test_boxes_from_heatmaps_are_editable_box_prompts(qtbot, docked, models):
@@ -335,7 +310,7 @@ def test_boxes_from_heatmaps_are_editable_box_prompts(qtbot, docked, models):
         rows, cols = np.nonzero(lab == lab[int(p[0]), int(p[1])])
         assert box_of[int(oid)] == (rows.min(), cols.min(), rows.max(), cols.max())
     oracle = Oracle(models[1], data.chelsea())
-    np.testing.assert_array_equal(labels.data, _expected(oracle, pts, boxes=box_of))
+    np.testing.assert_array_equal(labels.data, expected_labels(oracle, pts, boxes=box_of))
     # moving a box is an edit like any other
     oid = int(boxes.features["object_id"].iloc[0])
     moved = [np.asarray(d).copy() for d in boxes.data]
@@ -343,7 +318,7 @@ def test_boxes_from_heatmaps_are_editable_box_prompts(qtbot, docked, models):
     boxes.data = (moved, list(boxes.shape_type))
     idle(qtbot, widget)
     box_of[oid] = tuple(np.array(box_of[oid]) + 5.0)
-    np.testing.assert_array_equal(labels.data, _expected(oracle, pts, boxes=box_of))
+    np.testing.assert_array_equal(labels.data, expected_labels(oracle, pts, boxes=box_of))
 
 
 def test_a_decode_that_finishes_after_a_rerun_is_dropped(qtbot, docked, models):
@@ -363,7 +338,7 @@ def test_a_decode_that_finishes_after_a_rerun_is_dropped(qtbot, docked, models):
     idle(qtbot, widget)
     assert "done" in widget.status.value
     # the run's result stands: the edit's late decode (for the replaced objects) was not painted
-    np.testing.assert_array_equal(labels.data, _expected(Oracle(models[1], data.chelsea()), pts))
+    np.testing.assert_array_equal(labels.data, expected_labels(Oracle(models[1], data.chelsea()), pts))
 
 
 def test_semantic_view_and_labels_features(qtbot, docked):

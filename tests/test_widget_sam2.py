@@ -14,18 +14,11 @@ from sam2.sam2_image_predictor import SAM2ImagePredictor  # noqa: E402
 from skimage import data  # noqa: E402
 
 from napari_clipsam.widgets import ClipSamWidget  # noqa: E402
-from sam_oracle import Oracle, object_prompts  # noqa: E402
+from sam_oracle import Oracle, expected_labels, object_prompts  # noqa: E402
 from tiny_sam2 import build_tiny_sam2  # noqa: E402
-from widget_helpers import idle  # noqa: E402
+from widget_helpers import assert_next_mask_cycles, idle  # noqa: E402
 
 from reference_model import load_reference_clip  # noqa: E402
-
-
-def _expected(oracle, pts, boxes=None, candidates=None):
-    masks = {}
-    for oid, (p, lab) in object_prompts(pts).items():
-        masks[oid] = oracle.mask(p, lab, (boxes or {}).get(oid), (candidates or {}).get(oid))
-    return oracle.labels(masks)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +51,7 @@ def test_run_and_live_edits_with_sam2(qtbot, make_napari_viewer, sam2_model):
     assert "done" in widget.status.value, widget.status.value
     pts, labels, boxes = (viewer.layers[f"chelsea {n}"] for n in ("points", "labels", "boxes"))
     oracle = Oracle(sam2_model, pixels, SAM2ImagePredictor)
-    expected = _expected(oracle, pts)
+    expected = expected_labels(oracle, pts)
     assert len(set(np.unique(expected).tolist()) - {0}) >= 2  # real objects, not an empty picture
     np.testing.assert_array_equal(labels.data, expected)
 
@@ -69,7 +62,7 @@ def test_run_and_live_edits_with_sam2(qtbot, make_napari_viewer, sam2_model):
     moved[i] = (150, 200)
     pts.data = moved
     idle(qtbot, widget)
-    np.testing.assert_array_equal(labels.data, _expected(oracle, pts))
+    np.testing.assert_array_equal(labels.data, expected_labels(oracle, pts))
 
     # a box around that point prompts its object (points + box)
     oid = int(pts.features["object_id"].iloc[i])
@@ -77,20 +70,11 @@ def test_run_and_live_edits_with_sam2(qtbot, make_napari_viewer, sam2_model):
     boxes.add_rectangles(np.array([box[:2], box[2:]], float))
     idle(qtbot, widget)
     assert int(boxes.features["object_id"].iloc[-1]) == oid
-    np.testing.assert_array_equal(labels.data, _expected(oracle, pts, boxes={oid: box}))
+    np.testing.assert_array_equal(labels.data, expected_labels(oracle, pts, boxes={oid: box}))
 
     # next mask cycles SAM 2's three candidates of another object
     other, (p, lab) = next((o, v) for o, v in object_prompts(pts).items() if o != oid)
     j = int(np.flatnonzero((pts.features["object_id"] == other).to_numpy())[0])
     best = oracle.best_candidate(p, lab) if len(p) == 1 else -1
-    viewer.layers.selection.active = pts
-    pts.selected_data = {j}
-    seen = []
-    for step in range(1, 4):
-        widget.next_mask()
-        idle(qtbot, widget)
-        cand = (best + step) % 3
-        np.testing.assert_array_equal(labels.data, _expected(oracle, pts, boxes={oid: box},
-                                                             candidates={other: cand}))
-        seen.append(cand)
-    assert sorted(seen) == [0, 1, 2]
+    assert_next_mask_cycles(qtbot, widget, pts, labels, j, best,
+                            lambda cand: expected_labels(oracle, pts, boxes={oid: box}, candidates={other: cand}))

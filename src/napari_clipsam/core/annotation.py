@@ -299,15 +299,14 @@ class PlaneAnnotation:
         users = now != before
         if self.user_painted is not None:
             users |= self._user_region(region)
-        r0, c0 = region[:2]
-        if not users.any():  # the usual case: nothing painted by hand here, the plugin's labels change
-            rr, cc = np.nonzero(after != now)
-            return LabelsUpdate(rr + r0, cc + c0, after[rr, cc].astype(np.int32), 0)
-        self._remember_user(region, users)
-        target = np.where(users, now, after)
+        painted = bool(users.any())  # usually not: then the plugin's labels simply replace the old
+        if painted:
+            self._remember_user(region, users)
+        target = np.where(users, now, after) if painted else after
         diff = target != now
         rr, cc = np.nonzero(diff)
-        kept = int((users & (after != before)).sum())
+        kept = int((users & (after != before)).sum()) if painted else 0
+        r0, c0 = region[:2]
         return LabelsUpdate(rr + r0, cc + c0, target[diff].astype(np.int32), kept)
 
     @property
