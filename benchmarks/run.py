@@ -242,7 +242,10 @@ def row_sam(repeats: int) -> dict:
                 p.normal_(0, 0.02)
     rgb = np.random.default_rng(1).integers(0, 256, (768, 1024, 3), dtype=np.uint8)
     ref, session = SamPredictor(sam), SamSession(sam, accelerate=True)
-    half = SamSession(sam, accelerate=True, bf16=True)
+    try:
+        half = SamSession(sam, accelerate=True, bf16=True)
+    except ValueError as exc:  # an x86 CPU without bf16 units: refused, it would be slower there
+        half, bf16_refused = None, str(exc)
 
     def fast(s=session):
         s._cache.clear()
@@ -250,9 +253,10 @@ def row_sam(repeats: int) -> dict:
         s.set_image(rgb)
 
     before_load = load()
-    res = interleaved({"SamPredictor.set_image": lambda: ref.set_image(rgb),
-                       "SamSession.set_image (fused)": fast,
-                       "SamSession.set_image (fused, bf16 opt-in)": lambda: fast(half)}, repeats, warmup=False)
+    variants = {"SamPredictor.set_image": lambda: ref.set_image(rgb), "SamSession.set_image (fused)": fast}
+    if half is not None:
+        variants["SamSession.set_image (fused, bf16 opt-in)"] = lambda: fast(half)
+    res = interleaved(variants, repeats, warmup=False)
     assert not is_accelerated(sam)
     ref.set_image(rgb)
     fast()
@@ -267,6 +271,17 @@ def row_sam(repeats: int) -> dict:
         b, _, _ = session.predictor.predict(return_logits=True, **kw)
         logit_diff = max(logit_diff, float(np.abs(a - b).max()))
         pixels_differ += int(((a > 0) != (b > 0)).sum())
+    bf16 = {"refused": bf16_refused} if half is None else bf16_row(ref, half, prompts, res, fast)
+    speedup = res["SamPredictor.set_image"]["median"] / res["SamSession.set_image (fused)"]["median"]
+    return {"seconds": res, "speedup": round(speedup, 4), "embedding_max_abs_diff": feat_diff,
+            "embedding_max_abs": float(ref.features.abs().max()), "mask_logits_max_abs_diff": logit_diff,
+            "mask_pixels_differing": pixels_differ, "bf16_opt_in": bf16,
+            "targets": [target(">= 2x SamPredictor", speedup, 2.0, higher_is_better=True),
+                        target("mask logits within 1e-4", logit_diff, 1e-4)],
+            "load_before": before_load, "load_after": load()}
+
+
+def bf16_row(ref, half, prompts, res, fast) -> dict:
     fast(half)
     bf16 = {"embedding_max_abs_diff": float((ref.features - half.predictor.features).abs().max())}
     for kw in prompts:
@@ -276,13 +291,7 @@ def row_sam(repeats: int) -> dict:
         bf16["mask_pixels_differing"] = bf16.get("mask_pixels_differing", 0) + int(((a > 0) != (b > 0)).sum())
     bf16["speedup"] = round(res["SamPredictor.set_image"]["median"]
                             / res["SamSession.set_image (fused, bf16 opt-in)"]["median"], 4)
-    speedup = res["SamPredictor.set_image"]["median"] / res["SamSession.set_image (fused)"]["median"]
-    return {"seconds": res, "speedup": round(speedup, 4), "embedding_max_abs_diff": feat_diff,
-            "embedding_max_abs": float(ref.features.abs().max()), "mask_logits_max_abs_diff": logit_diff,
-            "mask_pixels_differing": pixels_differ, "bf16_opt_in": bf16,
-            "targets": [target(">= 2x SamPredictor", speedup, 2.0, higher_is_better=True),
-                        target("mask logits within 1e-4", logit_diff, 1e-4)],
-            "load_before": before_load, "load_after": load()}
+    return bf16
 
 
 # ---------------------------------------------------------------------------------- table
@@ -322,10 +331,14 @@ def table(results: dict) -> str:
                          f"{fmt(s['SamSession.set_image (fused)'])} = {r['speedup']:.2f}x faster; logits diff "
                          f"{r['mask_logits_max_abs_diff']:.1e} | 1.00x | {t['target']} | {t['margin']} |")
         b = r["bf16_opt_in"]
-        lines.append(f"| SAM vit_b set_image, bf16 opt-in | SamPredictor | "
-                     f"{fmt(s['SamSession.set_image (fused, bf16 opt-in)'])} = {b['speedup']:.2f}x faster; logits "
-                     f"diff {b['mask_logits_max_abs_diff']:.2g}, {b['mask_pixels_differing']} mask pixels differ | "
-                     f"1.00x | opt-in, not exact | - |")
+        if "refused" in b:
+            lines.append("| SAM vit_b set_image, bf16 opt-in | SamPredictor | refused on this CPU (no AVX512-BF16/AMX) "
+                         "| - | opt-in, not exact | - |")
+        else:
+            lines.append(f"| SAM vit_b set_image, bf16 opt-in | SamPredictor | "
+                         f"{fmt(s['SamSession.set_image (fused, bf16 opt-in)'])} = {b['speedup']:.2f}x faster; logits "
+                         f"diff {b['mask_logits_max_abs_diff']:.2g}, {b['mask_pixels_differing']} mask pixels differ | "
+                         f"1.00x | opt-in, not exact | - |")
     for name in results.get("merged", {}):
         lines.append(f"| {name} (merged) | see JSON | | | | |")
     return "\n".join(lines)
@@ -342,6 +355,8 @@ def main() -> None:
 
     import torch
 
+    from napari_clipsam.core.sam_speed import cpu_has_bf16_units
+
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = set(rows) - {"text", "gem", "methods", "sam"}
     if unknown:
@@ -349,6 +364,7 @@ def main() -> None:
     results = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                "torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu",
                "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_units": cpu_has_bf16_units(),
                "repeats": args.repeats, "sam_repeats": args.sam_repeats, "load_start": load(), "rows": {}}
     if {"text", "gem", "methods"} & set(rows):
         model, tokenizer = clip_model()

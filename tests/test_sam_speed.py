@@ -98,7 +98,13 @@ def test_opt_out_and_already_accelerated(image):
     restore(sam)
 
 
-def test_bf16_is_opt_in_and_close(image):
+@pytest.fixture
+def bf16_units(monkeypatch):
+    """Run bf16 here as on a CPU with bf16 units (the numbers are the same, only the speed is not)."""
+    monkeypatch.setattr(sam_speed, "cpu_has_bf16_units", lambda: True)
+
+
+def test_bf16_is_opt_in_and_close(image, bf16_units):
     enc = padded_encoder(seed=3)
     x = torch.randn(1, 3, 160, 160)
     with torch.no_grad():
@@ -158,7 +164,7 @@ def test_disk_cache_is_bounded(tmp_path, image):
         SamSession(sam, cache_size=0)
 
 
-def test_session_bf16_is_opt_in(image, tmp_path):
+def test_session_bf16_is_opt_in(image, tmp_path, bf16_units):
     sam = build_tiny_sam(img_size=128, seed=9)
     ref = SamPredictor(sam)
     ref.set_image(image)
@@ -170,3 +176,36 @@ def test_session_bf16_is_opt_in(image, tmp_path):
     assert [p.parent.name.split("-")[1] for p in tmp_path.glob("*/*.npz")] == ["bf16"]  # its own disk entries
     with pytest.raises(ValueError, match="bf16=True needs accelerate=True"):
         SamSession(sam, accelerate=False, bf16=True)
+
+
+def _cpuinfo_bf16():
+    """The kernel's word on the CPU's bf16 units (an oracle independent of torch's probes)."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return None
+    flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16", "amx_tile"}) if flags else None
+
+
+def test_bf16_refused_where_the_cpu_would_emulate_it(monkeypatch):
+    """On an x86 CPU without AVX512-BF16/AMX, bf16 made vit_b's encoder 7x slower: refused with
+    a message that says why and what to do; allowed where the CPU has the units."""
+    import platform
+
+    truth = _cpuinfo_bf16()
+    if truth is not None and platform.machine() == "x86_64":
+        assert sam_speed.cpu_has_bf16_units() is truth
+    sam = build_tiny_sam(img_size=128, seed=9)
+    for has_units in (False, True):
+        monkeypatch.setattr(sam_speed, "cpu_has_bf16_units", lambda h=has_units: h)
+        if has_units:
+            SamSession(sam, accelerate=True, bf16=True)
+            restore(accelerate(sam, dtype=torch.bfloat16))
+        else:
+            with pytest.raises(ValueError, match="no AVX512-BF16 or AMX units.*Leave bf16 off"):
+                SamSession(sam, accelerate=True, bf16=True)
+            with pytest.raises(ValueError, match="several times slower"):
+                accelerate(sam, dtype=torch.bfloat16)
+            assert not is_accelerated(sam)
+            SamSession(sam, accelerate=True)  # float32 is always fine

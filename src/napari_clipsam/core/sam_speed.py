@@ -19,17 +19,22 @@ Exactness: the same operations in another order; on random full-size vit_b the i
 embedding differs from the unpatched one by ~1e-6 and the masks' logits by < 1e-4
 (``benchmarks/run.py``; tests on the tiny SAM). bf16 (``dtype=torch.bfloat16``) runs the
 encoder under CPU/GPU autocast: faster where the CPU has bf16 units, not exact, opt-in only.
+On an x86 CPU without them (no AVX512-BF16, no AMX) torch emulates bf16 and the encoder is
+several times slower than in float32 (vit_b at 1024: 88.6 s vs 12.4 s on a 2-core AVX2 EPYC),
+so ``accelerate`` refuses bf16 there (``require_fast_bf16``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import platform
 import types
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["QUERY_CHUNK", "accelerate", "accelerated", "is_accelerated", "restore"]
+__all__ = ["QUERY_CHUNK", "accelerate", "accelerated", "cpu_has_bf16_units", "is_accelerated",
+           "require_fast_bf16", "restore"]
 
 #: queries per fused attention call in blocks with more tokens than this
 QUERY_CHUNK = 256
@@ -71,6 +76,27 @@ def _attention_forward(self, x: torch.Tensor) -> torch.Tensor:
     return self.proj(out.reshape(B, H, W, C))
 
 
+def cpu_has_bf16_units() -> bool | None:
+    """Whether this x86 CPU multiplies bfloat16 natively (AVX512-BF16 or AMX tiles), as torch
+    sees it; None where that cannot be told (another architecture, a torch without the probes)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return None
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(p is None for p in probes):
+        return None
+    return any(bool(p()) for p in probes)
+
+
+def require_fast_bf16(device) -> None:
+    """Raise a ``ValueError`` that says what to do where bf16 would slow the encoder down (an x86
+    CPU without bf16 units); nothing on GPUs and where it cannot be told."""
+    if torch.device(device).type == "cpu" and cpu_has_bf16_units() is False:
+        raise ValueError(
+            "bf16 would make the SAM encoder several times slower on this CPU, not faster: it has no "
+            "AVX512-BF16 or AMX units, so torch emulates bfloat16 (vit_b: 88.6 s in bf16 vs 12.4 s in "
+            "float32 on such a CPU). Leave bf16 off here; it pays on CPUs with AMX/AVX512-BF16 and on GPUs.")
+
+
 def _attentions(sam):
     from segment_anything.modeling.image_encoder import Attention
 
@@ -92,13 +118,16 @@ def _autocast_forward(encoder, dtype):
 def accelerate(sam, *, dtype: torch.dtype | None = None):
     """Patch ``sam``'s image encoder in place (``sam``: a segment-anything ``Sam`` or its
     ``ImageEncoderViT``) and return it. dtype: None (float32, exact to ~1e-6) or
-    ``torch.bfloat16`` (autocast; opt-in, not exact). Idempotent; ``restore`` undoes it."""
+    ``torch.bfloat16`` (autocast; opt-in, not exact; refused on a CPU without bf16 units,
+    where it is slower). Idempotent; ``restore`` undoes it."""
     if dtype not in (None, torch.float32, torch.bfloat16):
         raise ValueError(f"dtype must be None, torch.float32 or torch.bfloat16, got {dtype}")
     attns = _attentions(sam)
     if not attns:
         raise ValueError(f"{type(sam).__name__} has no segment-anything ViT attention to accelerate "
                          "(expected a Sam or an ImageEncoderViT)")
+    if dtype == torch.bfloat16:
+        require_fast_bf16(next(getattr(sam, "image_encoder", sam).parameters()).device)
     for a in attns:
         a.forward = types.MethodType(_attention_forward, a)
         setattr(a, _MARK, True)

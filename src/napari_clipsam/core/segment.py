@@ -71,7 +71,8 @@ class SamSession:
     disk_cache_bytes: the folder is kept below this size, least recently used files first.
     bf16: with ``accelerate``, run the image encoder under bfloat16 autocast (much faster on
         CPUs with AMX/AVX512-BF16 and on GPUs; embeddings are no longer exact, masks may differ
-        at their edges). Opt-in only.
+        at their edges). Opt-in only, and refused (``ValueError``) on an x86 CPU without those
+        units, where bf16 is several times slower than float32.
     """
 
     def __init__(self, sam, cache_size: int = 4, *, accelerate: bool = False,
@@ -88,6 +89,10 @@ class SamSession:
         if bf16 and not self.accelerate:
             raise ValueError("bf16=True needs accelerate=True (bf16 is part of the accelerated encoder)")
         self.bf16 = bool(bf16)
+        if self.bf16:
+            from .sam_speed import require_fast_bf16
+
+            require_fast_bf16(self.backend.device)
         self.disk_cache = None if disk_cache is None else Path(disk_cache)
         self.disk_cache_bytes = int(disk_cache_bytes)
         self._fingerprint: str | None = None
