@@ -69,10 +69,11 @@ def test_long_work_shows_in_napari_activity_and_no_private_api(qtbot, viewer_wid
     from napari.utils import progress
 
     viewer, widget = viewer_widget
-    seen = []
+    seen, descriptions = [], set()
 
     def slow_observer(p):  # runs in the worker: each report takes 0.1 s, so every run lasts > 0.5 s
         seen.append(len(progress._all_instances))
+        descriptions.update(str(bar.desc) for bar in list(progress._all_instances))
         time.sleep(0.1)
 
     widget.runner.observers.append(slow_observer)
@@ -91,6 +92,7 @@ def test_long_work_shows_in_napari_activity_and_no_private_api(qtbot, viewer_wid
             widget.run()
             idle(qtbot, widget)
     assert seen and max(seen) >= 1  # a napari progress bar existed while the work ran
+    assert any(d.startswith("masks ") for d in descriptions), descriptions  # it shows the stage, as our bar does
     assert len(progress._all_instances) == 0  # and was closed after
     ours = [w for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))
             and ("napari_clipsam" in str(w.filename) or "private" in str(w.message).lower())]

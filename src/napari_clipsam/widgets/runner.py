@@ -67,6 +67,7 @@ class Runner:
         self.observers: list[Callable] = []
         self._worker = None
         self._activity = None
+        self._activity_text: str | None = None  # the description napari's activity entry shows
         self._label = "napari-clipsam"
         self._started = 0.0
         self._timer = QTimer()
@@ -190,9 +191,12 @@ class Runner:
         if self._activity is None and self._worker is not None \
                 and time.perf_counter() - self._started >= self.activity_after_s:
             self._activity = napari_progress(total=0, desc=self._label)
+            self._activity_text = None
         activity = self._activity  # set_description may process events and end the job meanwhile
         if activity is not None:
-            activity.set_description(text)
+            if text != self._activity_text:  # napari's bar runs processEvents() on each new description
+                self._activity_text = text
+                activity.set_description(text)
             if frac is not None:
                 if activity.total != 1000:
                     activity.total = 1000
