@@ -220,7 +220,7 @@ def test_nd_stack_and_multichannel_images(tmp_path):
 
 
 def test_bad_options_are_refused_with_what_to_do():
-    with pytest.raises(ValueError, match="at least one prompt"):
+    with pytest.raises(ValueError, match="no prompts given"):
         BatchOptions(prompts=())
     with pytest.raises(ValueError, match="unknown export format '.jpg'"):
         BatchOptions(prompts=("a",), formats=(".jpg",))
@@ -228,6 +228,91 @@ def test_bad_options_are_refused_with_what_to_do():
         BatchOptions(prompts=("a",), threshold=2)
     with pytest.raises(FileNotFoundError, match="no image, folder or glob"):
         B.find_images("/nonexistent/file.png")
+
+
+# every option a batch takes, wrong, refused when the options are made (before any model loads)
+BAD_OPTIONS = [
+    ({"method": "gemm"}, ValueError, "unknown localizer 'gemm'"),
+    ({"templates": "imagenett"}, ValueError, "unknown template set 'imagenett'"),
+    ({"templates": ("a photo",)}, ValueError, "must contain '{}'"),
+    ({"input_size": -5}, ValueError, "input_size must be a whole number >= 1"),
+    ({"window": 0}, ValueError, "window must be a whole number >= 1"),
+    ({"stride": 32}, ValueError, "stride needs a window"),
+    ({"background": ("cat", "")}, ValueError, "empty"),
+    ({"localizer_params": {"depht": 3}}, TypeError, r"'gem' takes no option\(s\) \['depht'\]"),
+    ({"point_params": {"max_objects": -1}}, ValueError, "max_objects must be a whole number >= 0"),
+    ({"point_params": {"max_objets": 1}}, TypeError, "unknown option"),
+    ({"point_params": {"negatives": 1.5}}, ValueError, "negatives must be a whole number"),
+    ({"prompts": ("cat", "cat")}, ValueError, "given twice"),
+    ({"prompts": ("cat", 3)}, TypeError, "prompts must be strings"),
+    ({"channels": (0, 1)}, ValueError, "pass channel_axis too"),
+    ({"channel_axis": 0, "channels": (-1,)}, ValueError, "channels must be a whole number >= 0"),
+    ({"channel_axis": 1.0}, TypeError, "channel_axis must be an axis number"),
+    ({"points": "yes"}, TypeError, "points must be True or False"),
+    ({"models": "vit_b"}, TypeError, "models must be a ModelSpec"),
+]
+
+
+@pytest.mark.parametrize("bad, error, message", BAD_OPTIONS, ids=[next(iter(b)) + "-" + str(i)
+                                                                  for i, (b, _, _) in enumerate(BAD_OPTIONS)])
+def test_every_bad_option_is_refused_before_any_model_loads(bad, error, message):
+    loads = dict(B.LOAD_COUNTS)
+    with pytest.raises(error, match=message):
+        options(**bad)
+    assert B.LOAD_COUNTS == loads
+
+
+def test_bad_model_specs_are_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match="unknown open_clip model 'ViT-B-61'"):
+        B.ModelSpec("ViT-B-61")
+    with pytest.raises(ValueError, match="unknown SAM kind 'vit_bb'"):
+        B.ModelSpec(sam_kind="vit_bb")
+    with pytest.raises(FileNotFoundError, match="SAM checkpoint file not found"):
+        B.ModelSpec(sam_checkpoint=str(tmp_path / "missing.pth"))
+    with pytest.raises(FileNotFoundError, match="CLIP checkpoint file not found"):
+        B.ModelSpec(clip_pretrained=str(tmp_path / "missing.pt"))
+
+
+def test_the_default_sam_kind_is_the_widgets():
+    from napari_clipsam.core.sam_backends import default_sam_kind
+
+    assert B.ModelSpec(device="cpu").sam_kind == default_sam_kind("cpu")
+    assert B.ModelSpec(sam_kind="vit_l").sam_kind == "vit_l"
+
+
+def test_an_unwritable_output_folder_is_refused_before_any_model_loads(folder, tmp_path):
+    loads = dict(B.LOAD_COUNTS)
+    a_file = tmp_path / "out.txt"
+    a_file.write_text("not a folder")
+    with pytest.raises(ValueError, match="out.txt is an existing file"):
+        run_batch([folder / "coins.png"], a_file, options(), processes=False)
+    with pytest.raises(ValueError, match="cannot write to output folder .*out.txt/sub .*choose a folder"):
+        run_batch([folder / "coins.png"], a_file / "sub", options(), processes=False)  # works as root too
+    assert B.LOAD_COUNTS == loads
+
+
+@pytest.mark.parametrize("extra", [["--method", "gemm"], ["--templates", "nope"], ["--input-size", "-1"],
+                                   ["--max-objects", "-2"], ["--channels", "0"], ["--sam-kind", "vit_q"]])
+def test_cli_refuses_bad_options_with_exit_2_and_no_traceback(folder, tmp_path, capsys, extra):
+    from napari_clipsam.__main__ import batch
+
+    loads = dict(B.LOAD_COUNTS)
+    with pytest.raises(SystemExit) as exit_:
+        batch([str(folder / "coins.png"), "-o", str(tmp_path / "o"), "-p", "cat", "--no-progress", *extra])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error:" in err
+    assert B.LOAD_COUNTS == loads and not (tmp_path / "o").exists()
+
+
+def test_cli_refuses_an_unusable_output_with_exit_2(folder, tmp_path, capsys):
+    from napari_clipsam.__main__ import batch
+
+    a_file = tmp_path / "out.txt"
+    a_file.write_text("")
+    code = batch([str(folder / "coins.png"), "-o", str(a_file), "-p", "cat", "--no-progress",
+                  "--models-factory", "batch_models:tiny_models"])
+    assert code == 2 and "is an existing file" in capsys.readouterr().err
 
 
 def test_worker_processes_load_the_factory_by_name(folder, tmp_path):

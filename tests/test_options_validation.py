@@ -130,6 +130,75 @@ def test_unknown_localizer_name_lists_the_choices(clip):
         get_localizer("gme", *clip)
 
 
+@pytest.mark.parametrize("args, kwargs, error, message", [
+    (("gem", None, None), {}, TypeError, r"model must be an open_clip CLIP model .*got NoneType"),
+    (("gem", "clip", None), {"depht": 3}, TypeError, r"'gem' takes no option\(s\) \['depht'\]; its options are \["),
+    (("surgery", "clip", None), {"kind": "qk"}, TypeError, r"'surgery' takes no option\(s\) \['kind'\]"),
+    ((None, "clip", None), {}, ValueError, r"unknown localizer None; choose one of"),
+    (("gem", "clip", None), {"background": [3]}, TypeError, r"background must be a list of prompt strings"),
+    (("gem", "clip", None), {"background": ["cat", " "]}, ValueError, r"empty"),
+])
+def test_get_localizer_wrong_objects_and_option_names(clip, args, kwargs, error, message):
+    from napari_clipsam.core.localizers import get_localizer
+
+    name, model, tok = args
+    model, tok = (clip if model == "clip" else (model, tok))
+    with pytest.raises(error, match=message):
+        get_localizer(name, model, tok, **kwargs)
+
+
+def test_get_localizer_takes_each_methods_own_options_and_no_background(clip):
+    from napari_clipsam.core.localizers import get_localizer
+
+    assert get_localizer("attention", *clip, kind="vv", background=None).kind == "vv"
+    assert get_localizer("gem", *clip, depth=3, input_size=64).background == ()
+
+
+# ----------------------------------------------------------------------------- point prompts
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"positive": np.array([1, -1])}, ValueError, r"positive must be True/False \(or 1/0\) per point"),
+    ({"positive": np.array([True])}, ValueError, r"positive must have one value per point \(2\), got 1"),
+    ({"object_id": [1, -2]}, ValueError, r"object_id must be whole numbers >= 0"),
+    ({"prompt": [0, 1.5]}, ValueError, r"prompt must be whole numbers >= 0"),
+    ({"score": ["a", "b"]}, TypeError, r"score must be numbers"),
+    ({"points": [[1.0, np.nan], [2, 3]]}, ValueError, r"points contain NaN/inf"),
+    ({"points": [1.0, 2.0]}, ValueError, r"points must be \(N, 2\)"),
+])
+def test_point_prompts_refuse_values_they_would_misread(kwargs, error, message):
+    from napari_clipsam.core.points import PointPrompts
+
+    base = {"points": [[1.0, 2.0], [3.0, 4.0]], "positive": [True, False], "object_id": [1, 0], "prompt": [0, 0]}
+    with pytest.raises(error, match=message):
+        PointPrompts(**{**base, **kwargs})
+
+
+def test_point_prompts_read_1_0_as_positive_negative_and_fill_left_out_fields():
+    from napari_clipsam.core.points import PointPrompts, object_point_sets
+
+    as_ints = PointPrompts([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], positive=np.array([1, 1, 0]),
+                           object_id=[1, 2, 0], prompt=[0, 0, 0])
+    assert as_ints.positive.tolist() == [True, True, False]
+    sets = object_point_sets(as_ints)  # the negative (object 0) is shared by both objects of prompt 0
+    assert {k: v[1].tolist() for k, v in sets.items()} == {1: [1, 0], 2: [1, 0]}
+    bare = PointPrompts([[1.0, 2.0], [3.0, 4.0]])
+    assert bare.positive.tolist() == [True, True] and bare.object_id.tolist() == [1, 2]
+    assert bare.prompt.tolist() == [0, 0] and bare.score.dtype == np.float32
+
+
+# ----------------------------------------------------------------------------- images
+def test_four_channels_that_are_not_uint8_are_not_taken_for_rgba():
+    from napari_clipsam.core.image import to_rgb_uint8
+
+    four = np.random.default_rng(0).random((16, 16, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"RGBA or four channels\? Pass rgb=True .*channels_to_rgb"):
+        to_rgb_uint8(four)
+    expected = np.round(np.clip((four[..., :3] - four[..., :3].min()) * (255 / np.ptp(four[..., :3])), 0, 255))
+    np.testing.assert_array_equal(to_rgb_uint8(four[..., :3]), expected.astype(np.uint8))
+    assert to_rgb_uint8(four, rgb=True).shape == (16, 16, 3)
+    rgba = (four * 255).astype(np.uint8)
+    np.testing.assert_array_equal(to_rgb_uint8(rgba), rgba[..., :3])  # uint8 RGBA: alpha dropped as napari shows it
+
+
 # ----------------------------------------------------------------------------- pipeline.annotate
 @pytest.mark.parametrize("kwargs, error, message", [
     ({"threshold": 1.5}, ValueError, r"threshold must be within \[0, 1\], got 1\.5"),
@@ -144,8 +213,7 @@ def test_annotate_bad_options_raise_before_model_work(clip, kwargs, error, messa
     from napari_clipsam.core.pipeline import annotate
 
     loc = get_localizer("gem", *clip, input_size=64)
-    if "max_objects" not in kwargs:  # the others are refused before the localizer runs
-        monkeypatch.setattr(type(loc), "grid_similarity", lambda *a, **k: pytest.fail("model work started"))
+    monkeypatch.setattr(type(loc), "grid_similarity", lambda *a, **k: pytest.fail("model work started"))
     with pytest.raises(error, match=message):
         annotate(np.zeros((32, 32), np.uint8), ["cell"], loc, None, **kwargs)
 

@@ -76,7 +76,9 @@ def batch_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("models")
     g.add_argument("--clip-model", default="ViT-B-16", help="open_clip model name")
     g.add_argument("--clip-weights", default="openai", help="open_clip pretrained tag or a local checkpoint file")
-    g.add_argument("--sam-kind", default="vit_b", help="SAM kind (vit_b, vit_l, vit_h)")
+    g.add_argument("--sam-kind", default=None,
+                   help="SAM kind (vit_b, vit_l, vit_h, sam2.1_tiny, ...); default: the widget's (SAM 2.1 tiny "
+                        "on a CPU where sam2 is installed, else vit_b)")
     g.add_argument("--sam-checkpoint", default=None, help="local SAM checkpoint (default: official, cached)")
     g.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     g.add_argument("--models-factory", type=_factory, default=None, metavar="MODULE:FUNCTION",
@@ -128,7 +130,7 @@ def batch(argv) -> int:
             absence=absence, point_params=point_params, channel_axis=args.channel_axis,
             channels=tuple(args.channels) if args.channels else None, formats=tuple(args.formats),
             points=args.points, models=models)
-    except ValueError as exc:
+    except (TypeError, ValueError, ImportError, FileNotFoundError) as exc:
         parser.error(str(exc))
     try:
         result = run_batch(args.inputs, args.output, options, scheduler=args.scheduler, n_workers=args.workers,

@@ -33,6 +33,7 @@ import numpy as np
 
 from .absence import AbsenceRule
 from .export import LABEL_SUFFIXES, file_sha256, labels_format, read_sidecar, sidecar_path, write_labels
+from .options import whole_number
 from .progress import Task, as_task
 
 __all__ = ["IMAGE_SUFFIXES", "BatchOptions", "BatchResult", "ModelSpec", "batch_key", "find_images",
@@ -47,14 +48,40 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".we
 class ModelSpec:
     """Which models to load, by name (what ``core.models`` loads). clip_pretrained: an
     open_clip tag or a local checkpoint file; sam_checkpoint: a local file or None for the
-    official checkpoint of ``sam_kind`` (cached or downloaded)."""
+    official checkpoint of ``sam_kind`` (cached or downloaded); sam_kind None: the widget's
+    default for ``device`` (``sam_backends.default_sam_kind``: SAM 2.1 tiny on a CPU where sam2
+    is installed, else vit_b)."""
 
     clip_name: str = "ViT-B-16"
     clip_pretrained: str | None = "openai"
-    sam_kind: str = "vit_b"
+    sam_kind: str | None = None
     sam_checkpoint: str | None = None
     device: str | None = None
     precision: str = "auto"
+
+    def __post_init__(self):
+        """Names and local files are checked here, before a cluster starts (workers share the
+        client's paths)."""
+        import open_clip
+
+        from .models import _looks_like_path, check_sam_kind
+        from .sam_backends import default_sam_kind
+
+        if not isinstance(self.clip_name, str) or self.clip_name not in open_clip.list_models():
+            raise ValueError(f"unknown open_clip model {self.clip_name!r}; see open_clip.list_models() "
+                             "(e.g. 'ViT-B-16')")
+        if self.sam_kind is None:
+            cpu = self.device in (None, "", "auto", "cpu")  # an explicit accelerator may be the workers', not ours
+            object.__setattr__(self, "sam_kind", default_sam_kind(self.device) if cpu else "vit_b")
+        check_sam_kind(self.sam_kind)
+        for what, value in (("CLIP checkpoint", self.clip_pretrained), ("SAM checkpoint", self.sam_checkpoint)):
+            if value is None:
+                continue
+            if not isinstance(value, (str, os.PathLike)):
+                raise TypeError(f"the {what} must be a tag or a file path, got {value!r}")
+            is_path = isinstance(value, os.PathLike) or what == "SAM checkpoint" or _looks_like_path(str(value))
+            if is_path and not Path(value).expanduser().is_file():
+                raise FileNotFoundError(f"{what} file not found: {Path(value).expanduser()}")
 
     def load(self):
         """(clip model, tokenizer, sam)."""
@@ -106,9 +133,14 @@ class BatchOptions:
     models: ModelSpec | Callable = field(default_factory=ModelSpec)
 
     def __post_init__(self):
-        prompts = (self.prompts,) if isinstance(self.prompts, str) else tuple(str(p) for p in self.prompts)
-        if not prompts:
-            raise ValueError("a batch needs at least one prompt, e.g. prompts=('cell',)")
+        """Every option is checked here, before any image is read or model loaded, so a typo
+        fails the batch at once (the CLI exits 2) instead of failing every image."""
+        from .localizers import check_localizer_options, check_prompts
+        from .pipeline import check_point_options
+
+        if not isinstance(self.prompts, str) and not all(isinstance(p, str) for p in self.prompts):
+            raise TypeError(f"prompts must be strings, got {self.prompts!r}")
+        prompts = tuple(check_prompts(self.prompts))
         object.__setattr__(self, "prompts", prompts)
         formats = (self.formats,) if isinstance(self.formats, str) else tuple(self.formats)
         formats = tuple(f if f.startswith(".") else "." + f for f in formats)
@@ -121,13 +153,26 @@ class BatchOptions:
         object.__setattr__(self, "background", tuple(self.background or ()))
         if isinstance(self.templates, list):
             object.__setattr__(self, "templates", tuple(self.templates))
+        check_localizer_options(self.method, **self.localizer_kwargs())
+        object.__setattr__(self, "method", self.method.lower())
+        check_point_options(self.threshold, self.absence, dict(self.point_params))
+        object.__setattr__(self, "threshold", float(self.threshold))
+        if self.channel_axis is not None and (isinstance(self.channel_axis, (bool, np.bool_))
+                                              or not isinstance(self.channel_axis, (int, np.integer))):
+            raise TypeError(f"channel_axis must be an axis number (e.g. 0 or -1) or None, got {self.channel_axis!r}")
         if self.channels is not None:
-            object.__setattr__(self, "channels", tuple(int(c) for c in np.atleast_1d(self.channels)))
-        if not 0.0 <= float(self.threshold) <= 1.0:
-            raise ValueError(f"threshold must be within [0, 1], got {self.threshold}")
+            if self.channel_axis is None:
+                raise ValueError("channels= picks channels along channel_axis: pass channel_axis too "
+                                 "(e.g. channel_axis=0 for (C, Y, X) files)")
+            object.__setattr__(self, "channels", tuple(whole_number("channels", c, 0)
+                                                       for c in np.atleast_1d(self.channels)))
+            if not self.channels:
+                raise ValueError("channels= is empty; leave it out to blend all channels")
+        if not isinstance(self.points, (bool, np.bool_)):
+            raise TypeError(f"points must be True or False, got {self.points!r}")
         if not (isinstance(self.models, ModelSpec) or callable(self.models)):
-            raise ValueError(f"models must be a ModelSpec or a callable returning (clip, tokenizer, sam), "
-                             f"got {self.models!r}")
+            raise TypeError(f"models must be a ModelSpec or a callable returning (clip, tokenizer, sam), "
+                            f"got {self.models!r}")
 
     def localizer_kwargs(self) -> dict:
         kw = dict(self.localizer_params)
@@ -466,6 +511,23 @@ def _init_worker_threads(threads: int) -> None:
         pass
 
 
+def _check_output_dir(output_dir: Path) -> None:
+    """Create ``output_dir`` and prove it is writable, or raise a ValueError that says why,
+    before any model is loaded."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output folder {output_dir} is an existing file; give a folder with -o/--output")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".clipsam-write-check-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ValueError(f"cannot write to output folder {output_dir} ({reason}); "
+                         "choose a folder you can write to with -o/--output") from exc
+
+
 def run_batch(
     inputs,
     output_dir: str | os.PathLike,
@@ -505,7 +567,7 @@ def run_batch(
             raise ValueError(f"{stems[name]} and {im} would write the same outputs ({name}); "
                              "rename one or run them into separate output folders")
         stems[name] = im
-    output_dir.mkdir(parents=True, exist_ok=True)
+    _check_output_dir(output_dir)
 
     bar = None
     user_cb = task.on_progress

@@ -141,7 +141,8 @@ def to_rgb_uint8(
 ) -> np.ndarray:
     """Convert a 2D image to (H, W, 3) uint8 RGB.
 
-    data: (H, W) grayscale, or (H, W, 3|4) when ``rgb`` (default: guessed from the last axis).
+    data: (H, W) grayscale, or (H, W, 3|4) when ``rgb`` (default: guessed from the last axis;
+        a last axis of 4 is taken as RGBA only for uint8 data, other dtypes must say rgb=True).
     contrast_limits: (low, high) mapped to (0, 255); ignored for uint8 RGB(A), which napari
         shows as-is. Without it, non-uint8 data is scaled by its finite min..max.
     Raises ValueError naming the shape/dtype when the data cannot be used.
@@ -160,6 +161,14 @@ def to_rgb_uint8(
         raise ValueError(f"image data must be numeric ({_describe(arr)}); convert it to uint8, uint16 or float")
     if rgb is None:
         rgb = arr.ndim == 3 and arr.shape[-1] in (3, 4)
+        if rgb and arr.shape[-1] == 4 and arr.dtype != np.uint8:
+            # RGBA is uint8 in practice; four channels of another dtype are microscopy, and
+            # dropping the fourth as "alpha" would silently ignore a channel
+            raise ValueError(
+                f"image of {_describe(arr)}: is the last axis RGBA or four channels? Pass rgb=True to use "
+                "it as RGBA (the fourth channel is dropped), or blend the channels you want with "
+                "image.channels_to_rgb(data, channel_axis=-1, channels=[...])"
+            )
     if rgb:
         if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
             raise ValueError(

@@ -318,6 +318,16 @@ def load_clip(name: str = "ViT-B-16", pretrained: str | os.PathLike | None = "op
 
 
 # --------------------------------------------------------------------------------- SAM
+def check_sam_kind(kind: str) -> None:
+    """Raise the error ``load_sam`` would give for an unknown SAM kind, or for a SAM 2.1 kind
+    when sam2 is not installed, without loading anything."""
+    if not isinstance(kind, str):
+        raise TypeError(f"the SAM kind must be a string such as 'vit_b', got {kind!r}")
+    if is_sam2_kind(kind):
+        import_sam2()
+    _sam_builder(kind)
+
+
 def _sam_builder(kind: str) -> Callable:
     global _official_builders_added
     if not _official_builders_added:

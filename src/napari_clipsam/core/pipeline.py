@@ -21,7 +21,7 @@ from .points import PointPrompts, heatmap_boxes, heatmaps_to_points
 from .progress import Task, as_task
 from .segment import SamSession
 
-__all__ = ["Annotation", "annotate", "segment_points"]
+__all__ = ["Annotation", "annotate", "check_point_options", "segment_points"]
 
 
 @dataclass
@@ -71,14 +71,22 @@ def _check_annotate_options(localizer, session, threshold, absence, boxes_from_h
                         f"{type(localizer).__name__}")
     if session is not None and not all(hasattr(session, a) for a in ("set_image", "decode")):
         raise TypeError(f"session must be a SamSession or None (points only), got {type(session).__name__}")
+    if not isinstance(boxes_from_heatmaps, (bool, np.bool_)):
+        raise TypeError(f"boxes_from_heatmaps must be True or False, got {boxes_from_heatmaps!r}")
+    check_point_options(threshold, absence, point_params)
+
+
+def check_point_options(threshold, absence, point_params) -> None:
+    """The options that turn heatmaps into points: threshold in [0, 1], an ``AbsenceRule`` or
+    None, and ``heatmaps_to_points`` keywords of the right type and range (tried on an empty
+    heatmap, so they are checked exactly as a run would check them)."""
     unit_interval("threshold", threshold)
     if absence is not None and not isinstance(absence, AbsenceRule):
         raise TypeError(f"absence must be an AbsenceRule or None, got {type(absence).__name__}")
-    if not isinstance(boxes_from_heatmaps, (bool, np.bool_)):
-        raise TypeError(f"boxes_from_heatmaps must be True or False, got {boxes_from_heatmaps!r}")
     unknown = sorted(set(point_params) - set(_POINT_PARAMS))
     if unknown:
         raise TypeError(f"unknown option(s) {unknown} for annotate; point options are {list(_POINT_PARAMS)}")
+    heatmaps_to_points(np.zeros((1, 8, 8), np.float32), threshold=threshold, **point_params)
 
 
 def annotate(

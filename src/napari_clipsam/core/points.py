@@ -22,13 +22,55 @@ __all__ = ["PointPrompts", "heatmap_boxes", "heatmaps_to_points", "object_point_
 class PointPrompts:
     """N point prompts. points: (N, 2) float64 (row, col); positive: (N,) bool;
     object_id: (N,) int32 (0 = negative shared by the prompt's objects); prompt: (N,) int32;
-    score: (N,) float32 heatmap value at the point."""
+    score: (N,) float32 heatmap value at the point.
+
+    Values are checked and converted when made: positive takes bools or 1/0, ids and prompt
+    indices whole numbers >= 0; a field left out (empty) with N > 0 points gets its default
+    per point (positive, each point its own object, prompt 0, score 0). Anything else
+    raises ValueError naming the field, instead of being read wrongly (``~`` of an int array
+    is not "negative")."""
 
     points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     positive: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     object_id: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     prompt: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     score: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+    def __post_init__(self):
+        pts = _numbers("points", self.points, np.float64)
+        if pts.size == 0 and pts.ndim < 2:
+            pts = pts.reshape(0, 2)
+        if pts.ndim != 2 or pts.shape[1] < 2:
+            raise ValueError(f"points must be (N, 2) (row, col) or (N, D) with D >= 2, got shape {pts.shape}")
+        if not np.isfinite(pts).all():
+            raise ValueError("points contain NaN/inf; give finite (row, col) coordinates")
+        n = len(pts)
+        defaults = {"positive": np.ones(n, bool), "object_id": np.arange(1, n + 1, dtype=np.int32),
+                    "prompt": np.zeros(n, np.int32), "score": np.zeros(n, np.float32)}
+        values = {}
+        for name, kind in (("positive", bool), ("object_id", np.int32), ("prompt", np.int32),
+                           ("score", np.float32)):
+            a = _numbers(name, getattr(self, name), np.float64 if kind is not bool else None).ravel()
+            if a.size == 0 and n:
+                values[name] = defaults[name]
+                continue
+            if len(a) != n:
+                raise ValueError(f"{name} must have one value per point ({n}), got {len(a)}")
+            if kind is bool:
+                if a.dtype != bool and not np.isin(a, (0, 1)).all():
+                    raise ValueError(f"positive must be True/False (or 1/0) per point, got values "
+                                     f"{sorted(set(np.unique(a).tolist()))[:5]}")
+                a = a.astype(bool)
+            elif kind is np.int32:
+                if not (np.isfinite(a).all() and (a == np.round(a)).all() and (a >= 0).all()):
+                    raise ValueError(f"{name} must be whole numbers >= 0, got {a[:5].tolist()}")
+                a = a.astype(np.int32)
+            else:
+                a = a.astype(np.float32)
+            values[name] = a
+        self.points = pts
+        for name, a in values.items():
+            setattr(self, name, a)
 
     def __len__(self) -> int:
         return len(self.points)
@@ -39,6 +81,17 @@ def _peaks(img: np.ndarray, min_distance: int, threshold: float, count: int) -> 
         return np.zeros((0, 2), int)
     return peak_local_max(img, min_distance=min_distance, threshold_abs=threshold,
                           num_peaks=count, exclude_border=False)
+
+
+def _numbers(name: str, value, dtype) -> np.ndarray:
+    """``value`` as a numeric array (bools kept as bools when ``dtype`` is None)."""
+    try:
+        a = np.asarray(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an array of numbers, got {type(value).__name__}") from None
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be numbers, got {a.dtype} data")
+    return a if dtype is None else a.astype(dtype)
 
 
 def heatmaps_to_points(

@@ -145,49 +145,70 @@ class Localizer(ABC):
                  text_cache: TextFeatureCache | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
+        opts = self.check_options(templates=templates, input_size=input_size, window=window, stride=stride,
+                                  batch_size=batch_size, background=background,
+                                  pos_interpolation=pos_interpolation)
+        self.templates = opts["templates"]
+        input_size, window, stride = opts["input_size"], opts["window"], opts["stride"]
+        ph, pw = self.patch_size
+        if input_size is not None and input_size < max(ph, pw):
+            raise ValueError(f"input_size must be at least the patch size {max(ph, pw)}, got {input_size}")
+        self.input_size = input_size
+        if window is not None:
+            if window < max(ph, pw):
+                raise ValueError(f"window must be at least the patch size {max(ph, pw)} px, got {window}")
+            window = max(ph, pw) * max(1, int(round(window / max(ph, pw))))
+            stride = window // 2 if stride is None else stride
+            if not 1 <= stride <= window:
+                raise ValueError(f"stride must be in 1..window ({window}), got {stride}")
+            stride = max(ph, pw) * max(1, int(round(stride / max(ph, pw))))
+        self.window, self.stride = window, stride
+        self.batch_size = opts["batch_size"]
+        how = opts["pos_interpolation"]
+        self.pos_interpolation = self.official_pos_interpolation if how == "official" else how
+        self.background = opts["background"]
+        cfg = getattr(model.visual, "preprocess_cfg", None) or {}
+        self.mean = tuple(cfg.get("mean", OPENAI_MEAN))
+        self.std = tuple(cfg.get("std", OPENAI_STD))
+        self.text_cache = text_cache if text_cache is not None else shared_cache()
+        self._text_cache: dict[tuple[str, str, str], torch.Tensor] = {}
+
+    @classmethod
+    def check_options(cls, *, templates=None, input_size=448, window=None, stride=None, batch_size=1,
+                      background=(), pos_interpolation="official") -> dict:
+        """The options that need no model, checked and normalised (templates resolved to a
+        tuple, sizes to ints, background to checked prompts); a bad one raises TypeError or
+        ValueError naming it. ``__init__`` calls this; a batch calls it before loading models."""
         if templates is not None and not isinstance(templates, str):
             items = list(templates) if isinstance(templates, Iterable) and not isinstance(templates, bytes) else None
             if items is None or not all(isinstance(t, str) for t in items):
                 raise TypeError(f"templates must be a template-set name or a list of strings with '{{}}', "
                                 f"got {templates!r}")
             templates = items
-        self.templates = resolve_templates(templates if templates is not None else self.default_templates, ())
-        input_size = optional_whole_number("input_size", input_size, 1)
         window = optional_whole_number("window", window, 1)
         stride = optional_whole_number("stride", stride, 1)
-        batch_size = whole_number("batch_size", batch_size, 1)
+        if stride is not None and window is None:
+            raise ValueError("stride needs a window size: pass window=... too")
         if not isinstance(pos_interpolation, str):
             raise TypeError(f"pos_interpolation must be a string, got {pos_interpolation!r}")
-        ph, pw = self.patch_size
-        if input_size is not None and int(input_size) < max(ph, pw):
-            raise ValueError(f"input_size must be at least the patch size {max(ph, pw)}, got {input_size}")
-        self.input_size = None if input_size is None else int(input_size)
-        if window is not None:
-            if int(window) < max(ph, pw):
-                raise ValueError(f"window must be at least the patch size {max(ph, pw)} px, got {window}")
-            window = max(ph, pw) * max(1, int(round(int(window) / max(ph, pw))))
-            stride = window // 2 if stride is None else int(stride)
-            if not 1 <= stride <= window:
-                raise ValueError(f"stride must be in 1..window ({window}), got {stride}")
-            stride = max(ph, pw) * max(1, int(round(stride / max(ph, pw))))
-        elif stride is not None:
-            raise ValueError("stride needs a window size: pass window=... too")
-        self.window, self.stride = window, stride
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size = int(batch_size)
-        how = self.official_pos_interpolation if pos_interpolation == "official" else pos_interpolation
-        if how not in vit.POS_INTERPOLATIONS:
+        if pos_interpolation != "official" and pos_interpolation not in vit.POS_INTERPOLATIONS:
             raise ValueError(f"pos_interpolation must be 'official' or one of {vit.POS_INTERPOLATIONS}, "
                              f"got {pos_interpolation!r}")
-        self.pos_interpolation = how
-        background = [background] if isinstance(background, str) else [str(b) for b in background]
-        self.background = tuple(check_prompts(background)) if background else ()
-        cfg = getattr(model.visual, "preprocess_cfg", None) or {}
-        self.mean = tuple(cfg.get("mean", OPENAI_MEAN))
-        self.std = tuple(cfg.get("std", OPENAI_STD))
-        self.text_cache = text_cache if text_cache is not None else shared_cache()
-        self._text_cache: dict[tuple[str, str, str], torch.Tensor] = {}
+        if isinstance(background, str):
+            background = [background]
+        elif background is None:
+            background = []
+        elif not isinstance(background, Iterable) or not all(isinstance(b, str) for b in background):
+            raise TypeError(f"background must be a list of prompt strings, got {background!r}")
+        background = list(background)
+        return {
+            "templates": resolve_templates(templates if templates is not None else cls.default_templates, ()),
+            "input_size": optional_whole_number("input_size", input_size, 1),
+            "window": window, "stride": stride,
+            "batch_size": whole_number("batch_size", batch_size, 1),
+            "background": tuple(check_prompts(background)) if background else (),
+            "pos_interpolation": pos_interpolation,
+        }
 
     # -- parameters -------------------------------------------------------------------
     @property
