@@ -219,6 +219,73 @@ def test_bad_inputs(tmp_path, labels):
         write_labels(tmp_path / "x.zarr", labels, image=np.zeros((10, 10)))
 
 
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"classes": ["cat", "sofa"]}, TypeError, r"classes must be a mapping \(label id -> class name"),
+    ({"scores": [0.9]}, TypeError, r"scores must be a mapping \(label id -> score"),
+    ({"scores": {1: "high"}}, ValueError, r"scores must map label ids to numbers, got 1: 'high'"),
+    ({"metadata": ["a"]}, TypeError, r"metadata must be a mapping"),
+    ({"provenance": "by hand"}, TypeError, r"provenance must be a mapping"),
+    ({"label_name": ""}, ValueError, r"label_name must be a non-empty name"),
+    ({"label_name": "a/b"}, ValueError, r"label_name must be a non-empty name without '/'"),
+    ({"axes": "ab"}, ValueError, r"axes must name each labels axis once"),
+    ({"axes": "yy"}, ValueError, r"axes must name each labels axis once"),
+])
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_bad_arguments_are_named_and_nothing_is_written(tmp_path, labels, kwargs, error, message, suffix):
+    with pytest.raises(error, match=message):
+        write_labels(tmp_path / f"x{suffix}", labels, **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", ALL_SUFFIXES)
+def test_empty_labels_are_refused_by_every_format(tmp_path, suffix):
+    with pytest.raises(ValueError, match=r"labels are empty \(shape \(0, 5\)\)"):
+        write_labels(tmp_path / f"x{suffix}", np.zeros((0, 5), np.int32))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_finite_scores_are_no_score_and_the_sidecar_stays_valid_json(tmp_path, labels):
+    def no_nan(token):
+        raise AssertionError(f"invalid JSON token {token}")
+
+    write_labels(tmp_path / "x.tif", labels, classes=CLASSES, scores={1: float("nan"), 2: 0.5, 7: np.inf},
+                 provenance={"presence": [np.float32("nan"), 0.25]})
+    info = json.loads((tmp_path / "x.tif.json").read_text(), parse_constant=no_nan)
+    assert info["scores"] == {"2": 0.5} and info["provenance"]["presence"] == [None, 0.25]
+    assert read_labels(tmp_path / "x.tif").scores == {2: 0.5}
+
+
+def test_a_failed_write_names_the_export_not_its_temp_file(tmp_path, labels, monkeypatch):
+    import errno
+
+    def full(path, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(tifffile, "imwrite", full)
+    with pytest.raises(OSError, match=r"cannot write labels to .*out\.tif: No space left on device") as info:
+        write_labels(tmp_path / "out.tif", labels)
+    assert info.value.errno == errno.ENOSPC and ".tmp-" not in str(info.value)
+    not_a_folder = tmp_path / "notes.txt"
+    not_a_folder.write_text("")
+    with pytest.raises(OSError, match=r"cannot write labels to .*notes\.txt/x\.tif"):
+        write_labels(not_a_folder / "x.tif", labels)
+    assert hidden(tmp_path) == []
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("notes.md", b"# hello", r"cannot read .*notes\.md as labels: napari-clipsam reads \.tif"),
+    ("broken.tif", b"II*\x00garbage", r"cannot read labels from .*broken\.tif \("),
+    ("broken.json", b"{", r"cannot read labels from .*broken\.json \(JSONDecodeError"),
+    ("other.json", b'{"a": 1}', r"other\.json is neither a COCO instances file nor a napari-clipsam sidecar"),
+    ("broken.npy", b"\x93NUMPY garbage", r"cannot read labels from .*broken\.npy \("),
+    ("broken.png", b"\x89PNG\r\n\x1a\n garbage", r"cannot read labels from .*broken\.png \("),
+])
+def test_reading_what_is_not_an_export_says_which_file_and_why(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        read_labels(tmp_path / name)
+
+
 @pytest.mark.parametrize("suffix", [".tif", ".zarr"])
 def test_overwrite_needs_an_explicit_choice(tmp_path, labels, suffix):
     path = tmp_path / f"a{suffix}"

@@ -382,3 +382,17 @@ def test_the_same_class_written_twice_is_refused(clip):
     with pytest.raises(ValueError, match="same class"):
         check_prompts(["cat; kitten", "kitten ;cat"])
     assert check_prompts(["cat; kitten", "cat"]) == ["cat; kitten", "cat"]  # different synonym sets
+
+
+@pytest.mark.parametrize("prompts, message", [
+    ({"cat", "sofa"}, r"prompts must be a string or a list of strings \(their order numbers the classes\), got set"),
+    (["cat", 3], r"prompts must be strings, got 3 \(int\)"),
+    (["cat", None], r"prompts must be strings, got None"),
+    (42, r"prompts must be a string or a list of strings"),
+])
+def test_prompts_that_are_not_an_ordered_list_of_text_are_refused(clip, square, prompts, message):
+    from napari_clipsam.core.localizers import check_prompts, get_localizer
+
+    with pytest.raises(TypeError, match=message):
+        get_localizer("gem", *clip, input_size=64).heatmaps(square, prompts)
+    assert check_prompts(("cat", np.str_("sofa"))) == ["cat", "sofa"]  # tuples and numpy strings are text

@@ -178,3 +178,16 @@ def test_pipeline_labels_from_sam_masks_are_painted(sam, image):
     smaller = min(objects, key=lambda k: objects[k][0].sum())
     np.testing.assert_array_equal(labels == smaller, objects[smaller][0])  # painted last: fully visible
     assert (labels > 0).sum() == np.logical_or(objects[1][0], objects[2][0]).sum()
+
+
+def test_an_image_too_elongated_for_sams_resize_is_refused_with_what_to_do(sam):
+    """SAM 1 resizes the long side to its input size (128 px for the tiny model) and rounds the
+    short side: 1 x 257 px -> int(128 / 257 + 0.5) = 0 px, which its resize cannot make."""
+    session = SamSession(sam)
+    assert sam.image_encoder.img_size == 128
+    with pytest.raises(ValueError, match=r"\(1 x 257 px\) is too elongated for SAM.*SAM 2\.1"):
+        session.set_image(np.zeros((1, 257), np.uint8))
+    with pytest.raises(ValueError, match=r"\(300 x 1 px\) is too elongated"):
+        session.set_image(np.zeros((300, 1), np.uint8))
+    session.set_image(np.zeros((1, 256), np.uint8))  # int(128 / 256 + 0.5) = 1 px: SAM can take it
+    assert session.key

@@ -53,7 +53,7 @@ def test_cancel_leaves_viewer_unchanged(qtbot, viewer_widget):
     widget.cancel()
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
     assert [layer.name for layer in viewer.layers] == ["chelsea"]
-    assert "cancelled" in widget.status.value
+    assert widget.status.value == "cancelled: nothing was changed"  # no download was stopped: none mentioned
 
 
 def test_image_removed_mid_run_discards_results(qtbot, viewer_widget):
@@ -111,3 +111,11 @@ def test_export_round_trip(qtbot, viewer_widget, tmp_path):
     # the napari writer contribution
     out = labels.save(str(tmp_path / "via_napari.png"), plugin="napari-clipsam")
     np.testing.assert_array_equal(iio.imread(out[0]), labels.data)
+    # another image chosen, with no labels of its own: not the first image's labels under its name
+    other = viewer.add_image(np.zeros((32, 32), np.uint8), name="other")
+    widget.image.value = other
+    with pytest.raises(ValueError, match=r"no labels for 'other' to export: run on it first, or pass the labels"):
+        widget.export_labels(tmp_path / "other.tif")
+    assert not (tmp_path / "other.tif").exists()
+    widget.export_labels(tmp_path / "chosen.tif", labels)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "chosen.tif"), labels.data)

@@ -64,7 +64,8 @@ def test_cancel_during_download_changes_nothing(qtbot, widget, served_sam, cache
     w.run()
     qtbot.waitUntil(lambda: not w.is_running, timeout=TIMEOUT)
     assert [layer.name for layer in viewer.layers] == ["chelsea"]
-    assert "cancelled" in w.status.value
+    assert w.status.value.startswith("cancelled: nothing was changed (download SAM tiny")
+    assert "resumes from where it stopped" in w.status.value
     assert not (cache / "sam" / "sam_tiny.pth").exists()
 
 

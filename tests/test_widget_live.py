@@ -205,6 +205,35 @@ def test_hand_painted_pixels_survive_edits_and_reruns_and_undo_restores(qtbot, d
     assert "hand-painted" in widget.status.value
 
 
+def test_an_object_erased_by_hand_leaves_the_features_table_and_the_count(qtbot, docked, models):
+    viewer, widget = docked
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    widget.max_objects.value = 3
+    _run(qtbot, widget, img, "cat")
+    pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
+    ids = sorted(set(np.unique(labels.data).tolist()) - {0})
+    assert len(ids) >= 2, ids
+    assert labels.features["index"].tolist() == [0, *ids]  # row 0: the background
+    gone = ids[-1]
+    # the user erases everything inside the box of that object's whole mask (the oracle's: part
+    # of it may lie under other objects), so no edit of another object can uncover it
+    rr, cc = np.nonzero(Oracle(models[1], data.chelsea()).mask(*object_prompts(pts)[gone]))
+    box = np.zeros(labels.data.shape, bool)
+    box[rr.min():rr.max() + 1, cc.min():cc.max() + 1] = True
+    labels.data_setitem(np.nonzero(box & (labels.data != 0)), 0)
+    keep = int(pts.features["object_id"][pts.features["positive"].to_numpy(bool)
+                                         & (pts.features["object_id"] != gone)].iloc[0])
+    i = int(np.flatnonzero(pts.features["object_id"].to_numpy() == keep)[0])
+    moved = np.asarray(pts.data, float).copy()
+    moved[i, -2:] += 3  # an edit of another object
+    pts.data = moved
+    idle(qtbot, widget)
+    shown = sorted(set(np.unique(labels.data).tolist()) - {0})
+    assert gone not in shown
+    assert labels.features["index"].tolist() == [0, *shown]  # the table lists what the layer shows
+    assert widget.status.value == f"updated: {len(shown)} objects"
+
+
 def test_box_prompt_alone_and_around_a_point(qtbot, docked, models):
     viewer, widget = docked
     img = viewer.add_image(data.chelsea(), name="chelsea")

@@ -203,6 +203,8 @@ def _check_labels(labels) -> np.ndarray:
         arr = arr.astype(np.uint8)
     if arr.ndim < 2:
         raise ValueError(f"labels must be at least 2D (rows, columns), got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"labels are empty (shape {arr.shape}); there is nothing to export")
     if arr.size and arr.min() < 0:
         raise ValueError(f"labels contain negative ids (min {int(arr.min())}); ids must be >= 0 (0 = background)")
     return arr
@@ -225,9 +227,17 @@ def _smallest_uint(vmax: int) -> np.dtype:
     raise ValueError(f"label id {vmax} does not fit 64 bits")  # pragma: no cover
 
 
+def _mapping(value, what: str, example: str) -> Mapping:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be a mapping ({example}), got {type(value).__name__}")
+    return value
+
+
 def _clean_classes(classes: Mapping | None, what: str = "classes") -> dict[int, str]:
     out: dict[int, str] = {}
-    for k, v in (classes or {}).items():
+    for k, v in _mapping(classes, what, "label id -> class name, e.g. {1: 'cell'}").items():
         try:
             key = int(k)
         except (TypeError, ValueError):
@@ -239,7 +249,15 @@ def _clean_classes(classes: Mapping | None, what: str = "classes") -> dict[int, 
 
 
 def _clean_scores(scores: Mapping | None) -> dict[int, float]:
-    return {int(k): float(v) for k, v in sorted((scores or {}).items(), key=lambda kv: int(kv[0]))}
+    out: dict[int, float] = {}
+    for k, v in _mapping(scores, "scores", "label id -> score, e.g. {1: 0.93}").items():
+        try:
+            key, value = int(k), float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"scores must map label ids to numbers, got {k!r}: {v!r}") from None
+        if np.isfinite(value):  # NaN/inf: no score (written as none, never as invalid JSON)
+            out[key] = value
+    return dict(sorted(out.items()))
 
 
 # ------------------------------------------------------------------ features table
@@ -577,6 +595,14 @@ def write_labels(
     path = Path(path)
     fmt = labels_format(path)
     arr = _check_labels(labels)
+    _mapping(provenance, "provenance", "a dict, e.g. from provenance.build_provenance")
+    _mapping(metadata, "metadata", "a dict of JSON-able values")
+    if not isinstance(label_name, str) or not label_name.strip() or "/" in label_name:
+        raise ValueError(f"label_name must be a non-empty name without '/', got {label_name!r}")
+    if axes is not None and (not isinstance(axes, str) or len(set(axes)) != len(axes)
+                             or not set(axes) <= set("tczyx") or not {"y", "x"} <= set(axes)):
+        raise ValueError(f"axes must name each labels axis once from 't', 'z', 'y', 'x' (y and x included), "
+                         f"e.g. 'zyx'; got {axes!r}")
     present = _present_ids(arr)  # the sidecar describes exactly the objects in the file
     classes = {i: c for i, c in _clean_classes(classes).items() if i in present}
     scores = {i: v for i, v in _clean_scores(scores).items() if i in present}
@@ -633,14 +659,20 @@ def write_labels(
             moves.append((stmp, side))
             stmp.write_text(_sidecar_text(info))
             _fsync(stmp)
-    except BaseException:
+    except BaseException as exc:
         for tmp, _ in moves:
             _remove(tmp)
         if fmt == "ome-zarr" and inserting and "cleanup" in locals() and cleanup is not None:
             _remove(cleanup)
+        if isinstance(exc, OSError) and exc.errno is not None:  # the system's error names the temp file
+            raise _write_error(path, exc) from exc
         raise
     try:
         commit_files(moves)
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise _write_error(path, exc) from exc
     finally:
         if fmt == "ome-zarr" and inserting and cleanup is not None:
             _remove(cleanup)
@@ -651,8 +683,28 @@ def write_labels(
     return [str(path)] + ([str(side)] if sidecar else [])
 
 
+def _write_error(path: Path, exc: OSError) -> OSError:
+    """``exc`` restated for the export ``path`` (same OSError subclass, by errno)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return OSError(exc.errno, f"cannot write labels to {path}: {reason}; check that its folder is a folder you "
+                   "can write to and that the disk has space")
+
+
+def _finite(o):
+    """JSON has no NaN/inf: they become null (json.dumps would write invalid JSON)."""
+    if isinstance(o, float | np.floating):
+        return float(o) if np.isfinite(o) else None
+    if isinstance(o, Mapping):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_finite(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _finite(o.tolist())
+    return o
+
+
 def _sidecar_text(info: Mapping) -> str:
-    return json.dumps(info, indent=1, default=_json_default)
+    return json.dumps(_finite(info), indent=1, default=_json_default, allow_nan=False)
 
 
 def _json_default(o):
@@ -783,7 +835,29 @@ def read_labels(path: str | os.PathLike, *, label_name: str | None = None) -> La
         p = p.with_name(info["labels_file"])  # the sidecar was given
         if not p.exists():
             raise FileNotFoundError(f"sidecar {path} names {p.name}, which is missing")
-    fmt = labels_format(p)
+    try:
+        fmt = labels_format(p)
+    except ValueError:
+        raise ValueError(f"cannot read {p} as labels: napari-clipsam reads {', '.join(LABEL_SUFFIXES)} files "
+                         "(and their .json sidecars)") from None
+    try:
+        labels, classes, scores = _read_format(p, fmt, label_name or (info or {}).get("label_name"))
+        labels = np.asarray(labels)
+        if labels.ndim < 2 or labels.size == 0:
+            raise ValueError(f"it holds no labels image (shape {labels.shape})")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if isinstance(exc, FileNotFoundError) or (isinstance(exc, ValueError) and str(p) in str(exc)):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"cannot read labels from {p} ({type(exc).__name__}: {first}); is the file complete "
+                         f"and a {fmt} labels file?") from exc
+    if info is not None:
+        classes = _clean_classes(info.get("objects")) or classes
+        scores = _clean_scores(info.get("scores")) or scores
+    return LabelsFile(str(p), fmt, labels, classes, scores, dict((info or {}).get("provenance") or {}), info or {})
+
+
+def _read_format(p: Path, fmt: str, label_name: str | None) -> tuple[np.ndarray, dict[int, str], dict[int, float]]:
     classes: dict[int, str] = {}
     scores: dict[int, float] = {}
     if fmt == "tiff":
@@ -803,11 +877,8 @@ def read_labels(path: str | os.PathLike, *, label_name: str | None = None) -> La
     elif fmt == "coco":
         labels, classes, scores = _read_coco(p)
     else:
-        labels, classes, scores = _read_ome(p, label_name or (info or {}).get("label_name"))
-    if info is not None:
-        classes = _clean_classes(info.get("objects")) or classes
-        scores = _clean_scores(info.get("scores")) or scores
-    return LabelsFile(str(p), fmt, labels, classes, scores, dict((info or {}).get("provenance") or {}), info or {})
+        labels, classes, scores = _read_ome(p, label_name)
+    return labels, classes, scores
 
 
 # ------------------------------------------------------------------ points (napari's CSV layout)
@@ -821,6 +892,8 @@ def write_points_csv(path: str | os.PathLike, points, features=None, *, overwrit
         raise ValueError(f"points are written as .csv (napari's points table), got {path.name!r}")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True (or confirm in the dialog) to replace it")
+    if points is None or not hasattr(points, "__len__"):
+        raise TypeError(f"points must be an (N, D) array of coordinates, got {type(points).__name__}")
     pts = np.asarray(points, dtype=np.float64).reshape(len(points), -1) if len(points) else np.zeros((0, 2))
     df = pd.DataFrame(pts, columns=[f"axis-{i}" for i in range(pts.shape[1])])
     df.insert(0, "index", np.arange(len(df)))

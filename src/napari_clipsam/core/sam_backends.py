@@ -159,6 +159,13 @@ class Sam1Backend(_Backend):
         from .sam_speed import accelerated
 
         p = self.predictor
+        h, w = rgb.shape[:2]
+        size = p.transform.target_length
+        if min(p.transform.get_preprocess_shape(h, w, size)) < 1:
+            raise ValueError(
+                f"the image ({h} x {w} px) is too elongated for SAM: resized to {size} px on its long side, its "
+                "short side would be 0 px. Crop it into less elongated pieces, or use a SAM 2.1 model "
+                "(it resizes to a square)")
         with accelerated(p.model, dtype=dtype) if accelerate else contextlib.nullcontext():
             p.set_image(rgb, image_format="RGB")
         return p.features, tuple(p.original_size), tuple(p.input_size)

@@ -309,7 +309,13 @@ class ClipSamWidget(AnnotateForm):
         if self.closed:
             return
         self._end_run()
-        self.show_status("cancelled: nothing was changed (a partial download resumes next time)")
+        last: dict[str, object] = {}  # each download's last report in this run
+        for p in self.runner.log:
+            if p.unit == "bytes":
+                last[p.stage] = p
+        partial = [p.stage for p in last.values() if not p.total or p.done < p.total]
+        self.show_status("cancelled: nothing was changed" + (
+            f" ({partial[0]} stopped; it resumes from where it stopped next time)" if partial else ""))
 
     def _on_done(self, image_layer, payload, pixels):
         """The run's results enter the viewer in steps, one per event-loop turn (a generator
@@ -379,20 +385,9 @@ class ClipSamWidget(AnnotateForm):
 
     def count_objects(self, image_layer=None) -> int:
         """Objects visible in the labels layer of ``image_layer`` (default: the chosen image):
-        our objects with at least one pixel of their id on the labels (looked for inside each
-        object's mask box, so the cost follows the objects' size, not the stack's)."""
+        the rows of its features table (``LiveEditor.shown_ids``)."""
         editor = self.editor_for(image_layer if image_layer is not None else self.image.value)
-        if editor is None:
-            return 0
-        data = editor.labels_layer.data
-        shown = 0
-        for ann in editor.state.planes.values():
-            plane = ann.plane.take(data)
-            for oid, obj in ann.objects.items():
-                if obj.bbox is not None:
-                    r0, c0, r1, c1 = obj.bbox
-                    shown += bool((plane[r0:r1, c0:c1] == oid).any())
-        return shown
+        return 0 if editor is None else len(editor.shown_ids())
 
     # ------------------------------------------------------------------ live editing
     def _after_edit(self, editor: LiveEditor) -> None:
@@ -500,10 +495,13 @@ class ClipSamWidget(AnnotateForm):
 
         editor = None
         if labels_layer is None:
-            editor = self.editor_for(self.image.value) or next(
+            image = self.image.value
+            editor = self.editor_for(image) if image is not None else next(
                 (e for e in reversed(self.editors) if e.layers_alive()), None)
             if editor is None:
-                raise ValueError("no labels to export yet: run first")
+                what = f"for '{image.name}'" if image is not None else "yet"
+                raise ValueError(f"no labels {what} to export: run on it first, or pass the labels layer, "
+                                 "e.g. export_labels(path, viewer.layers['<name> labels'])")
             labels_layer = editor.labels_layer
         else:
             editor = next((e for e in self.editors if e.labels_layer is labels_layer), None)

@@ -70,6 +70,21 @@ class LiveEditor:
                 except (TypeError, ValueError, RuntimeError):
                     pass
 
+    def shown_ids(self) -> set[int]:
+        """Our objects with at least one pixel of their id on the labels layer (looked for
+        inside each object's mask box, so the cost follows the objects' size, not the stack's):
+        an object SAM gave no pixels, or painted over entirely, is not shown."""
+        data = self.labels_layer.data
+        shown: set[int] = set()
+        for ann in self.state.planes.values():
+            plane = ann.plane.take(data)
+            for oid, obj in ann.objects.items():
+                if obj.bbox is not None:
+                    r0, c0, r1, c1 = obj.bbox
+                    if (plane[r0:r1, c0:c1] == oid).any():
+                        shown.add(int(oid))
+        return shown
+
     def layers_alive(self) -> bool:
         layers = self.viewer.layers
         return self.points_layer in layers and self.labels_layer in layers and self.image_layer in layers

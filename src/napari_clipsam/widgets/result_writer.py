@@ -253,6 +253,9 @@ def update_label_features(editor) -> None:
     for ann in editor.state.planes.values():
         classes.update(ann.classes)
         scores.update({oid: o.score for oid, o in ann.objects.items()})
+    shown = editor.shown_ids()  # the table lists the objects the layer shows, as the status counts them
+    classes = {i: c for i, c in classes.items() if i in shown}
+    scores = {i: v for i, v in scores.items() if i in shown}
     layer = editor.labels_layer
     table = LW.labels_features(classes, scores)
     old = layer.features

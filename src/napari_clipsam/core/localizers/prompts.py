@@ -8,7 +8,7 @@ ensembling does), and the class feature is the normalised mean of its synonyms' 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 __all__ = ["CLIP_SURGERY_TEMPLATES", "TEMPLATE_SETS", "check_prompts", "resolve_templates", "split_synonyms"]
 
@@ -98,7 +98,15 @@ def check_prompts(prompts: Sequence[str] | str) -> list[str]:
     """Validate prompts: a non-empty list of non-empty strings (synonyms joined by ';')."""
     if isinstance(prompts, str):
         prompts = [prompts]
-    prompts = [str(p).strip() for p in prompts]
+    if isinstance(prompts, (set, frozenset, dict)) or not isinstance(prompts, Iterable):
+        raise TypeError(f"prompts must be a string or a list of strings (their order numbers the classes), "
+                        f"got {type(prompts).__name__}")
+    prompts = list(prompts)
+    bad = [p for p in prompts if not isinstance(p, str)]
+    if bad:
+        raise TypeError(f"prompts must be strings, got {bad[0]!r} ({type(bad[0]).__name__}); "
+                        "write it as text, e.g. 'cell'")
+    prompts = [p.strip() for p in prompts]
     if not prompts:
         raise ValueError("no prompts given: type at least one word, e.g. 'nucleus'")
     empty = [i for i, p in enumerate(prompts) if not split_synonyms(p)]
