@@ -95,7 +95,16 @@ def test_opt_out_and_already_accelerated(image):
     with accelerated(sam):
         pass
     assert is_accelerated(sam)  # a model accelerated by its owner stays so
+    with pytest.raises(ValueError, match=r"already accelerated in float32, not bfloat16; call sam_speed.restore"):
+        with accelerated(sam, dtype=torch.bfloat16):
+            pass  # would have run in float32 without saying so
     restore(sam)
+
+
+@pytest.mark.parametrize("call", [accelerate, restore, is_accelerated])
+def test_wrong_objects_are_named(call):
+    with pytest.raises(TypeError, match=r"expected a segment-anything Sam or its ImageEncoderViT, got NoneType"):
+        call(None)
 
 
 @pytest.fixture

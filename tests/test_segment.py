@@ -104,6 +104,27 @@ def test_bad_calls_raise(sam, image):
         session.predict([[1, 10, 10]], [1])  # nD points: the caller must pick the plane
     with pytest.raises(ValueError, match="NaN"):
         session.decode([[10, 10]], [1], box=(0, 0, np.nan, 5))
+    with pytest.raises(ValueError, match=r"candidate must be 0, 1 or 2 \(SAM's three masks\) or None, got 7"):
+        session.decode([[10, 10]], [1], candidate=7)  # was taken as 7 % 3 = 1
+    with pytest.raises(ValueError, match=r"candidate must be a whole number >= 0, got -1"):
+        session.decode([[10, 10]], [1], candidate=-1)
+    with pytest.raises(TypeError, match=r"key must be an image key \(the str set_image returns\), got None"):
+        session.use(None)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"accelerate": "no"}, TypeError, r"accelerate must be True or False, got 'no'"),
+    ({"accelerate": True, "bf16": "yes"}, TypeError, r"bf16 must be True or False, got 'yes'"),
+    ({"disk_cache": 3}, TypeError, r"disk_cache must be a folder path or None, got 3"),
+    ({"disk_cache": "FILE"}, ValueError, r"disk_cache .* is a file; give a folder"),
+    ({"disk_cache_bytes": -1}, ValueError, r"disk_cache_bytes must be a whole number >= 0, got -1"),
+])
+def test_bad_session_options_are_named(sam, tmp_path, kwargs, error, message):
+    if kwargs.get("disk_cache") == "FILE":
+        (tmp_path / "cache.npz").write_bytes(b"")
+        kwargs = {"disk_cache": tmp_path / "cache.npz"}
+    with pytest.raises(error, match=message):
+        SamSession(sam, **kwargs)
 
 
 def _fresh_predictor_mask(sam, image, points_rc, labels):

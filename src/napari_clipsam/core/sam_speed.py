@@ -101,6 +101,8 @@ def _attentions(sam):
     from segment_anything.modeling.image_encoder import Attention
 
     encoder = getattr(sam, "image_encoder", sam)
+    if not isinstance(encoder, torch.nn.Module):
+        raise TypeError(f"expected a segment-anything Sam or its ImageEncoderViT, got {type(sam).__name__}")
     return [m for m in encoder.modules() if isinstance(m, Attention)]
 
 
@@ -163,6 +165,12 @@ def accelerated(sam, *, dtype: torch.dtype | None = None):
     """``accelerate`` for the duration of a ``with`` block, then the model as it was
     (already accelerated models stay so)."""
     if is_accelerated(sam):
+        encoder = getattr(sam, "image_encoder", sam)
+        in_bf16 = bool(getattr(encoder, _MARK, False))
+        if (dtype == torch.bfloat16) != in_bf16:
+            have, want = ("bfloat16", "float32") if in_bf16 else ("float32", "bfloat16")
+            raise ValueError(f"this SAM is already accelerated in {have}, not {want}; call "
+                             "sam_speed.restore(sam) first, or ask for the dtype it has")
         yield sam
         return
     accelerate(sam, dtype=dtype)

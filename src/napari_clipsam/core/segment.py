@@ -82,6 +82,14 @@ class SamSession:
         self.backend = backend_for(sam)
         self.predictor = self.backend.predictor
         self.cache_size = cache_size
+        for name, value in (("accelerate", accelerate), ("bf16", bf16)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {value!r}")
+        if disk_cache is not None and not isinstance(disk_cache, (str, os.PathLike)):
+            raise TypeError(f"disk_cache must be a folder path or None, got {disk_cache!r}")
+        if disk_cache is not None and Path(disk_cache).expanduser().is_file():
+            raise ValueError(f"disk_cache {disk_cache} is a file; give a folder for the embeddings")
+        disk_cache_bytes = whole_number("disk_cache_bytes", disk_cache_bytes, 0)
         self.accelerate = bool(accelerate)
         if self.accelerate and not self.backend.accelerable:
             raise ValueError(f"accelerate=True applies to SAM 1 (segment-anything) models only, not to this "
@@ -93,8 +101,8 @@ class SamSession:
             from .sam_speed import require_fast_bf16
 
             require_fast_bf16(self.backend.device)
-        self.disk_cache = None if disk_cache is None else Path(disk_cache)
-        self.disk_cache_bytes = int(disk_cache_bytes)
+        self.disk_cache = None if disk_cache is None else Path(disk_cache).expanduser()
+        self.disk_cache_bytes = disk_cache_bytes
         self._fingerprint: str | None = None
         self._cache: OrderedDict[str, tuple] = OrderedDict()
         self._key: str | None = None
@@ -158,6 +166,8 @@ class SamSession:
 
     def use(self, key: str) -> bool:
         """Make the cached embedding of ``key`` current; False if it is not cached."""
+        if not isinstance(key, str):
+            raise TypeError(f"key must be an image key (the str set_image returns), got {key!r}")
         if key == self._key:
             return True
         if key not in self._cache:
@@ -228,6 +238,10 @@ class SamSession:
         (row0, col0, row1, col1) and a candidate to pick (0-2; None: a single point alone
         gets SAM's best of three, anything else SAM's single mask)."""
         pts, lab = self._check_points(points_rc, labels, box)
+        if candidate is not None:
+            candidate = whole_number("candidate", candidate, 0)
+            if candidate > 2:
+                raise ValueError(f"candidate must be 0, 1 or 2 (SAM's three masks) or None, got {candidate}")
         sam_box = None
         if box is not None:
             r0, c0, r1, c1 = (float(v) for v in box)
@@ -236,7 +250,7 @@ class SamSession:
             sam_box = np.array([min(c0, c1), min(r0, r1), max(c0, c1), max(r0, r1)], float)
         multimask = candidate is not None or (len(pts) == 1 and sam_box is None)
         masks, scores = self._predict(pts, lab, sam_box, multimask)
-        pick = int(np.argmax(scores)) if candidate is None else int(candidate) % len(scores)
+        pick = int(np.argmax(scores)) if candidate is None else candidate
         return masks[pick].astype(bool), float(scores[pick]), (pick if multimask else None)
 
     def _predict(self, pts, lab, sam_box, multimask: bool) -> tuple[np.ndarray, np.ndarray]:
