@@ -171,6 +171,10 @@ def test_cli_batch_exit_codes_and_summary(folder, tmp_path, capsys):
     assert batch(args) == 1  # broken.png failed
     text = capsys.readouterr().out
     assert "broken.png" in text and "failed" in text and "4 done, 0 skipped" in text
+    # the table keeps one short line per image; each failure's whole message follows it
+    table, _, errors = text.partition("\nerrors:\n")
+    assert all(len(line) < 160 for line in table.splitlines())
+    assert f"  {folder / 'broken.png'}: ValueError: cannot read {folder / 'broken.png'} as an image" in errors
     assert read_labels(tmp_path / "cli" / "coins_labels.png").labels.max() > 0
     assert batch([str(folder / "c*.png"), *args[1:]]) == 0  # only good images, already done: skipped
     assert "0 done, 3 skipped" in capsys.readouterr().out

@@ -144,9 +144,15 @@ def batch(argv) -> int:
         return 2
     import pandas as pd
 
+    table = result.table()
+    table["error"] = [e if len(e) <= 60 else e[:59] + "…" for e in table["error"]]  # in full below
     with pd.option_context("display.max_colwidth", 80, "display.width", 200):
-        print(result.table().to_string(index=False))
+        print(table.to_string(index=False))
     failed = len(result.failed)
+    if failed:
+        print("\nerrors:")
+        for r in result.failed:
+            print(f"  {r['image']}: {r['error']}")
     counts = {s: sum(r["status"] == s for r in result.rows) for s in ("done", "skipped", "failed")}
     print(f"{counts['done']} done, {counts['skipped']} skipped (already up to date), {failed} failed; "
           f"outputs in {args.output}")
