@@ -75,6 +75,39 @@ def test_widget_removed_during_a_decode(qtbot, run_widget):
     qtbot.wait(100)
 
 
+def test_the_docks_close_button_closes_the_widget(qtbot, run_widget, models):
+    """napari's X button (remove_dock_widget) only takes the widget out of its dock: the
+    widget must still stop, let go of the models and stop editing, or a widget opened
+    afterwards shares the layers with a ghost."""
+    from napari_clipsam.widgets import ClipSamWidget
+
+    viewer, widget = run_widget
+    labels, pts = viewer.layers["chelsea labels"], viewer.layers["chelsea points"]
+    before = labels.data.copy()
+    widget.prompts.value = "sofa"
+    widget.run()
+    viewer.window.remove_dock_widget(widget.native)  # what the dock's X button does
+    assert widget.closed
+    qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT)
+    qtbot.wait(100)
+    np.testing.assert_array_equal(labels.data, before)  # the run did not land after the close
+    assert labels.metadata["classes"] and set(labels.metadata["classes"].values()) == {"cat"}
+    # a new widget re-runs with another prompt; edits are then written by it alone
+    fresh = ClipSamWidget(viewer)
+    fresh.use_models(clip=models[0], sam=models[1])
+    viewer.window.add_dock_widget(fresh)
+    fresh.image.value = viewer.layers["chelsea"]
+    fresh.prompts.value = "sofa"
+    fresh.run()
+    idle(qtbot, fresh)
+    moved = pts.data.copy()
+    moved[0] += 9
+    pts.data = moved
+    idle(qtbot, fresh)
+    assert set(labels.metadata["classes"].values()) == {"sofa"}
+    assert set(labels.features["class"][labels.features["index"] > 0]) == {"sofa"}
+
+
 def test_a_model_that_gives_nan_is_one_clear_message(qtbot, viewer_widget):
     import torch
     from napari.utils.notifications import notification_manager

@@ -13,7 +13,7 @@ import numpy as np
 from napari.layers import Image, Labels, Points
 from napari.utils.notifications import show_error as notify_error
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QObject, QTimer
 
 from .. import core as _core  # noqa: F401  (the triton/Mesa guard before torch)
 from ..core.absence import AbsenceRule
@@ -68,6 +68,10 @@ class ClipSamWidget(AnnotateForm):
         self.image.changed.connect(self._schedule_ahead)
         self.viewer.dims.events.current_step.connect(self._schedule_ahead)
         self.native.destroyed.connect(self._on_destroyed)
+        # napari's dock close button (remove_dock_widget) takes the widget out of its dock
+        # (setParent(None)) without destroying it: that is a close too
+        self._parent_watch = _ParentWatch(self.close_down)
+        self.native.installEventFilter(self._parent_watch)
         layers = self.viewer.layers
         layers.events.inserted.connect(self._layers_changed)
         layers.events.removed.connect(self._layers_changed)
@@ -96,6 +100,10 @@ class ClipSamWidget(AnnotateForm):
         self.runner.stop_display()
         for editor in self.editors:
             editor.close()
+            for key in self._keys:
+                editor.points_layer.bind_key(key, None, overwrite=True)  # its bindings held this widget
+        self.editors = []
+        self.models.release()  # CLIP and SAM leave memory with the widget
         layers = self.viewer.layers
         for emitter in (layers.events.inserted, layers.events.removed, layers.events.moved):
             emitter.disconnect(self._layers_changed)
@@ -405,6 +413,8 @@ class ClipSamWidget(AnnotateForm):
         self.show_status("mask update failed: the labels were not changed")
         notify_error(f"napari-clipsam: {short}")
 
+    _keys = ("t", "n", "m")
+
     def _bind_keys(self, points_layer) -> None:
         points_layer.bind_key("t", lambda lay: self.flip_selected(lay), overwrite=True)
         points_layer.bind_key("n", lambda lay: self.new_object(), overwrite=True)
@@ -540,3 +550,16 @@ class ClipSamWidget(AnnotateForm):
             return
         self.clear_error()
         show_info(f"napari-clipsam: wrote {', '.join(written)}")
+
+
+class _ParentWatch(QObject):
+    """Calls ``on_undocked`` when the widget it watches loses the parent it was docked in."""
+
+    def __init__(self, on_undocked):
+        super().__init__()
+        self._on_undocked = on_undocked
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.ParentChange and obj.parent() is None:
+            self._on_undocked()
+        return False

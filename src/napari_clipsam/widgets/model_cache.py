@@ -36,6 +36,12 @@ class ModelCache:
         if sam is not None:
             self.given["sam"] = sam
 
+    def release(self) -> None:
+        """Drop every model and session this cache holds (the widget was closed)."""
+        self.given = {}
+        self._clip = self._sam = None
+        self._sessions = []
+
     def clip(self, label: str, path=None, task: Task | None = None):
         """(model, tokenizer) for 'ARCH / tag' (or a local file for ARCH)."""
         if "clip" in self.given:
