@@ -99,3 +99,22 @@ def test_bad_prompts_and_names_raise_clear_errors(clip):
         get_localizer("nope", *clip)
     with pytest.raises(ValueError, match="depth"):
         get_localizer("gem", *clip, depth=50)
+
+
+@pytest.mark.parametrize("method", ["gem", "surgery"])
+def test_default_depth_fits_a_model_with_fewer_than_six_blocks(clip, method):
+    """The reference depth 7 spans the last 6 blocks; a 4-block CLIP gets all 4 (depth 5)
+    instead of an error, and the result is the one depth=5 gives."""
+    import copy
+
+    model, tok = clip
+    shallow = copy.deepcopy(model)
+    shallow.visual.transformer.resblocks = shallow.visual.transformer.resblocks[:4]
+    image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), np.uint8)
+    default = get_localizer(method, shallow, tok, input_size=64)
+    assert default.depth == 5
+    explicit = get_localizer(method, shallow, tok, input_size=64, depth=5)
+    np.testing.assert_array_equal(default.heatmaps(image, ["cat", "sofa"]), explicit.heatmaps(image, ["cat", "sofa"]))
+    assert get_localizer(method, *clip).depth == 7  # the reference's on the 8-block fixture model
+    with pytest.raises(ValueError, match="depth must be a whole number >= 2, got 1.5"):
+        get_localizer(method, *clip, depth=1.5)

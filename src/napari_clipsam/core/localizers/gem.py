@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..options import whole_number
 from . import vit
 from .base import TokenSimilarityLocalizer, require_vit
 
@@ -49,18 +50,21 @@ def self_self_attention(
 
 
 class GEMLocalizer(TokenSimilarityLocalizer):
-    """depth: GEM's ``depth`` (the path spans the last ``depth - 1`` blocks, reference: 7).
+    """depth: GEM's ``depth`` (the path spans the last ``depth - 1`` blocks; None: the reference's 7, or
+    every block of a model with fewer than 6).
     ss_attn_iter: self-self refinement iterations (1). ss_attn_temp: fixed inverse
     temperature, or None for the adaptive one."""
 
     name = "gem"
     official_pos_interpolation = "open_clip"
 
-    def __init__(self, model, tokenizer, *, depth: int = 7, ss_attn_iter: int = 1,
+    def __init__(self, model, tokenizer, *, depth: int | None = None, ss_attn_iter: int = 1,
                  ss_attn_temp: float | None = None, **kwargs):
         super().__init__(model, tokenizer, **kwargs)
         require_vit(model, self.name)
         n_blocks = len(vit.resblocks(model.visual))
+        # the reference's 7 (the last 6 blocks); a model with fewer blocks: all of them
+        depth = min(7, n_blocks + 1) if depth is None else whole_number("depth", depth, 2)
         if not 2 <= depth <= n_blocks + 1:
             raise ValueError(f"GEM depth must be in 2..{n_blocks + 1} for this {n_blocks}-block model, got {depth}")
         if ss_attn_iter < 0:

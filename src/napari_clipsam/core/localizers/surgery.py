@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ..options import whole_number
 from . import vit
 from .base import Localizer, check_prompts, min_max, require_vit
 from .prompts import CLIP_SURGERY_TEMPLATES
@@ -60,19 +61,22 @@ def similarity_map(maps: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
 
 
 class SurgeryLocalizer(Localizer):
-    """depth: the v-v path spans the last ``depth - 1`` blocks (reference: 7, i.e. 6 blocks;
-    same meaning as GEM's ``depth``). redundancy: "classes" (class-weighted removal across
-    prompts, needs >= 2 prompts), "empty" (subtract the "" ensemble feature) or "auto"
+    """depth: the v-v path spans the last ``depth - 1`` blocks (None: the reference's 7, i.e.
+    6 blocks, or every block of a smaller model; same meaning as GEM's ``depth``).
+    redundancy: "classes" (class-weighted removal across prompts, needs >= 2 prompts),
+    "empty" (subtract the "" ensemble feature) or "auto"
     (classes for >= 2 prompts, empty for one). Templates default to the 85 of the reference."""
 
     name = "surgery"
     default_templates = CLIP_SURGERY_TEMPLATES
     official_pos_interpolation = "bilinear"
 
-    def __init__(self, model, tokenizer, *, depth: int = 7, redundancy: Redundancy = "auto", **kwargs):
+    def __init__(self, model, tokenizer, *, depth: int | None = None, redundancy: Redundancy = "auto", **kwargs):
         super().__init__(model, tokenizer, **kwargs)
         require_vit(model, self.name)
         n_blocks = len(vit.resblocks(model.visual))
+        # the reference's 7 (the last 6 blocks); a model with fewer blocks: all of them
+        depth = min(7, n_blocks + 1) if depth is None else whole_number("depth", depth, 2)
         if not 2 <= depth <= n_blocks + 1:
             raise ValueError(f"CLIP Surgery depth must be in 2..{n_blocks + 1} for this {n_blocks}-block model, "
                              f"got {depth}")
