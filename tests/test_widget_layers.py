@@ -200,3 +200,77 @@ def test_an_all_slices_run_keeps_image_size_maps_of_one_slice_only(qtbot, docked
         assert r.heatmaps is None and r.grid_heatmaps is not None
         assert r.labels.shape == (128, 171) and r.labels.strides == (0, 0)  # no memory behind the zeros
     assert viewer.layers["stack heatmap [cat]"].data.shape == (4, *results[0].grid_heatmaps.shape[1:])
+
+
+def _names(viewer):
+    return [layer.name for layer in viewer.layers]
+
+
+def test_image_data_replaced_by_another_shape(qtbot, viewer_widget):
+    """usage.md: replacing an image layer's data re-embeds the new pixels. With another shape,
+    the run's labels and points no longer fit: edits say so (no traceback, labels untouched),
+    and the next run makes new layers, leaving the old ones (and what was drawn on them)."""
+    viewer, widget = viewer_widget
+    widget.prompts.value = "cat"
+    widget.run()
+    idle(qtbot, widget)
+    labels, pts = viewer.layers["chelsea labels"], viewer.layers["chelsea points"]
+    before = labels.data.copy()
+    viewer.layers["chelsea"].data = data.astronaut()[::2, ::2]  # 256 x 256 (was 300 x 451)
+    pts.add([[100.0, 100.0]])
+    idle(qtbot, widget)
+    assert "changed shape (300 x 451 -> 256 x 256)" in widget.error.value
+    np.testing.assert_array_equal(labels.data, before)
+    for _ in range(2):  # a second run updates the new layers instead of adding more
+        widget.run()
+        idle(qtbot, widget)
+        assert "done" in widget.status.value, widget.status.value
+    new = viewer.layers["chelsea labels [2]"]
+    assert new.data.shape == (256, 256) and new.data.max() > 0
+    assert viewer.layers["chelsea points [2]"].data.shape[1] == 2
+    assert sorted(n for n in _names(viewer) if "labels" in n) == ["chelsea labels", "chelsea labels [2]"]
+    np.testing.assert_array_equal(labels.data, before)  # the old labels are left as they were
+
+
+def test_image_data_replaced_during_a_run_discards_its_results(qtbot, viewer_widget):
+    viewer, widget = viewer_widget
+    widget.prompts.value = "cat"
+    widget.run()
+    viewer.layers["chelsea"].data = data.astronaut()[::2, ::2]
+    idle(qtbot, widget)
+    assert widget.status.value == "the image changed shape during the run: results discarded"
+    assert _names(viewer) == ["chelsea"]
+
+
+def test_a_users_layer_with_our_name_is_kept_and_ours_updated_under_a_fresh_one(qtbot, viewer_widget):
+    viewer, widget = viewer_widget
+    mine = viewer.add_image(np.ones((10, 10)), name="chelsea heatmap [cat]")
+    widget.image.value = viewer.layers["chelsea"]
+    widget.prompts.value = "cat"
+    for _ in range(3):
+        widget.run()
+        idle(qtbot, widget)
+        widget.semantic_view()
+    heatmaps = [n for n in _names(viewer) if "heatmap" in n]
+    assert heatmaps == ["chelsea heatmap [cat]", "chelsea heatmap [cat] [2]"]
+    assert [n for n in _names(viewer) if "classes" in n] == ["chelsea classes"]
+    np.testing.assert_array_equal(mine.data, np.ones((10, 10)))
+
+
+def test_rerun_after_the_points_layer_was_deleted_replaces_the_plugins_masks(qtbot, viewer_widget, models):
+    """The labels layer stays ours when only the points are deleted: a re-run replaces what
+    the plugin drew (it does not count the old masks as hand-painted and keep them)."""
+    from sam_oracle import Oracle, expected_labels
+
+    viewer, widget = viewer_widget
+    widget.prompts.value = "cat"
+    widget.run()
+    idle(qtbot, widget)
+    viewer.layers.remove("chelsea points")
+    widget.prompts.value = "sofa"
+    widget.run()
+    idle(qtbot, widget)
+    assert "hand-painted" not in widget.status.value, widget.status.value
+    labels, pts = viewer.layers["chelsea labels"], viewer.layers["chelsea points"]
+    np.testing.assert_array_equal(labels.data, expected_labels(Oracle(models[1], data.chelsea()), pts))
+    assert set(labels.features["class"][labels.features["index"] > 0]) == {"sofa"}

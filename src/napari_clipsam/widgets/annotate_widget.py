@@ -39,6 +39,7 @@ class ClipSamWidget(AnnotateForm):
         self.viewer = napari_viewer
         self.sam_queue = SamQueue()
         self.editors: list[LiveEditor] = []
+        self._kept_states: list = []  # (labels layer, ImageAnnotation) of editors whose points were deleted
         #: the last run's ``Annotation`` per annotated plane, in plane order (all slices: one per
         #: slice; only the last keeps its image-size heatmaps), and the last of them
         self.last_results: list = []
@@ -103,6 +104,7 @@ class ClipSamWidget(AnnotateForm):
             for key in self._keys:
                 editor.points_layer.bind_key(key, None, overwrite=True)  # its bindings held this widget
         self.editors = []
+        self._kept_states = []
         self.models.release()  # CLIP and SAM leave memory with the widget
         layers = self.viewer.layers
         for emitter in (layers.events.inserted, layers.events.removed, layers.events.moved):
@@ -134,11 +136,28 @@ class ClipSamWidget(AnnotateForm):
     def reset_choices(self, *_) -> None:
         self._layers_changed()
 
+    def _retire(self, editor: LiveEditor) -> None:
+        """Stop ``editor`` and leave its layers as they are, no longer ours to update: the
+        next run on its image gets new layers (its data changed shape, so the old labels and
+        points describe pixels that are gone; what the user drew on them is kept)."""
+        editor.close()
+        self.editors.remove(editor)
+        for key in self._keys:
+            editor.points_layer.bind_key(key, None, overwrite=True)
+        for layer in (editor.points_layer, editor.labels_layer, editor.boxes_layer):
+            if layer is not None:
+                layer.metadata.pop(LW.OWNER_KEY, None)
+
     def _forget(self, layer) -> None:
+        self._kept_states = [(lab, st) for lab, st in self._kept_states if lab is not layer]
         for editor in list(self.editors):
             if layer in (editor.image_layer, editor.points_layer, editor.labels_layer):
                 editor.close()
                 self.editors.remove(editor)
+                if layer is not editor.labels_layer and layer is not editor.image_layer:
+                    # the labels stay: the next run on them takes this state up, so it knows which
+                    # pixels the plugin wrote (replaced) and which the user painted (kept)
+                    self._kept_states.append((editor.labels_layer, editor.state))
 
     # ------------------------------------------------------------------ models
     def use_models(self, clip=None, sam=None) -> None:
@@ -278,7 +297,8 @@ class ClipSamWidget(AnnotateForm):
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self.show_status("starting")
-        self.runner.start(job, on_done=lambda res, lay=layer: self._on_done(lay, res, pixels_now),
+        shape = spatial_shape(layer)
+        self.runner.start(job, on_done=lambda res, lay=layer: self._on_done(lay, res, pixels_now, shape),
                           on_failed=self._on_failed, on_cancelled=self._on_cancelled,
                           on_apply_failed=self._on_apply_failed, label="napari-clipsam run")
 
@@ -325,7 +345,7 @@ class ClipSamWidget(AnnotateForm):
         self.show_status("cancelled: nothing was changed" + (
             f" ({partial[0]} stopped; it resumes from where it stopped next time)" if partial else ""))
 
-    def _on_done(self, image_layer, payload, pixels):
+    def _on_done(self, image_layer, payload, pixels, shape):
         """The run's results enter the viewer in steps, one per event-loop turn (a generator
         the runner advances): each heatmap layer, each new layer, each plane's labels, the
         points, the boxes, the features (the live editor held until the last)."""
@@ -338,6 +358,13 @@ class ClipSamWidget(AnnotateForm):
             self.show_status("image layer was removed: results discarded")
             show_warning(f"napari-clipsam: the image layer '{image_layer.name}' was removed during the run; "
                          "its results were discarded")
+            return None
+        if spatial_shape(image_layer) != shape:
+            self._end_run()
+            now = " x ".join(map(str, spatial_shape(image_layer)))
+            self.show_status("the image changed shape during the run: results discarded")
+            show_warning(f"napari-clipsam: the data of '{image_layer.name}' changed shape during the run "
+                         f"({' x '.join(map(str, shape))} -> {now}); its results were discarded. Run again")
             return None
         return self._apply(image_layer, session, results, record, heat, pixels)
 
@@ -352,14 +379,23 @@ class ClipSamWidget(AnnotateForm):
                 if not self._still_there(image_layer):
                     return
             editor = self.editor_for(image_layer)
+            if editor is not None and editor.shape_problem() is not None:
+                self._retire(editor)  # the image's data changed shape since: new layers, the old ones kept
+                editor = None
             if editor is None:
                 prompts = list(results[-1][1].prompts)
                 points, labels, boxes = yield from RW.new_layer_steps(self.viewer, image_layer, prompts)
                 yield
                 if not self._still_there(image_layer, points, labels, boxes):
                     return
-                editor = LiveEditor(self.viewer, image_layer, points, labels, boxes,
-                                    ImageAnnotation(spatial_shape(image_layer), session), self.sam_queue, pixels,
+                state = next((st for lab, st in self._kept_states if lab is labels
+                              and tuple(st.shape) == spatial_shape(image_layer)), None)
+                self._kept_states = [(lab, st) for lab, st in self._kept_states if lab is not labels]
+                if state is not None:  # its other planes lost their points: their masks count as painted
+                    run_planes = {plane for plane, _ in results}
+                    state.planes = {p: a for p, a in state.planes.items() if p in run_planes}
+                state = state or ImageAnnotation(spatial_shape(image_layer), session)
+                editor = LiveEditor(self.viewer, image_layer, points, labels, boxes, state, self.sam_queue, pixels,
                                     on_applied=self._after_edit, on_error=self._edit_failed,
                                     displayed=lambda lay=image_layer: displayed_plane(self.viewer, lay))
                 self.editors.append(editor)

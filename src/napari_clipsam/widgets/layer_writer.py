@@ -10,6 +10,8 @@ Naming, per image layer ``<image>``: ``<image> heatmap [<prompt>]``, ``<image> p
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 from napari.layers import Image, Labels, Points, Shapes
@@ -18,6 +20,7 @@ from ..core.annotation import Plane
 from ..core.points import PointPrompts
 
 OWNER_KEY = "napari_clipsam"
+BASE_NAME_KEY = "napari_clipsam_name"  # the name a layer of ours was made under
 LAYER_TYPES = {"image": Image, "points": Points, "labels": Labels, "shapes": Shapes}
 
 POSITIVE_COLOR = np.array([0.1, 0.9, 0.2, 1.0])
@@ -57,27 +60,42 @@ def _free_name(viewer, name: str) -> str:
     return f"{name} [{i}]"
 
 
-def find_ours(viewer, kind: str, name: str, image_layer=None):
-    """Our layer of ``kind`` named ``name`` (made for ``image_layer``, if given), or None."""
-    layer = viewer.layers[name] if name in viewer.layers else None
-    if layer is None or not is_ours(layer) or not isinstance(layer, LAYER_TYPES[kind]):
-        return None
-    if image_layer is not None and layer.metadata.get("image_id") not in (None, id(image_layer)):
-        return None
-    return layer
+def find_ours(viewer, kind: str, name: str, image_layer=None, fits: Callable | None = None):
+    """Our layer of ``kind`` made under ``name`` (made for ``image_layer``, if given; for which
+    ``fits(layer)`` holds, if given), or None. A layer that got a fresh name because the user
+    had one called ``name`` is found too (its metadata keeps ``name``), the one named
+    ``name`` first."""
+    def matches(layer) -> bool:
+        return (is_ours(layer) and isinstance(layer, LAYER_TYPES[kind])
+                and layer.metadata.get(BASE_NAME_KEY, layer.name) == name
+                and (image_layer is None or layer.metadata.get("image_id") in (None, id(image_layer)))
+                and (fits is None or fits(layer)))
+
+    candidates = sorted(viewer.layers, key=lambda layer: layer.name != name)
+    return next((layer for layer in candidates if matches(layer)), None)
+
+
+def _fits(layer, kind: str, data, kwargs) -> bool:
+    """Whether ``data`` may replace ``layer``'s: a labels layer only by labels of its shape
+    (what the user painted on other pixels is never wiped), points and shapes of its ndim."""
+    if kind == "image":
+        return np.shape(layer.data) == np.shape(data) or layer.ndim == np.ndim(data)
+    if kind == "labels":
+        return np.shape(layer.data) == np.shape(data)
+    ndim = kwargs.get("ndim") or (np.shape(data)[-1] if kind == "points" and np.ndim(data) == 2 else layer.ndim)
+    return layer.ndim == ndim
 
 
 def upsert_layer(viewer, kind: str, name: str, data, *, metadata: dict | None = None, image_layer=None,
                  **kwargs):
     """Add a layer of ``kind`` ('image' | 'points' | 'labels' | 'shapes') or update ours of
     that name (data, features, visibility, metadata); a user's layer of that name is kept
-    and the new layer gets a fresh name."""
-    meta = {OWNER_KEY: True, **(metadata or {})}
+    and the new layer gets a fresh name (and is updated under it by later runs)."""
+    meta = {OWNER_KEY: True, BASE_NAME_KEY: name, **(metadata or {})}
     if image_layer is not None:
         meta["image_id"] = id(image_layer)
-    existing = find_ours(viewer, kind, name, image_layer)
-    if existing is not None and (kind != "image" or np.shape(existing.data) == np.shape(data)
-                                 or existing.ndim == np.ndim(data)):
+    existing = find_ours(viewer, kind, name, image_layer, fits=lambda layer: _fits(layer, kind, data, kwargs))
+    if existing is not None:
         existing.data = data
         for key in ("features", "visible", "scale", "translate"):
             if key in kwargs and (key == "features" or not np.array_equal(getattr(existing, key), kwargs[key])):

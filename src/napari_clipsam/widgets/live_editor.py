@@ -244,6 +244,20 @@ class LiveEditor:
                 and old.prompt == obj.prompt else obj
         return out
 
+    def shape_problem(self) -> str | None:
+        """Why the layers no longer fit this editor's annotation (the image's or the labels'
+        data was replaced by an array of another shape), or None."""
+        from .inputs import spatial_shape
+
+        want = tuple(self.state.shape)
+        for what, shape in (("image", spatial_shape(self.image_layer)),
+                            ("labels", tuple(np.shape(self.labels_layer.data)))):
+            if shape != want:
+                size = " x ".join(map(str, want))
+                return (f"the {what} layer's data changed shape ({size} -> {' x '.join(map(str, shape))}) since the "
+                        "run: the masks were not updated. Run again to annotate the new data")
+        return None
+
     def _start(self) -> None:
         self._scheduled = False
         if self._closed:
@@ -253,6 +267,10 @@ class LiveEditor:
             return
         if not self.layers_alive():
             self.close()
+            return
+        problem = self.shape_problem()
+        if problem is not None:
+            self.on_error(problem, problem)
             return
         if self._future is not None:
             self._again = True
@@ -302,6 +320,8 @@ class LiveEditor:
         if exc is not None:
             self.on_error(f"updating masks failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                           str(exc))
+        elif self.layers_alive() and (problem := self.shape_problem()) is not None:
+            self.on_error(problem, problem)  # the data changed shape during the decode: nothing painted
         elif self.layers_alive():
             applied = 0
             for ann, generation, wanted, key in future.result():
