@@ -396,3 +396,18 @@ def test_prompts_that_are_not_an_ordered_list_of_text_are_refused(clip, square, 
     with pytest.raises(TypeError, match=message):
         get_localizer("gem", *clip, input_size=64).heatmaps(square, prompts)
     assert check_prompts(("cat", np.str_("sofa"))) == ["cat", "sofa"]  # tuples and numpy strings are text
+
+
+def test_prompts_that_clip_reads_the_same_are_one_class(clip):
+    """open_clip's tokenizer lowercases and collapses spaces: 'Cat' and 'cat' are one text."""
+    from napari_clipsam.core.localizers import check_prompts, get_localizer
+
+    model, tok = clip
+    assert (tok(["Cat  sat"]) == tok(["cat sat"])).all()  # the premise, from the tokenizer itself
+    with pytest.raises(ValueError, match=r"'Cat' and 'cat' are the same class"):
+        check_prompts(["Cat", "cat"])
+    with pytest.raises(ValueError, match=r"'mitotic cell' and 'Mitotic  cell' are the same class"):
+        check_prompts(["mitotic cell", "Mitotic  cell"])
+    with pytest.raises(ValueError, match="both a prompt and a background prompt"):
+        get_localizer("gem", *clip, background=["CAT"]).classes(["cat"])
+    assert check_prompts(["cat;", " cell ;nucleus ; "]) == ["cat", "cell; nucleus"]  # the class names

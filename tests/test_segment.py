@@ -104,6 +104,11 @@ def test_bad_calls_raise(sam, image):
         session.predict([[1, 10, 10]], [1])  # nD points: the caller must pick the plane
     with pytest.raises(ValueError, match="NaN"):
         session.decode([[10, 10]], [1], box=(0, 0, np.nan, 5))
+    with pytest.raises(ValueError, match=r"box \[-500.0, -500.0, -400.0, -400.0\] .* lies outside the 150 x 226 image"):
+        session.decode(np.zeros((0, 2)), [], box=(-500, -500, -400, -400))  # SAM would still make a mask
+    with pytest.raises(ValueError, match="lies outside the 150 x 226 image"):
+        session.decode([[10, 10]], [1], box=(0, 300, 20, 400))
+    session.decode(np.zeros((0, 2)), [], box=(-20, -20, 10, 10))  # a box over the edge is fine
     with pytest.raises(ValueError, match=r"candidate must be 0, 1 or 2 \(SAM's three masks\) or None, got 7"):
         session.decode([[10, 10]], [1], candidate=7)  # was taken as 7 % 3 = 1
     with pytest.raises(ValueError, match=r"candidate must be a whole number >= 0, got -1"):

@@ -247,6 +247,11 @@ class SamSession:
             r0, c0, r1, c1 = (float(v) for v in box)
             if not np.isfinite([r0, c0, r1, c1]).all():
                 raise ValueError(f"box {box} has NaN/inf corners")
+            h, w = self.image_shape
+            if max(r0, r1) < -0.5 or min(r0, r1) > h - 0.5 or max(c0, c1) < -0.5 or min(c0, c1) > w - 0.5:
+                corners = [round(v, 1) for v in (r0, c0, r1, c1)]
+                raise ValueError(f"box {corners} (row0, col0, row1, col1) lies outside the {h} x {w} image; "
+                                 "move or delete it")
             sam_box = np.array([min(c0, c1), min(r0, r1), max(c0, c1), max(r0, r1)], float)
         multimask = candidate is not None or (len(pts) == 1 and sam_box is None)
         masks, scores = self._predict(pts, lab, sam_box, multimask)

@@ -106,22 +106,25 @@ def check_prompts(prompts: Sequence[str] | str) -> list[str]:
     if bad:
         raise TypeError(f"prompts must be strings, got {bad[0]!r} ({type(bad[0]).__name__}); "
                         "write it as text, e.g. 'cell'")
-    prompts = [p.strip() for p in prompts]
-    if not prompts:
+    raw = [p.strip() for p in prompts]
+    empty = [i for i, p in enumerate(raw) if not split_synonyms(p)]
+    if not raw:
         raise ValueError("no prompts given: type at least one word, e.g. 'nucleus'")
-    empty = [i for i, p in enumerate(prompts) if not split_synonyms(p)]
     if empty:
         raise ValueError(f"prompt(s) at position {empty} are empty; remove blank lines or type a word")
     seen: dict[tuple[str, ...], str] = {}
-    for p in prompts:
+    for p in raw:
         key = canonical(p)
         if key in seen:
             same = f"{p!r} is given twice" if seen[key] == p else f"{seen[key]!r} and {p!r} are the same class"
             raise ValueError(f"prompt {same}; each prompt is one class, remove the repeat")
         seen[key] = p
+    # "cat;" is the class "cat", "cell ;nucleus" the class "cell; nucleus" (blank synonyms dropped)
+    prompts = ["; ".join(split_synonyms(p)) for p in raw]
     return prompts
 
 
 def canonical(prompt: str) -> tuple[str, ...]:
-    """What identifies a class: its set of synonyms ('cat;' == 'cat', 'a; b' == 'b; a')."""
-    return tuple(sorted(set(split_synonyms(prompt))))
+    """What identifies a class: its set of synonyms as CLIP's tokenizer reads them, i.e.
+    without case or repeated spaces ('cat;' == 'cat', 'a; b' == 'b; a', 'Cat' == 'cat')."""
+    return tuple(sorted({" ".join(s.split()).casefold() for s in split_synonyms(prompt)}))
