@@ -48,9 +48,15 @@ def test_rerun_updates_layers_instead_of_piling_up(qtbot, viewer_widget):
 
 def test_cancel_leaves_viewer_unchanged(qtbot, viewer_widget):
     viewer, widget = viewer_widget
+    from napari.utils.notifications import notification_manager
+
     widget.prompts.value = "cat"
     widget.run()
     widget.cancel()
+    n = len(notification_manager.records)
+    widget.run()  # pressed again at once: the cancelled run has not stopped yet
+    assert [str(r.message) for r in notification_manager.records[n:]] == [
+        "napari-clipsam: the cancelled run is still stopping (at its next step); press Run again in a moment"]
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
     assert [layer.name for layer in viewer.layers] == ["chelsea"]
     assert widget.status.value == "cancelled: nothing was changed"  # no download was stopped: none mentioned
@@ -74,8 +80,11 @@ def test_bad_input_is_a_notification_not_a_run(qtbot, viewer_widget):
     viewer.add_image(np.full((20, 20), np.nan, np.float32), name="nan")
     widget.image.value = viewer.layers["nan"]
     widget.prompts.value = "cat"
-    widget.run()
-    assert not widget.is_running and len(viewer.layers) == 2
+    widget.run()  # the pixels are read in the worker (never on the GUI thread), before any model work
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    assert len(viewer.layers) == 2 and widget.status.value == "failed: nothing was changed"
+    assert "image contains 400 NaN/inf values" in widget.error.value
+    assert [p.stage for p in widget.runner.log] == ["reading the image"]
 
 
 def test_user_layer_with_same_name_is_never_overwritten(qtbot, viewer_widget):
@@ -119,3 +128,31 @@ def test_export_round_trip(qtbot, viewer_widget, tmp_path):
     assert not (tmp_path / "other.tif").exists()
     widget.export_labels(tmp_path / "chosen.tif", labels)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "chosen.tif"), labels.data)
+
+
+def test_run_reads_no_pixels_on_the_gui_thread(qtbot, docked):
+    """A large or lazy image must not freeze napari when Run is pressed: its pixels are read
+    in the worker (napari itself reads what it draws; that is not ours)."""
+    import threading
+
+    import dask
+    import dask.array as da
+    from skimage import data
+
+    viewer, widget = docked
+    on_gui = []
+
+    def record(block):
+        on_gui.append(threading.current_thread() is threading.main_thread())
+        return block
+
+    lazy = da.from_array(data.chelsea(), chunks=(150, 226, 3)).map_blocks(record, dtype=np.uint8)
+    viewer.add_image(lazy, name="lazy", rgb=True)
+    qtbot.wait(200)
+    on_gui.clear()
+    widget.prompts.value = "cat"
+    with dask.config.set(scheduler="synchronous"):  # blocks are read by the thread that asks for them
+        widget.run()
+        assert not any(on_gui)
+        qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    assert "done" in widget.status.value and on_gui.count(False) >= 4  # the worker read every chunk

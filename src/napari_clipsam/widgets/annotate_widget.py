@@ -239,7 +239,10 @@ class ClipSamWidget(AnnotateForm):
         if self.closed:
             raise RuntimeError("this napari-clipsam widget was closed; open a new one")
         if self.is_running:
-            show_info("napari-clipsam is already running; cancel it first")
+            task = self.runner.task
+            show_info("napari-clipsam: the cancelled run is still stopping (at its next step); press Run again "
+                      "in a moment" if task is not None and task.cancelled
+                      else "napari-clipsam is already running; cancel it first")
             return
         self.clear_error()
         layer = self.image.value
@@ -250,7 +253,6 @@ class ClipSamWidget(AnnotateForm):
             prompts = check_prompts([ln for ln in self.prompts.value.splitlines() if ln.strip()])
             planes = self._planes(layer)
             others = [lay for lay in (self.composite_with.value or []) if lay in self.viewer.layers]
-            first = plane_rgb(layer, planes[0], others)  # bad pixels are a message before the run
             params = self._localizer_params()
             absence = self._absence_rule()
         except ValueError as exc:
@@ -269,10 +271,15 @@ class ClipSamWidget(AnnotateForm):
             """The plane's pixels as the layers hold them now (what live decodes embed)."""
             return plane_rgb(layer, plane, others)
 
-        def pixels(plane: Plane) -> np.ndarray:
-            return first if plane == planes[0] else pixels_now(plane)
-
         def job(task):
+            # the pixels are read here, not on the GUI thread (a large or lazy image would freeze
+            # napari), and before the models load, so bad pixels are a message within moments
+            task.report("reading the image")
+            first = pixels_now(planes[0])
+
+            def pixels(plane: Plane) -> np.ndarray:
+                return first if plane == planes[0] else pixels_now(plane)
+
             task.report("loading CLIP")
             clip_model, tokenizer = self.models.clip(cfg["clip"], cfg["clip_file"], task)
             task.report("loading SAM")
