@@ -443,3 +443,19 @@ def test_embeddings_persist_on_disk_for_the_next_widget(qtbot, docked, models):
     session = fresh.models.session(models[1])
     assert session.key is None and session.use(image_key(data.chelsea()))  # loaded, not computed
     fresh.close_down()
+
+
+def test_a_rerun_says_when_it_replaced_point_edits_made_while_it_ran(qtbot, docked):
+    viewer, widget = docked
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    _run(qtbot, widget, img, "cat")
+    assert "point edits" not in widget.status.value
+    pts = viewer.layers["chelsea points"]
+    widget.run()
+    pts.add([[20.0, 20.0]])  # while the worker runs (results only land in later event-loop turns)
+    idle(qtbot, widget)
+    assert widget.status.value.endswith("; the point edits made while it ran were replaced by its points")
+    assert not (np.abs(np.asarray(pts.data) - [20.0, 20.0]).sum(axis=1) < 1e-6).any()
+    widget.run()
+    idle(qtbot, widget)
+    assert "point edits" not in widget.status.value

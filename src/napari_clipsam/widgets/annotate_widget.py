@@ -304,8 +304,10 @@ class ClipSamWidget(AnnotateForm):
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self.show_status("starting")
-        shape = spatial_shape(layer)
-        self.runner.start(job, on_done=lambda res, lay=layer: self._on_done(lay, res, pixels_now, shape),
+        editor = self.editor_for(layer)
+        started = {"shape": spatial_shape(layer),  # what the run's results are checked against
+                   "points": None if editor is None else (editor.points_layer, np.array(editor.points_layer.data))}
+        self.runner.start(job, on_done=lambda res, lay=layer: self._on_done(lay, res, pixels_now, started),
                           on_failed=self._on_failed, on_cancelled=self._on_cancelled,
                           on_apply_failed=self._on_apply_failed, label="napari-clipsam run")
 
@@ -352,7 +354,7 @@ class ClipSamWidget(AnnotateForm):
         self.show_status("cancelled: nothing was changed" + (
             f" ({partial[0]} stopped; it resumes from where it stopped next time)" if partial else ""))
 
-    def _on_done(self, image_layer, payload, pixels, shape):
+    def _on_done(self, image_layer, payload, pixels, started):
         """The run's results enter the viewer in steps, one per event-loop turn (a generator
         the runner advances): each heatmap layer, each new layer, each plane's labels, the
         points, the boxes, the features (the live editor held until the last)."""
@@ -366,6 +368,7 @@ class ClipSamWidget(AnnotateForm):
             show_warning(f"napari-clipsam: the image layer '{image_layer.name}' was removed during the run; "
                          "its results were discarded")
             return None
+        shape = started["shape"]
         if spatial_shape(image_layer) != shape:
             self._end_run()
             now = " x ".join(map(str, spatial_shape(image_layer)))
@@ -373,9 +376,9 @@ class ClipSamWidget(AnnotateForm):
             show_warning(f"napari-clipsam: the data of '{image_layer.name}' changed shape during the run "
                          f"({' x '.join(map(str, shape))} -> {now}); its results were discarded. Run again")
             return None
-        return self._apply(image_layer, session, results, record, heat, pixels)
+        return self._apply(image_layer, session, results, record, heat, pixels, started["points"])
 
-    def _apply(self, image_layer, session, results, record, heat, pixels):
+    def _apply(self, image_layer, session, results, record, heat, pixels, points_before=None):
         try:
             self.last_results = [r for _, r in results]
             self.last_result = self.last_results[-1]
@@ -410,6 +413,8 @@ class ClipSamWidget(AnnotateForm):
             editor.pixels = pixels
             editor.state.session = session
             editor.state.shape = spatial_shape(image_layer)
+            edited = points_before is not None and points_before[0] is editor.points_layer and not np.array_equal(
+                points_before[1], np.asarray(editor.points_layer.data))  # by the user, while the run ran
             kept = yield from RW.write_run_steps(editor, results)
             editor.record = record
         finally:  # also when a step raises (the runner then reports it: _on_apply_failed)
@@ -421,6 +426,8 @@ class ClipSamWidget(AnnotateForm):
             show_info(f"napari-clipsam: no points for {absent}: below the absence floor or the minimum presence "
                       "(their heatmaps are added hidden)")
         note = f"; kept {kept} hand-painted pixels" if kept else ""
+        if edited:
+            note += "; the point edits made while it ran were replaced by its points"
         self.show_status(f"done: {len(results[-1][1].prompts)} heatmaps, {n_points} points, "
                          f"{self.count_objects(image_layer)} objects{note}")
 
