@@ -267,3 +267,33 @@ def test_probe_heatmaps_for_every_slice_of_a_stack(qtbot, docked):
     np.testing.assert_array_equal(vol[0], single)  # the same pixels give the same map on any slice
     for (_, lab), heat in zip(slices[1:], vol):
         assert roc_auc_score((lab > 0).ravel(), heat.ravel()) > 0.8
+
+
+def test_slice_finder_reads_no_stack_on_the_gui_thread(qtbot, docked):
+    import threading
+
+    import dask
+    import dask.array as da
+
+    viewer, widget = docked
+    on_gui = []
+
+    def record(block):
+        on_gui.append(threading.current_thread() is threading.main_thread())
+        return block
+
+    stack = _stack()
+    lazy = da.from_array(stack, chunks=(1, *stack.shape[1:])).map_blocks(record, dtype=stack.dtype)
+    layer = viewer.add_image(lazy, name="lazy", contrast_limits=(0, 255))
+    qtbot.wait(200)
+    finder = SliceFinder(viewer, widget)
+    viewer.window.add_dock_widget(finder)
+    finder.image.value = layer
+    finder.axis.value = 0
+    finder.query.value = "coins"
+    on_gui.clear()
+    with dask.config.set(scheduler="synchronous"):
+        finder.rank_button.clicked.emit()
+        assert not any(on_gui)
+        wait(qtbot, finder)
+    assert len(finder.scores) == len(stack) and on_gui.count(False) >= len(stack)

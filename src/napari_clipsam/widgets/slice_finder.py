@@ -93,7 +93,8 @@ class SliceFinder(PanelBase):
 
     # ------------------------------------------------------------------ rank
     def _stack(self, layer, axis: int):
-        """(stack with the slice axis first, 3D or 3D + RGB) at the viewer's position on other axes."""
+        """(the stack as the layer holds it, unread (numpy, dask or zarr), at the viewer's position
+        on other axes; the axis order that puts the slice axis first, 3D or 3D + RGB)."""
         plane = displayed_plane(self.viewer, layer)
         fixed = [ax for ax, _ in plane.fixed]
         if axis not in fixed:
@@ -106,10 +107,9 @@ class SliceFinder(PanelBase):
         sub = layer_data(layer)[tuple(index)]
         kept = [ax for ax in range(plane.ndim) if ax == axis or ax in (plane.rows, plane.cols)]
         order = [kept.index(axis), kept.index(plane.rows), kept.index(plane.cols)]
-        stack = np.asarray(sub)
         if layer.rgb:
             order.append(3)
-        return np.transpose(stack, order)
+        return sub, order
 
     def rank(self, *_) -> None:
         """Rank the slices of the chosen image along 'axis' by similarity to the prompt (in a worker)."""
@@ -122,15 +122,16 @@ class SliceFinder(PanelBase):
             return
         axis = int(self.axis.value)
         try:
-            stack = self._stack(layer, axis)
+            sub, order = self._stack(layer, axis)
         except ValueError as exc:
             self.fail(str(exc))
             return
         rgb = bool(layer.rgb)
-        limits = None if (rgb and stack.dtype == np.uint8) else tuple(layer.contrast_limits)
+        limits = None if (rgb and np.dtype(sub.dtype) == np.uint8) else tuple(layer.contrast_limits)
+        shown = None
         if self.by_example.value:
             shown = int(dict(displayed_plane(self.viewer, layer).fixed)[axis])
-            query, label = slice_rgb(stack, shown, 0, rgb=rgb, contrast_limits=limits), f"like slice {shown}"
+            query, label = None, f"like slice {shown}"
         else:
             query = self.query.value.strip() or (self.prompts()[:1] or [""])[0]
             label = f"'{query}'"
@@ -141,11 +142,14 @@ class SliceFinder(PanelBase):
         cache = self.cache
 
         def job(task):
+            task.report("reading the stack")  # here, not on the GUI thread: a large or lazy stack would freeze napari
+            stack = np.transpose(np.asarray(sub), order)
+            example = query if shown is None else slice_rgb(stack, shown, 0, rgb=rgb, contrast_limits=limits)
             model, tokenizer = self.clip(task)
-            return rank_slices(stack, query, model, tokenizer, axis=0, rgb=rgb, contrast_limits=limits,
+            return rank_slices(stack, example, model, tokenizer, axis=0, rgb=rgb, contrast_limits=limits,
                                templates=templates, cache=cache, task=task)
 
-        self.show_status(f"ranking {stack.shape[0]} slices…")
+        self.show_status(f"ranking {sub.shape[order[0]]} slices…")
         self.start(job, lambda scores: self._ranked(layer, axis, label, scores), "napari-clipsam find slice")
 
     def _ranked(self, layer, axis: int, query: str, scores: np.ndarray) -> None:
