@@ -160,6 +160,7 @@ def test_get_localizer_takes_each_methods_own_options_and_no_background(clip):
     ({"positive": np.array([True])}, ValueError, r"positive must have one value per point \(2\), got 1"),
     ({"object_id": [1, -2]}, ValueError, r"object_id must be whole numbers >= 0"),
     ({"prompt": [0, 1.5]}, ValueError, r"prompt must be whole numbers >= 0"),
+    ({"object_id": [2**40, 0]}, ValueError, r"object_id must be below 2\*\*31 \(label ids\), got 1099511627776"),
     ({"score": ["a", "b"]}, TypeError, r"score must be numbers"),
     ({"points": [[1.0, np.nan], [2, 3]]}, ValueError, r"points contain NaN/inf"),
     ({"points": [1.0, 2.0]}, ValueError, r"points must be \(N, 2\)"),

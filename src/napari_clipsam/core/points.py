@@ -64,6 +64,8 @@ class PointPrompts:
             elif kind is np.int32:
                 if not (np.isfinite(a).all() and (a == np.round(a)).all() and (a >= 0).all()):
                     raise ValueError(f"{name} must be whole numbers >= 0, got {a[:5].tolist()}")
+                if (a > np.iinfo(np.int32).max).any():
+                    raise ValueError(f"{name} must be below 2**31 (label ids), got {int(a.max())}")
                 a = a.astype(np.int32)
             else:
                 a = a.astype(np.float32)

@@ -184,7 +184,7 @@ def read_point_prompts(layer, plane: Plane, prompts: list[str]) -> PointPrompts:
     on = on_plane(layer, plane)
     f = layer.features
     positive = _column(f, "positive", n, True).astype(bool)
-    object_id = _column(f, "object_id", n, 1).astype(np.int32)
+    object_id = _column(f, "object_id", n, 1)  # PointPrompts checks the range (no int32 wrap-around)
     names = f["prompt"].astype(str).to_numpy() if "prompt" in f and len(f) == n else np.array([prompts[0]] * n)
     index = {p: i for i, p in enumerate(prompts)}
     prompt = np.array([index.get(s, 0) for s in names], np.int32)
