@@ -128,3 +128,20 @@ def test_a_model_that_gives_nan_is_one_clear_message(qtbot, viewer_widget):
     assert "failed" in widget.status.value
     new = [str(n.message) for n in notification_manager.records[before:]]
     assert len(new) == 1 and ("NaN" in new[0] or "non-finite" in new[0].lower()), new
+
+
+def test_ids_that_do_not_fit_the_labels_dtype_are_a_message_not_a_wrap_around(qtbot, run_widget):
+    viewer, widget = run_widget
+    labels, pts = viewer.layers["chelsea labels"], viewer.layers["chelsea points"]
+    labels.data = labels.data.astype(np.uint8)  # the user converted the layer
+    before = labels.data.copy()
+    feats = pts.features.copy()
+    i = int(np.flatnonzero(feats["positive"].to_numpy(bool))[0])
+    feats.loc[i, "object_id"] = 300  # would be painted as 300 % 256 = 44
+    pts.features = feats
+    moved = pts.data.copy()
+    moved[i] += 5
+    pts.data = moved
+    idle(qtbot, widget)
+    assert "holds uint8 ids (up to 255); object 300 does not fit" in widget.error.value
+    np.testing.assert_array_equal(labels.data, before)

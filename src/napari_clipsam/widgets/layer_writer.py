@@ -261,6 +261,11 @@ def paint(labels_layer, ann, objects: dict) -> int:
     pixels that change (one undo step, like a paint stroke), never a pixel the user painted.
     Returns the number of hand-painted pixels that were kept."""
     plane = ann.plane
+    dtype = np.dtype(labels_layer.data.dtype)
+    top = max(objects, default=0)
+    if dtype.kind in "iu" and top > np.iinfo(dtype).max:
+        raise ValueError(f"the labels layer '{labels_layer.name}' holds {dtype} ids (up to {np.iinfo(dtype).max}); "
+                         f"object {top} does not fit. Convert it back: layer.data = layer.data.astype(np.int32)")
 
     def current(region):
         r0, c0, r1, c1 = region

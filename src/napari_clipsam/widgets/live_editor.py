@@ -327,7 +327,11 @@ class LiveEditor:
             for ann, generation, wanted, key in future.result():
                 if ann.generation != generation or self.state.planes.get(ann.plane) is not ann:
                     continue  # a re-run replaced this plane's objects: stale, never painted
-                self.apply(ann, wanted, key)
+                try:
+                    self.apply(ann, wanted, key)
+                except ValueError as exc:  # the labels layer cannot hold them (see layer_writer.paint)
+                    self.on_error(f"updating masks failed: {exc}", str(exc))
+                    break
                 applied += 1
             if applied:
                 self.on_applied(self)
