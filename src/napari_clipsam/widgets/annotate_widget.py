@@ -24,7 +24,7 @@ from ..core.progress import Task
 from . import layer_writer as LW
 from . import result_writer as RW
 from .form import AnnotateForm
-from .inputs import displayed_plane, plane_rgb, planes_to_annotate, spatial_shape
+from .inputs import check_channels, displayed_plane, plane_rgb, planes_to_annotate, spatial_shape
 from .live_editor import LiveEditor
 from .model_cache import ModelCache
 from .run_support import annotate_via_queue, provenance, run_record
@@ -253,6 +253,7 @@ class ClipSamWidget(AnnotateForm):
             prompts = check_prompts([ln for ln in self.prompts.value.splitlines() if ln.strip()])
             planes = self._planes(layer)
             others = [lay for lay in (self.composite_with.value or []) if lay in self.viewer.layers]
+            check_channels(layer, others)  # a mismatch is a message before the run (the pixels are read in it)
             params = self._localizer_params()
             absence = self._absence_rule()
         except ValueError as exc:

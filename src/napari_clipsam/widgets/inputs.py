@@ -32,15 +32,12 @@ def displayed_plane(viewer, layer) -> Plane:
     return Plane.from_view(shape, point, displayed)
 
 
-def plane_rgb(layer, plane: Plane, others=()) -> np.ndarray:
-    """(H, W, 3) uint8: ``plane`` of ``layer`` as shown, or the additive composite of it and
-    the single-channel layers ``others`` (same size), each with its colormap, contrast
-    limits and gamma."""
-    own = plane.take(layer_data(layer))
+def check_channels(layer, others=()) -> list:
+    """The layers composited with ``layer`` (``others`` without it), checked without reading
+    any pixel: single-channel and of ``layer``'s size, else a ValueError that says so."""
     others = [lay for lay in others if lay is not layer]
     if not others:
-        limits = None if (layer.rgb and own.dtype == np.uint8) else layer.contrast_limits
-        return to_rgb_uint8(own, rgb=layer.rgb, contrast_limits=limits)
+        return others
     channels = [layer, *others]
     rgb_layers = [lay.name for lay in channels if lay.rgb]
     if rgb_layers:
@@ -49,6 +46,19 @@ def plane_rgb(layer, plane: Plane, others=()) -> np.ndarray:
     shapes = {lay.name: spatial_shape(lay) for lay in channels}
     if len(set(shapes.values())) > 1:
         raise ValueError(f"channel layers must have the same size to be composited, got {shapes}")
+    return others
+
+
+def plane_rgb(layer, plane: Plane, others=()) -> np.ndarray:
+    """(H, W, 3) uint8: ``plane`` of ``layer`` as shown, or the additive composite of it and
+    the single-channel layers ``others`` (same size), each with its colormap, contrast
+    limits and gamma."""
+    others = check_channels(layer, others)
+    own = plane.take(layer_data(layer))
+    if not others:
+        limits = None if (layer.rgb and own.dtype == np.uint8) else layer.contrast_limits
+        return to_rgb_uint8(own, rgb=layer.rgb, contrast_limits=limits)
+    channels = [layer, *others]
     planes = [own] + [plane.take(layer_data(lay)) for lay in others]
     ramp = np.linspace(0.0, 1.0, 256)
     return composite_rgb(planes, luts=[np.asarray(lay.colormap.map(ramp))[:, :3] for lay in channels],
