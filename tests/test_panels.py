@@ -297,3 +297,33 @@ def test_slice_finder_reads_no_stack_on_the_gui_thread(qtbot, docked):
         assert not any(on_gui)
         wait(qtbot, finder)
     assert len(finder.scores) == len(stack) and on_gui.count(False) >= len(stack)
+
+
+def test_verify_keeps_a_row_order_features_table(qtbot, docked):
+    """napari's own features layout has no ``index`` column (row i is label i): its classes
+    are read, and its columns kept, when the verification is written."""
+    viewer, widget = docked
+    viewer.add_image(data.chelsea(), name="chelsea")
+    lab = np.zeros((300, 451), np.int32)
+    lab[50:150, 50:200] = 1
+    lab[180:280, 250:400] = 2
+    layer = viewer.add_labels(lab, name="mine", features={"class": ["background", "cat", "sofa"],
+                                                           "note": ["", "keep me", "me too"]})
+    widget.image.value = viewer.layers["chelsea"]
+    panel = VerifyPanel(viewer, widget)
+    panel.reset_choices()
+    panel.labels.value = layer
+    panel.verify_button.clicked.emit()
+    wait(qtbot, panel)
+    f = layer.features
+    assert f["index"].tolist() == [0, 1, 2]
+    assert f["class"].tolist() == ["background", "cat", "sofa"] and f["note"].tolist() == ["", "keep me", "me too"]
+    assert set(panel.table["class"]) == {"cat", "sofa"}
+
+
+def test_row_order_features_give_the_classes_of_an_export(tmp_path):
+    from napari_clipsam.core.export import classes_from_features
+
+    assert classes_from_features({"class": ["background", "cat", "dog"], "score": [np.nan, 0.9, None]}) == (
+        {1: "cat", 2: "dog"}, {1: 0.9})
+    assert classes_from_features({"index": [0, 7, np.nan], "class": ["background", "cat", "x"]}) == ({7: "cat"}, {})

@@ -279,25 +279,34 @@ def features_table(classes: Mapping | None, scores: Mapping | None = None, ids: 
 
 def classes_from_features(features, fallback: Mapping | None = None) -> tuple[dict[int, str], dict[int, float]]:
     """(classes, scores) from a features table (pandas DataFrame or dict of columns with
-    ``index`` and ``class``, optional ``score``); rows with an empty class or id 0 are skipped.
-    Without such a table, ``fallback`` (e.g. ``layer.metadata["classes"]``) gives the classes."""
+    ``class``, optional ``index`` and ``score``); rows with an empty class or id 0 are skipped.
+    Without an ``index`` column, row i describes label i (napari's own layout). Without a
+    ``class`` column, ``fallback`` (e.g. ``layer.metadata["classes"]``) gives the classes."""
     import pandas as pd
 
     df = None
     if features is not None:
         df = features if isinstance(features, pd.DataFrame) else pd.DataFrame(dict(features))
-    if df is None or len(df) == 0 or "class" not in df or "index" not in df:
+    if df is None or len(df) == 0 or "class" not in df:
         return _clean_classes(fallback), {}
     classes: dict[int, str] = {}
     scores: dict[int, float] = {}
-    for idx, cls, score in zip(df["index"], df["class"],
-                               df["score"] if "score" in df else [np.nan] * len(df)):
-        if idx is None or (isinstance(idx, float) and np.isnan(idx)) or int(idx) <= 0:
+    ids = df["index"] if "index" in df else range(len(df))
+    for idx, cls, score in zip(ids, df["class"], df["score"] if "score" in df else [np.nan] * len(df)):
+        try:
+            oid = int(idx)
+        except (TypeError, ValueError):  # NaN, None, text: not a label id
+            continue
+        if oid <= 0:
             continue
         if cls is not None and not (isinstance(cls, float) and np.isnan(cls)) and str(cls) != "":
-            classes[int(idx)] = str(cls)
-        if score is not None and np.isfinite(float(score)):
-            scores[int(idx)] = float(score)
+            classes[oid] = str(cls)
+        try:
+            value = float(score)
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(value):
+            scores[oid] = value
     if not classes and fallback:
         classes = _clean_classes(fallback)
     return dict(sorted(classes.items())), dict(sorted(scores.items()))

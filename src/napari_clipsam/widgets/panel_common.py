@@ -7,6 +7,7 @@ from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from napari.layers import Labels
 from napari.utils.notifications import show_error as notify_error
 
+from ..core.export import classes_from_features
 from ..core.localizers import LOCALIZERS, check_prompts
 from .runner import Runner
 
@@ -103,19 +104,7 @@ class PanelBase(Container):
 
 
 def layer_classes(labels_layer) -> tuple[dict[int, str], dict[int, float]]:
-    """({id: class}, {id: SAM score}) from a labels layer's features (index, class, score),
-    else from its metadata["classes"]; background rows are skipped."""
-    f = labels_layer.features
-    classes: dict[int, str] = {}
-    scores: dict[int, float] = {}
-    if len(f) and "index" in f and "class" in f:
-        for _, row in f.iterrows():
-            oid = int(row["index"])
-            if oid == 0 or not isinstance(row["class"], str) or not row["class"]:
-                continue
-            classes[oid] = row["class"]
-            if "score" in f:
-                scores[oid] = float(row["score"])
-    else:
-        classes = {int(k): str(v) for k, v in (labels_layer.metadata.get("classes") or {}).items()}
-    return classes, scores
+    """({id: class}, {id: SAM score}) from a labels layer's features (``class``, ``score``, by
+    ``index`` or in napari's row order), else from its metadata["classes"]; background rows
+    are skipped (``core.export.classes_from_features``)."""
+    return classes_from_features(labels_layer.features, labels_layer.metadata.get("classes"))

@@ -159,7 +159,9 @@ class VerifyPanel(PanelBase):
     @staticmethod
     def _write_features(layer, table: pd.DataFrame) -> None:
         f = layer.features.copy()
-        if not len(f) or "index" not in f:
+        if len(f) and "index" not in f:  # napari's row order (row i = label i): the user's columns stay
+            f.insert(0, "index", np.arange(len(f)))
+        if not len(f):
             f = pd.DataFrame({"index": np.asarray([0, *table["id"]], int),
                               "class": ["background", *table["class"]], "score": [np.nan, *table["score"]]})
         by_id = table.set_index("id")
