@@ -187,3 +187,29 @@ def test_which_writer_napari_picks_when_none_is_chosen():
     picked = {ext: pm.get_writer(f"/tmp/x{ext}", ["labels"])[0].command
               for ext in (".png", ".npy", ".json", ".zarr", ".ome.zarr")}
     assert set(picked.values()) == {"napari-clipsam.write_labels"}
+
+
+@pytest.mark.parametrize("data, path, message", [
+    (np.ones((3, 10, 10), np.uint8), "x.png", "PNG holds one 2D plane"),
+    (-np.ones((10, 10), np.int32), "x.tif", "negative ids"),
+])
+def test_layer_save_says_why_our_writer_refused(tmp_path, data, path, message):
+    """napari's layer.save turns a writer's ValueError into "not a valid writer" and writes
+    nothing: our writer's reason must reach a script."""
+    from napari.components import ViewerModel
+
+    viewer = ViewerModel()
+    layer = viewer.add_labels(data)
+    with pytest.raises(cio.WriteRefused, match=f"napari-clipsam cannot write .*{path}: .*{message}"):
+        layer.save(str(tmp_path / path), plugin="napari-clipsam")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_points_table_with_one_axis_is_not_taken(tmp_path):
+    """A 1-D points layer made napari fail on every later layer change."""
+    from napari_clipsam.core.export import read_points_csv
+
+    (tmp_path / "p.csv").write_text("index,axis-0,positive,object_id\n0,1,True,1\n")
+    assert cio.get_reader(str(tmp_path / "p.csv")) is None
+    with pytest.raises(ValueError, match=r"p.csv is not a napari points table: it needs columns axis-0, axis-1"):
+        read_points_csv(tmp_path / "p.csv")

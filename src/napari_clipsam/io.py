@@ -32,6 +32,27 @@ def _level0(data, meta: dict):
     return np.asarray(data)
 
 
+class WriteRefused(RuntimeError):
+    """Our writer cannot write this layer to this file (the message says why). Not a
+    ValueError on purpose: napari's ``layer.save`` takes a writer's ValueError for "no writer
+    for this file" and replaces the reason with "not a valid writer"."""
+
+
+def _refusals(write):
+    """``write`` with its ValueErrors raised as ``WriteRefused`` (same message)."""
+    import functools
+
+    @functools.wraps(write)
+    def wrapper(path, *args, **kwargs):
+        try:
+            return write(path, *args, **kwargs)
+        except ValueError as exc:
+            raise WriteRefused(f"napari-clipsam cannot write {path}: {exc}") from exc
+
+    return wrapper
+
+
+@_refusals
 def write_labels_layer(path: str, data, meta: dict) -> list[str]:
     """napari writer: a labels layer -> labels file (format from the suffix) + JSON sidecar.
 
@@ -47,6 +68,7 @@ def write_labels_layer(path: str, data, meta: dict) -> list[str]:
                         metadata={"layer": meta.get("name"), "plugin": "napari-clipsam"}, overwrite=True)
 
 
+@_refusals
 def write_points_layer(path: str, data, meta: dict) -> list[str]:
     """napari writer: a points layer -> napari's points CSV with its features as columns."""
     from .core.export import write_points_csv
@@ -65,7 +87,7 @@ def _is_ours(path: Path) -> bool:
                 header = fh.readline().strip().split(",")
         except OSError:
             return False
-        return {"positive", "object_id", "axis-0"} <= set(header)
+        return {"positive", "object_id", "axis-0", "axis-1"} <= set(header)
     if name.endswith(".zarr"):
         attrs = _ome_root_attrs(path)
         return bool(attrs and attrs.get("napari_clipsam")) or sidecar_path(path).is_file() \

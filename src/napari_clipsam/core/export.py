@@ -921,10 +921,11 @@ def read_points_csv(path: str | os.PathLike):
     import pandas as pd
 
     df = pd.read_csv(path)
-    axis_cols = [c for c in df.columns if str(c).startswith("axis-")]
-    if not axis_cols:
-        raise ValueError(f"{path} is not a napari points table (no axis-0, axis-1 columns)")
+    axis_cols = [c for c in df.columns if str(c).startswith("axis-") and str(c)[5:].isdigit()]
     axis_cols.sort(key=lambda c: int(str(c).split("-")[1]))
+    if [str(c) for c in axis_cols] != [f"axis-{i}" for i in range(len(axis_cols))] or len(axis_cols) < 2:
+        raise ValueError(f"{path} is not a napari points table: it needs columns axis-0, axis-1, ... "
+                         f"(found {[str(c) for c in axis_cols] or 'none'})")
     feats = df.drop(columns=[*axis_cols, *(["index"] if "index" in df else [])]).reset_index(drop=True)
     if "positive" in feats:
         feats["positive"] = feats["positive"].astype(str).str.lower().isin(["true", "1"])
