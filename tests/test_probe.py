@@ -114,3 +114,28 @@ def test_probe_runs_with_sliding_windows(clip, loc, slices):
     heat = probe.heatmaps(slices[1][0], windowed)
     assert heat.shape == (1, *img.shape) and 0 <= heat.min() and heat.max() <= 1
     assert auroc(heat[0], slices[1][1]) > 0.8
+
+
+def test_damaged_probe_files_are_one_clear_error(tmp_path, loc, slices):
+    import json
+    import zipfile
+
+    img, lab = slices[0]
+    good = train_probe(loc, [(img, lab, {1: "cell"})]).save(tmp_path / "good")
+    data = good.read_bytes()
+    (tmp_path / "cut.probe.npz").write_bytes(data[: len(data) // 2])  # a truncated copy
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    cases = {"cut.probe.npz": "damaged", "array.npy": "damaged"}
+    for name, meta in (("list.npz", []), ("noclasses.npz", {"format": json.loads(
+            str(np.load(good)["meta"]))["format"]}), ("noinfo.npz", None)):
+        if meta is None:
+            meta = json.loads(str(np.load(good)["meta"]))
+            meta["info"] = None
+        np.savez(tmp_path / name, weight=np.zeros((1, 4), np.float32), bias=np.zeros(1, np.float32),
+                 meta=np.array(json.dumps(meta)))
+    cases.update({"list.npz": "format 'list'", "noclasses.npz": "lists no classes"})
+    for name, message in cases.items():
+        with pytest.raises(ValueError, match=f"{name}.*{message}|{message}"):
+            LinearProbe.load(tmp_path / name)
+    assert LinearProbe.load(tmp_path / "noinfo.npz").info == {}  # a missing record is no record
+    assert zipfile.is_zipfile(good)

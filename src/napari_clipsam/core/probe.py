@@ -149,14 +149,20 @@ class LinearProbe:
         if not path.exists():
             raise FileNotFoundError(f"no probe file at {path}")
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with np.load(path, allow_pickle=False) as z:  # a .npy file is no context manager: TypeError
                 meta = json.loads(str(z["meta"]))
                 weight, bias = z["weight"], z["bias"]
-        except (KeyError, ValueError, OSError) as exc:
-            raise ValueError(f"{path} is not a napari-clipsam probe file ({exc})") from exc
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a napari-clipsam probe file (format {meta.get('format')!r})")
-        return cls(meta["classes"], weight, bias, meta.get("info", {}))
+        except Exception as exc:  # noqa: BLE001 - zip, key, JSON and type errors mean the same to the user
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ValueError(f"{path} is not a napari-clipsam probe file, or it is damaged ({first}); "
+                             "train the probe again or choose another file") from exc
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise ValueError(f"{path} is not a napari-clipsam probe file (format {found!r})")
+        if not isinstance(meta.get("classes"), list):
+            raise ValueError(f"{path} is damaged: it lists no classes; train the probe again")
+        info = meta.get("info")
+        return cls(meta["classes"], weight, bias, info if isinstance(info, dict) else {})
 
     def check(self, localizer) -> None:
         """Raise ValueError if ``localizer``'s features are not the ones this probe learnt."""
