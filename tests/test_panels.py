@@ -327,3 +327,18 @@ def test_row_order_features_give_the_classes_of_an_export(tmp_path):
     assert classes_from_features({"class": ["background", "cat", "dog"], "score": [np.nan, 0.9, None]}) == (
         {1: "cat", 2: "dog"}, {1: 0.9})
     assert classes_from_features({"index": [0, 7, np.nan], "class": ["background", "cat", "x"]}) == ({7: "cat"}, {})
+
+
+def test_slice_finder_stops_when_its_image_is_removed(qtbot, docked):
+    viewer, widget = docked
+    layer = viewer.add_image(_stack(), name="stack", contrast_limits=(0, 255))
+    finder = SliceFinder(viewer, widget)
+    viewer.window.add_dock_widget(finder)
+    finder.image.value = layer
+    finder.axis.value = 0
+    finder.query.value = "coins"
+    finder.rank_button.clicked.emit()
+    viewer.layers.remove(layer)  # while the worker ranks
+    wait(qtbot, finder)
+    assert finder.status.value == "failed: the image 'stack' was removed while its slices were ranked"
+    assert finder.next_best() is None and finder.status.value == "failed: rank the slices first"

@@ -153,6 +153,9 @@ class SliceFinder(PanelBase):
         self.start(job, lambda scores: self._ranked(layer, axis, label, scores), "napari-clipsam find slice")
 
     def _ranked(self, layer, axis: int, query: str, scores: np.ndarray) -> None:
+        if layer not in self.viewer.layers:
+            self.fail(f"the image '{layer.name}' was removed while its slices were ranked")
+            return
         self.scores = scores
         self.ranking = [int(i) for i in np.argsort(-scores, kind="stable")]
         self._target = (layer, axis)
@@ -165,18 +168,21 @@ class SliceFinder(PanelBase):
                          f"{self.ranking[:int(self.top_k.value)]}")
 
     # ------------------------------------------------------------------ jump
-    def jump(self, index: int) -> None:
-        """Move napari's dims to slice ``index`` of the ranked axis."""
+    def jump(self, index: int) -> bool:
+        """Move napari's dims to slice ``index`` of the ranked axis (False: the image is gone)."""
         layer, axis = self._target
         if layer not in self.viewer.layers:
-            self.fail("the image was removed")
-            return
+            self.ranking = []
+            self.next_button.enabled = False
+            self.fail(f"the image '{layer.name}' was removed; rank again")
+            return False
         data_point = np.asarray(layer.world_to_data(np.asarray(self.viewer.dims.point, float)), float)
         data_point[axis] = index
         world = np.asarray(layer.data_to_world(data_point), float)
         offset = self.viewer.dims.ndim - len(spatial_shape(layer))
         self.viewer.dims.set_point(axis + offset, float(world[axis]))
         self.plot.set_scores(self.scores, self.ranking[:int(self.top_k.value)], index)
+        return True
 
     def next_best(self, *_) -> int | None:
         """Jump to the next slice of the top k (back to the best after the k-th)."""
@@ -186,6 +192,7 @@ class SliceFinder(PanelBase):
         k = min(int(self.top_k.value), len(self.ranking))
         self._at = (self._at + 1) % k
         index = self.ranking[self._at]
-        self.jump(index)
+        if not self.jump(index):
+            return None
         self.show_status(f"slice {index}: rank {self._at + 1} of {k} (score {self.scores[index]:.3f})")
         return index
