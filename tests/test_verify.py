@@ -108,3 +108,28 @@ def test_bad_input(clip, scene):
     task.cancel()
     with pytest.raises(Cancelled):
         verify_masks(labels, rgb, PROMPTS, model, tok, task=task)
+
+
+def test_huge_ids_are_verified_like_small_ones(clip, scene):
+    """Ids are only names: 1 -> 2**40 gives the same probabilities (find_objects on the raw
+    ids would allocate one slot per id value up to 2**40)."""
+    rgb, labels, probs = scene
+    big = labels.astype(np.int64)
+    big[labels == 1] = 2**40
+    table = run(clip, rgb, big, {})
+    assert sorted(table["id"]) == sorted([i for i in BOXES if i != 1] + [2**40])
+    row = table.set_index("id").loc[2**40]
+    np.testing.assert_allclose([row[f"p[{p}]"] for p in PROMPTS], probs[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"margin": float("nan")}, r"margin must be a finite number >= 0"),
+    ({"margin": float("inf")}, r"margin must be a finite number >= 0"),
+    ({"dim": None}, r"dim must be a number within \[0, 1\], got None"),
+    ({"min_probability": 2}, r"min_probability must be within \[0, 1\], got 2"),
+])
+def test_bad_options_are_named(clip, scene, kwargs, message):
+    rgb, labels, _ = scene
+    model, tok = clip
+    with pytest.raises((TypeError, ValueError), match=message):
+        verify_masks(labels, rgb, PROMPTS, model, tok, **kwargs)

@@ -15,6 +15,7 @@ returns a copy of the labels without the suspect ids, for a caller that chose to
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -24,6 +25,7 @@ from scipy import ndimage
 from .image import to_rgb_uint8
 from .localizers import get_localizer
 from .localizers.prompts import check_prompts
+from .options import unit_interval
 from .progress import Task, as_task
 from .retrieval import embed_rgb
 
@@ -117,12 +119,11 @@ def verify_masks(
     """
     task = as_task(task)
     prompts = check_prompts(prompts)
-    if not 0.0 <= float(dim) <= 1.0:
-        raise ValueError(f"dim must be in [0, 1], got {dim}")
-    if float(margin) < 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
-    if not 0.0 <= float(min_probability) <= 1.0:
-        raise ValueError(f"min_probability must be in [0, 1], got {min_probability}")
+    dim = unit_interval("dim", dim)
+    min_probability = unit_interval("min_probability", min_probability)
+    if isinstance(margin, (bool, np.bool_)) or not isinstance(margin, (numbers.Real, np.number)) \
+            or not np.isfinite(float(margin)) or float(margin) < 0:
+        raise ValueError(f"margin must be a finite number >= 0 (a fraction of the mask's box), got {margin!r}")
     rgb = to_rgb_uint8(image)
     labels = _check_labels(labels, rgb.shape[:2])
     present = [int(i) for i in np.unique(labels) if i != 0]
@@ -145,11 +146,14 @@ def verify_masks(
     names = loc.classes(prompts)
     text = loc.text_features(names)
     scale = float(clip_model.logit_scale.exp().detach()) if hasattr(clip_model, "logit_scale") else 100.0
-    boxes = ndimage.find_objects(labels)
+    # boxes by dense rank of the ids: find_objects on the raw ids would allocate one slot per
+    # id value up to the largest (2**40 -> out of memory)
+    ranks = np.union1d([0], present)
+    boxes = ndimage.find_objects(np.searchsorted(ranks, labels))
     rows = []
     task.report("verify", 0, len(ids), "masks")
     for n, oid in enumerate(ids):
-        box = boxes[oid - 1]
+        box = boxes[int(np.searchsorted(ranks, oid)) - 1]
         square = crop_box(box, labels.shape, margin)
         crop = mask_crop(rgb, labels == oid, square, float(dim))
         emb = embed_rgb(loc, crop)
