@@ -458,3 +458,14 @@ def test_coco_with_hundreds_of_objects(tmp_path):
     assert len(coco.anns) == 300 and all(a["area"] == 6 for a in coco.anns.values())
     np.testing.assert_array_equal(coco.annToMask(coco.anns[300]), labels == 300)
     np.testing.assert_array_equal(read_labels(tmp_path / "many.json").labels, labels)
+
+
+def test_a_sidecar_of_another_version_of_the_file_is_not_applied(tmp_path, labels):
+    write_labels(tmp_path / "a.tif", labels, classes=CLASSES, scores=SCORES)
+    other = np.zeros((40, 40), np.uint8)
+    other[5:10, 5:10] = 7
+    tifffile.imwrite(tmp_path / "a.tif", other)  # another tool replaced the file, not the sidecar
+    with pytest.warns(UserWarning, match=r"describes another version of that file"):
+        back = read_labels(tmp_path / "a.tif")
+    np.testing.assert_array_equal(back.labels, other)
+    assert back.classes == {} and back.scores == {} and back.provenance == {}

@@ -849,6 +849,13 @@ def read_labels(path: str | os.PathLike, *, label_name: str | None = None) -> La
     except ValueError:
         raise ValueError(f"cannot read {p} as labels: napari-clipsam reads {', '.join(LABEL_SUFFIXES)} files "
                          "(and their .json sidecars)") from None
+    want = (info or {}).get("labels_sha256")
+    if want and p.is_file() and file_sha256(p) != want:  # the file was replaced by another tool since
+        import warnings
+
+        warnings.warn(f"the sidecar of {p} describes another version of that file (its sha256 differs): its "
+                      "classes, scores and provenance are not used", stacklevel=2)
+        info = None
     try:
         labels, classes, scores = _read_format(p, fmt, label_name or (info or {}).get("label_name"))
         labels = np.asarray(labels)
