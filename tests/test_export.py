@@ -124,6 +124,21 @@ def test_coco_of_other_tools_polygons(tmp_path):
     assert back.classes == {9: "box"} and back.labels[4, 4] == 9 and back.labels[0, 0] == 0
 
 
+def test_coco_annotation_ids_that_start_at_0_or_repeat_each_get_a_label(tmp_path):
+    square = [[1, 1, 3, 1, 3, 3, 1, 3]]
+    data = {"images": [{"id": 1, "height": 12, "width": 12}], "categories": [{"id": 1, "name": "cell"}],
+            "annotations": [{"id": 0, "image_id": 1, "category_id": 1, "segmentation": square},
+                            {"id": 4, "image_id": 1, "category_id": 1,
+                             "segmentation": [[6, 6, 9, 6, 9, 9, 6, 9]]},
+                            {"id": 4, "image_id": 1, "category_id": 1,
+                             "segmentation": [[6, 1, 9, 1, 9, 3, 6, 3]]}]}
+    (tmp_path / "c.json").write_text(json.dumps(data))
+    back = read_labels(tmp_path / "c.json")
+    ids = [int(back.labels[2, 2]), int(back.labels[7, 7]), int(back.labels[2, 7])]
+    assert 0 not in ids and len(set(ids)) == 3 and ids[1] == 4  # three objects, the valid id kept
+    assert back.classes == dict.fromkeys(ids, "cell")
+
+
 @pytest.mark.parametrize("suffix", [".zarr", ".ome.zarr"])
 def test_ome_zarr_read_by_ome_zarr_and_zarr(tmp_path, labels, suffix):
     import zarr

@@ -784,7 +784,12 @@ def _read_coco(path: Path) -> tuple[np.ndarray, dict[int, str], dict[int, float]
             rle = mask_utils.frPyObjects(seg, labels.shape[0], labels.shape[1])
         else:
             rle = {"size": seg["size"], "counts": seg["counts"].encode("ascii")}
-        oid = int(ann.get("id", k))
+        try:
+            oid = int(ann.get("id", k))
+        except (TypeError, ValueError):
+            oid = 0
+        if oid <= 0 or oid in classes:  # other tools' ids may start at 0 or repeat: one label per annotation
+            oid = max([k, *classes]) + 1 if classes else k
         mask = mask_utils.decode(rle)
         c0, r0, w, h = (int(np.floor(v)) for v in mask_utils.toBbox(rle))  # paint within the box only
         r1, c1 = r0 + h + 1, c0 + w + 1
