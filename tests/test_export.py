@@ -484,3 +484,17 @@ def test_a_sidecar_of_another_version_of_the_file_is_not_applied(tmp_path, label
         back = read_labels(tmp_path / "a.tif")
     np.testing.assert_array_equal(back.labels, other)
     assert back.classes == {} and back.scores == {} and back.provenance == {}
+
+
+@pytest.mark.parametrize("edit", [{"labels_file": None}, {"labels_file": "../x.tif"}, {"provenance": "by hand"},
+                                  {"objects": ["cat"]}])
+def test_a_hand_damaged_sidecar_is_not_a_crash(tmp_path, labels, edit):
+    write_labels(tmp_path / "a.tif", labels, classes=CLASSES)
+    side = tmp_path / "a.tif.json"
+    info = json.loads(side.read_text())
+    info.update(edit)
+    side.write_text(json.dumps(info))
+    back = read_labels(tmp_path / "a.tif")
+    np.testing.assert_array_equal(back.labels, labels)
+    assert back.provenance == {}
+    assert back.classes == CLASSES  # the sidecar's, or where it is damaged the TIFF's own class table

@@ -756,6 +756,12 @@ def read_sidecar(path: str | os.PathLike, label_name: str | None = None) -> dict
             except (OSError, ValueError):
                 continue
             if isinstance(info, dict) and info.get("format") == SIDECAR_FORMAT:
+                name = info.get("labels_file")
+                if not isinstance(name, str) or not name or Path(name).name != name:
+                    continue  # damaged by hand: it names no file next to it
+                for key in ("objects", "scores", "provenance", "metadata"):
+                    if not isinstance(info.get(key), (dict, type(None))):
+                        info[key] = {}
                 return info
     return None
 
