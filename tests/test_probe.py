@@ -139,3 +139,19 @@ def test_damaged_probe_files_are_one_clear_error(tmp_path, loc, slices):
             LinearProbe.load(tmp_path / name)
     assert LinearProbe.load(tmp_path / "noinfo.npz").info == {}  # a missing record is no record
     assert zipfile.is_zipfile(good)
+
+
+def test_bad_training_options_are_named(loc, slices):
+    from napari_clipsam.core.retrieval import EmbeddingCache
+
+    img, lab = slices[0]
+    examples = [(img, lab, {1: "cell"})]
+    assert train_probe(loc, examples, classes="cell").classes == ["cell"]  # one class, not 'c', 'e', 'l', 'l'
+    for kwargs, message in (({"C": 0}, r"C \(the inverse regularisation strength\) must be a finite number > 0"),
+                            ({"C": "1"}, r"C .* must be a finite number > 0, got '1'"),
+                            ({"inside": -1}, r"inside must be within \[0, 1\], got -1"),
+                            ({"inside": 0}, r"inside must be > 0")):
+        with pytest.raises((TypeError, ValueError), match=message):
+            train_probe(loc, examples, **kwargs)
+    with pytest.raises(ValueError, match=r"size must be a whole number >= 1, got -1"):
+        EmbeddingCache(-1)

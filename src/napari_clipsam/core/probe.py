@@ -18,6 +18,7 @@ weights and a JSON record of the model, method, input size and layer it was trai
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from .image import to_rgb_uint8
 from .localizers.base import MAX_SINGLE_PASS_TOKENS, Localizer, TokenSimilarityLocalizer
 from .localizers.prompts import check_prompts
+from .options import unit_interval
 from .progress import Task, as_task
 
 __all__ = ["PROBE_SUFFIX", "LinearProbe", "ProbeLocalizer", "patch_features", "patch_targets", "train_probe"]
@@ -241,7 +243,13 @@ def train_probe(
                 if p not in seen:
                     seen.append(p)
         classes = seen
-    names = check_prompts(list(classes)) if classes else []
+    inside = unit_interval("inside", inside)
+    if inside == 0:
+        raise ValueError("inside must be > 0 (the covered fraction that makes a patch positive; 0 would make "
+                         "background patches positive too)")
+    if isinstance(C, (bool, np.bool_)) or not isinstance(C, (numbers.Real, np.number)) or not 0 < float(C) < np.inf:
+        raise ValueError(f"C (the inverse regularisation strength) must be a finite number > 0, got {C!r}")
+    names = check_prompts(classes) if classes else []  # a string is one class, not its letters
     if not names:
         raise ValueError("the examples have no classified objects (classes {id: prompt} are empty)")
     feats, targets = [], []

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .image import to_rgb_uint8
 from .localizers import get_localizer
+from .options import whole_number
 from .progress import Task, as_task
 from .segment import image_key
 
@@ -30,7 +31,7 @@ class EmbeddingCache:
     """Image embeddings by (model, pixels): at most ``size`` entries, least recently used out."""
 
     def __init__(self, size: int = 4096):
-        self.size = int(size)
+        self.size = whole_number("size", size, 1)
         self._store: OrderedDict[tuple[int, str], torch.Tensor] = OrderedDict()
         self.hits = 0
         self.misses = 0
