@@ -145,3 +145,10 @@ def test_state_dict_sha256_follows_weights_changed_after_a_first_hash():
     assert state_dict_sha256(sam) == formula(sam) != first
     sam.load_state_dict(build_tiny_sam(seed=2).state_dict())
     assert state_dict_sha256(sam) == formula(sam) == state_dict_sha256(build_tiny_sam(seed=2))
+
+
+def test_build_provenance_takes_one_prompt_as_a_string_and_one_slice_index():
+    from napari_clipsam.core.provenance import build_provenance
+
+    prov = build_provenance(prompts="cat", method="gem", image_slice=3)
+    assert prov["prompts"] == ["cat"] and prov["image"]["slice"] == [3]

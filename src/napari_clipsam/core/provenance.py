@@ -318,8 +318,10 @@ def build_provenance(
     objects: the run's SAM objects by id (``annotation.SamObject``: the points, box prompt and
         multimask candidate SAM decoded); without them the objects are rebuilt from ``points``.
     """
-    prompts = [str(p) for p in prompts]
-    plane = tuple(int(i) for i in image_slice) if image_slice is not None else ()
+    from .localizers.prompts import check_prompts
+
+    prompts = check_prompts(prompts)  # a string is one prompt, not its letters
+    plane = tuple(int(i) for i in np.atleast_1d(image_slice)) if image_slice is not None else ()
     prov = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "software": package_versions(),
