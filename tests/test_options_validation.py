@@ -239,3 +239,15 @@ def test_heatmap_boxes_bad_thresholds():
     with pytest.raises(ValueError, match=r"per-prompt thresholds must be 1 values within \[0, 1\]"):
         heatmap_boxes(heat, pts, [0.5, 0.5])
     assert set(heatmap_boxes(heat, pts, np.float32(0.5))) == set(pts.object_id[pts.positive].tolist())
+
+
+def test_absence_functions_name_wrong_inputs():
+    from napari_clipsam.core.absence import raw_floor
+
+    with pytest.raises(TypeError, match="rule must be an AbsenceRule, got NoneType"):
+        heatmap_thresholds(np.zeros((1, 4, 4)), None)
+    with pytest.raises(ValueError, match=r"scores must be \(P, ...\) maps with pixels"):
+        heatmap_thresholds(np.zeros((2, 0)), AbsenceRule(floor="otsu"))
+    with pytest.raises(ValueError, match="the similarity map has 1 NaN/inf values"):
+        raw_floor(np.array([0.1, np.nan, 0.3]), "otsu")
+    assert raw_floor(np.array([0.0, 1.0, 1.0, 0.0]), "absolute", 0.5) == 0.5

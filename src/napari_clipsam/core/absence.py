@@ -36,6 +36,9 @@ FLOOR_MODES = ("none", "absolute", "quantile", "otsu")
 def raw_floor(values: np.ndarray, mode: str, value: float | None = None) -> float:
     """The raw-similarity floor of one map (any shape; all its finite values count)."""
     v = np.asarray(values, dtype=np.float64).ravel()
+    if mode != "none" and not np.isfinite(v).all():
+        raise ValueError(f"the similarity map has {int((~np.isfinite(v)).sum())} NaN/inf values; a floor needs "
+                         "finite values (recompute it from a finite image with a working model)")
     if mode == "none":
         return -np.inf
     if mode == "absolute":
@@ -108,9 +111,11 @@ class AbsenceResult:
 def heatmap_thresholds(scores: np.ndarray, rule: AbsenceRule, presence: np.ndarray | None = None) -> AbsenceResult:
     """Apply ``rule`` to (P, ...) raw score maps (what the heatmaps normalise) and, if given,
     the (P,) image-level ``presence`` probabilities."""
+    if not isinstance(rule, AbsenceRule):
+        raise TypeError(f"rule must be an AbsenceRule, got {type(rule).__name__}")
     s = np.asarray(scores, dtype=np.float64)
-    if s.ndim < 2:
-        raise ValueError(f"scores must be (P, ...) maps, one per prompt, got shape {s.shape}")
+    if s.ndim < 2 or s[0].size == 0:
+        raise ValueError(f"scores must be (P, ...) maps with pixels, one per prompt, got shape {s.shape}")
     if not np.isfinite(s).all():
         raise ValueError(f"the raw similarity maps contain {int((~np.isfinite(s)).sum())} NaN/inf values: "
                          "the CLIP model produced non-finite output (corrupt weights, or too low a precision); "
