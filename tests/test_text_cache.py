@@ -231,3 +231,19 @@ def test_fingerprint_follows_the_weights(clip):
     assert model_fingerprint(twin) == fp
     with pytest.raises(ValueError, match="no sentences"):
         cache.sentence_features(twin, tokenizer, [])
+
+
+def test_a_prompt_longer_than_clips_context_is_said_to_be_cut(clip):
+    from napari_clipsam.core.localizers import get_localizer
+
+    model, tok = clip
+    loc = get_localizer("gem", model, tok)
+    long = " ".join(["mitotic cell with condensed chromosomes"] * 20)
+    assert tok([long])[0, -1] != 0 and tok(["a photo of a cat."])[0, -1] == 0  # the premise, from the tokenizer
+    with pytest.warns(UserWarning, match=r"1 prompt sentence\(s\) are longer than CLIP's 77 tokens and were cut"):
+        loc.text_features([long])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loc.text_features(["cat"])  # a short prompt: no warning

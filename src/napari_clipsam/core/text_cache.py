@@ -208,6 +208,13 @@ class TextFeatureCache:
         fp = model_fingerprint(model)
         tokens = tokenizer(sentences)
         tokens = tokens if isinstance(tokens, torch.Tensor) else torch.as_tensor(np.asarray(tokens))
+        full = (tokens[:, -1] != 0).nonzero().flatten().tolist()  # the tokenizer cut these at its length
+        if full:
+            import warnings
+
+            warnings.warn(f"{len(full)} prompt sentence(s) are longer than CLIP's {tokens.shape[1]} tokens and were "
+                          f"cut, e.g. {sentences[full[0]][:80]!r}; shorten the prompt (its end is not read)",
+                          stacklevel=2)
         keys = [_token_key(r) for r in tokens.cpu().numpy()]
         out: list[torch.Tensor | None] = [None] * len(keys)
         with self._lock:
