@@ -344,3 +344,16 @@ def test_runs_on_an_existing_scheduler_by_address(folder, full_run, tmp_path):
             assert len(client.scheduler_info()["workers"]) == 1
     np.testing.assert_array_equal(read_labels(tmp_path / "coins_labels.tif").labels,
                                   read_labels(out_full / "coins_labels.tif").labels)
+
+
+def test_a_rows_object_counts_are_the_objects_its_files_hold(tmp_path):
+    """An object painted over entirely by later masks is in no export: the summary row does not
+    count it either (it said 'cat: 5' for files holding 4 cats)."""
+    iio.imwrite(tmp_path / "chelsea.png", data.chelsea())
+    opts = options(prompts=("cat", "coin; money"), point_params={"max_objects": 5}, formats=(".tif",))
+    row = process_image(str(tmp_path / "chelsea.png"), [str(tmp_path / "out.tif")], opts, "key")
+    back = read_labels(tmp_path / "out.tif")
+    held: dict[str, int] = {}
+    for oid in set(np.unique(back.labels).tolist()) - {0}:
+        held[back.classes[oid]] = held.get(back.classes[oid], 0) + 1
+    assert row["status"] == "done" and row["objects"] == held

@@ -11,7 +11,7 @@ import sys
 
 
 def _launcher(argv) -> None:
-    parser = argparse.ArgumentParser(prog="napari-clipsam", description=__doc__,
+    parser = argparse.ArgumentParser(prog="napari-clipsam", description=__doc__.replace("``", ""),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="*", help="image files to open")
     parser.add_argument("--sample", choices=["chelsea", "immunohistochemistry"], default=None,

@@ -427,8 +427,10 @@ def process_image(image_path: str, outputs: Sequence[str], options: BatchOptions
             write_points_csv(csv, points.points, feats, overwrite=True)
             row["outputs"].append(str(csv))
         counts: dict[str, int] = {}
-        for c in classes.values():
-            counts[c] = counts.get(c, 0) + 1
+        shown = set(np.unique(labels).tolist())  # as the exports' sidecars list them: objects with pixels
+        for oid, c in classes.items():
+            if oid in shown:
+                counts[c] = counts.get(c, 0) + 1
         row.update(status="done", objects=counts)
     except Exception as exc:  # noqa: BLE001 - one image's failure is its row, the batch goes on
         row["error"] = f"{type(exc).__name__}: {exc}"
