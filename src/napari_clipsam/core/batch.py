@@ -62,14 +62,10 @@ class ModelSpec:
     def __post_init__(self):
         """Names and local files are checked here, before a cluster starts (workers share the
         client's paths)."""
-        import open_clip
-
-        from .models import _looks_like_path, check_sam_kind
+        from .models import _looks_like_path, check_clip_name, check_sam_kind
         from .sam_backends import default_sam_kind
 
-        if not isinstance(self.clip_name, str) or self.clip_name not in open_clip.list_models():
-            raise ValueError(f"unknown open_clip model {self.clip_name!r}; see open_clip.list_models() "
-                             "(e.g. 'ViT-B-16')")
+        check_clip_name(self.clip_name)
         if self.sam_kind is None:
             cpu = self.device in (None, "", "auto", "cpu")  # an explicit accelerator may be the workers', not ours
             object.__setattr__(self, "sam_kind", default_sam_kind(self.device) if cpu else "vit_b")
@@ -138,8 +134,6 @@ class BatchOptions:
         from .localizers import check_localizer_options, check_prompts
         from .pipeline import check_point_options
 
-        if not isinstance(self.prompts, str) and not all(isinstance(p, str) for p in self.prompts):
-            raise TypeError(f"prompts must be strings, got {self.prompts!r}")
         prompts = tuple(check_prompts(self.prompts))
         object.__setattr__(self, "prompts", prompts)
         formats = (self.formats,) if isinstance(self.formats, str) else tuple(self.formats)

@@ -254,6 +254,16 @@ def _mismatch(path: Path, exc: BaseException, name: str, model=None, state: dict
 
 
 # --------------------------------------------------------------------------------- CLIP
+def check_clip_name(name: str) -> None:
+    """Raise the error ``load_clip`` gives for a name open_clip does not know, without loading."""
+    import open_clip
+
+    if not isinstance(name, str):
+        raise TypeError(f"the CLIP model name must be a string such as 'ViT-B-16', got {name!r}")
+    if name not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models() (e.g. 'ViT-B-16')")
+
+
 def load_clip(name: str = "ViT-B-16", pretrained: str | os.PathLike | None = "openai", device: str | None = None,
               *, precision: str = "auto", task: Task | None = None, quick_gelu: bool | None = None):
     """Load an open_clip model and its tokenizer.
@@ -270,8 +280,7 @@ def load_clip(name: str = "ViT-B-16", pretrained: str | os.PathLike | None = "op
     """
     import open_clip
 
-    if not isinstance(name, str):
-        raise TypeError(f"the CLIP model name must be a string such as 'ViT-B-16', got {name!r}")
+    check_clip_name(name)
     if pretrained is not None and not isinstance(pretrained, (str, os.PathLike)):
         raise TypeError(f"pretrained must be an open_clip tag (e.g. 'openai'), a checkpoint path or None, "
                         f"got {pretrained!r}")
@@ -279,8 +288,6 @@ def load_clip(name: str = "ViT-B-16", pretrained: str | os.PathLike | None = "op
         raise TypeError(f"quick_gelu must be True, False or None (from the tag), got {quick_gelu!r}")
     device = pick_device(device)
     dtype = resolve_precision(precision, device)
-    if name not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models() (e.g. 'ViT-B-16')")
     path: Path | None = None
     tag_cfg: dict = {}
     if pretrained:

@@ -17,7 +17,7 @@ from .annotation import Plane, PlaneAnnotation, SamObject, decode_objects, objec
 from .image import to_rgb_uint8
 from .localizers import Localizer, check_prompts
 from .options import unit_interval
-from .points import PointPrompts, heatmap_boxes, heatmaps_to_points
+from .points import PointPrompts, check_point_params, heatmap_boxes, heatmaps_to_points
 from .progress import Task, as_task
 from .segment import SamSession
 
@@ -78,15 +78,15 @@ def _check_annotate_options(localizer, session, threshold, absence, boxes_from_h
 
 def check_point_options(threshold, absence, point_params) -> None:
     """The options that turn heatmaps into points: threshold in [0, 1], an ``AbsenceRule`` or
-    None, and ``heatmaps_to_points`` keywords of the right type and range (tried on an empty
-    heatmap, so they are checked exactly as a run would check them)."""
+    None, and ``heatmaps_to_points`` keywords of the right type and range
+    (``points.check_point_params``, what ``heatmaps_to_points`` itself checks)."""
     unit_interval("threshold", threshold)
     if absence is not None and not isinstance(absence, AbsenceRule):
         raise TypeError(f"absence must be an AbsenceRule or None, got {type(absence).__name__}")
     unknown = sorted(set(point_params) - set(_POINT_PARAMS))
     if unknown:
         raise TypeError(f"unknown option(s) {unknown} for annotate; point options are {list(_POINT_PARAMS)}")
-    heatmaps_to_points(np.zeros((1, 8, 8), np.float32), threshold=threshold, **point_params)
+    check_point_params(**point_params)
 
 
 def annotate(

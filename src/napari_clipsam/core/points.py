@@ -15,7 +15,7 @@ from skimage.feature import peak_local_max
 
 from .options import unit_interval, whole_number
 
-__all__ = ["PointPrompts", "heatmap_boxes", "heatmaps_to_points", "object_point_sets"]
+__all__ = ["PointPrompts", "check_point_params", "heatmap_boxes", "heatmaps_to_points", "object_point_sets"]
 
 
 @dataclass
@@ -96,6 +96,19 @@ def _numbers(name: str, value, dtype) -> np.ndarray:
     return a if dtype is None else a.astype(dtype)
 
 
+def check_point_params(*, min_distance: int | None = None, max_objects: int = 5, negatives: int = 2,
+                       negative_threshold: float = 0.15, one_object_per_prompt: bool = False) -> dict:
+    """``heatmaps_to_points``' options checked (a wrong type or range raises naming the option)
+    and normalised; callers that only hold the options (a batch) check them here too."""
+    if not isinstance(one_object_per_prompt, (bool, np.bool_)):
+        raise TypeError(f"one_object_per_prompt must be True or False, got {one_object_per_prompt!r}")
+    return {"min_distance": None if min_distance is None else whole_number("min_distance", min_distance, 1),
+            "max_objects": whole_number("max_objects", max_objects, 0),
+            "negatives": whole_number("negatives", negatives, 0),
+            "negative_threshold": unit_interval("negative_threshold", negative_threshold),
+            "one_object_per_prompt": bool(one_object_per_prompt)}
+
+
 def heatmaps_to_points(
     heatmaps: np.ndarray,
     *,
@@ -130,11 +143,10 @@ def heatmaps_to_points(
     if hm.size and (hm.min() < -1e-6 or hm.max() > 1 + 1e-6):
         raise ValueError(f"heatmaps must be within [0, 1], got values from {hm.min():g} to {hm.max():g}; "
                          "pass normalised heatmaps (Localizer.heatmaps), not raw similarities")
-    max_objects = whole_number("max_objects", max_objects, 0)
-    negatives = whole_number("negatives", negatives, 0)
-    negative_threshold = unit_interval("negative_threshold", negative_threshold)
-    if not isinstance(one_object_per_prompt, (bool, np.bool_)):
-        raise TypeError(f"one_object_per_prompt must be True or False, got {one_object_per_prompt!r}")
+    opts = check_point_params(min_distance=min_distance, max_objects=max_objects, negatives=negatives,
+                              negative_threshold=negative_threshold, one_object_per_prompt=one_object_per_prompt)
+    max_objects, negatives = opts["max_objects"], opts["negatives"]
+    negative_threshold, one_object_per_prompt = opts["negative_threshold"], opts["one_object_per_prompt"]
     if np.ndim(threshold) == 0:
         thr = np.full(hm.shape[0], unit_interval("threshold", threshold))
     else:
@@ -152,7 +164,7 @@ def heatmaps_to_points(
         if skipped.dtype != bool or skipped.shape != (hm.shape[0],):
             raise ValueError(f"skip must be {hm.shape[0]} booleans (one per prompt), got {skipped.tolist()}")
     H, W = hm.shape[1:]
-    md = whole_number("min_distance", min_distance, 1) if min_distance is not None else max(1, min(H, W) // 20)
+    md = opts["min_distance"] if opts["min_distance"] is not None else max(1, min(H, W) // 20)
 
     pts, pos, obj, cls, score = [], [], [], [], []
     next_id = 1

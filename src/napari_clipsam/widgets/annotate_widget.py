@@ -101,8 +101,7 @@ class ClipSamWidget(AnnotateForm):
         self.runner.stop_display()
         for editor in self.editors:
             editor.close()
-            for key in self._keys:
-                editor.points_layer.bind_key(key, None, overwrite=True)  # its bindings held this widget
+            self._unbind_keys(editor.points_layer)  # its bindings held this widget
         self.editors = []
         self._kept_states = []
         self.models.release()  # CLIP and SAM leave memory with the widget
@@ -142,8 +141,7 @@ class ClipSamWidget(AnnotateForm):
         points describe pixels that are gone; what the user drew on them is kept)."""
         editor.close()
         self.editors.remove(editor)
-        for key in self._keys:
-            editor.points_layer.bind_key(key, None, overwrite=True)
+        self._unbind_keys(editor.points_layer)
         for layer in (editor.points_layer, editor.labels_layer, editor.boxes_layer):
             if layer is not None:
                 layer.metadata.pop(LW.OWNER_KEY, None)
@@ -453,8 +451,7 @@ class ClipSamWidget(AnnotateForm):
         """An edit's masks were painted: that image's features and the status follow."""
         if self.closed:
             return
-        RW.update_label_features(editor)
-        n = self.count_objects(editor.image_layer)
+        n = RW.update_label_features(editor)
         self.show_status(f"updated: {n} objects")
 
     def _edit_failed(self, short: str, details: str) -> None:
@@ -470,6 +467,10 @@ class ClipSamWidget(AnnotateForm):
         points_layer.bind_key("t", lambda lay: self.flip_selected(lay), overwrite=True)
         points_layer.bind_key("n", lambda lay: self.new_object(), overwrite=True)
         points_layer.bind_key("m", lambda lay: self.next_mask(lay), overwrite=True)
+
+    def _unbind_keys(self, points_layer) -> None:
+        for key in self._keys:
+            points_layer.bind_key(key, None, overwrite=True)
 
     def _editor_of_points(self, layer=None) -> LiveEditor | None:
         layer = layer if isinstance(layer, Points) else self.viewer.layers.selection.active

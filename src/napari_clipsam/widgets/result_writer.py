@@ -246,9 +246,10 @@ def write_boxes(layer, planes, boxes) -> None:
     })
 
 
-def update_label_features(editor) -> None:
+def update_label_features(editor) -> int:
     """The labels layer's features (index, class, score; napari's writers and other plugins
-    read them) and metadata (classes, prompts) from the editor's objects."""
+    read them) and metadata (classes, prompts) from the editor's objects; returns how many
+    objects the layer shows (its rows besides the background's)."""
     classes, scores = {}, {}
     for ann in editor.state.planes.values():
         classes.update(ann.classes)
@@ -271,6 +272,7 @@ def update_label_features(editor) -> None:
     layer.features = table
     layer.metadata["classes"] = classes
     layer.metadata["prompts"] = list(dict.fromkeys(p for a in editor.state.planes.values() for p in a.prompts))
+    return len(shown)
 
 
 def semantic_labels(labels: np.ndarray, classes: dict[int, str], prompts: list[str]) -> np.ndarray:
