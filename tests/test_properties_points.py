@@ -227,3 +227,42 @@ def test_plane_refuses_coordinates_of_the_wrong_width_and_bad_views():
         Plane.from_view((4, 10, 12), (np.nan, 0, 0))
     with pytest.raises(ValueError, match="whole axis numbers"):
         Plane.from_view((4, 10, 12), (0, 0, 0), (2.7, 1))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.tuples(st.integers(1, 9), st.integers(1, 9)).flatmap(
+    lambda s: st.tuples(st.just(s), masks(s), masks(s), masks(s),
+                        hnp.arrays(np.int8, s, elements=st.integers(-1, 8)),
+                        hnp.arrays(np.int8, s, elements=st.integers(-1, 8)))),
+       st.booleans())
+def test_an_undone_update_is_redrawn_not_kept_as_painted_by_hand(case, redo):
+    """The plugin paints A; the user paints strokes (-1 = not touched); the plugin updates to B
+    (one undo step: the pixels it changed, with their old values); the layer's undo puts those
+    back (and a redo, sometimes, writes them again), between ``settle`` and ``adopt`` as the
+    widget calls them; the user paints more; the plugin updates to C. The layer is then C
+    except the pixels the user painted a value other than what the plugin had there: the
+    undone pixels are not counted as the user's."""
+    shape, ma, mb, mc, strokes1, strokes2 = case
+    state = PlaneAnnotation(Plane(2, 0, 1), shape, "k", ["a"], _objects(ma))
+    layer = state.compose().copy()
+    touched = strokes1 >= 0
+    user = touched & (strokes1 != layer)
+    layer[touched] = strokes1[touched]
+    painted = layer.copy()
+    upd = state.update(lambda reg: layer[reg[0]:reg[2], reg[1]:reg[3]], _objects(mb))
+    undo = (upd.rows, upd.cols, layer[upd.rows, upd.cols].copy(), upd.values)
+    layer[upd.rows, upd.cols] = upd.values
+    state.settle(layer)
+    layer[undo[0], undo[1]] = undo[2]
+    if redo:
+        state.adopt(layer)
+        state.settle(layer)
+        layer[undo[0], undo[1]] = undo[3]
+    state.adopt(layer)
+    touched = (strokes2 >= 0) & ~user
+    user |= touched & (strokes2 != layer)
+    layer[touched] = strokes2[touched]
+    painted[touched] = strokes2[touched]
+    upd = state.update(lambda reg: layer[reg[0]:reg[2], reg[1]:reg[3]], _objects(mc))
+    layer[upd.rows, upd.cols] = upd.values
+    np.testing.assert_array_equal(layer, np.where(user, painted, paint(mc, shape)))

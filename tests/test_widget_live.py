@@ -205,6 +205,41 @@ def test_hand_painted_pixels_survive_edits_and_reruns_and_undo_restores(qtbot, d
     assert "hand-painted" in widget.status.value
 
 
+def test_an_undone_mask_update_is_redrawn_by_the_next_edit_not_kept_as_painted(qtbot, docked, models):
+    """Ctrl+Z (``labels.undo()``, what napari's key binding calls) puts back the pixels of the
+    last mask update. They are still the plugin's: the next edit redraws the labels from the
+    points, and only what the user painted by hand, before or after the undo, is kept."""
+    viewer, widget = docked
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    _run(qtbot, widget, img, "cat")
+    pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
+    oracle = Oracle(models[1], data.chelsea())
+    ran = labels.data.copy()
+    _move_first_positive(pts, (250, 400))
+    idle(qtbot, widget)
+    assert not np.array_equal(labels.data, ran)
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, ran)
+    _move_first_positive(pts, (240, 380))
+    idle(qtbot, widget)
+    np.testing.assert_array_equal(labels.data, expected_labels(oracle, pts))
+    assert "hand-painted" not in widget.status.value, widget.status.value
+    # undo, redo and undo again; a block painted before and one after: both kept
+    labels.data_setitem(tuple(np.mgrid[10:30, 10:40].reshape(2, -1)), 77)
+    _move_first_positive(pts, (200, 300))
+    idle(qtbot, widget)
+    labels.undo()
+    labels.redo()
+    labels.undo()
+    labels.data_setitem(tuple(np.mgrid[100:140, 150:200].reshape(2, -1)), 78)
+    _move_first_positive(pts, (230, 420))
+    idle(qtbot, widget)
+    painted = np.zeros(labels.data.shape, bool)
+    painted[10:30, 10:40] = painted[100:140, 150:200] = True
+    assert (labels.data[10:30, 10:40] == 77).all() and (labels.data[100:140, 150:200] == 78).all()
+    np.testing.assert_array_equal(labels.data[~painted], expected_labels(oracle, pts)[~painted])
+
+
 def test_an_object_erased_by_hand_leaves_the_features_table_and_the_count(qtbot, docked, models):
     viewer, widget = docked
     img = viewer.add_image(data.chelsea(), name="chelsea")

@@ -228,6 +228,10 @@ class PlaneAnnotation:
     generation: int = field(default_factory=lambda: next(_generations))
     #: pixels the user painted, once seen (bit-packed along rows): the plugin never writes them
     user_painted: np.ndarray | None = None
+    #: pixels an undo or redo in the labels layer set to other values than the objects'
+    #: composition, as (rows, cols, values): still the plugin's, not painted by hand; the next
+    #: update redraws them from the objects (see ``settle`` and ``adopt``)
+    replayed: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def _user_region(self, region) -> np.ndarray:
         r0, c0, r1, c1 = region
@@ -269,6 +273,35 @@ class PlaneAnnotation:
             out[y0 - r0:y1 - r0, x0 - c0:x1 - c0][crop] = obj.id
         return out
 
+    def written(self, region: tuple[int, int, int, int] | None = None,
+                objects: Iterable[SamObject] | None = None) -> np.ndarray:
+        """What the plugin's labels are over ``region``: the composition of ``objects``
+        (default: this plane's), with the pixels an undo or redo put back."""
+        out = self.compose(region, objects)
+        if self.replayed is not None:
+            r0, c0, r1, c1 = region or (0, 0, *self.shape)
+            rows, cols, values = self.replayed
+            inside = (rows >= r0) & (rows < r1) & (cols >= c0) & (cols < c1)
+            out[rows[inside] - r0, cols[inside] - c0] = values[inside]
+        return out
+
+    def settle(self, now: np.ndarray) -> None:
+        """Remember every pixel of ``now`` (the labels layer's plane) that differs from what
+        the plugin wrote as painted by hand. Called just before an undo or redo of the labels
+        layer, which changes pixels without a trace: afterwards, a difference from what the
+        plugin wrote can no longer tell the user's painting from an undone mask update."""
+        self._remember_user((0, 0, *self.shape), np.asarray(now) != self.written())
+
+    def adopt(self, now: np.ndarray) -> None:
+        """Called just after an undo or redo (``settle`` came before it): every pixel of
+        ``now`` that differs from the objects' composition and is not the user's was put
+        back by the undo or redo. It stays the plugin's: the next update redraws it from the
+        objects instead of keeping it as hand-painted."""
+        now = np.asarray(now)
+        diff = (now != self.compose()) & ~self._user_region((0, 0, *self.shape))
+        rows, cols = np.nonzero(diff)
+        self.replayed = (rows, cols, now[rows, cols].astype(np.int64)) if len(rows) else None
+
     def region_of(self, objects: Iterable[SamObject]) -> tuple[int, int, int, int] | None:
         """The bounding region of the objects' masks, or None if none has a mask."""
         boxes = [o.bbox for o in objects if o.bbox is not None]
@@ -283,17 +316,23 @@ class PlaneAnnotation:
 
         current(region) -> the labels layer's plane over region (what is on screen now).
         A pixel whose current value differs from what the plugin wrote before (the old
-        objects' composition) was painted by the user: it is kept, remembered as the user's
-        from then on, and counted in ``kept``.
+        objects' composition, and what an undo put back: ``written``) was painted by the
+        user: it is kept, remembered as the user's from then on, and counted in ``kept``.
         """
         old = list(self.objects.values())
         changed = [o for o in old if new_objects.get(o.id) is not o] + \
                   [o for oid, o in new_objects.items() if self.objects.get(oid) is not o]
         region = self.region_of(changed)
+        if self.replayed is not None:  # pixels an undo put back are redrawn from the objects too
+            rows, cols, _ = self.replayed
+            undone = (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1)
+            region = undone if region is None else (min(region[0], undone[0]), min(region[1], undone[1]),
+                                                    max(region[2], undone[2]), max(region[3], undone[3]))
         self.objects = dict(new_objects)
         if region is None:
             return LabelsUpdate(np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0, np.int32))
-        before = self.compose(region, old)
+        before = self.written(region, old)
+        self.replayed = None  # all inside region: redrawn below (or the user's, and kept)
         after = self.compose(region)
         now = np.asarray(current(region))
         users = now != before

@@ -47,7 +47,8 @@ SHORTCUTS = {
     "T": "flip the selected points positive/negative",
     "N": "new object: the next points start a new object",
     "M": "next mask: cycle SAM's three candidate masks of the selected points' object",
-    "Ctrl+Z": "in the labels layer: undo the last mask update, like a paint stroke",
+    "Ctrl+Z": "in the labels layer: undo the last mask update, like a paint stroke (the next point edit "
+              "redraws from the points)",
 }
 
 

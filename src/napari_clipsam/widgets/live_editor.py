@@ -5,7 +5,9 @@ that arrive while it runs are collected into the next one), only changed objects
 decoded, every decode goes through the widget's one ``SamQueue``, and a result is painted
 only if its plane's generation is still current (a re-run, or a newer edit, makes it stale).
 Painting is a partial labels update through napari's ``data_setitem``: one undo step, and a
-pixel the user painted by hand is never overwritten (see ``PlaneAnnotation.update``).
+pixel the user painted by hand is never overwritten (see ``PlaneAnnotation.update``). What an
+undo or redo of the labels layer puts back stays the plugin's: the next edit redraws it from
+the points (``labels_undo``, ``PlaneAnnotation.settle``/``adopt``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from superqt.utils import ensure_main_thread
 
 from ..core.annotation import ImageAnnotation, PlaneAnnotation, SamQueue, objects_from_prompts
 from . import layer_writer as LW
+from .labels_undo import watch_undo
 
 
 class LiveEditor:
@@ -50,6 +53,8 @@ class LiveEditor:
         if boxes_layer is not None:
             boxes_layer.events.data.connect(self._on_boxes)
         image_layer.events.data.connect(self._on_pixels)
+        self._replaying = False
+        self._unwatch_undo = watch_undo(labels_layer, self._before_undo, self._after_undo)
 
     # ------------------------------------------------------------------ state
     @property
@@ -59,6 +64,7 @@ class LiveEditor:
     def close(self) -> None:
         """Stop following the layers (the widget or a layer went away)."""
         self._closed = True
+        self._unwatch_undo()
         for emitter, handler in ((self.points_layer.events.data, self._on_points),
                                  (self.points_layer.events.mode, self._on_mode),
                                  (self.image_layer.events.data, self._on_pixels),
@@ -109,6 +115,22 @@ class LiveEditor:
         if not self._held and self._pending:
             self._pending = False
             self.schedule()
+
+    def _before_undo(self) -> None:
+        """The labels layer is about to undo or redo: what differs now from what the plugin
+        wrote is the user's painting (afterwards it could not be told from the undo)."""
+        self._replaying = not self._closed and self.shape_problem() is None
+        if self._replaying:
+            data = self.labels_layer.data
+            for ann in self.state.planes.values():
+                ann.settle(ann.plane.take(data))
+
+    def _after_undo(self) -> None:
+        if self._replaying and self.shape_problem() is None:
+            data = self.labels_layer.data
+            for ann in self.state.planes.values():
+                ann.adopt(ann.plane.take(data))
+        self._replaying = False
 
     def _on_pixels(self, _event=None) -> None:
         self.state.pixels_changed = True
