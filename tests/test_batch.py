@@ -357,3 +357,41 @@ def test_a_rows_object_counts_are_the_objects_its_files_hold(tmp_path):
     for oid in set(np.unique(back.labels).tolist()) - {0}:
         held[back.classes[oid]] = held.get(back.classes[oid], 0) + 1
     assert row["status"] == "done" and row["objects"] == held
+
+
+def test_offline_without_cached_weights_is_refused_once_before_any_image(folder, tmp_path, monkeypatch, capsys):
+    """Offline and not cached: one message up front (exit 2), naming the missing file and where
+    it goes, not a failure per image after a cluster started."""
+    from napari_clipsam.__main__ import batch
+    from napari_clipsam.core.weights import WeightsError, sam_weights
+
+    monkeypatch.setenv("NAPARI_CLIPSAM_OFFLINE", "1")
+    monkeypatch.setenv("NAPARI_CLIPSAM_CACHE", str(tmp_path / "empty-cache"))
+    loads = dict(B.LOAD_COUNTS)
+    spec = B.ModelSpec("ViT-B-16", None, "vit_b")  # random CLIP (nothing to fetch), official SAM
+    missing = sam_weights("vit_b").filename
+    with pytest.raises(WeightsError, match=rf"{missing} is not cached and this machine is offline"):
+        run_batch([folder / "coins.png"], tmp_path / "o", options(models=spec), processes=False)
+    with pytest.raises(WeightsError, match="not cached and this machine is offline"):
+        B.ModelSpec("ViT-B-16", "openai", "vit_b").check_weights()
+    code = batch([str(folder / "coins.png"), "-o", str(tmp_path / "o2"), "-p", "cat", "--no-progress",
+                  "--sam-kind", "vit_b"])
+    err = capsys.readouterr()
+    assert code == 2 and "Traceback" not in err.err
+    assert err.err.count("is not cached and this machine is offline") == 2, err.err  # CLIP and SAM, once each
+    assert "CLIP ViT-B-16 / openai" in err.err and "SAM vit_b" in err.err
+    assert "coins.png" not in err.out  # no per-image table
+    assert B.LOAD_COUNTS == loads
+    # a local checkpoint file needs no cache
+    ckpt = tmp_path / "sam.pth"
+    ckpt.write_bytes(b"x")
+    B.ModelSpec("ViT-B-16", None, "vit_b", str(ckpt)).check_weights()
+
+
+def test_an_unknown_clip_tag_is_refused_before_any_image(folder, tmp_path, capsys):
+    from napari_clipsam.__main__ import batch
+
+    code = batch([str(folder / "coins.png"), "-o", str(tmp_path / "o"), "-p", "cat", "--no-progress",
+                  "--clip-weights", "opnai"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no pretrained tag 'opnai' for ViT-B-16" in err and "Traceback" not in err

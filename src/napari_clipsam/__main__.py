@@ -109,6 +109,7 @@ def batch(argv) -> int:
     from .core.absence import AbsenceRule
     from .core.batch import BatchOptions, ModelSpec, run_batch
     from .core.progress import Cancelled
+    from .core.weights import WeightsError
 
     point_params = {k: v for k, v in (("max_objects", args.max_objects), ("negatives", args.negatives))
                     if v is not None}
@@ -139,7 +140,7 @@ def batch(argv) -> int:
     except (Cancelled, KeyboardInterrupt):
         print("napari-clipsam batch: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, WeightsError) as exc:
         print(f"napari-clipsam batch: {exc}", file=sys.stderr)
         return 2
     import pandas as pd
