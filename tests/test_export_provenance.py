@@ -152,3 +152,13 @@ def test_build_provenance_takes_one_prompt_as_a_string_and_one_slice_index():
 
     prov = build_provenance(prompts="cat", method="gem", image_slice=3)
     assert prov["prompts"] == ["cat"] and prov["image"]["slice"] == [3]
+
+
+def test_provenance_helpers_name_a_wrong_argument():
+    import pytest
+
+    from napari_clipsam.core.provenance import options_key
+
+    for helper in (options_key, rerun_arguments):
+        with pytest.raises(TypeError, match=r"must be a mapping .*read_labels\(path\).provenance.*got NoneType"):
+            helper(None)

@@ -63,3 +63,25 @@ def test_progress_cancel_and_bad_input(clip, stack):
         rank_slices(np.full((2, 8, 8), np.nan), "cat", model, tok)
     with pytest.raises(ValueError, match="empty|at least one"):
         rank_slices(stack, " ", model, tok)
+
+
+def test_the_embedding_cache_is_keyed_by_the_model_object_not_its_address():
+    """A model freed and another made at the same address must not get its embeddings: the
+    cache key's model number is never reused (an ``id()`` is)."""
+    import gc
+
+    import torch
+
+    from napari_clipsam.core.retrieval import model_number
+
+    seen, ids = set(), set()
+    for _ in range(50):
+        m = torch.nn.Linear(2, 2)
+        n = model_number(m)
+        assert model_number(m) == n  # stable while it lives
+        assert n not in seen
+        seen.add(n)
+        ids.add(id(m))
+        del m
+        gc.collect()
+    assert len(ids) < 50  # addresses were reused meanwhile: id() alone would have collided

@@ -368,9 +368,16 @@ def provenance_from_annotation(result, *, method: str, localizer=None, localizer
         **image_info)
 
 
+def _check_mapping(provenance) -> None:
+    if not isinstance(provenance, Mapping):
+        raise TypeError(f"provenance must be a mapping (build_provenance's dict, or read_labels(path).provenance of an "
+                        f"export), got {type(provenance).__name__}")
+
+
 def options_key(provenance: Mapping) -> str:
     """sha256 of the parts of ``provenance`` that decide the labels (``OPTION_KEYS``): equal
     keys mean the same options on the same input with the same weights."""
+    _check_mapping(provenance)
     chosen = {k: provenance.get(k) for k in OPTION_KEYS}
     models = chosen.get("models") or {}
     # the model file's location does not matter, its bytes do
@@ -386,6 +393,7 @@ def rerun_arguments(provenance: Mapping) -> dict:
     point parameters for ``pipeline.annotate``), "models" (as recorded)}."""
     from .absence import AbsenceRule
 
+    _check_mapping(provenance)
     loc = dict(provenance.get("localizer") or {})
     if isinstance(loc.get("templates"), list):
         loc["templates"] = tuple(loc["templates"])

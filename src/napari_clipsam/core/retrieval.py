@@ -11,6 +11,8 @@ stack for another prompt encodes no image again.
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -25,6 +27,20 @@ from .progress import Task, as_task
 from .segment import image_key
 
 __all__ = ["EmbeddingCache", "embed_rgb", "rank_slices", "slice_rgb"]
+
+
+_model_numbers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_numbers = itertools.count(1)
+
+
+def model_number(model) -> int:
+    """A number of its own for each model object for as long as it lives, never reused (an
+    ``id()`` is reused once the object is freed: a cache keyed by it could hand a new model
+    the old one's embeddings)."""
+    number = _model_numbers.get(model)
+    if number is None:
+        number = _model_numbers[model] = next(_numbers)
+    return number
 
 
 class EmbeddingCache:
@@ -128,7 +144,7 @@ def rank_slices(
     task.report("embedding slices", 0, n, "slices")
     for i in range(n):
         plane = slice_rgb(stack, i, axis, rgb=rgb, contrast_limits=contrast_limits)
-        key = (id(clip_model), image_key(plane))
+        key = (model_number(clip_model), image_key(plane))
         emb = cache.get(key) if cache is not None else None
         if emb is None:
             emb = embed_rgb(loc, plane)
