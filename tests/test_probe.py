@@ -155,3 +155,30 @@ def test_bad_training_options_are_named(loc, slices):
             train_probe(loc, examples, **kwargs)
     with pytest.raises(ValueError, match=r"size must be a whole number >= 1, got -1"):
         EmbeddingCache(-1)
+
+
+def test_a_probe_refuses_another_image_encoder_of_the_same_feature_size(tmp_path, clip, loc, slices):
+    """The feature size alone does not tell two CLIPs apart: a probe saved with one is refused
+    by another (other weights: the same architecture re-initialised; a changed block), and
+    accepted by its own model on another precision or through a fresh copy."""
+    import copy
+
+    img, lab = slices[0]
+    probe = LinearProbe.load(train_probe(loc, [(img, lab, {1: "cell"})]).save(tmp_path / "p"))
+    other = copy.deepcopy(clip[0])
+    torch.manual_seed(123)
+    for p in other.visual.parameters():
+        if p.ndim > 1:
+            torch.nn.init.normal_(p, std=0.02)
+    with pytest.raises(ValueError, match="another CLIP image encoder"):
+        probe.localizer(get_localizer("gem", other, clip[1], input_size=224))
+    tweaked = copy.deepcopy(clip[0])
+    with torch.no_grad():
+        tweaked.visual.transformer.resblocks[-1].mlp.c_fc.weight.mul_(1.5)
+    with pytest.raises(ValueError, match="another CLIP image encoder"):
+        probe.localizer(get_localizer("gem", tweaked, clip[1], input_size=224))
+    half = copy.deepcopy(clip[0])
+    half.visual.to(torch.bfloat16)
+    probe.check(get_localizer("gem", half, clip[1], input_size=224))
+    np.testing.assert_array_equal(probe.heatmaps(slices[3][0], get_localizer("gem", *clip, input_size=224)),
+                                  probe.heatmaps(slices[3][0], loc))

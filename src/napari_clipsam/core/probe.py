@@ -17,6 +17,7 @@ weights and a JSON record of the model, method, input size and layer it was trai
 
 from __future__ import annotations
 
+import hashlib
 import json
 import numbers
 from collections.abc import Mapping, Sequence
@@ -33,7 +34,8 @@ from .localizers.prompts import check_prompts
 from .options import unit_interval
 from .progress import Task, as_task
 
-__all__ = ["PROBE_SUFFIX", "LinearProbe", "ProbeLocalizer", "patch_features", "patch_targets", "train_probe"]
+__all__ = ["PROBE_SUFFIX", "LinearProbe", "ProbeLocalizer", "patch_features", "patch_targets", "train_probe",
+           "visual_sample"]
 
 PROBE_SUFFIX = ".probe.npz"
 _FORMAT = "napari-clipsam probe 1"
@@ -141,7 +143,7 @@ class LinearProbe:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = dict(format=_FORMAT, classes=list(self.classes), info=self.info)
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, weight=self.weight, bias=self.bias, meta=np.array(json.dumps(meta)))
+        np.savez_compressed(tmp, weight=self.weight, bias=self.bias, meta=np.array(json.dumps(meta)))
         tmp.replace(path)
         return path
 
@@ -167,12 +169,17 @@ class LinearProbe:
         return cls(meta["classes"], weight, bias, info if isinstance(info, dict) else {})
 
     def check(self, localizer) -> None:
-        """Raise ValueError if ``localizer``'s features are not the ones this probe learnt."""
+        """Raise ValueError if ``localizer``'s features are not the ones this probe learnt: a
+        feature size, an image tower (``visual_sample``) or a method other than its own."""
         _require_tokens(localizer)
         dim = int(localizer.text_features([self.classes[0]]).shape[-1])
+        trained_with = f"use the model it was trained with ({self.info.get('clip', 'unknown')})"
         if dim != self.dim:
-            raise ValueError(f"the probe was trained on {self.dim}-dim features, this CLIP gives {dim}; "
-                             f"use the model it was trained with ({self.info.get('clip', 'unknown')})")
+            raise ValueError(f"the probe was trained on {self.dim}-dim features, this CLIP gives {dim}; {trained_with}")
+        recorded = self.info.get("visual_sample")
+        if isinstance(recorded, dict) and not _same_visual(recorded, visual_sample(localizer.model)):
+            raise ValueError(f"the probe was trained on the features of another CLIP image encoder (other weights "
+                             f"or architecture, same feature size); {trained_with}")
         method = self.info.get("method")
         if method and method != localizer.name:
             raise ValueError(f"the probe was trained on '{method}' features; choose method '{method}' "
@@ -209,6 +216,39 @@ class ProbeLocalizer(TokenSimilarityLocalizer):
         feats = F.normalize(feats.float(), dim=-1)[:, 1:]
         prob = torch.sigmoid(feats @ w.T + b)  # (B, N, P)
         return prob.transpose(1, 2).reshape(prob.shape[0], -1, gh, gw)
+
+
+#: how many values of each of the image tower's weight tensors ``visual_sample`` records
+SAMPLE_VALUES = 4
+
+
+def visual_sample(model) -> dict:
+    """A small record of ``model``'s image tower that tells its weights from another's
+    whatever the device or precision: a hash of its tensors' names and shapes, and
+    ``SAMPLE_VALUES`` evenly spaced values of every tensor (~600 numbers for ViT-B/16)."""
+    params = list(model.visual.named_parameters())
+    values = []
+    with torch.no_grad():
+        for _, t in params:
+            flat = t.detach().reshape(-1)
+            if flat.numel():
+                picked = flat[torch.linspace(0, flat.numel() - 1, SAMPLE_VALUES).long()].float().cpu().tolist()
+                values.extend(float(f"{v:.7g}") for v in picked)
+    structure = hashlib.sha256(";".join(f"{n}:{tuple(t.shape)}" for n, t in params).encode()).hexdigest()[:16]
+    return {"structure": structure, "values": values}
+
+
+def _same_visual(recorded: Mapping, now: Mapping) -> bool:
+    """Equal structure and sampled values equal to half precision (a model loaded in
+    float16 or bfloat16 is still the same model)."""
+    try:
+        if recorded.get("structure") != now["structure"]:
+            return False
+        a = np.asarray(recorded.get("values"), np.float64)
+        b = np.asarray(now["values"], np.float64)
+    except (TypeError, ValueError):
+        return False  # a hand-damaged record: not the model's
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-2, atol=1e-6))
 
 
 def train_probe(
@@ -284,5 +324,6 @@ def train_probe(
     task.report("fitting", len(names), len(names), "classes")
     record = dict(info or {})
     record.update(method=localizer.name, input_size=localizer.input_size, templates=list(localizer.templates),
-                  objects=counts, patches=int(x.shape[0]), dim=int(x.shape[1]))
+                  objects=counts, patches=int(x.shape[0]), dim=int(x.shape[1]),
+                  visual_sample=visual_sample(localizer.model))
     return LinearProbe(names, np.stack(weight), np.array(bias), record)
