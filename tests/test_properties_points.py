@@ -266,3 +266,39 @@ def test_an_undone_update_is_redrawn_not_kept_as_painted_by_hand(case, redo):
     upd = state.update(lambda reg: layer[reg[0]:reg[2], reg[1]:reg[3]], _objects(mc))
     layer[upd.rows, upd.cols] = upd.values
     np.testing.assert_array_equal(layer, np.where(user, painted, paint(mc, shape)))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.tuples(st.integers(1, 9), st.integers(1, 9)).flatmap(
+    lambda s: st.tuples(st.just(s), masks(s), masks(s),
+                        hnp.arrays(np.int8, s, elements=st.integers(-1, 8)),
+                        hnp.arrays(np.int8, s, elements=st.integers(-1, 8)))))
+def test_an_undone_stroke_gives_its_pixels_back_and_keeps_the_stroke_before(case):
+    """The plugin paints A; the user paints stroke 1, then stroke 2 (-1 = not touched), each
+    followed by ``note_painting`` over its box (napari's paint event, as the widget handles
+    it); the layer's undo takes stroke 2 back (between ``settle`` and ``adopt``); the plugin
+    updates to B. Stroke 1's pixels that differ from A stay, even where stroke 2 had painted
+    them back to A's value; stroke 2's own pixels are B's again."""
+    shape, ma, mb, stroke1, stroke2 = case
+    state = PlaneAnnotation(Plane(2, 0, 1), shape, "k", ["a"], _objects(ma))
+    layer = state.compose().copy()
+
+    def stroke(values):
+        touched = values >= 0
+        before = layer[touched].copy()
+        layer[touched] = values[touched]
+        if touched.any():
+            rr, cc = np.nonzero(touched)
+            state.note_painting(layer, (rr.min(), cc.min(), rr.max() + 1, cc.max() + 1))
+        return touched, before
+
+    first = (stroke1 >= 0) & (stroke1 != layer)
+    stroke(stroke1)
+    kept = layer.copy()
+    second, before_second = stroke(stroke2)
+    state.settle(layer)
+    layer[second] = before_second  # the undo of stroke 2
+    state.adopt(layer)
+    upd = state.update(lambda reg: layer[reg[0]:reg[2], reg[1]:reg[3]], _objects(mb))
+    layer[upd.rows, upd.cols] = upd.values
+    np.testing.assert_array_equal(layer, np.where(first, kept, paint(mb, shape)))

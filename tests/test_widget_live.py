@@ -240,6 +240,31 @@ def test_an_undone_mask_update_is_redrawn_by_the_next_edit_not_kept_as_painted(q
     np.testing.assert_array_equal(labels.data[~painted], expected_labels(oracle, pts)[~painted])
 
 
+def test_an_undone_stroke_is_redrawn_and_the_stroke_under_it_kept(qtbot, docked, models):
+    """A stroke the user takes back with Ctrl+Z gives its pixels back to the plugin; a stroke
+    painted before it, under it, stays the user's (even where the undone stroke had painted
+    the plugin's own values over it)."""
+    viewer, widget = docked
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    _run(qtbot, widget, img, "cat")
+    pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
+    oracle = Oracle(models[1], data.chelsea())
+    plugin = labels.data.copy()
+    first = tuple(np.mgrid[40:80, 60:120].reshape(2, -1))
+    labels.data_setitem(first, 55)  # stroke 1
+    labels.data_setitem(first, plugin[first])  # stroke 2: erases stroke 1 back to the plugin's values
+    labels.data_setitem(tuple(np.mgrid[150:200, 200:260].reshape(2, -1)), 66)  # stroke 3
+    labels.undo()  # takes stroke 3 back
+    labels.undo()  # takes stroke 2 back: stroke 1 shows again
+    assert (labels.data[40:80, 60:120] == 55).all()
+    _move_first_positive(pts, (240, 380))
+    idle(qtbot, widget)
+    assert (labels.data[40:80, 60:120] == 55).all()
+    mine = np.zeros(labels.data.shape, bool)
+    mine[40:80, 60:120] = True
+    np.testing.assert_array_equal(labels.data[~mine], expected_labels(oracle, pts)[~mine])
+
+
 def test_an_object_erased_by_hand_leaves_the_features_table_and_the_count(qtbot, docked, models):
     viewer, widget = docked
     img = viewer.add_image(data.chelsea(), name="chelsea")

@@ -150,6 +150,15 @@ class Plane:
     def describe(self) -> str:
         return ", ".join(f"axis {ax} = {i}" for ax, i in self.fixed) or "2D"
 
+    def region_in(self, lo: Sequence[int], hi: Sequence[int]) -> tuple[int, int, int, int] | None:
+        """The part of this plane inside the nD box [lo, hi) as (r0, c0, r1, c1), or None
+        when the box misses the plane."""
+        for ax, i in self.fixed:
+            if not lo[ax] <= i < hi[ax]:
+                return None
+        r0, c0, r1, c1 = int(lo[self.rows]), int(lo[self.cols]), int(hi[self.rows]), int(hi[self.cols])
+        return (r0, c0, r1, c1) if r0 < r1 and c0 < c1 else None
+
 
 Box = tuple[float, float, float, float]  # (row0, col0, row1, col1) in plane pixels
 
@@ -232,6 +241,8 @@ class PlaneAnnotation:
     #: composition, as (rows, cols, values): still the plugin's, not painted by hand; the next
     #: update redraws them from the objects (see ``settle`` and ``adopt``)
     replayed: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    #: the user's pixels and their values when ``settle`` ran (for ``adopt``)
+    _settled: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def _user_region(self, region) -> np.ndarray:
         r0, c0, r1, c1 = region
@@ -249,6 +260,13 @@ class PlaneAnnotation:
         rows = np.unpackbits(self.user_painted[r0:r1], axis=1, count=self.shape[1]).astype(bool)
         rows[:, c0:c1] |= users
         self.user_painted[r0:r1] = np.packbits(rows, axis=1)
+
+    def _forget_user(self, rows: np.ndarray, cols: np.ndarray) -> None:
+        if self.user_painted is None or not len(rows):
+            return
+        bits = np.unpackbits(self.user_painted, axis=1, count=self.shape[1]).astype(bool)
+        bits[rows, cols] = False
+        self.user_painted = np.packbits(bits, axis=1)
 
     def bump(self) -> int:
         """A new generation: decodes computed for an earlier one are stale."""
@@ -285,19 +303,43 @@ class PlaneAnnotation:
             out[rows[inside] - r0, cols[inside] - c0] = values[inside]
         return out
 
+    def note_painting(self, now: np.ndarray, region: tuple[int, int, int, int] | None = None) -> None:
+        """Remember the pixels of ``now`` (the labels layer's plane) over ``region`` (default
+        all) that differ from what the plugin wrote as painted by hand. Called after each
+        stroke the user paints: seen at once, a stroke cannot later be taken for the plugin's
+        by an undo of another stroke over it."""
+        r0, c0, r1, c1 = region or (0, 0, *self.shape)
+        r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, self.shape[0]), min(c1, self.shape[1])
+        if r0 < r1 and c0 < c1:
+            region = (r0, c0, r1, c1)
+            self._remember_user(region, np.asarray(now)[r0:r1, c0:c1] != self.written(region))
+
     def settle(self, now: np.ndarray) -> None:
-        """Remember every pixel of ``now`` (the labels layer's plane) that differs from what
-        the plugin wrote as painted by hand. Called just before an undo or redo of the labels
-        layer, which changes pixels without a trace: afterwards, a difference from what the
-        plugin wrote can no longer tell the user's painting from an undone mask update."""
-        self._remember_user((0, 0, *self.shape), np.asarray(now) != self.written())
+        """``note_painting`` over the whole plane, just before an undo or redo of the labels
+        layer (which changes pixels without a trace: afterwards, a difference from what the
+        plugin wrote can no longer tell the user's painting from an undone mask update), and
+        what the user's pixels hold then, for ``adopt``."""
+        now = np.asarray(now)
+        self.note_painting(now)
+        rows, cols = np.nonzero(self._user_region((0, 0, *self.shape)))
+        self._settled = (rows, cols, now[rows, cols].copy())
 
     def adopt(self, now: np.ndarray) -> None:
-        """Called just after an undo or redo (``settle`` came before it): every pixel of
-        ``now`` that differs from the objects' composition and is not the user's was put
-        back by the undo or redo. It stays the plugin's: the next update redraws it from the
-        objects instead of keeping it as hand-painted."""
+        """Called just after an undo or redo (``settle`` came before it).
+
+        * A pixel of the user's that the undo or redo changed back to what the plugin wrote
+          there was an undone stroke: it is the plugin's again.
+        * Every other pixel that differs from the objects' composition and is not the user's
+          was put back by undoing a mask update. It stays the plugin's: the next update
+          redraws it from the objects instead of keeping it as hand-painted.
+        """
         now = np.asarray(now)
+        settled, self._settled = self._settled, None
+        if settled is not None and len(settled[0]):
+            rows, cols, was = settled
+            current = now[rows, cols]
+            back = (current != was) & (current == self.written()[rows, cols])
+            self._forget_user(rows[back], cols[back])
         diff = (now != self.compose()) & ~self._user_region((0, 0, *self.shape))
         rows, cols = np.nonzero(diff)
         self.replayed = (rows, cols, now[rows, cols].astype(np.int64)) if len(rows) else None

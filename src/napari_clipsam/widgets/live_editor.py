@@ -7,7 +7,7 @@ only if its plane's generation is still current (a re-run, or a newer edit, make
 Painting is a partial labels update through napari's ``data_setitem``: one undo step, and a
 pixel the user painted by hand is never overwritten (see ``PlaneAnnotation.update``). What an
 undo or redo of the labels layer puts back stays the plugin's: the next edit redraws it from
-the points (``labels_undo``, ``PlaneAnnotation.settle``/``adopt``).
+the points (``labels_history``, ``PlaneAnnotation.note_painting``/``settle``/``adopt``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from superqt.utils import ensure_main_thread
 
 from ..core.annotation import ImageAnnotation, PlaneAnnotation, SamQueue, objects_from_prompts
 from . import layer_writer as LW
-from .labels_undo import watch_undo
+from .labels_history import painted_box, watch_undo
 
 
 class LiveEditor:
@@ -54,7 +54,9 @@ class LiveEditor:
             boxes_layer.events.data.connect(self._on_boxes)
         image_layer.events.data.connect(self._on_pixels)
         self._replaying = False
+        self._writing = False  # the plugin's own labels write: its paint event is not the user's
         self._unwatch_undo = watch_undo(labels_layer, self._before_undo, self._after_undo)
+        labels_layer.events.paint.connect(self._on_labels_paint)
 
     # ------------------------------------------------------------------ state
     @property
@@ -68,6 +70,7 @@ class LiveEditor:
         for emitter, handler in ((self.points_layer.events.data, self._on_points),
                                  (self.points_layer.events.mode, self._on_mode),
                                  (self.image_layer.events.data, self._on_pixels),
+                                 (self.labels_layer.events.paint, self._on_labels_paint),
                                  (self.boxes_layer.events.data if self.boxes_layer is not None else None,
                                   self._on_boxes)):
             if emitter is not None:
@@ -115,6 +118,18 @@ class LiveEditor:
         if not self._held and self._pending:
             self._pending = False
             self.schedule()
+
+    def _on_labels_paint(self, event=None) -> None:
+        """A stroke, fill or erase in the labels layer that is not the plugin's own write: the
+        pixels it made differ from what the plugin wrote are the user's from now on."""
+        if self._writing or self._closed or self.shape_problem() is not None:
+            return
+        data = self.labels_layer.data
+        box = painted_box(getattr(event, "value", None) or (), np.ndim(data))
+        for ann in self.state.planes.values():
+            region = ann.plane.region_in(*box) if box is not None else (0, 0, *ann.shape)
+            if region is not None:
+                ann.note_painting(ann.plane.take(data), region)
 
     def _before_undo(self) -> None:
         """The labels layer is about to undo or redo: what differs now from what the plugin
@@ -366,7 +381,15 @@ class LiveEditor:
         user-painted pixels that were kept."""
         if key is not None:
             ann.key = key
-        return LW.paint(self.labels_layer, ann, wanted)
+        return self.paint(ann, wanted)
+
+    def paint(self, ann: PlaneAnnotation, objects: dict) -> int:
+        """``layer_writer.paint`` into this editor's labels layer, as the plugin's own write."""
+        self._writing = True
+        try:
+            return LW.paint(self.labels_layer, ann, objects)
+        finally:
+            self._writing = False
 
     # ------------------------------------------------------------------ object actions
     def new_object(self) -> int:

@@ -170,7 +170,7 @@ def _write_run_steps(editor, results):
         ann.key = result.key
         ann.bump()  # decodes of the old objects are stale from now on
         state.planes[plane] = ann
-        kept_pixels += LW.paint(editor.labels_layer, ann, objects)
+        kept_pixels += editor.paint(ann, objects)
         yield
     points_layer = editor.points_layer  # read now: the user may have edited it between the steps
     ndim = len(state.shape)
