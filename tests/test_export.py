@@ -498,3 +498,47 @@ def test_a_hand_damaged_sidecar_is_not_a_crash(tmp_path, labels, edit):
     np.testing.assert_array_equal(back.labels, labels)
     assert back.provenance == {}
     assert back.classes == CLASSES  # the sidecar's, or where it is damaged the TIFF's own class table
+
+
+@pytest.mark.parametrize("name", ["results.tif", "results.png", "results.npy", "results.json", "plain.zarr",
+                                  "plain.ome.zarr", "array.zarr"])
+def test_an_existing_folder_is_never_replaced(tmp_path, labels, name):
+    """A folder at the target (a plain folder, a zarr array, anything but an OME-Zarr image or
+    an export of ours) is refused even with overwrite=True, and left with all it holds."""
+    import zarr
+
+    target = tmp_path / name
+    if name == "array.zarr":
+        zarr.open_array(str(target), mode="w", shape=(4, 4), dtype="u1", zarr_format=2)[:] = 7
+    else:
+        target.mkdir()
+    (target / "precious.txt").write_text("years of work")
+    before = sorted(p.relative_to(target) for p in target.rglob("*"))
+    with pytest.raises(IsADirectoryError, match=rf"{name} is .*folder.*left as it is"):
+        write_labels(target, labels, classes=CLASSES, overwrite=True)
+    assert sorted(p.relative_to(target) for p in target.rglob("*")) == before
+    assert (target / "precious.txt").read_text() == "years of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no temp left, no sidecar
+
+
+def test_someone_elses_ome_zarr_image_gets_the_labels_added_even_with_an_image(tmp_path, labels):
+    """Passing ``image=`` (the widget does) must not turn an existing OME-Zarr image into a
+    store to replace: its levels, labels and files stay, ours are added."""
+    import zarr
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_image
+    from ome_zarr.writer import write_labels as ome_write_labels
+
+    store = tmp_path / "cells.ome.zarr"
+    root = zarr.open_group(str(store), mode="w", zarr_format=2)
+    write_image(np.ones((40, 60), np.uint8), root, axes="yx", fmt=FormatV04(), scale_factors=[])
+    ome_write_labels(np.full((40, 60), 3, np.uint8), root, name="expert_truth", axes="yx", fmt=FormatV04(),
+                     scale_factors=[])
+    (store / "notes.txt").write_text("mine")
+    write_labels(store, labels, classes=CLASSES, image=np.zeros((40, 60), np.uint8), overwrite=True)
+    assert (store / "notes.txt").read_text() == "mine"
+    group = zarr.open_group(str(store), mode="r")
+    assert sorted(group["labels"].attrs["labels"]) == ["clipsam", "expert_truth"]
+    np.testing.assert_array_equal(group["labels/expert_truth/s0"][:], 3)
+    np.testing.assert_array_equal(group["s0"][:], 1)  # the image is theirs, not the one passed
+    np.testing.assert_array_equal(read_labels(store).labels, labels)

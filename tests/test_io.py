@@ -213,3 +213,15 @@ def test_a_points_table_with_one_axis_is_not_taken(tmp_path):
     assert cio.get_reader(str(tmp_path / "p.csv")) is None
     with pytest.raises(ValueError, match=r"p.csv is not a napari points table: it needs columns axis-0, axis-1"):
         read_points_csv(tmp_path / "p.csv")
+
+
+def test_layer_save_onto_a_folder_leaves_it_and_says_so(tmp_path):
+    from napari.components import ViewerModel
+
+    folder = tmp_path / "results.tif"
+    folder.mkdir()
+    (folder / "precious.txt").write_text("x")
+    layer = ViewerModel().add_labels(np.ones((10, 10), np.uint8))
+    with pytest.raises(OSError, match="results.tif is a folder, not a file"):
+        layer.save(str(folder), plugin="napari-clipsam")
+    assert (folder / "precious.txt").read_text() == "x" and sorted(tmp_path.iterdir()) == [folder]

@@ -125,6 +125,8 @@ def commit_files(moves: Sequence[tuple[Path, Path]]) -> None:
         for tmp, final in moves:
             entry = [final, None, False, False]
             backups.append(entry)
+            if final.is_dir() and not final.is_symlink() and not tmp.is_dir():
+                raise IsADirectoryError(f"{final} is a folder; a file does not replace it")
             if final.exists() or final.is_symlink():
                 backup = _temp_path(final, "old")
                 if final.is_dir() and not final.is_symlink():
@@ -507,14 +509,29 @@ def _ome_root_attrs(path: Path) -> dict | None:
     return None
 
 
-def _adds_to_image(path: Path, image, label_name: str) -> bool:
+def _adds_to_image(path: Path, label_name: str) -> bool:
     """True when ``path`` is an existing OME-Zarr image the labels go into (rather than a
-    store to replace): someone else's image, or one of ours getting labels of another name."""
+    store to replace): someone else's image (never replaced, whatever ``image`` is given), or
+    one of ours getting labels of another name."""
     attrs = _ome_root_attrs(path)
-    if attrs is None or image is not None:
+    if attrs is None:
         return False
     ours = attrs.get("napari_clipsam")
-    return not ours or ours.get("labels") != label_name
+    return not isinstance(ours, dict) or ours.get("labels") != label_name
+
+
+def _refuse_folder(path: Path, fmt: str) -> None:
+    """An existing folder at ``path`` is replaced only when it is a store this plugin wrote."""
+    if not path.is_dir():
+        return
+    if fmt != "ome-zarr":
+        raise IsADirectoryError(f"{path} is a folder, not a file: nothing was written and the folder was left as "
+                                f"it is. Choose a file name, e.g. {path / ('labels' + path.suffix)}")
+    attrs = _ome_root_attrs(path)
+    if attrs is None or not isinstance(attrs.get("napari_clipsam"), dict):
+        raise IsADirectoryError(f"{path} is an existing folder that is neither an OME-Zarr image (to add the labels "
+                                "to) nor an export of napari-clipsam: nothing was written and the folder was left as "
+                                "it is. Choose another name")
 
 
 def _insert_ome_labels(store: Path, arr: np.ndarray, classes: dict, scores: dict, axes: str | None, name: str,
@@ -593,7 +610,9 @@ def write_labels(
     metadata: anything else JSON-able to keep in the sidecar.
     image: OME-Zarr only: the image the labels belong to, stored as the store's image (the
         labels go under its ``labels/<label_name>``); without it the label ids stand in as the
-        image. If ``path`` is an existing OME-Zarr image, the labels are added to it.
+        image. If ``path`` is an existing OME-Zarr image (not an export of ours with the same
+        label name), the labels are added to it and ``image`` is not used. An existing folder
+        at ``path`` that is neither is refused (IsADirectoryError), never replaced.
     axes: OME-Zarr only: the labels' axes (default "yx", "zyx", "tzyx" by dimension).
     sidecar: write ``<file>.json`` with classes, scores and provenance.
     overwrite: replace an existing export (and its sidecar); False raises FileExistsError.
@@ -615,7 +634,9 @@ def write_labels(
     present = _present_ids(arr)  # the sidecar describes exactly the objects in the file
     classes = {i: c for i, c in _clean_classes(classes).items() if i in present}
     scores = {i: v for i, v in _clean_scores(scores).items() if i in present}
-    inserting = fmt == "ome-zarr" and _adds_to_image(path, image, label_name)
+    inserting = fmt == "ome-zarr" and _adds_to_image(path, label_name)
+    if not inserting:
+        _refuse_folder(path, fmt)
     side = sidecar_path(path, label_name if inserting else None)
     if not inserting and not overwrite and (path.exists() or (sidecar and side.exists())):
         existing = path if path.exists() else side
