@@ -274,3 +274,51 @@ def test_rerun_after_the_points_layer_was_deleted_replaces_the_plugins_masks(qtb
     labels, pts = viewer.layers["chelsea labels"], viewer.layers["chelsea points"]
     np.testing.assert_array_equal(labels.data, expected_labels(Oracle(models[1], data.chelsea()), pts))
     assert set(labels.features["class"][labels.features["index"] > 0]) == {"sofa"}
+
+
+def _assert_placed(layer, image, data_points, to_image_data):
+    """Each data point of ``layer`` lies in the world where the image's data point
+    ``to_image_data(point)`` lies (napari's own data_to_world on both sides)."""
+    for x in data_points:
+        np.testing.assert_allclose(layer.data_to_world(x), image.data_to_world(to_image_data(np.asarray(x, float))),
+                                   atol=1e-9)
+
+
+def test_results_sit_on_a_rotated_sheared_affine_image_and_follow_it_when_it_moves(qtbot, docked):
+    viewer, widget = docked
+    t = np.deg2rad(30)
+    affine = np.array([[1.2, 0.1, 5.0], [0.0, 0.9, -3.0], [0.0, 0.0, 1.0]])
+    img = viewer.add_image(data.chelsea(), name="chelsea", scale=(2.0, 0.5), translate=(10.0, -7.0),
+                           rotate=[[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]], shear=[0.3], affine=affine)
+    rng = np.random.default_rng(0)
+
+    def check():
+        heat = viewer.layers["chelsea heatmap [cat]"]
+        gh, gw = heat.data.shape
+        f = np.array([300 / gh, 451 / gw])
+        _assert_placed(heat, img, rng.uniform(-0.5, [gh, gw], (5, 2)), lambda x: f * x + (f - 1) / 2)
+        for name in ("labels", "points", "boxes"):
+            _assert_placed(viewer.layers[f"chelsea {name}"], img, rng.uniform(0, [300, 451], (5, 2)), lambda x: x)
+
+    _run(qtbot, widget, img)
+    check()
+    img.scale, img.translate, img.rotate, img.shear = (1.0, 3.0), (-4.0, 2.0), 75, [-0.2]
+    img.affine = np.eye(3)
+    _run(qtbot, widget, img)
+    check()
+
+
+def test_a_slice_of_a_rotated_stack_lands_on_its_slice(qtbot, docked):
+    viewer, widget = docked
+    t = np.deg2rad(20)
+    rot = [[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]]
+    img = viewer.add_image(_stack(), name="stack", scale=(3.0, 1.0, 1.5), translate=(0.0, 4.0, 0.0), rotate=rot)
+    viewer.dims.set_current_step(0, 2)
+    _run(qtbot, widget, img)
+    heat = viewer.layers["stack heatmap [cat]"]
+    _, gh, gw = heat.data.shape
+    _, h, w = _stack().shape
+    f = np.array([1.0, h / gh, w / gw])
+    _assert_placed(heat, img, [(0, 0, 0), (0, gh - 1, gw - 1), (0, 1.5, 2.25)],
+                   lambda x: f * x + (f - 1) / 2 + [2, 0, 0])
+    _assert_placed(viewer.layers["stack labels"], img, [(2, 3, 4), (1, 10, 20)], lambda x: x)

@@ -409,6 +409,9 @@ class ClipSamWidget(AnnotateForm):
                                     displayed=lambda lay=image_layer: displayed_plane(self.viewer, lay))
                 self.editors.append(editor)
                 self._bind_keys(points)
+            for layer in (editor.labels_layer, editor.points_layer, editor.boxes_layer):
+                if layer is not None and layer in self.viewer.layers:
+                    LW.place(layer, LW.placement(image_layer))  # the image may have moved since the last run
             editor.pixels = pixels
             editor.state.session = session
             editor.state.shape = spatial_shape(image_layer)
@@ -529,8 +532,7 @@ class ClipSamWidget(AnnotateForm):
         semantic = RW.semantic_labels(np.asarray(editor.labels_layer.data),
                                       editor.labels_layer.metadata.get("classes", {}), prompts)
         layer = LW.upsert_layer(self.viewer, "labels", LW.classes_name(editor.image_layer.name), semantic,
-                                image_layer=editor.image_layer, scale=tuple(editor.labels_layer.scale),
-                                translate=tuple(editor.labels_layer.translate))
+                                image_layer=editor.image_layer, **LW.placement(editor.labels_layer))
         layer.features = LW.labels_features({i + 1: p for i, p in enumerate(prompts)}, {})
 
     # ------------------------------------------------------------------ tools

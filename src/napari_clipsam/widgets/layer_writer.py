@@ -86,6 +86,31 @@ def _fits(layer, kind: str, data, kwargs) -> bool:
     return layer.ndim == ndim
 
 
+#: what places a layer in the world, in napari's terms
+PLACEMENT = ("scale", "translate", "rotate", "shear", "affine")
+
+
+def placement(layer) -> dict:
+    """Where ``layer`` sits in the world: its scale, translate, rotate, shear and affine
+    (napari's data-to-world transform is affine o (translate + rotate . shear . scale))."""
+    return {"scale": tuple(float(v) for v in layer.scale), "translate": tuple(float(v) for v in layer.translate),
+            "rotate": np.asarray(layer.rotate, float), "shear": np.asarray(layer.shear, float),
+            "affine": np.asarray(layer.affine.affine_matrix, float)}
+
+
+def place(layer, where: dict) -> None:
+    """Give ``layer`` the placement ``where`` (any of ``PLACEMENT``), setting only what
+    differs (each setter refreshes the layer)."""
+    for key in PLACEMENT:
+        if key not in where:
+            continue
+        now = getattr(layer, key)
+        now = np.asarray(getattr(now, "affine_matrix", now), float)
+        value = np.asarray(getattr(where[key], "affine_matrix", where[key]), float)
+        if now.shape != value.shape or not np.array_equal(now, value):
+            setattr(layer, key, where[key])
+
+
 def upsert_layer(viewer, kind: str, name: str, data, *, metadata: dict | None = None, image_layer=None,
                  **kwargs):
     """Add a layer of ``kind`` ('image' | 'points' | 'labels' | 'shapes') or update ours of
@@ -97,9 +122,10 @@ def upsert_layer(viewer, kind: str, name: str, data, *, metadata: dict | None = 
     existing = find_ours(viewer, kind, name, image_layer, fits=lambda layer: _fits(layer, kind, data, kwargs))
     if existing is not None:
         existing.data = data
-        for key in ("features", "visible", "scale", "translate"):
+        for key in ("features", "visible"):
             if key in kwargs and (key == "features" or not np.array_equal(getattr(existing, key), kwargs[key])):
                 setattr(existing, key, kwargs[key])  # each setter refreshes the layer: only what changed
+        place(existing, kwargs)
         if "interpolation2d" in kwargs and str(existing.interpolation2d) != str(kwargs["interpolation2d"]):
             existing.interpolation2d = kwargs["interpolation2d"]
         existing.metadata.update(meta)

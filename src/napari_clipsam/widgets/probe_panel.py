@@ -191,17 +191,17 @@ class ProbePanel(PanelBase):
 
     def _show(self, image_layer, planes: list[Plane], maps: list[np.ndarray]) -> None:
         """One layer per class: the planes' maps at their place (a single plane sits on its
-        slice, several fill the swept axis), with the image's scale and translate."""
+        slice, several fill the swept axis), placed as the image is."""
         if image_layer not in self.viewer.layers:
             self.show_status("the image was removed: nothing was added")
             return
-        scale, translate = RW.plane_placement(image_layer, planes)
+        where = RW.plane_placement(image_layer, planes)
         self.layers_added = []
         for c, prompt in enumerate(self.probe.classes):
             data = RW.plane_volume(image_layer, planes, [m[c] for m in maps])
             layer = LW.upsert_layer(self.viewer, "image", probe_name(image_layer.name, prompt), data,
                                     image_layer=image_layer, colormap="viridis", blending="additive", opacity=0.6,
-                                    contrast_limits=(0.0, 1.0), scale=tuple(scale), translate=tuple(translate),
+                                    contrast_limits=(0.0, 1.0), **where,
                                     metadata={"prompt": prompt, "probe": dict(self.probe.info)})
             self.layers_added.append(layer)
         self.show_status(f"{len(self.probe.classes)} probe heatmaps on {len(planes)} plane(s) of '{image_layer.name}'")

@@ -20,26 +20,32 @@ def _sweep(planes) -> set[int]:
     return {ax for p in planes for ax, i in p.fixed if i != first[ax]}
 
 
-def plane_placement(image_layer, planes, grid: tuple[int, int] | None = None) -> tuple[tuple, tuple]:
-    """(scale, translate) for a layer holding ``planes``' maps (see ``plane_volume``): the
-    image's, moved to the planes' index on every axis they do not sweep. ``grid`` (rows,
-    cols): the maps' size when it is not the plane's (a localizer's patch grid): a map pixel
-    then spans H / rows image pixels and sits where bilinear upsampling with half-pixel
-    centres puts its value (image pixel (i + 0.5) H / rows - 0.5), so the layer covers the
-    image exactly."""
+def plane_placement(image_layer, planes, grid: tuple[int, int] | None = None) -> dict:
+    """The placement (``layer_writer.PLACEMENT``) of a layer holding ``planes``' maps (see
+    ``plane_volume``): the image's, moved to the planes' index on every axis they do not
+    sweep. ``grid`` (rows, cols): the maps' size when it is not the plane's (a localizer's
+    patch grid): a map pixel then spans H / rows image pixels and sits where bilinear
+    upsampling with half-pixel centres puts its value (image pixel (i + 0.5) H / rows - 0.5),
+    so the layer covers the image exactly. Map pixel x lies where the image's data point
+    factor * x + offset lies, whatever the image's rotate, shear and affine."""
+    from napari.utils.transforms import Affine
+
     sweep = _sweep(planes)
-    scale = np.asarray(image_layer.scale, float).copy()
-    translate = np.asarray(image_layer.translate, float).copy()
+    where = LW.placement(image_layer)
+    ndim = len(where["scale"])
+    factor, offset = np.ones(ndim), np.zeros(ndim)
     for ax, i in planes[0].fixed:
         if ax not in sweep:
-            translate[ax] += i * scale[ax]
+            offset[ax] = i
     if grid is not None:
         shape = spatial_shape(image_layer)
         for ax, n in ((planes[0].rows, grid[0]), (planes[0].cols, grid[1])):
-            f = shape[ax] / int(n)
-            translate[ax] += (f - 1) / 2 * scale[ax]
-            scale[ax] *= f
-    return tuple(float(v) for v in scale), tuple(float(v) for v in translate)
+            factor[ax] = shape[ax] / int(n)
+            offset[ax] += (factor[ax] - 1) / 2
+    linear = Affine(scale=where["scale"], rotate=where["rotate"], shear=where["shear"]).linear_matrix
+    where["translate"] = tuple(float(v) for v in np.asarray(where["translate"]) + linear @ offset)
+    where["scale"] = tuple(float(v) for v in np.asarray(where["scale"]) * factor)
+    return where
 
 
 def plane_volume(image_layer, planes, maps) -> np.ndarray:
@@ -103,13 +109,13 @@ def slim(result) -> None:
 
 def write_heatmap(viewer, image_layer, item: dict):
     """Add or update one layer of ``heatmap_layers`` over the image (GUI thread)."""
-    scale, translate = plane_placement(image_layer, item["planes"], item["grid"])
+    where = plane_placement(image_layer, item["planes"], item["grid"])
     # the grid is shown with linear interpolation (that is the image-size map); image-size maps as they are
     extra = {"interpolation2d": "linear" if item["grid"] is not None else "nearest"}
     name = LW.heatmap_name(image_layer.name, item["prompt"])
     return LW.upsert_layer(viewer, "image", name, item["data"], image_layer=image_layer, colormap="inferno",
                            blending="additive", opacity=0.6, contrast_limits=HEATMAP_LIMITS, visible=item["visible"],
-                           scale=scale, translate=translate, metadata=item["metadata"], **extra)
+                           metadata=item["metadata"], **where, **extra)
 
 
 def new_layer_steps(viewer, image_layer, prompts: list[str]):
@@ -119,12 +125,14 @@ def new_layer_steps(viewer, image_layer, prompts: list[str]):
     cost of its own: one per event-loop turn); returns the layers."""
     name = image_layer.name
     shape = spatial_shape(image_layer)
-    geo = dict(scale=tuple(image_layer.scale), translate=tuple(image_layer.translate))
+    geo = LW.placement(image_layer)
     labels = LW.find_ours(viewer, "labels", LW.labels_name(name), image_layer)
     if labels is None or tuple(labels.data.shape) != shape:
         labels = LW.upsert_layer(viewer, "labels", LW.labels_name(name), np.zeros(shape, np.int32),
                                  image_layer=image_layer, **geo)
         yield
+    else:
+        LW.place(labels, geo)  # reused: where the image is now
     points = LW.upsert_layer(
         viewer, "points", LW.points_name(name), np.zeros((0, len(shape))), image_layer=image_layer,
         features=LW.points_features([], [], [], prompts, []), size=max(4.0, max(shape[-2:]) / 60.0),

@@ -151,7 +151,7 @@ class VerifyPanel(PanelBase):
         name = f"{layer.name} suspects"
         self.suspect_boxes = LW.upsert_layer(
             self.viewer, "shapes", name, boxes, image_layer=layer, shape_type="rectangle", edge_color="red",
-            face_color="transparent", edge_width=2, scale=tuple(layer.scale), translate=tuple(layer.translate),
+            face_color="transparent", edge_width=2, **LW.placement(layer),
             ndim=layer.ndim) if boxes or name in self.viewer.layers else None
         if self.suspect_boxes is not None and not boxes:
             self.suspect_boxes.data = []
