@@ -46,13 +46,15 @@ def models():
 
 @pytest.fixture
 def docked(make_napari_viewer, models):
-    """A real viewer with the docked widget using the tiny models, and no layers yet."""
+    """A real viewer with the widget docked the way users dock it (Plugins menu: napari makes
+    it with a ``PublicOnlyProxy`` of the viewer, so its layers are proxies too), using the
+    tiny models, and no layers yet."""
     from napari_clipsam.widgets import ClipSamWidget
 
     viewer = make_napari_viewer()
-    widget = ClipSamWidget(viewer)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-clipsam", "Annotate from words")
+    assert isinstance(widget, ClipSamWidget) and widget.viewer is viewer
     widget.use_models(clip=models[0], sam=models[1])
-    viewer.window.add_dock_widget(widget)
     return viewer, widget
 
 

@@ -36,7 +36,11 @@ class ClipSamWidget(AnnotateForm):
 
     def __init__(self, napari_viewer):
         super().__init__()
-        self.viewer = napari_viewer
+        # docked from the Plugins menu, napari passes a PublicOnlyProxy of the viewer, whose
+        # every layer access makes a new proxy: the same layer would not be itself (``is``)
+        # from one access to the next, nor the object its events come from. The widget keeps
+        # the viewer itself (it uses napari's public API only; the tests run it this way).
+        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self.sam_queue = SamQueue()
         self.editors: list[LiveEditor] = []
         self._kept_states: list = []  # (labels layer, ImageAnnotation) of editors whose points were deleted

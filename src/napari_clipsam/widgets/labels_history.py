@@ -22,6 +22,7 @@ _WATCHERS = "_napari_clipsam_undo_watchers"
 def watch_undo(layer, before: Callable[[], None], after: Callable[[], None]) -> Callable[[], None]:
     """Call ``before()`` and ``after()`` around every undo and redo of the labels ``layer``.
     Returns a function that stops watching."""
+    layer = getattr(layer, "__wrapped__", layer)  # a widget docked from the Plugins menu sees napari's proxies
     watchers = layer.__dict__.get(_WATCHERS)
     if watchers is None:
         watchers = []
