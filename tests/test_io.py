@@ -225,3 +225,22 @@ def test_layer_save_onto_a_folder_leaves_it_and_says_so(tmp_path):
     with pytest.raises(OSError, match="results.tif is a folder, not a file"):
         layer.save(str(folder), plugin="napari-clipsam")
     assert (folder / "precious.txt").read_text() == "x" and sorted(tmp_path.iterdir()) == [folder]
+
+
+@pytest.mark.parametrize("points, what", [
+    ([1, 2], "a list, not a table"),
+    ({"points": [[1, "a"]]}, "not a number"),
+    ({"points": [[1, 2, 3]]}, r"shape \(1, 3\), expected \(N, 2\)"),
+    ({"points": [[1, 2], [3, 4]], "positive": [True]}, "'positive' does not have one entry per point"),
+    ({"points": [[1, 2]], "object_id": ["x"]}, "not a whole number"),
+    ({"points": [[1, 2]], "positive": ["yes"]}, "not true or false"),
+])
+def test_damaged_sidecar_points_do_not_stop_the_labels_opening(tmp_path, labels, points, what):
+    from napari_clipsam.core.export import write_labels
+
+    path = tmp_path / "x.tif"
+    write_labels(path, labels, provenance={"points": points})
+    with pytest.warns(UserWarning, match=f"x.tif: the sidecar's points are damaged .*{what}"):
+        layers = cio.read_export(path)
+    assert [kind for _, _, kind in layers] == ["labels"]
+    np.testing.assert_array_equal(layers[0][0], labels)

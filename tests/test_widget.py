@@ -156,3 +156,27 @@ def test_run_reads_no_pixels_on_the_gui_thread(qtbot, docked):
         assert not any(on_gui)
         qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
     assert "done" in widget.status.value and on_gui.count(False) >= 4  # the worker read every chunk
+
+
+def test_exports_carry_the_final_points_and_reopen_with_them(qtbot, viewer_widget, tmp_path):
+    """The sidecar holds the points as they are after the user's edits (the widget's export and
+    napari's Save Selected Layers alike), and opening the export brings them back."""
+    viewer, widget = viewer_widget
+    _run(qtbot, widget, "cat\nsofa")
+    pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
+    moved = np.asarray(pts.data, float).copy()
+    moved[0] = (123.0, 234.0)
+    pts.data = moved
+    qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT)
+    widget.export_labels(tmp_path / "w.tif")
+    viewer.layers.selection = {labels}
+    viewer.layers.save(str(tmp_path / "s.tif"), selected=True, plugin="napari-clipsam")
+    for stem in ("w", "s"):
+        added = viewer.open(str(tmp_path / f"{stem}.tif"), plugin="napari-clipsam")
+        back = viewer.layers[f"{stem} points"]
+        assert back in added and viewer.layers[f"{stem} labels"] in added
+        np.testing.assert_allclose(back.data, pts.data, atol=1e-3)
+        for column in ("positive", "object_id"):
+            np.testing.assert_array_equal(back.features[column].to_numpy(), pts.features[column].to_numpy())
+        assert back.features["prompt"].astype(str).tolist() == pts.features["prompt"].astype(str).tolist()
+        assert viewer.layers[f"{stem} labels"].metadata["provenance"]["method"] == "gem"

@@ -63,8 +63,19 @@ def write_labels_layer(path: str, data, meta: dict) -> list[str]:
     classes, scores = classes_from_features(meta.get("features"), fallback=metadata.get("classes"))
     if not scores and metadata.get("scores"):
         scores = {int(k): float(v) for k, v in metadata["scores"].items()}
-    return write_labels(path, _level0(data, meta), classes=classes, scores=scores,
-                        provenance=metadata.get("provenance"),
+    labels = _level0(data, meta)
+    prov = metadata.get("provenance")
+    if prov is None:  # a layer the widget annotates: its run and final prompts, as the widget's export writes
+        from .widgets.live_editor import editor_of_labels
+        from .widgets.run_support import provenance
+
+        editor = editor_of_labels(data)
+        if editor is not None:
+            arr = np.asarray(labels)
+            present = set(np.unique(arr).tolist())
+            prov = provenance(editor, arr, {i: c for i, c in classes.items() if i in present},
+                              {i: v for i, v in scores.items() if i in present})
+    return write_labels(path, labels, classes=classes, scores=scores, provenance=prov,
                         metadata={"layer": meta.get("name"), "plugin": "napari-clipsam"}, overwrite=True)
 
 
@@ -125,19 +136,54 @@ def get_reader(path):
     return read_export
 
 
-def _points_layer(points: dict, name: str) -> tuple | None:
+def _points_layer(points, name: str, ndim: int, source) -> tuple | None:
+    """The sidecar's final points as a points layer, or None (with a warning naming what is
+    damaged: the labels still open) when they are not a table of ``ndim``-axis points."""
+    import warnings
+
     import pandas as pd
 
-    pts = np.asarray(points.get("points") or [], dtype=np.float64)
+    def damaged(what: str) -> None:
+        warnings.warn(f"{source}: the sidecar's points are damaged ({what}); the labels were opened without them",
+                      stacklevel=3)
+
+    if not isinstance(points, dict):
+        damaged(f"a {type(points).__name__}, not a table")
+        return None
+    try:
+        pts = np.asarray(points.get("points") or [], dtype=np.float64)
+    except (TypeError, ValueError):
+        damaged("a coordinate is not a number")
+        return None
     if pts.size == 0:
         return None
-    prompts = list(dict.fromkeys(points.get("prompt") or []))
-    positive = np.asarray(points.get("positive"), bool)
-    features = pd.DataFrame({
-        "positive": positive,
-        "object_id": np.asarray(points.get("object_id"), int),
-        "prompt": pd.Categorical(points.get("prompt"), categories=prompts),
-    })
+    if pts.ndim != 2 or pts.shape[1] != ndim or not np.isfinite(pts).all():
+        damaged(f"coordinates of shape {pts.shape}, expected (N, {ndim}) finite numbers")
+        return None
+    n = len(pts)
+    columns = {}
+    for key, default in (("positive", True), ("object_id", 1), ("prompt", "")):
+        values = points.get(key)
+        if values is None:
+            values = [default] * n
+        if not isinstance(values, list) or len(values) != n:
+            damaged(f"'{key}' does not have one entry per point")
+            return None
+        columns[key] = values
+    try:
+        positive = np.array([bool(v) if isinstance(v, (bool, int)) else None for v in columns["positive"]], object)
+        object_id = np.asarray(columns["object_id"], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        damaged("'object_id' holds a value that is not a whole number")
+        return None
+    if any(v is None for v in positive):
+        damaged("'positive' holds a value that is not true or false")
+        return None
+    positive = positive.astype(bool)
+    names = [str(v) for v in columns["prompt"]]
+    prompts = list(dict.fromkeys(names))
+    features = pd.DataFrame({"positive": positive, "object_id": object_id,
+                             "prompt": pd.Categorical(names, categories=prompts)})
     colors = np.where(positive[:, None], POSITIVE_COLOR, NEGATIVE_COLOR)
     return (pts, {"name": name, "features": features, "face_color": colors,
                   "metadata": {"prompts": prompts}}, "points")
@@ -166,7 +212,7 @@ def read_export(path) -> list[tuple]:
             "source_file": exp.path}
     layers = [(labels, {"name": f"{stem} labels", "features": features, "metadata": meta}, "labels")]
     if exp.points:
-        pl = _points_layer(exp.points, f"{stem} points")
+        pl = _points_layer(exp.points, f"{stem} points", labels.ndim, exp.path)
         if pl is not None:
             layers.append(pl)
     return layers

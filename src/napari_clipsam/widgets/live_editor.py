@@ -12,6 +12,7 @@ the points (``labels_history``, ``PlaneAnnotation.note_painting``/``settle``/``a
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -21,6 +22,14 @@ from superqt.utils import ensure_main_thread
 from ..core.annotation import ImageAnnotation, PlaneAnnotation, SamQueue, objects_from_prompts
 from . import layer_writer as LW
 from .labels_history import painted_box, watch_undo
+
+#: every editor still following its layers (for napari's writer: see ``editor_of_labels``)
+_open_editors: weakref.WeakSet = weakref.WeakSet()
+
+
+def editor_of_labels(data) -> LiveEditor | None:
+    """The open editor whose labels layer holds ``data`` (the very array), or None."""
+    return next((e for e in list(_open_editors) if e.labels_layer.data is data), None)
 
 
 class LiveEditor:
@@ -57,6 +66,7 @@ class LiveEditor:
         self._writing = False  # the plugin's own labels write: its paint event is not the user's
         self._unwatch_undo = watch_undo(labels_layer, self._before_undo, self._after_undo)
         labels_layer.events.paint.connect(self._on_labels_paint)
+        _open_editors.add(self)
 
     # ------------------------------------------------------------------ state
     @property
@@ -66,6 +76,7 @@ class LiveEditor:
     def close(self) -> None:
         """Stop following the layers (the widget or a layer went away)."""
         self._closed = True
+        _open_editors.discard(self)
         self._unwatch_undo()
         for emitter, handler in ((self.points_layer.events.data, self._on_points),
                                  (self.points_layer.events.mode, self._on_mode),

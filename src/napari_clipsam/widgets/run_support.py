@@ -44,7 +44,7 @@ def provenance(editor, labels: np.ndarray, classes: dict, scores: dict) -> dict 
         for oid, obj in ann.objects.items():
             objects[oid] = obj
     plane_index = [i for _, i in planes[0].plane.fixed] if len(planes) == 1 and planes[0].plane.fixed else None
-    return build_provenance(
+    prov = build_provenance(
         prompts=prompts, method=record["method"], localizer=record["localizer"],
         localizer_params=record["localizer_params"], threshold=record["threshold"], absence=record["absence"],
         point_params=record["point_params"], clip=record["clip"], sam=record["sam"], labels=labels,
@@ -53,6 +53,22 @@ def provenance(editor, labels: np.ndarray, classes: dict, scores: dict) -> dict 
         image_dtype=editor.image_layer.dtype, source=record["source"], image_slice=plane_index,
         extra={"layer": editor.labels_layer.name,
                "planes": [{"plane": a.plane.tag, "objects": sorted(a.objects)} for a in planes]})
+    prov["points"] = final_points(editor.points_layer)
+    return prov
+
+
+def final_points(points_layer) -> dict:
+    """The points layer as the provenance's ``points`` table: the prompts as they are now
+    (after the user's edits), in the image's data coordinates (every axis, like the labels)."""
+    from . import layer_writer as LW
+
+    if points_layer is None or not len(points_layer.data):
+        return {"points": [], "positive": [], "object_id": [], "prompt": []}
+    table = LW.read_point_table(points_layer)
+    return {"points": np.asarray(points_layer.data, float).round(3).tolist(),
+            "positive": [bool(v) for v in table["positive"]],
+            "object_id": [int(v) for v in table["object_id"]],
+            "prompt": [str(v) for v in table["prompt"]]}
 
 
 def annotate_via_queue(queue: SamQueue, rgb, prompts, localizer, session, cfg, task):
