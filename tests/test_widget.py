@@ -17,6 +17,9 @@ def test_run_adds_heatmaps_points_and_labels(qtbot, viewer_widget):
     viewer, widget = viewer_widget
     assert widget.image.value is viewer.layers["chelsea"]  # active layer chosen by default
     _run(qtbot, widget)
+    # the points are what the user edits next (and where the T / N / M keys act)
+    assert viewer.layers.selection.active is viewer.layers["chelsea points"]
+    assert widget.image.value is viewer.layers["chelsea"]
     names = [layer.name for layer in viewer.layers]
     assert names == ["chelsea", "chelsea heatmap [cat]", "chelsea heatmap [sofa]", "chelsea labels", "chelsea points",
                      "chelsea boxes"]
@@ -84,6 +87,7 @@ def test_bad_input_is_a_notification_not_a_run(qtbot, viewer_widget):
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
     assert len(viewer.layers) == 2 and widget.status.value == "failed: nothing was changed"
     assert "image contains 400 NaN/inf values" in widget.error.value
+    assert widget.error.value.endswith("e.g. np.nan_to_num(data)"), widget.error.value  # not cut at "e.g."
     assert [p.stage for p in widget.runner.log] == ["reading the image"]
 
 

@@ -423,6 +423,8 @@ class ClipSamWidget(AnnotateForm):
                 points_before[1], np.asarray(editor.points_layer.data))  # by the user, while the run ran
             kept = yield from RW.write_run_steps(editor, results)
             editor.record = record
+            if editor.points_layer in self.viewer.layers:  # what the user edits next, and where T / N / M work
+                self.viewer.layers.selection.active = editor.points_layer
         finally:  # also when a step raises (the runner then reports it: _on_apply_failed)
             if not self.closed:
                 self._end_run()

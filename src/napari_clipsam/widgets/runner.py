@@ -23,6 +23,7 @@ running until the last step is done. A step that raises ends it with ``on_apply_
 
 from __future__ import annotations
 
+import re
 import time
 import traceback
 from collections.abc import Callable
@@ -47,7 +48,8 @@ def _short(exc: BaseException) -> str:
     """The reason in one short sentence; the whole text goes to the details."""
     text = str(exc).strip() or type(exc).__name__
     first = text.splitlines()[0]
-    sentence = first.split(". ")[0]
+    # the first sentence: a '. ' that ends one, not one inside an abbreviation ("e.g. ", "i.e. ")
+    sentence = re.split(r"(?<!\be\.g)(?<!\bi\.e)(?<!\betc)(?<!\bvs)\. ", first)[0]
     return sentence if len(sentence) <= 140 else sentence[:137] + "…"
 
 
