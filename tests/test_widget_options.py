@@ -144,3 +144,25 @@ def test_more_options_fold_away_and_channel_choices_exclude_rgb_and_our_layers(q
     widget.reset_choices()
     names = list(widget.composite_with.choices)
     assert [getattr(c, "name", c) for c in names] == ["dapi"]  # not chelsea (RGB), not our heatmap
+
+
+def test_more_options_and_long_texts_scroll_in_place_instead_of_growing_the_dock(qtbot, docked):
+    """napari docks the form without a scroll area: expanded "More options", many prompts or a
+    long error must not raise the dock's minimum height by their full length (Run and Export
+    went below a 768 px laptop screen's edge)."""
+    from qtpy.QtWidgets import QApplication
+
+    viewer, widget = docked
+    viewer.show()  # hidden widgets do not count in size hints
+
+    def minimum() -> int:
+        QApplication.processEvents()
+        return widget.native.minimumSizeHint().height()
+
+    folded = minimum()
+    widget.more_options.expand(animate=False)
+    assert minimum() - folded <= 200
+    widget.prompts.value = "\n".join(f"prompt {i}" for i in range(60))
+    widget.show_error("a failure", "details\n" * 300)
+    widget.error_details.visible = True
+    assert minimum() - folded <= 200 + 2 * 170

@@ -20,7 +20,7 @@ from magicgui.widgets import (
     TextEdit,
 )
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QAbstractScrollArea, QComboBox
+from qtpy.QtWidgets import QAbstractScrollArea, QComboBox, QFrame, QScrollArea
 from superqt import QCollapsible
 
 from ..core.absence import FLOOR_MODES
@@ -41,6 +41,11 @@ METHOD_HELP = {
     "gradcam": "Grad-CAM against the image-text score: a class-discriminative explanation; coarse.",
     "attention": "Attention of the best-matching patch: an explanation view, not a segmentation.",
 }
+
+#: the most height "More options" takes when expanded (its fields scroll within it)
+MORE_OPTIONS_HEIGHT = 320
+#: the most height the prompts and the error details take (their text scrolls within it)
+TEXT_AREA_HEIGHT = 160
 
 #: every keyboard shortcut the plugin adds (shown in the widget and in docs/usage.md)
 SHORTCUTS = {
@@ -175,11 +180,22 @@ class AnnotateForm(Container):
         self.more_options = QCollapsible("More options")
         self.more_options.setToolTip("Models and local files, nD slices, channels, templates and background "
                                      "prompts, resolution and windows for large images, absence checks")
-        self.more_options.addWidget(self.more.native)
+        # its fields scroll inside a bounded area: expanded, they must not push Run and Export
+        # below a laptop screen's edge (napari docks the form itself, without a scroll area)
+        more_scroll = QScrollArea()
+        more_scroll.setWidgetResizable(True)
+        more_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        more_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        more_scroll.setWidget(self.more.native)
+        more_scroll.setMinimumHeight(120)
+        more_scroll.setMaximumHeight(MORE_OPTIONS_HEIGHT)
+        self.more_options.addWidget(more_scroll)
         self.more_options.collapse(animate=False)
 
         for area in (self.prompts, self.error_details, self.composite_with):  # size from content, not 256 px
             area.native.setSizeAdjustPolicy(QAbstractScrollArea.SizeAdjustPolicy.AdjustToContents)
+        for area in (self.prompts, self.error_details):  # ... up to a bound: longer texts scroll in place
+            area.native.setMaximumHeight(TEXT_AREA_HEIGHT)
         for box in (self.image, self.method, self.clip_model, self.sam_model, self.slices, self.templates,
                     self.absence_floor):  # long item names must not widen the dock
             box.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
