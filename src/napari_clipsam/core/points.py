@@ -165,6 +165,7 @@ def heatmaps_to_points(
             raise ValueError(f"skip must be {hm.shape[0]} booleans (one per prompt), got {skipped.tolist()}")
     H, W = hm.shape[1:]
     md = opts["min_distance"] if opts["min_distance"] is not None else max(1, min(H, W) // 20)
+    md = min(md, max(H, W))  # a larger distance finds the same peaks, with a footprint as large as it
 
     pts, pos, obj, cls, score = [], [], [], [], []
     next_id = 1
@@ -240,6 +241,18 @@ def heatmap_boxes(heatmaps: np.ndarray, points: PointPrompts, threshold: float |
         thr = np.asarray(threshold, dtype=np.float64).ravel()
         if thr.shape != (hm.shape[0],) or not ((thr >= 0) & (thr <= 1)).all():
             raise ValueError(f"per-prompt thresholds must be {hm.shape[0]} values within [0, 1], got {thr.tolist()}")
+    P, H, W = hm.shape
+    used = np.asarray(points.positive, bool) & (np.asarray(points.object_id) > 0)
+    if used.any():
+        pts, prompt = np.asarray(points.points, float)[used], np.asarray(points.prompt)[used]
+        if prompt.min() < 0 or prompt.max() >= P:
+            raise ValueError(f"points refer to prompt {int(prompt.max() if prompt.max() >= P else prompt.min())} "
+                             f"but there are {P} heatmaps: give the heatmaps the points were made from")
+        outside = (pts[:, 0] < -0.5) | (pts[:, 0] > H - 0.5) | (pts[:, 1] < -0.5) | (pts[:, 1] > W - 0.5)
+        if outside.any():
+            r, c = pts[np.argmax(outside)]
+            raise ValueError(f"point ({r:g}, {c:g}) lies outside the {H} x {W} heatmaps: give the heatmaps "
+                             "the points were made from (at the image's size)")
     regions: dict[int, np.ndarray] = {}
     boxes: dict[int, list] = {}
     for (r, c), pos, oid, p in zip(points.points, points.positive, points.object_id, points.prompt):
