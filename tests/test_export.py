@@ -4,6 +4,7 @@ pairs of files that change together; the user's umask."""
 
 import json
 import os
+import warnings
 
 import imageio.v3 as iio
 import numpy as np
@@ -487,14 +488,17 @@ def test_a_sidecar_of_another_version_of_the_file_is_not_applied(tmp_path, label
 
 
 @pytest.mark.parametrize("edit", [{"labels_file": None}, {"labels_file": "../x.tif"}, {"provenance": "by hand"},
-                                  {"objects": ["cat"]}])
+                                  {"objects": ["cat"]}, {"objects": {"x": "cat"}}, {"objects": {"0": "background"}},
+                                  {"scores": {"1": "hi"}}])
 def test_a_hand_damaged_sidecar_is_not_a_crash(tmp_path, labels, edit):
     write_labels(tmp_path / "a.tif", labels, classes=CLASSES)
     side = tmp_path / "a.tif.json"
     info = json.loads(side.read_text())
     info.update(edit)
     side.write_text(json.dumps(info))
-    back = read_labels(tmp_path / "a.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a damaged field may be named in a warning
+        back = read_labels(tmp_path / "a.tif")
     np.testing.assert_array_equal(back.labels, labels)
     assert back.provenance == {}
     assert back.classes == CLASSES  # the sidecar's, or where it is damaged the TIFF's own class table
@@ -542,3 +546,26 @@ def test_someone_elses_ome_zarr_image_gets_the_labels_added_even_with_an_image(t
     np.testing.assert_array_equal(group["labels/expert_truth/s0"][:], 3)
     np.testing.assert_array_equal(group["s0"][:], 1)  # the image is theirs, not the one passed
     np.testing.assert_array_equal(read_labels(store).labels, labels)
+
+
+def test_damaged_files_are_one_clear_error_naming_them(tmp_path, labels):
+    """Truncated TIFFs, a zarr folder whose metadata is broken and a COCO file declaring a
+    huge image fail as 'cannot read labels from <path>' (zlib's, zarr's and numpy's own
+    errors, or an attempt to allocate 74 GB, before)."""
+    write_labels(tmp_path / "t.tif", labels, classes=CLASSES)
+    whole = (tmp_path / "t.tif").read_bytes()
+    (tmp_path / "t.tif").write_bytes(whole[: len(whole) * 2 // 3])
+    with pytest.raises(ValueError, match=r"cannot read labels from .*t\.tif"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            read_labels(tmp_path / "t.tif")
+    write_labels(tmp_path / "z.zarr", labels, classes=CLASSES)
+    (tmp_path / "z.zarr" / ".zattrs").write_text("{ not json")
+    with pytest.raises(ValueError, match=r"z\.zarr"):
+        read_labels(tmp_path / "z.zarr")
+    write_labels(tmp_path / "c.json", labels, classes=CLASSES)
+    coco = json.loads((tmp_path / "c.json").read_text())
+    coco["images"][0].update(height=100000, width=100000)
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match=r"c\.json declares an image of 100000 x 100000 pixels"):
+        read_labels(tmp_path / "c.json")

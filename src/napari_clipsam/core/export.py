@@ -791,6 +791,11 @@ def is_coco(data) -> bool:
     return isinstance(data, dict) and {"images", "annotations", "categories"} <= set(data)
 
 
+#: the largest image a COCO file may declare (its labels are made in memory, 8 bytes a pixel:
+#: COCO ids go up to 2**32 - 1)
+MAX_COCO_PIXELS = 2**28
+
+
 def _read_coco(path: Path) -> tuple[np.ndarray, dict[int, str], dict[int, float]]:
     from pycocotools import mask as mask_utils
 
@@ -800,7 +805,11 @@ def _read_coco(path: Path) -> tuple[np.ndarray, dict[int, str], dict[int, float]
     if len(data["images"]) != 1:
         raise ValueError(f"{path} holds {len(data['images'])} images; napari-clipsam reads COCO files of one image")
     img = data["images"][0]
-    labels = np.zeros((int(img["height"]), int(img["width"])), np.int64)
+    height, width = int(img["height"]), int(img["width"])
+    if not (0 < height and 0 < width and height * width <= MAX_COCO_PIXELS):
+        raise ValueError(f"{path} declares an image of {height} x {width} pixels; napari-clipsam reads COCO files of "
+                         f"images up to {MAX_COCO_PIXELS:,} pixels")
+    labels = np.zeros((height, width), np.int64)
     names = {c["id"]: c["name"] for c in data["categories"]}
     classes, scores = {}, {}
     for k, ann in enumerate(data["annotations"], start=1):
@@ -893,15 +902,25 @@ def read_labels(path: str | os.PathLike, *, label_name: str | None = None) -> La
         labels = np.asarray(labels)
         if labels.ndim < 2 or labels.size == 0:
             raise ValueError(f"it holds no labels image (shape {labels.shape})")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a damaged file fails in each library its own way (zlib, zarr, ...)
         if isinstance(exc, FileNotFoundError) or (isinstance(exc, ValueError) and str(p) in str(exc)):
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValueError(f"cannot read labels from {p} ({type(exc).__name__}: {first}); is the file complete "
                          f"and a {fmt} labels file?") from exc
     if info is not None:
-        classes = _clean_classes(info.get("objects")) or classes
-        scores = _clean_scores(info.get("scores")) or scores
+        for key, clean in (("objects", _clean_classes), ("scores", _clean_scores)):
+            try:
+                value = clean(info.get(key))
+            except (TypeError, ValueError) as exc:  # written by hand or another tool: the labels still open
+                import warnings
+
+                warnings.warn(f"the sidecar of {p} has damaged '{key}' ({exc}); they are not used", stacklevel=2)
+                continue
+            if key == "objects":
+                classes = value or classes
+            else:
+                scores = value or scores
     return LabelsFile(str(p), fmt, labels, classes, scores, dict((info or {}).get("provenance") or {}), info or {})
 
 
