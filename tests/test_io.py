@@ -244,3 +244,25 @@ def test_damaged_sidecar_points_do_not_stop_the_labels_opening(tmp_path, labels,
         layers = cio.read_export(path)
     assert [kind for _, _, kind in layers] == ["labels"]
     np.testing.assert_array_equal(layers[0][0], labels)
+
+
+@pytest.mark.parametrize("row, message", [
+    ("0,abc,3,True,1,cat", r"row 1 has 'abc' in axis-0, not a finite number"),
+    ("0,1,inf,True,1,cat", r"row 1 has .*inf.* in axis-1, not a finite number"),
+    ("0,1,3,maybe,1,cat", r"row 1 has 'maybe' in 'positive', not true or false"),
+    ("0,1,3,True,1.5,cat", r"row 1 has 1\.5 in 'object_id', not an object id"),
+    ("0,1,3,True,-5,cat", r"row 1 has -5 in 'object_id'"),
+])
+def test_a_points_table_with_bad_values_is_refused_naming_row_and_column(tmp_path, row, message):
+    from napari_clipsam.core.export import read_points_csv
+
+    path = tmp_path / "p.csv"
+    path.write_text("index,axis-0,axis-1,positive,object_id,prompt\n" + row + "\n")
+    with pytest.raises(ValueError, match=f"p.csv: {message}"):
+        read_points_csv(path)
+
+
+def test_a_binary_csv_is_left_to_other_readers(tmp_path):
+    path = tmp_path / "b.csv"
+    path.write_bytes(b"\xff\xfe\x00\x81 not text")
+    assert cio.get_reader(str(path)) is None

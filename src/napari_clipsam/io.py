@@ -96,7 +96,7 @@ def _is_ours(path: Path) -> bool:
         try:
             with open(path) as fh:
                 header = fh.readline().strip().split(",")
-        except OSError:
+        except (OSError, ValueError):  # unreadable, or not text (UnicodeDecodeError): not ours
             return False
         return {"positive", "object_id", "axis-0", "axis-1"} <= set(header)
     if name.endswith(".zarr"):

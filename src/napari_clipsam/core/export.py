@@ -978,13 +978,37 @@ def read_points_csv(path: str | os.PathLike):
     """(points (N, D) float64, features DataFrame) from a napari points CSV."""
     import pandas as pd
 
-    df = pd.read_csv(path)
+    try:
+        df = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise ValueError(f"cannot read {path} as a points table: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+                         ) from exc
     axis_cols = [c for c in df.columns if str(c).startswith("axis-") and str(c)[5:].isdigit()]
     axis_cols.sort(key=lambda c: int(str(c).split("-")[1]))
     if [str(c) for c in axis_cols] != [f"axis-{i}" for i in range(len(axis_cols))] or len(axis_cols) < 2:
         raise ValueError(f"{path} is not a napari points table: it needs columns axis-0, axis-1, ... "
                          f"(found {[str(c) for c in axis_cols] or 'none'})")
+    coords = df[axis_cols].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(coords)
+    if bad.any():
+        row, col = (int(v) for v in np.argwhere(bad)[0])
+        raise ValueError(f"{path}: row {row + 1} has {str(df[axis_cols[col]].iloc[row])!r} in {axis_cols[col]}, "
+                         "not a finite number")
     feats = df.drop(columns=[*axis_cols, *(["index"] if "index" in df else [])]).reset_index(drop=True)
     if "positive" in feats:
-        feats["positive"] = feats["positive"].astype(str).str.lower().isin(["true", "1"])
-    return df[axis_cols].to_numpy(np.float64), feats
+        words = feats["positive"].astype(str).str.strip().str.lower()
+        known = words.isin(["true", "1", "1.0", "false", "0", "0.0"])
+        if not known.all():
+            row = int(np.flatnonzero(~known.to_numpy())[0])
+            raise ValueError(f"{path}: row {row + 1} has {str(feats['positive'].iloc[row])!r} in 'positive', "
+                             "not true or false")
+        feats["positive"] = words.isin(["true", "1", "1.0"])
+    if "object_id" in feats:
+        ids = pd.to_numeric(feats["object_id"], errors="coerce").to_numpy(np.float64)
+        wrong = ~np.isfinite(ids) | (ids != np.round(ids)) | (ids < 0) | (ids > np.iinfo(np.int32).max)
+        if wrong.any():
+            row = int(np.flatnonzero(wrong)[0])
+            raise ValueError(f"{path}: row {row + 1} has {str(feats['object_id'].iloc[row])} in 'object_id', not an "
+                             "object id (a whole number from 0, 0 = a negative shared by the prompt's objects)")
+        feats["object_id"] = ids.astype(np.int64)
+    return coords, feats
