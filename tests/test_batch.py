@@ -296,7 +296,8 @@ def test_an_unwritable_output_folder_is_refused_before_any_model_loads(folder, t
 
 
 @pytest.mark.parametrize("extra", [["--method", "gemm"], ["--templates", "nope"], ["--input-size", "-1"],
-                                   ["--max-objects", "-2"], ["--channels", "0"], ["--sam-kind", "vit_q"]])
+                                   ["--max-objects", "-2"], ["--channels", "0"], ["--sam-kind", "vit_q"],
+                                   ["--absence-value", "0.5"]])
 def test_cli_refuses_bad_options_with_exit_2_and_no_traceback(folder, tmp_path, capsys, extra):
     from napari_clipsam.__main__ import batch
 

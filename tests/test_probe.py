@@ -182,3 +182,23 @@ def test_a_probe_refuses_another_image_encoder_of_the_same_feature_size(tmp_path
     probe.check(get_localizer("gem", half, clip[1], input_size=224))
     np.testing.assert_array_equal(probe.heatmaps(slices[3][0], get_localizer("gem", *clip, input_size=224)),
                                   probe.heatmaps(slices[3][0], loc))
+
+
+def test_saving_never_replaces_a_file_or_writes_beside_a_folder_and_load_finds_the_saved_name(tmp_path, loc,
+                                                                                              slices):
+    img, lab = slices[0]
+    probe = train_probe(loc, [(img, lab, {1: "cell"})])
+    mine = tmp_path / "user.npz"
+    mine.write_bytes(b"a user's file")
+    with pytest.raises(FileExistsError, match="user.npz already exists"):
+        probe.save(mine)
+    assert mine.read_bytes() == b"a user's file"
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        probe.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["user.npz"]
+    saved = probe.save(tmp_path / "myprobe")
+    assert saved.name == "myprobe.probe.npz"
+    assert LinearProbe.load(tmp_path / "myprobe").classes == ["cell"]  # the name as typed for saving
+    with pytest.raises(FileExistsError):
+        probe.save(tmp_path / "myprobe")
+    assert probe.save(tmp_path / "myprobe", overwrite=True) == saved

@@ -119,6 +119,11 @@ def batch(argv) -> int:
     if templates is not None and "|" in templates:
         templates = tuple(t for t in templates.split("|") if t)
     try:
+        if args.absence_value is not None and args.absence_floor is None:
+            raise ValueError("--absence-value is the value of an absence floor: give --absence-floor too "
+                             "(absolute or quantile)")
+        if not str(args.output).strip():
+            raise ValueError("--output is empty: give the folder the exports go to")
         absence = None
         if args.absence_floor is not None or args.min_presence:
             absence = AbsenceRule(floor=args.absence_floor or "none", value=args.absence_value,

@@ -34,8 +34,8 @@ from .localizers.prompts import check_prompts
 from .options import unit_interval
 from .progress import Task, as_task
 
-__all__ = ["PROBE_SUFFIX", "LinearProbe", "ProbeLocalizer", "patch_features", "patch_targets", "train_probe",
-           "visual_sample"]
+__all__ = ["PROBE_SUFFIX", "LinearProbe", "ProbeLocalizer", "patch_features", "patch_targets", "probe_path",
+           "train_probe", "visual_sample"]
 
 PROBE_SUFFIX = ".probe.npz"
 _FORMAT = "napari-clipsam probe 1"
@@ -135,11 +135,18 @@ class LinearProbe:
         return self.localizer(base).similarity(image, prompts or self.classes, task)
 
     # -- files --------------------------------------------------------------------------
-    def save(self, path) -> Path:
-        """Write the probe to ``path`` (``.probe.npz`` added when missing); returns the path."""
-        path = Path(path)
-        if not path.name.endswith(".npz"):
-            path = path.with_name(path.name + PROBE_SUFFIX)
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        """Write the probe to ``path`` (``.probe.npz`` added when missing: ``probe_path``);
+        returns the path. An existing file is replaced only with ``overwrite=True``; a folder
+        never."""
+        given = Path(path)
+        path = probe_path(given)
+        for p in (given, path):
+            if p.is_dir():
+                example = p / ("probe" + PROBE_SUFFIX)
+                raise IsADirectoryError(f"{p} is a folder: give the probe a file name, e.g. {example}")
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists: choose another name, or pass overwrite=True to replace it")
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = dict(format=_FORMAT, classes=list(self.classes), info=self.info)
         tmp = path.with_name(path.name + ".tmp.npz")
@@ -149,7 +156,10 @@ class LinearProbe:
 
     @classmethod
     def load(cls, path) -> LinearProbe:
+        """Read a probe file (``path`` as saved: without ``.probe.npz``, it is added)."""
         path = Path(path)
+        if not path.exists() and probe_path(path).is_file():
+            path = probe_path(path)
         if not path.exists():
             raise FileNotFoundError(f"no probe file at {path}")
         try:
@@ -216,6 +226,13 @@ class ProbeLocalizer(TokenSimilarityLocalizer):
         feats = F.normalize(feats.float(), dim=-1)[:, 1:]
         prob = torch.sigmoid(feats @ w.T + b)  # (B, N, P)
         return prob.transpose(1, 2).reshape(prob.shape[0], -1, gh, gw)
+
+
+def probe_path(path) -> Path:
+    """Where a probe named ``path`` is stored: ``path`` itself if it ends in .npz, else with
+    ``.probe.npz`` added (save and load agree on it)."""
+    path = Path(path)
+    return path if path.name.endswith(".npz") else path.with_name(path.name + PROBE_SUFFIX)
 
 
 #: how many values of each of the image tower's weight tensors ``visual_sample`` records
