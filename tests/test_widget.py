@@ -184,3 +184,26 @@ def test_exports_carry_the_final_points_and_reopen_with_them(qtbot, viewer_widge
             np.testing.assert_array_equal(back.features[column].to_numpy(), pts.features[column].to_numpy())
         assert back.features["prompt"].astype(str).tolist() == pts.features["prompt"].astype(str).tolist()
         assert viewer.layers[f"{stem} labels"].metadata["provenance"]["method"] == "gem"
+
+
+def test_export_dialog_gives_a_typed_name_the_chosen_formats_suffix(qtbot, viewer_widget, tmp_path, monkeypatch):
+    """The dialog stands in for the user's typing (Qt's dialog cannot be clicked here): a name
+    without a suffix gets the chosen filter's; the file Qt never asked about is not replaced."""
+    import imageio.v3 as iio
+    from qtpy.QtWidgets import QFileDialog
+
+    viewer, widget = viewer_widget
+    _run(qtbot, widget, "cat")
+    asked = []
+
+    def dialog(parent, title, start, filters):
+        asked.append(start)
+        return str(tmp_path / "cells"), "PNG (*.png)"
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(dialog))
+    widget.export_button.clicked.emit()
+    assert asked == ["chelsea labels.tif"]
+    np.testing.assert_array_equal(iio.imread(tmp_path / "cells.png"), viewer.layers["chelsea labels"].data)
+    (tmp_path / "cells.png").write_bytes(b"mine")
+    widget.export_button.clicked.emit()
+    assert (tmp_path / "cells.png").read_bytes() == b"mine" and "already exists" in widget.error.value

@@ -597,19 +597,29 @@ class ClipSamWidget(AnnotateForm):
     def _export_dialog(self) -> None:
         from qtpy.QtWidgets import QFileDialog
 
+        from ..core.export import LABEL_SUFFIXES
+
+        image = self.image.value
+        start = f"{image.name} labels.tif" if image is not None else "labels.tif"
         # Qt's save dialog asks before replacing an existing file: its answer is the overwrite choice
-        path, _ = QFileDialog.getSaveFileName(
-            self.native, "Export labels", "labels.tif",
-            "TIFF (*.tif *.tiff);;PNG (*.png);;NumPy (*.npy);;COCO JSON (*.json);;OME-Zarr (*.ome.zarr *.zarr)")
+        path, chosen = QFileDialog.getSaveFileName(self.native, "Export labels", start, ";;".join(EXPORT_FILTERS))
         if not path:
             return
+        added = not path.lower().endswith(LABEL_SUFFIXES)
+        if added:  # a name typed without a suffix: the chosen filter's (Qt did not ask about that file)
+            path += EXPORT_FILTERS.get(chosen, ".tif")
         try:
-            written = self.export_labels(path, overwrite=True)
+            written = self.export_labels(path, overwrite=not added)
         except (ValueError, OSError) as exc:
             self.show_error(f"export failed: {str(exc).splitlines()[0]}", str(exc))
             return
         self.clear_error()
         show_info(f"napari-clipsam: wrote {', '.join(written)}")
+
+
+#: the export dialog's filters and the suffix each gives a name typed without one
+EXPORT_FILTERS = {"TIFF (*.tif *.tiff)": ".tif", "PNG (*.png)": ".png", "NumPy (*.npy)": ".npy",
+                  "COCO JSON (*.json)": ".json", "OME-Zarr (*.ome.zarr *.zarr)": ".ome.zarr"}
 
 
 class _ParentWatch(QObject):
