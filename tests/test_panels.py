@@ -91,6 +91,10 @@ def test_verify_flags_the_wrong_class_mask_and_drops_on_request(qtbot, viewer_wi
     kept = [i for i in ids if i not in suspects]
     assert all((labels_layer.data == i).sum() == (labels == i).sum() for i in kept)
     assert str(wrong) in panel.status.value
+    # the main widget's status and features count what is shown now
+    assert widget.status.value == f"updated: {len(kept)} objects", widget.status.value
+    assert sorted(labels_layer.features["index"][labels_layer.features["index"] > 0]) == sorted(kept)
+    assert "clip_class" in labels_layer.features  # the verification columns stay
 
 
 def test_verify_unhappy(qtbot, docked):

@@ -463,6 +463,13 @@ class ClipSamWidget(AnnotateForm):
         n = RW.update_label_features(editor)
         self.show_status(f"updated: {n} objects")
 
+    def labels_changed(self, labels_layer) -> None:
+        """A panel changed an annotated labels layer (Verify's drop): its features and the
+        status follow, as after an edit."""
+        editor = next((e for e in self.editors if e.labels_layer is labels_layer and e.layers_alive()), None)
+        if editor is not None:
+            self._after_edit(editor)
+
     def _edit_failed(self, short: str, details: str) -> None:
         if self.closed:
             return

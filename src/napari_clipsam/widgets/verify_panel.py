@@ -124,6 +124,8 @@ class VerifyPanel(PanelBase):
             rows, cols = np.nonzero(np.isin(current, ids))
             layer.data_setitem(plane.indices(rows, cols), np.zeros(len(rows), layer.data.dtype))
             self.dropped = ids
+            if self.main is not None:
+                self.main.labels_changed(layer)  # its status counts what is shown
             show_info(f"napari-clipsam: dropped {len(ids)} suspect masks from '{layer.name}': ids {ids}")
         self._outline(layer, plane, suspects)
         choices = [f"{int(r.id)}: {r['class'] or '?'} -> CLIP '{r.clip_class}' p={r.clip_probability:.2f}"
