@@ -5,6 +5,7 @@ from deep inside skimage or torch, and not a silently wrong result."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from napari_clipsam.core.absence import AbsenceRule, heatmap_thresholds
@@ -251,3 +252,25 @@ def test_absence_functions_name_wrong_inputs():
     with pytest.raises(ValueError, match="the similarity map has 1 NaN/inf values"):
         raw_floor(np.array([0.1, np.nan, 0.3]), "otsu")
     assert raw_floor(np.array([0.0, 1.0, 1.0, 0.0]), "absolute", 0.5) == 0.5
+
+
+def test_more_misuse_is_named_not_taken_for_something_else():
+    """Values that numpy or Python would quietly turn into something else are refused by name."""
+    import torch
+
+    from napari_clipsam.core.image import channels_to_rgb, composite_rgb, to_rgb_uint8
+    from napari_clipsam.core.points import heatmaps_to_points
+    from napari_clipsam.core.verify import drop_suspects
+
+    with pytest.raises(ValueError, match="channel index True is not an integer"):
+        channels_to_rgb(np.ones((2, 4, 4)), 0, channels=[True])
+    with pytest.raises(ValueError, match="contrast_limits must be one .*got 5"):
+        composite_rgb([np.ones((3, 3))], contrast_limits=5)
+    np.testing.assert_array_equal(to_rgb_uint8(torch.ones(3, 3, dtype=torch.bfloat16)),
+                                  to_rgb_uint8(np.ones((3, 3), np.float32)))
+    with pytest.raises(ValueError, match="heatmaps must be real numbers.*object"):
+        heatmaps_to_points(np.array([[None]]))
+    with pytest.raises(ValueError, match="complex: take .real"):
+        heatmaps_to_points(np.ones((4, 4), np.complex64))
+    with pytest.raises(ValueError, match="no 'suspect' column"):
+        drop_suspects(np.ones((2, 2), int), pd.DataFrame({"id": [1]}))

@@ -85,3 +85,11 @@ def test_the_embedding_cache_is_keyed_by_the_model_object_not_its_address():
         del m
         gc.collect()
     assert len(ids) < 50  # addresses were reused meanwhile: id() alone would have collided
+
+
+def test_rank_slices_names_a_wrong_query_or_axis(clip):
+    stack = np.zeros((3, 16, 16), np.uint8)
+    with pytest.raises(TypeError, match="query must be a prompt .* got list; for several prompts"):
+        rank_slices(stack, ["cat"], *clip)
+    with pytest.raises(ValueError, match="axis must be a whole number .* got 1.7"):
+        rank_slices(stack, "cat", *clip, axis=1.7)

@@ -133,3 +133,16 @@ def test_bad_options_are_named(clip, scene, kwargs, message):
     model, tok = clip
     with pytest.raises((TypeError, ValueError), match=message):
         verify_masks(labels, rgb, PROMPTS, model, tok, **kwargs)
+
+
+def test_verify_names_wrong_ids_classes_and_scores():
+    from napari_clipsam.core.verify import verify_masks
+
+    labels = np.zeros((8, 8), int)
+    labels[2:5, 2:5] = 1
+    image = np.zeros((8, 8, 3), np.uint8)
+    for kwargs, message in (({"ids": [1.7]}, "each of ids must be a whole number"),
+                            ({"classes": {"one": "cat"}}, "classes keys must be label ids"),
+                            ({"scores": {1: "x"}}, "scores must map label ids to numbers")):
+        with pytest.raises((TypeError, ValueError), match=message):
+            verify_masks(labels, image, ["cat"], None, None, **kwargs)

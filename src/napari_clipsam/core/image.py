@@ -84,6 +84,11 @@ def _as_array(data):
     """
     if isinstance(data, np.ndarray):
         return np.asarray(data)
+    if callable(getattr(data, "detach", None)) and callable(getattr(data, "cpu", None)):  # a torch tensor
+        data = data.detach().cpu()
+        if str(data.dtype) == "torch.bfloat16":  # numpy has no bfloat16
+            data = data.float()
+        return data.numpy()
     if (
         isinstance(getattr(data, "dtype", None), np.dtype)
         and hasattr(data, "shape")
@@ -374,6 +379,9 @@ def _parse_limits(contrast_limits, n: int) -> list[tuple[float, float] | None]:
     """Per-plane (low, high), None where the plane's own range is to be used."""
     if contrast_limits is None:
         return [None] * n
+    if isinstance(contrast_limits, (str, bytes)) or not hasattr(contrast_limits, "__iter__") or (
+            isinstance(contrast_limits, np.ndarray) and contrast_limits.ndim == 0):
+        raise ValueError(f"contrast_limits must be one (low, high) pair or one pair per plane, got {contrast_limits!r}")
     items = list(contrast_limits)
     if len(items) == 2 and all(x is not None and np.ndim(x) == 0 for x in items):
         # two scalars: one (low, high) pair for every plane
@@ -594,6 +602,8 @@ def channels_to_rgb(data, channel_axis: int, channels=None, **composite_kwargs) 
         selected = []
         for c in items:
             try:
+                if isinstance(c, (bool, np.bool_)):
+                    raise TypeError
                 ci = operator.index(c)
             except TypeError:
                 raise ValueError(f"channel index {c!r} is not an integer") from None

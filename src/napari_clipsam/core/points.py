@@ -78,6 +78,15 @@ class PointPrompts:
         return len(self.points)
 
 
+def _real_maps(heatmaps) -> np.ndarray:
+    """``heatmaps`` as float32, refusing what is not real numbers (None, strings, complex)."""
+    raw = heatmaps if isinstance(heatmaps, np.ndarray) else np.asarray(heatmaps)
+    if raw.dtype.kind not in "biuf":
+        raise ValueError(f"heatmaps must be real numbers, got an array of dtype {raw.dtype}"
+                         + (" (complex: take .real or abs() first)" if raw.dtype.kind == "c" else ""))
+    return np.asarray(raw, dtype=np.float32)
+
+
 def _peaks(img: np.ndarray, min_distance: int, threshold: float, count: int) -> np.ndarray:
     if count <= 0:
         return np.zeros((0, 2), int)
@@ -133,7 +142,7 @@ def heatmaps_to_points(
     one_object_per_prompt: all peaks of a prompt prompt a single object (semantic mode)
         instead of one object per peak (instance mode).
     """
-    hm = np.asarray(heatmaps, dtype=np.float32)
+    hm = _real_maps(heatmaps)
     if hm.ndim == 2:
         hm = hm[None]
     if hm.ndim != 3:
@@ -230,7 +239,7 @@ def heatmap_boxes(heatmaps: np.ndarray, points: PointPrompts, threshold: float |
     """
     from skimage.measure import label as connected
 
-    hm = np.asarray(heatmaps, dtype=np.float32)
+    hm = _real_maps(heatmaps)
     if hm.ndim == 2:
         hm = hm[None]
     if hm.ndim != 3:

@@ -99,7 +99,8 @@ def _check_stack(stack, axis: int, rgb: bool | None) -> tuple[np.ndarray, int]:
     spatial = ndim - 1 if rgb else ndim
     if spatial < 3:
         raise ValueError(f"a stack needs a slice axis and two image axes, got shape {tuple(stack.shape)}")
-    if not -spatial <= int(axis) < spatial:
+    axis = whole_number("axis", axis, -spatial)
+    if not -spatial <= axis < spatial:
         raise ValueError(f"axis {axis} is not an axis of the {spatial}-axis stack {tuple(stack.shape)}")
     axis = int(axis) % spatial
     if stack.shape[axis] == 0:
@@ -137,6 +138,9 @@ def rank_slices(
     loc = get_localizer("raw", clip_model, tokenizer, templates=templates, input_size=None)
     if isinstance(query, str):
         target = loc.text_features([query])[0].cpu().float()
+    elif not hasattr(query, "shape"):
+        raise TypeError(f"query must be a prompt (a string) or an image array, got {type(query).__name__}"
+                        + ("; for several prompts, rank once per prompt" if isinstance(query, (list, tuple)) else ""))
     else:
         target = embed_rgb(loc, to_rgb_uint8(np.asarray(query)))
     n = int(stack.shape[axis])

@@ -22,10 +22,11 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from .export import _clean_classes, _clean_scores
 from .image import to_rgb_uint8
 from .localizers import get_localizer
 from .localizers.prompts import check_prompts
-from .options import unit_interval
+from .options import unit_interval, whole_number
 from .progress import Task, as_task
 from .retrieval import embed_rgb
 
@@ -132,15 +133,17 @@ def verify_masks(
     if ids is None:
         ids = present
     else:
-        ids = [int(i) for i in ids]
+        ids = [whole_number("each of ids", i, 1) for i in ids]
         missing = sorted(set(ids) - set(present))
         if missing:
             raise ValueError(f"label ids {missing} are not in the labels (present: {present[:20]})")
-    classes = {int(k): str(v) for k, v in (classes or {}).items()}
+    if isinstance(classes, Mapping):  # a background entry (0) is not an object's class
+        classes = {k: v for k, v in classes.items() if str(k).strip() not in ("0", "0.0")}
+    classes = _clean_classes(classes)
     unknown = sorted({c for c in classes.values() if c not in prompts})
     if unknown:
         raise ValueError(f"classes {unknown} are not among the prompts {prompts}")
-    scores = {int(k): float(v) for k, v in (scores or {}).items()}
+    scores = _clean_scores(scores)
     # the localizer only lends its text ensemble and preprocessing; "raw" has no extra cost
     loc = get_localizer("raw", clip_model, tokenizer, templates=templates, background=background, input_size=None)
     names = loc.classes(prompts)
@@ -179,6 +182,10 @@ def verify_masks(
 def drop_suspects(labels: np.ndarray, table: pd.DataFrame) -> np.ndarray:
     """A copy of ``labels`` with the ids the table marks suspect set to 0."""
     out = np.array(labels, copy=True)
+    missing = [c for c in ("id", "suspect") if c not in getattr(table, "columns", ())]
+    if missing:
+        raise ValueError(f"the table has no {' or '.join(repr(c) for c in missing)} column: give the table "
+                         "verify_masks returned")
     bad = table.loc[table["suspect"].astype(bool), "id"].to_numpy()
     if len(bad):
         out[np.isin(out, bad)] = 0
