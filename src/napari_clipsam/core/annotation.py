@@ -205,7 +205,7 @@ class SamObject:
             return None
         r0, c0, r1, c1 = self.bbox
         n = (r1 - r0) * (c1 - c0)
-        return np.unpackbits(self.packed, count=n).astype(bool).reshape(r1 - r0, c1 - c0)
+        return np.unpackbits(self.packed, count=n).view(bool).reshape(r1 - r0, c1 - c0)  # 0/1 bytes: a view
 
 
 @dataclass
@@ -249,7 +249,7 @@ class PlaneAnnotation:
         if self.user_painted is None:
             return np.zeros((r1 - r0, c1 - c0), bool)
         rows = np.unpackbits(self.user_painted[r0:r1], axis=1, count=self.shape[1])
-        return rows[:, c0:c1].astype(bool)
+        return rows[:, c0:c1].view(bool)
 
     def _remember_user(self, region, users: np.ndarray) -> None:
         if not users.any() and self.user_painted is None:
@@ -257,14 +257,14 @@ class PlaneAnnotation:
         r0, c0, r1, c1 = region
         if self.user_painted is None:
             self.user_painted = np.zeros((self.shape[0], (self.shape[1] + 7) // 8), np.uint8)
-        rows = np.unpackbits(self.user_painted[r0:r1], axis=1, count=self.shape[1]).astype(bool)
+        rows = np.unpackbits(self.user_painted[r0:r1], axis=1, count=self.shape[1]).view(bool)
         rows[:, c0:c1] |= users
         self.user_painted[r0:r1] = np.packbits(rows, axis=1)
 
     def _forget_user(self, rows: np.ndarray, cols: np.ndarray) -> None:
         if self.user_painted is None or not len(rows):
             return
-        bits = np.unpackbits(self.user_painted, axis=1, count=self.shape[1]).astype(bool)
+        bits = np.unpackbits(self.user_painted, axis=1, count=self.shape[1]).view(bool)
         bits[rows, cols] = False
         self.user_painted = np.packbits(bits, axis=1)
 
