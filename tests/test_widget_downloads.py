@@ -83,3 +83,20 @@ def test_missing_weights_offline_is_a_clean_notification(qtbot, widget, monkeypa
     assert "failed" in w.status.value
     # the full text (file to fetch, where to put it) stays in the widget, one click away
     assert not w.error.native.isHidden() and "sam_tiny.pth" in w.error_details.value  # viewer not shown: ask Qt
+
+
+def test_offline_names_every_missing_weights_file_at_once(qtbot, make_napari_viewer, served_sam, monkeypatch):
+    """Offline with neither CLIP nor SAM cached: the first message names both files (it named
+    CLIP's only: a user fetched it, and only then learnt about SAM's)."""
+    viewer = make_napari_viewer()
+    viewer.add_image(data.chelsea(), name="chelsea")
+    w = ClipSamWidget(viewer)
+    w.clip_model.value = "ViT-B-16 / openai"
+    w.sam_model.value = "tiny"
+    w.prompts.value = "cat"
+    monkeypatch.setenv("NAPARI_CLIPSAM_OFFLINE", "1")
+    w.run()
+    qtbot.waitUntil(lambda: not w.is_running, timeout=TIMEOUT)
+    details = w.error_details.value
+    assert "CLIP ViT-B-16 / openai" in details and "sam_tiny.pth" in details, details
+    assert [layer.name for layer in viewer.layers] == ["chelsea"]

@@ -82,27 +82,11 @@ class ModelSpec:
     def check_weights(self) -> None:
         """Raise the ``WeightsError`` loading would raise in every worker, before any image
         is read: a CLIP tag open_clip does not know; offline (``weights.is_offline``), official
-        weights that are not cached (what is missing, where it goes, how to place it by hand).
-        Online, official weights are downloaded once by the first worker that loads them."""
-        from .models import SAM_CHECKPOINTS, _looks_like_path
-        from .weights import WeightsError, clip_weights, fetch, is_offline, sam_weights
+        weights that are not cached (``models.check_offline_weights``). Online, official
+        weights are downloaded once by the first worker that loads them."""
+        from .models import check_offline_weights
 
-        pretrained = self.clip_pretrained
-        tag = pretrained and not isinstance(pretrained, os.PathLike) and not _looks_like_path(str(pretrained))
-        files = clip_weights(self.clip_name, str(pretrained)) if tag else ()
-        if not is_offline():
-            return
-        needed = [files] if files else []
-        if not self.sam_checkpoint and self.sam_kind in SAM_CHECKPOINTS:
-            needed.append(sam_weights(self.sam_kind))
-        missing = []
-        for candidates in needed:
-            try:
-                fetch(candidates, offline=True)
-            except WeightsError as exc:
-                missing.append(str(exc))
-        if missing:
-            raise WeightsError("\n".join(missing))  # all of them: place every file in one go
+        check_offline_weights(self.clip_name, self.clip_pretrained, self.sam_kind, self.sam_checkpoint)
 
     def load(self):
         """(clip model, tokenizer, sam)."""

@@ -324,6 +324,30 @@ def load_clip(name: str = "ViT-B-16", pretrained: str | os.PathLike | None = "op
     return model, open_clip.get_tokenizer(name)
 
 
+def check_offline_weights(clip_name: str | None, clip_pretrained, sam_kind: str | None, sam_checkpoint=None) -> None:
+    """Raise one ``WeightsError`` naming every official weights file that loading these
+    models would need and that is missing, when this machine is offline (``is_offline``),
+    so that all of them can be placed in one go (loading names only the first). A CLIP
+    tag open_clip does not know is refused online too. None skips that model; local files
+    are not checked here (loading says when one is missing)."""
+    tag = clip_name and clip_pretrained and not isinstance(clip_pretrained, os.PathLike) \
+        and not _looks_like_path(str(clip_pretrained))
+    files = clip_weights(clip_name, str(clip_pretrained)) if tag else ()
+    if not is_offline():
+        return
+    needed = [files] if files else []
+    if sam_kind and not sam_checkpoint and sam_kind in SAM_CHECKPOINTS:
+        needed.append(sam_weights(sam_kind))
+    missing = []
+    for candidates in needed:
+        try:
+            fetch(candidates, offline=True)
+        except WeightsError as exc:
+            missing.append(str(exc))
+    if missing:
+        raise WeightsError("\n".join(missing))
+
+
 # --------------------------------------------------------------------------------- SAM
 def check_sam_kind(kind: str) -> None:
     """Raise the error ``load_sam`` would give for an unknown SAM kind, or for a SAM 2.1 kind

@@ -283,6 +283,7 @@ class ClipSamWidget(AnnotateForm):
             def pixels(plane: Plane) -> np.ndarray:
                 return first if plane == planes[0] else pixels_now(plane)
 
+            self.models.check_offline(cfg["clip"], cfg["clip_file"], cfg["sam"], cfg["sam_file"])
             task.report("loading CLIP")
             clip_model, tokenizer = self.models.clip(cfg["clip"], cfg["clip_file"], task)
             task.report("loading SAM")
