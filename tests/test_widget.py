@@ -207,3 +207,14 @@ def test_export_dialog_gives_a_typed_name_the_chosen_formats_suffix(qtbot, viewe
     (tmp_path / "cells.png").write_bytes(b"mine")
     widget.export_button.clicked.emit()
     assert (tmp_path / "cells.png").read_bytes() == b"mine" and "already exists" in widget.error.value
+
+
+def test_long_prompts_get_short_distinct_layer_names(qtbot, viewer_widget):
+    viewer, widget = viewer_widget
+    a = "a cell in metaphase with condensed chromosomes aligned at the plate"
+    b = "a cell in metaphase with condensed chromosomes aligned at the poles"
+    _run(qtbot, widget, f"{a}\n{b}")
+    heat = [layer for layer in viewer.layers if "heatmap" in layer.name]
+    assert len(heat) == 2 and len({layer.name for layer in heat}) == 2
+    assert all(len(layer.name) <= len("chelsea heatmap []") + 40 for layer in heat), [h.name for h in heat]
+    assert all(layer.name.startswith("chelsea heatmap [a cell in metaphase") for layer in heat)

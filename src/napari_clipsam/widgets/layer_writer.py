@@ -27,7 +27,15 @@ POSITIVE_COLOR = np.array([0.1, 0.9, 0.2, 1.0])
 NEGATIVE_COLOR = np.array([1.0, 0.1, 0.6, 1.0])
 
 
+#: prompts longer than this are shortened in layer names (with a hash: distinct prompts, distinct names)
+NAME_PROMPT_CHARS = 40
+
+
 def heatmap_name(image: str, prompt: str) -> str:
+    if len(prompt) > NAME_PROMPT_CHARS:
+        import hashlib
+
+        prompt = f"{prompt[:NAME_PROMPT_CHARS - 8].rstrip()}… {hashlib.sha1(prompt.encode()).hexdigest()[:6]}"
     return f"{image} heatmap [{prompt}]"
 
 
