@@ -136,6 +136,7 @@ def test_probe_trained_saved_loaded_same_heatmap(qtbot, tmp_path, docked):
     wait(qtbot, panel)
     assert panel.probe is not None and panel.probe.info["objects"] == {"cell": 3}
     assert panel.probe.info["layer"] == "accepted" and panel.probe.info["method"] == "gem"
+    assert panel.probe.info["clip"] == "given by script"  # the docked fixture's use_models, not the model box
     panel.target.value = test
     panel.apply_button.clicked.emit()
     wait(qtbot, panel)

@@ -111,7 +111,8 @@ class ProbePanel(PanelBase):
         except ValueError as exc:
             self.fail(str(exc))
             return
-        info = dict(clip=self.main.clip_model.value, layer=layer.name, image=image_layer.name)
+        clip = "given by script" if "clip" in self.main.models.given else self.main.clip_model.value
+        info = dict(clip=clip, layer=layer.name, image=image_layer.name)
         strength = float(self.strength.value)
 
         def job(task):
