@@ -40,6 +40,8 @@ def test_channel_layers_are_composited_as_displayed(viewer_widget):
     nuc = viewer.add_image(cells[1], name="DAB", colormap="magenta", contrast_limits=lim1, gamma=0.8)
     widget.reset_choices()
     widget.image.value = mem
+    offered = [c[1] if isinstance(c, tuple) else c for c in widget.composite_with.choices]
+    assert mem not in offered and nuc in offered  # the chosen image is always in: not offered again
     widget.composite_with.value = [nuc]
     from napari_clipsam.widgets.inputs import displayed_plane, plane_rgb
 

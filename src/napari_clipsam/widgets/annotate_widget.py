@@ -71,6 +71,7 @@ class ClipSamWidget(AnnotateForm):
         self._ahead_timer.setInterval(300)
         self._ahead_timer.timeout.connect(self.embed_ahead)
         self.image.changed.connect(self._schedule_ahead)
+        self.image.changed.connect(lambda *_: self._layers_changed())  # 'composite with' lists the other images
         self.viewer.dims.events.current_step.connect(self._schedule_ahead)
         self.native.destroyed.connect(self._on_destroyed)
         # napari's dock close button (remove_dock_widget) takes the widget out of its dock
@@ -131,7 +132,8 @@ class ClipSamWidget(AnnotateForm):
             self.image.value = current
         elif images:
             self.image.value = images[-1]
-        channels = [lay for lay in images if not lay.rgb]
+        chosen_image = self.image.value
+        channels = [lay for lay in images if not lay.rgb and lay is not chosen_image]  # the image is always in
         chosen = [lay for lay in (self.composite_with.value or []) if lay in channels]
         self.composite_with.choices = [(lay.name, lay) for lay in channels]
         self.composite_with.value = chosen
