@@ -221,6 +221,13 @@ def test_nd_stack_and_multichannel_images(tmp_path):
     assert back.provenance["image_input"]["channels"] == [0, 1, 2]
     bad = process_image(str(tmp_path / "multi.tif"), [str(tmp_path / "x.tif")], options(channel_axis=5), "k")
     assert bad["status"] == "failed" and "channel_axis 5" in bad["error"]
+    # said in the file's own terms: its shape as read and the axis as given
+    iio.imwrite(tmp_path / "photo.png", data.chelsea())
+    wrong = process_image(str(tmp_path / "photo.png"), [str(tmp_path / "y.tif")], options(channel_axis=0), "k")
+    assert "image of shape (300, 451, 3) has 300 entries along channel_axis 0" in wrong["error"], wrong["error"]
+    grey = process_image(str(tmp_path / "photo.png"), [str(tmp_path / "z.tif")],
+                         options(channel_axis=0, channels=(400,)), "k")
+    assert "channels [400] are not among the 300 channels along channel_axis 0" in grey["error"], grey["error"]
 
 
 def test_bad_options_are_refused_with_what_to_do():

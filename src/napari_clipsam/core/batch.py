@@ -264,17 +264,28 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def _planes(img: np.ndarray, options: BatchOptions):
     """Yield (leading index, RGB uint8 plane or greyscale/RGB array for ``annotate``)."""
-    from .image import channels_to_rgb
+    from .image import _MAX_DEFAULT_CHANNELS, channels_to_rgb
 
     if options.channel_axis is not None:
         axis = options.channel_axis % img.ndim if -img.ndim <= options.channel_axis < img.ndim else None
         if axis is None:
             raise ValueError(f"channel_axis {options.channel_axis} is outside the image's {img.ndim} axes "
                              f"(shape {img.shape})")
+        # said in the file's own terms (shape as read, the axis as given), before the axes are moved
+        n = img.shape[axis]
+        if img.ndim < 3:
+            raise ValueError(f"image of shape {img.shape} has fewer than two spatial axes besides channel_axis "
+                             f"{options.channel_axis}: is it a greyscale image? leave --channel-axis out")
+        if options.channels is None and n > _MAX_DEFAULT_CHANNELS:
+            raise ValueError(f"image of shape {img.shape} has {n} entries along channel_axis {options.channel_axis}; "
+                             f"blending more than {_MAX_DEFAULT_CHANNELS} is refused by default: check --channel-axis, "
+                             "or pick the channels to blend with --channels")
+        wrong = [c for c in options.channels or () if not -n <= int(c) < n]
+        if wrong:
+            raise ValueError(f"channels {wrong} are not among the {n} channels along channel_axis "
+                             f"{options.channel_axis} of the image of shape {img.shape}")
         img = np.moveaxis(img, axis, -1)
         spatial = img.shape[:-1]
-        if len(spatial) < 2:
-            raise ValueError(f"image of shape {img.shape} has fewer than two spatial axes besides channels")
         for idx in np.ndindex(*spatial[:-2]):
             yield idx, channels_to_rgb(img[idx], -1, list(options.channels) if options.channels else None)
         return
