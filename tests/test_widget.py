@@ -218,3 +218,16 @@ def test_long_prompts_get_short_distinct_layer_names(qtbot, viewer_widget):
     assert len(heat) == 2 and len({layer.name for layer in heat}) == 2
     assert all(len(layer.name) <= len("chelsea heatmap []") + 40 for layer in heat), [h.name for h in heat]
     assert all(layer.name.startswith("chelsea heatmap [a cell in metaphase") for layer in heat)
+
+
+def test_renaming_the_image_renames_its_layers_on_the_next_run(qtbot, viewer_widget):
+    viewer, widget = viewer_widget
+    _run(qtbot, widget, "cat")
+    before = len(viewer.layers)
+    heat, labels = viewer.layers["chelsea heatmap [cat]"], viewer.layers["chelsea labels"]
+    viewer.layers["chelsea"].name = "kitty"
+    _run(qtbot, widget, "cat")
+    assert len(viewer.layers) == before  # no pile-up
+    assert viewer.layers["kitty heatmap [cat]"] is heat and viewer.layers["kitty labels"] is labels
+    assert {"kitty points", "kitty boxes"} <= {layer.name for layer in viewer.layers}
+    assert not [layer.name for layer in viewer.layers if layer.name.startswith("chelsea")]

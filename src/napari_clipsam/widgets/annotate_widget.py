@@ -416,9 +416,11 @@ class ClipSamWidget(AnnotateForm):
                                     displayed=lambda lay=image_layer: displayed_plane(self.viewer, lay))
                 self.editors.append(editor)
                 self._bind_keys(points)
-            for layer in (editor.labels_layer, editor.points_layer, editor.boxes_layer):
+            for layer, name in ((editor.labels_layer, LW.labels_name), (editor.points_layer, LW.points_name),
+                                (editor.boxes_layer, LW.boxes_name)):
                 if layer is not None and layer in self.viewer.layers:
                     LW.place(layer, LW.placement(image_layer))  # the image may have moved since the last run
+                    LW.follow_image_name(self.viewer, layer, name(image_layer.name))  # ... or been renamed
             editor.pixels = pixels
             editor.state.session = session
             editor.state.shape = spatial_shape(image_layer)

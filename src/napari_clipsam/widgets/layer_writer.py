@@ -119,6 +119,16 @@ def place(layer, where: dict) -> None:
             setattr(layer, key, where[key])
 
 
+def follow_image_name(viewer, layer, name: str) -> None:
+    """Our ``layer`` made for an image now called otherwise: it takes its name under the new
+    one (``name``; a fresh one if a layer already has it) instead of a new layer piling up."""
+    if layer is None or layer.metadata.get(BASE_NAME_KEY, layer.name) == name:
+        return
+    layer.metadata[BASE_NAME_KEY] = name
+    if layer.name != name:
+        layer.name = _free_name(viewer, name)
+
+
 def upsert_layer(viewer, kind: str, name: str, data, *, metadata: dict | None = None, image_layer=None,
                  **kwargs):
     """Add a layer of ``kind`` ('image' | 'points' | 'labels' | 'shapes') or update ours of

@@ -113,6 +113,10 @@ def write_heatmap(viewer, image_layer, item: dict):
     # the grid is shown with linear interpolation (that is the image-size map); image-size maps as they are
     extra = {"interpolation2d": "linear" if item["grid"] is not None else "nearest"}
     name = LW.heatmap_name(image_layer.name, item["prompt"])
+    renamed = next((lay for lay in viewer.layers if LW.is_ours(lay) and lay.metadata.get("image_id") == id(image_layer)
+                    and lay.metadata.get("prompt") == item["prompt"] and "heatmap" in lay.metadata.get(
+                        LW.BASE_NAME_KEY, "") and lay.metadata.get(LW.BASE_NAME_KEY) != name), None)
+    LW.follow_image_name(viewer, renamed, name)  # the image was renamed since: its heatmap follows
     return LW.upsert_layer(viewer, "image", name, item["data"], image_layer=image_layer, colormap="inferno",
                            blending="additive", opacity=0.6, contrast_limits=HEATMAP_LIMITS, visible=item["visible"],
                            metadata=item["metadata"], **where, **extra)
