@@ -167,6 +167,16 @@ def test_probe_unhappy(qtbot, tmp_path, docked):
     panel.path.value = tmp_path / "bad.probe.npz"
     panel.load_button.clicked.emit()
     assert "not a napari-clipsam probe" in panel.status.value and panel.probe is None
+    # hand-painted labels (no classes): the message says how to give them classes
+    image = viewer.add_image(np.zeros((64, 64), np.uint8), name="img")
+    painted = viewer.add_labels(np.pad(np.ones((20, 20), np.int32), 22), name="painted")
+    widget.image.value = image
+    panel.reset_choices()
+    panel.labels.value = painted
+    panel.train_button.clicked.emit()
+    wait(qtbot, panel)
+    assert "'painted' has no classified objects" in panel.status.value
+    assert "layer.features" in panel.status.value or "features" in panel.error_details.value
 
 
 def _stack():

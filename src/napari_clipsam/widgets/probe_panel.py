@@ -77,7 +77,10 @@ class ProbePanel(PanelBase):
     def _examples(self, layer, image_layer):
         classes, _ = layer_classes(layer)
         if not classes:
-            raise ValueError(f"'{layer.name}' has no classified objects (features 'class' or metadata 'classes')")
+            raise ValueError(f"'{layer.name}' has no classified objects: a probe learns classes. Annotate with Run "
+                             "(its labels carry each object's prompt), or give the layer a features table with "
+                             "'index' and 'class' columns, e.g. layer.features = {'index': [1, 2], "
+                             "'class': ['cell', 'cell']}")
         editor = next((e for e in self.main.editors if e.labels_layer is layer), None)
         planes = [p for p, ann in editor.state.planes.items() if ann.objects] if editor is not None else []
         if not planes:
