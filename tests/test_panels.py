@@ -146,6 +146,13 @@ def test_probe_trained_saved_loaded_same_heatmap(qtbot, tmp_path, docked):
     panel.path.value = tmp_path / "exports" / "cells.probe.npz"
     path = panel.save()
     assert path.is_file()
+    assert panel.save() == path  # saving again replaces the probe file
+    other_file = tmp_path / "notes.npz"
+    other_file.write_bytes(b"not a probe")
+    panel.path.value = other_file
+    assert panel.save() is None and other_file.read_bytes() == b"not a probe"
+    assert "already exists" in panel.status.value
+    panel.path.value = path
 
     other = ProbePanel(viewer, widget)
     other.path.value = path

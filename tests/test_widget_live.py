@@ -265,6 +265,62 @@ def test_an_undone_stroke_is_redrawn_and_the_stroke_under_it_kept(qtbot, docked,
     np.testing.assert_array_equal(labels.data[~mine], expected_labels(oracle, pts)[~mine])
 
 
+def _stroke(labels, center, value, size):
+    """A brush stroke as napari's mouse makes it: painted inside block_history (one undo item,
+    its paint event after the pixels are written)."""
+    labels.brush_size = size
+    with labels.block_history():
+        labels.paint(center, value, refresh=False)
+
+
+def test_a_redone_stroke_and_a_polygon_under_an_undone_erase_stay_the_users(qtbot, docked, models):
+    viewer, widget = docked
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    _run(qtbot, widget, img, "cat")
+    pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
+    inside = np.argwhere(labels.data > 0)
+    _stroke(labels, inside[len(inside) // 2], 99, 15)
+    mine = labels.data == 99
+    labels.undo()
+    labels.redo()  # Ctrl+Shift+Z: the user's stroke is back, and stays the user's
+    # napari's polygon tool emits its paint event before it writes: the polygon must still count
+    r, c = 150, 60
+    labels.paint_polygon([[r - 10, c - 10], [r - 10, c + 10], [r + 10, c + 10], [r + 10, c - 10]], 250)
+    shape = labels.data == 250
+    assert shape.sum() > 50
+    _stroke(labels, (r, c), 0, 9)  # an eraser over the polygon's middle, taken back
+    labels.undo()
+    assert (labels.data[shape] == 250).all()
+    _move_first_positive(pts, (240, 380))
+    idle(qtbot, widget)
+    assert (labels.data[mine] == 99).all() and (labels.data[shape] == 250).all()
+
+
+def test_undoing_a_stroke_past_a_mask_update_gives_its_pixels_back(qtbot, docked, models):
+    """Erase inside an object, move its point (a mask update), Ctrl+Z both: the stroke's pixels
+    show the old mask again and are the plugin's: the next edit redraws them from the points."""
+    viewer, widget = docked
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    _run(qtbot, widget, img, "cat")
+    pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
+    oracle = Oracle(models[1], data.chelsea())
+    f = pts.features
+    oid = int(f["object_id"].iloc[int(np.flatnonzero(f["positive"].to_numpy(bool))[0])])
+    before = labels.data.copy()
+    centre = np.argwhere(labels.data == oid)[len(np.argwhere(labels.data == oid)) // 2]
+    _stroke(labels, centre, 0, 9)
+    stroke = (before == oid) & (labels.data == 0)
+    assert stroke.any()
+    _move_first_positive(pts, (20, 430))
+    idle(qtbot, widget)
+    labels.undo()  # the mask update
+    labels.undo()  # the stroke
+    np.testing.assert_array_equal(labels.data, before)
+    _move_first_positive(pts, (23, 433))
+    idle(qtbot, widget)
+    np.testing.assert_array_equal(labels.data, expected_labels(oracle, pts))
+
+
 def test_an_object_erased_by_hand_leaves_the_features_table_and_the_count(qtbot, docked, models):
     viewer, widget = docked
     img = viewer.add_image(data.chelsea(), name="chelsea")

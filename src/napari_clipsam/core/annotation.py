@@ -261,6 +261,17 @@ class PlaneAnnotation:
         rows[:, c0:c1] |= users
         self.user_painted[r0:r1] = np.packbits(rows, axis=1)
 
+    def is_user(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Which plane pixels (rows, cols) are known as the user's."""
+        rows, cols = np.asarray(rows, np.intp), np.asarray(cols, np.intp)
+        if self.user_painted is None or not len(rows):
+            return np.zeros(len(rows), bool)
+        return ((self.user_painted[rows, cols // 8] >> (7 - cols % 8)) & 1).astype(bool)
+
+    def forget_user(self, rows: np.ndarray, cols: np.ndarray) -> None:
+        """Pixels (rows, cols) are the plugin's again (an undone stroke had made them the user's)."""
+        self._forget_user(np.asarray(rows, np.intp), np.asarray(cols, np.intp))
+
     def _forget_user(self, rows: np.ndarray, cols: np.ndarray) -> None:
         if self.user_painted is None or not len(rows):
             return
@@ -303,46 +314,84 @@ class PlaneAnnotation:
             out[rows[inside] - r0, cols[inside] - c0] = values[inside]
         return out
 
+    def _clip(self, region) -> tuple[int, int, int, int] | None:
+        r0, c0, r1, c1 = region or (0, 0, *self.shape)
+        r0, c0, r1, c1 = max(int(r0), 0), max(int(c0), 0), min(int(r1), self.shape[0]), min(int(c1), self.shape[1])
+        return (r0, c0, r1, c1) if r0 < r1 and c0 < c1 else None
+
     def note_painting(self, now: np.ndarray, region: tuple[int, int, int, int] | None = None) -> None:
         """Remember the pixels of ``now`` (the labels layer's plane) over ``region`` (default
-        all) that differ from what the plugin wrote as painted by hand. Called after each
-        stroke the user paints: seen at once, a stroke cannot later be taken for the plugin's
-        by an undo of another stroke over it."""
-        r0, c0, r1, c1 = region or (0, 0, *self.shape)
-        r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, self.shape[0]), min(c1, self.shape[1])
-        if r0 < r1 and c0 < c1:
-            region = (r0, c0, r1, c1)
+        all) that differ from what the plugin wrote as painted by hand."""
+        region = self._clip(region)
+        if region is not None:
+            r0, c0, r1, c1 = region
             self._remember_user(region, np.asarray(now)[r0:r1, c0:c1] != self.written(region))
 
-    def settle(self, now: np.ndarray) -> None:
-        """``note_painting`` over the whole plane, just before an undo or redo of the labels
-        layer (which changes pixels without a trace: afterwards, a difference from what the
-        plugin wrote can no longer tell the user's painting from an undone mask update), and
-        what the user's pixels hold then, for ``adopt``."""
+    def note_pixels(self, rows: np.ndarray, cols: np.ndarray, values) -> None:
+        """A stroke set plane pixels (rows, cols) to ``values``: those that differ from what
+        the plugin wrote are the user's from now on. Called for each stroke the user paints,
+        so that a stroke is known as soon as it is made (an undo of another stroke over it
+        could not tell it from the plugin's pixels later)."""
+        rows, cols = np.asarray(rows, np.intp), np.asarray(cols, np.intp)
+        inside = (rows >= 0) & (rows < self.shape[0]) & (cols >= 0) & (cols < self.shape[1])
+        rows, cols = rows[inside], cols[inside]
+        if not len(rows):
+            return
+        values = np.broadcast_to(np.asarray(values), inside.shape)[inside]
+        region = (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1)
+        written = self.written(region)
+        users = np.zeros(written.shape, bool)
+        users[rows - region[0], cols - region[1]] = values != written[rows - region[0], cols - region[1]]
+        self._remember_user(region, users)
+
+    def settle(self, now: np.ndarray, region: tuple[int, int, int, int] | None = None) -> None:
+        """``note_painting`` over ``region`` (default all: the part an undo or redo is about
+        to change), just before the labels layer's undo or redo (which changes pixels without
+        a trace: afterwards, a difference from what the plugin wrote can no longer tell the
+        user's painting from an undone mask update), and what the user's pixels there hold
+        then, for ``adopt``."""
         now = np.asarray(now)
-        self.note_painting(now)
-        rows, cols = np.nonzero(self._user_region((0, 0, *self.shape)))
+        self.note_painting(now, region)
+        region = self._clip(region)
+        if region is None:
+            self._settled = None
+            return
+        r0, c0, r1, c1 = region
+        rows, cols = np.nonzero(self._user_region(region))
+        rows, cols = rows + r0, cols + c0
         self._settled = (rows, cols, now[rows, cols].copy())
 
-    def adopt(self, now: np.ndarray) -> None:
-        """Called just after an undo or redo (``settle`` came before it).
+    def adopt(self, now: np.ndarray, region: tuple[int, int, int, int] | None = None) -> None:
+        """Called just after an undo or redo (``settle`` came before it, with the same region).
 
         * A pixel of the user's that the undo or redo changed back to what the plugin wrote
           there was an undone stroke: it is the plugin's again.
-        * Every other pixel that differs from the objects' composition and is not the user's
-          was put back by undoing a mask update. It stays the plugin's: the next update
-          redraws it from the objects instead of keeping it as hand-painted.
+        * Every other pixel of ``region`` that differs from the objects' composition and is
+          not the user's was put back by undoing a mask update. It stays the plugin's: the
+          next update redraws it from the objects instead of keeping it as hand-painted.
         """
         now = np.asarray(now)
         settled, self._settled = self._settled, None
         if settled is not None and len(settled[0]):
             rows, cols, was = settled
             current = now[rows, cols]
-            back = (current != was) & (current == self.written()[rows, cols])
+            box = (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1)
+            written = self.written(box)[rows - box[0], cols - box[1]]
+            back = (current != was) & (current == written)
             self._forget_user(rows[back], cols[back])
-        diff = (now != self.compose()) & ~self._user_region((0, 0, *self.shape))
+        region = self._clip(region)
+        if region is None:
+            return
+        r0, c0, r1, c1 = region
+        diff = (now[r0:r1, c0:c1] != self.compose(region)) & ~self._user_region(region)
         rows, cols = np.nonzero(diff)
-        self.replayed = (rows, cols, now[rows, cols].astype(np.int64)) if len(rows) else None
+        rows, cols = rows + r0, cols + c0
+        new = (rows, cols, now[rows, cols].astype(np.int64))
+        if self.replayed is not None:  # what an earlier undo put back outside this region stays
+            old_r, old_c, old_v = self.replayed
+            keep = ~((old_r >= r0) & (old_r < r1) & (old_c >= c0) & (old_c < c1))
+            new = tuple(np.concatenate([o[keep], n]) for o, n in zip((old_r, old_c, old_v), new))
+        self.replayed = new if len(new[0]) else None
 
     def region_of(self, objects: Iterable[SamObject]) -> tuple[int, int, int, int] | None:
         """The bounding region of the objects' masks, or None if none has a mask."""

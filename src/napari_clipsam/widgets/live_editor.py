@@ -21,7 +21,7 @@ from superqt.utils import ensure_main_thread
 
 from ..core.annotation import ImageAnnotation, PlaneAnnotation, SamQueue, objects_from_prompts
 from . import layer_writer as LW
-from .labels_history import painted_box, watch_undo
+from .labels_history import painted_box, painted_pixels, watch_undo
 
 #: every editor still following its layers (for napari's writer: see ``editor_of_labels``)
 _open_editors: weakref.WeakSet = weakref.WeakSet()
@@ -62,8 +62,11 @@ class LiveEditor:
         if boxes_layer is not None:
             boxes_layer.events.data.connect(self._on_boxes)
         image_layer.events.data.connect(self._on_pixels)
-        self._replaying = False
         self._writing = False  # the plugin's own labels write: its paint event is not the user's
+        self._our_atoms: dict[int, None] = {}  # ids of the history atoms of the plugin's writes (newest last)
+        self._replay: tuple | None = None  # (box, the plugin's item?) of the undo or redo under way
+        #: per history atom of a user's stroke: [(plane annotation, rows, cols, user's before it?)]
+        self._stroke_prior: dict[int, list] = {}
         self._unwatch_undo = watch_undo(labels_layer, self._before_undo, self._after_undo)
         labels_layer.events.paint.connect(self._on_labels_paint)
         _open_editors.add(self)
@@ -131,32 +134,103 @@ class LiveEditor:
             self.schedule()
 
     def _on_labels_paint(self, event=None) -> None:
-        """A stroke, fill or erase in the labels layer that is not the plugin's own write: the
-        pixels it made differ from what the plugin wrote are the user's from now on."""
-        if self._writing or self._closed or self.shape_problem() is not None:
+        """A paint event of the labels layer. The plugin's own write: its history atoms are
+        remembered (an undo of it is the plugin's). Anything else (a stroke, fill, polygon,
+        erase or script): the pixels it set that differ from what the plugin wrote are the
+        user's from now on, read from its atoms (napari emits some of these events before it
+        writes the pixels)."""
+        atoms = getattr(event, "value", None) or ()
+        if self._writing:
+            for atom in atoms:
+                self._our_atoms[id(atom)] = None
+            while len(self._our_atoms) > 10_000:
+                del self._our_atoms[next(iter(self._our_atoms))]
             return
+        if self._closed or self.shape_problem() is not None:
+            return
+        self._note_user_atoms(atoms, remember=True)
+
+    def _note_user_atoms(self, atoms, as_now: bool = False, remember: bool = False) -> None:
+        """Note the pixels ``atoms`` set as the user's where they differ from the plugin's:
+        with the values the atoms set, or (``as_now``: after a redo of them) with the values
+        those pixels hold now. ``remember``: keep which of them were the user's before (an
+        undo of this stroke gives the others back to the plugin)."""
         data = self.labels_layer.data
-        box = painted_box(getattr(event, "value", None) or (), np.ndim(data))
+        pixels = painted_pixels(atoms, np.ndim(data))
+        if pixels is not None and as_now:
+            pixels = [(index, np.asarray(data[index])) for index, _ in pixels]
         for ann in self.state.planes.values():
-            region = ann.plane.region_in(*box) if box is not None else (0, 0, *ann.shape)
+            if pixels is None:  # atoms of an unknown form: whatever differs is the user's
+                ann.note_painting(ann.plane.take(data))
+                continue
+            for atom, (index, values) in zip(atoms, pixels):
+                on = np.ones(len(index[0]), bool)
+                for ax, i in ann.plane.fixed:
+                    on &= index[ax] == i
+                if on.any():
+                    rows, cols = index[ann.plane.rows][on], index[ann.plane.cols][on]
+                    if remember:
+                        self._stroke_prior.setdefault(id(atom), []).append((ann, rows, cols, ann.is_user(rows, cols)))
+                    ann.note_pixels(rows, cols, values[on])
+        while len(self._stroke_prior) > 1_000:
+            del self._stroke_prior[next(iter(self._stroke_prior))]
+
+    def _undo_user_atoms(self, atoms) -> None:
+        """An undo took the user's stroke ``atoms`` back: its pixels that were not the user's
+        before it are the plugin's again (the next edit redraws them); without a record of
+        them, what they hold now that differs from the plugin's stays the user's."""
+        unknown = []
+        for atom in atoms:
+            prior = self._stroke_prior.get(id(atom))
+            if prior is None:
+                unknown.append(atom)
+                continue
+            for ann, rows, cols, was_user in prior:
+                if self.state.planes.get(ann.plane) is ann:
+                    ann.forget_user(rows[~was_user], cols[~was_user])
+        if unknown:
+            self._note_user_atoms(unknown, as_now=True)
+
+    def _regions(self, box) -> list:
+        """(plane annotation, its region inside ``box``, or the whole plane for None) for the
+        planes the box touches."""
+        out = []
+        for ann in self.state.planes.values():
+            region = (0, 0, *ann.shape) if box is None else ann.plane.region_in(*box)
             if region is not None:
-                ann.note_painting(ann.plane.take(data), region)
+                out.append((ann, region))
+        return out
 
-    def _before_undo(self) -> None:
-        """The labels layer is about to undo or redo: what differs now from what the plugin
-        wrote is the user's painting (afterwards it could not be told from the undo)."""
-        self._replaying = not self._closed and self.shape_problem() is None
-        if self._replaying:
-            data = self.labels_layer.data
-            for ann in self.state.planes.values():
-                ann.settle(ann.plane.take(data))
+    def _before_undo(self, item=None, undoing: bool = True) -> None:
+        """The labels layer is about to undo or redo ``item``: what differs now from what the
+        plugin wrote, where it will change, is the user's painting (afterwards it could not be
+        told from the undo)."""
+        self._replay = None
+        if self._closed or self.shape_problem() is not None or item == []:
+            return
+        box = painted_box(item, np.ndim(self.labels_layer.data)) if item else None
+        ours = bool(item) and all(id(atom) in self._our_atoms for atom in item)
+        self._replay = (box, ours)
+        data = self.labels_layer.data
+        for ann, region in self._regions(box):
+            ann.settle(ann.plane.take(data), region)
 
-    def _after_undo(self) -> None:
-        if self._replaying and self.shape_problem() is None:
-            data = self.labels_layer.data
-            for ann in self.state.planes.values():
-                ann.adopt(ann.plane.take(data))
-        self._replaying = False
+    def _after_undo(self, item=None, undoing: bool = True) -> None:
+        replay, self._replay = self._replay, None
+        if replay is None or self._closed or self.shape_problem() is not None:
+            return
+        box, ours = replay
+        if not ours:  # the user's stroke (or an item that cannot be read)
+            if item and undoing:
+                self._undo_user_atoms(item)
+            elif item:  # redone: its pixels as they are now are the user's
+                self._note_user_atoms(item, as_now=True)
+            else:
+                for ann, _ in self._regions(None):
+                    ann.note_painting(ann.plane.take(self.labels_layer.data))
+        data = self.labels_layer.data
+        for ann, region in self._regions(box):
+            ann.adopt(ann.plane.take(data), region)
 
     def _on_pixels(self, _event=None) -> None:
         self.state.pixels_changed = True

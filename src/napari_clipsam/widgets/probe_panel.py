@@ -137,8 +137,14 @@ class ProbePanel(PanelBase):
         if not self.path.value or str(self.path.value) in ("", "."):
             self.fail("choose a probe file first")
             return None
+        target = probe_path(self.path.value)
+        try:  # saving again over a probe file replaces it (the file dialog asked); any other file is never replaced
+            LinearProbe.load(target)
+            again = True
+        except (OSError, ValueError):
+            again = False
         try:
-            path = self.probe.save(self.path.value)
+            path = self.probe.save(self.path.value, overwrite=again)
         except OSError as exc:
             self.fail(f"could not write the probe: {exc}")
             return None
