@@ -205,15 +205,20 @@ def test_hand_painted_pixels_survive_edits_and_reruns_and_undo_restores(qtbot, d
     assert "hand-painted" in widget.status.value
 
 
+def _chelsea(qtbot, docked, models):
+    """A 'cat' run on chelsea: (viewer, widget, points, labels, a fresh predictor's oracle)."""
+    viewer, widget = docked
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    _run(qtbot, widget, img, "cat")
+    return (viewer, widget, viewer.layers["chelsea points"], viewer.layers["chelsea labels"],
+            Oracle(models[1], data.chelsea()))
+
+
 def test_an_undone_mask_update_is_redrawn_by_the_next_edit_not_kept_as_painted(qtbot, docked, models):
     """Ctrl+Z (``labels.undo()``, what napari's key binding calls) puts back the pixels of the
     last mask update. They are still the plugin's: the next edit redraws the labels from the
     points, and only what the user painted by hand, before or after the undo, is kept."""
-    viewer, widget = docked
-    img = viewer.add_image(data.chelsea(), name="chelsea")
-    _run(qtbot, widget, img, "cat")
-    pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
-    oracle = Oracle(models[1], data.chelsea())
+    viewer, widget, pts, labels, oracle = _chelsea(qtbot, docked, models)
     ran = labels.data.copy()
     _move_first_positive(pts, (250, 400))
     idle(qtbot, widget)
@@ -244,11 +249,7 @@ def test_an_undone_stroke_is_redrawn_and_the_stroke_under_it_kept(qtbot, docked,
     """A stroke the user takes back with Ctrl+Z gives its pixels back to the plugin; a stroke
     painted before it, under it, stays the user's (even where the undone stroke had painted
     the plugin's own values over it)."""
-    viewer, widget = docked
-    img = viewer.add_image(data.chelsea(), name="chelsea")
-    _run(qtbot, widget, img, "cat")
-    pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
-    oracle = Oracle(models[1], data.chelsea())
+    viewer, widget, pts, labels, oracle = _chelsea(qtbot, docked, models)
     plugin = labels.data.copy()
     first = tuple(np.mgrid[40:80, 60:120].reshape(2, -1))
     labels.data_setitem(first, 55)  # stroke 1
@@ -299,11 +300,7 @@ def test_a_redone_stroke_and_a_polygon_under_an_undone_erase_stay_the_users(qtbo
 def test_undoing_a_stroke_past_a_mask_update_gives_its_pixels_back(qtbot, docked, models):
     """Erase inside an object, move its point (a mask update), Ctrl+Z both: the stroke's pixels
     show the old mask again and are the plugin's: the next edit redraws them from the points."""
-    viewer, widget = docked
-    img = viewer.add_image(data.chelsea(), name="chelsea")
-    _run(qtbot, widget, img, "cat")
-    pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
-    oracle = Oracle(models[1], data.chelsea())
+    viewer, widget, pts, labels, oracle = _chelsea(qtbot, docked, models)
     f = pts.features
     oid = int(f["object_id"].iloc[int(np.flatnonzero(f["positive"].to_numpy(bool))[0])])
     before = labels.data.copy()
@@ -399,11 +396,7 @@ def test_next_mask_cycles_sam_candidates(qtbot, docked, models):
 
 
 def test_remove_points_and_objects_flip_and_new_object(qtbot, docked, models):
-    viewer, widget = docked
-    img = viewer.add_image(data.chelsea(), name="chelsea")
-    _run(qtbot, widget, img, "cat")
-    pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
-    oracle = Oracle(models[1], data.chelsea())
+    viewer, widget, pts, labels, oracle = _chelsea(qtbot, docked, models)
     # remove every point of one object: its pixels go
     f = pts.features
     oid = int(f["object_id"][f["positive"]].iloc[0])
