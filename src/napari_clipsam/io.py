@@ -71,10 +71,7 @@ def write_labels_layer(path: str, data, meta: dict) -> list[str]:
 
         editor = editor_of_labels(data)
         if editor is not None:
-            arr = np.asarray(labels)
-            present = set(np.unique(arr).tolist())
-            prov = provenance(editor, arr, {i: c for i, c in classes.items() if i in present},
-                              {i: v for i, v in scores.items() if i in present})
+            prov = provenance(editor, np.asarray(labels), classes, scores)
     return write_labels(path, labels, classes=classes, scores=scores, provenance=prov,
                         metadata={"layer": meta.get("name"), "plugin": "napari-clipsam"}, overwrite=True)
 

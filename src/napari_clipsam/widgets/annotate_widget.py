@@ -416,10 +416,11 @@ class ClipSamWidget(AnnotateForm):
                                     displayed=lambda lay=image_layer: displayed_plane(self.viewer, lay))
                 self.editors.append(editor)
                 self._bind_keys(points)
+            where = LW.placement(image_layer)  # the image may have moved since the last run ...
             for layer, name in ((editor.labels_layer, LW.labels_name), (editor.points_layer, LW.points_name),
                                 (editor.boxes_layer, LW.boxes_name)):
                 if layer is not None and layer in self.viewer.layers:
-                    LW.place(layer, LW.placement(image_layer))  # the image may have moved since the last run
+                    LW.place(layer, where)
                     LW.follow_image_name(self.viewer, layer, name(image_layer.name))  # ... or been renamed
             editor.pixels = pixels
             editor.state.session = session
@@ -591,9 +592,6 @@ class ClipSamWidget(AnnotateForm):
             raise ValueError(f"'{getattr(labels_layer, 'name', labels_layer)}' is not a labels layer")
         data = np.asarray(labels_layer.data)
         classes, scores = classes_from_features(labels_layer.features, labels_layer.metadata.get("classes", {}))
-        present = set(np.unique(data).tolist())  # the sidecar lists exactly the ids in the file
-        classes = {i: c for i, c in classes.items() if i in present}
-        scores = {i: v for i, v in scores.items() if i in present}
         prov = provenance(editor, data, classes, scores) if editor is not None else None
         return write_labels(path, data, classes=classes, scores=scores, provenance=prov,
                             image=self._ome_image(editor, path), overwrite=overwrite,

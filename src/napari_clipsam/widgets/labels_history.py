@@ -109,30 +109,12 @@ def painted_pixels(atoms, ndim: int) -> list[tuple[tuple[np.ndarray, ...], np.nd
 
 
 def painted_box(atoms, ndim: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """The nD box [lo, hi) that the history atoms of a ``paint`` event touch, or None when
-    they are of a form this does not know (then: anywhere). napari's atoms are
-    ``(indices, old values, new values)`` from ``data_setitem`` or a mask edit with a
-    ``slice_key`` (its bounding box)."""
-    lo = np.full(ndim, np.iinfo(np.int64).max, np.int64)
-    hi = np.full(ndim, np.iinfo(np.int64).min, np.int64)
-    try:
-        for atom in atoms:
-            key = getattr(atom, "slice_key", None)
-            if key is not None and len(key) == ndim:
-                starts = [s.start or 0 for s in key]
-                stops = [s.stop for s in key]
-                if any(stop is None for stop in stops):
-                    return None
-                lo = np.minimum(lo, starts)
-                hi = np.maximum(hi, stops)
-            elif isinstance(atom, tuple) and len(atom) == 3 and len(atom[0]) == ndim:
-                index = [np.asarray(i).ravel() for i in atom[0]]
-                if not index[0].size:
-                    continue
-                lo = np.minimum(lo, [int(i.min()) for i in index])
-                hi = np.maximum(hi, [int(i.max()) + 1 for i in index])
-            else:
-                return None
-    except (TypeError, ValueError, AttributeError):
+    """The nD box [lo, hi) that the history ``atoms`` touch (see ``painted_pixels``), or None
+    when they are of a form this does not know or touch nothing (then: anywhere)."""
+    pixels = painted_pixels(atoms, ndim)
+    touched = [index for index, _ in pixels or () if len(index[0])]
+    if not touched:
         return None
-    return (lo, hi) if (lo < hi).all() else None
+    lo = np.min([[int(i.min()) for i in index] for index in touched], axis=0)
+    hi = np.max([[int(i.max()) + 1 for i in index] for index in touched], axis=0)
+    return lo, hi

@@ -32,6 +32,13 @@ def editor_of_labels(data) -> LiveEditor | None:
     return next((e for e in list(_open_editors) if e.labels_layer.data is data), None)
 
 
+def _keep_newest(records: dict, n: int) -> None:
+    """Drop the oldest entries of ``records`` (insertion order) beyond ``n`` (napari's own
+    history keeps 100 items: older ones can no longer be undone)."""
+    while len(records) > n:
+        del records[next(iter(records))]
+
+
 class LiveEditor:
     def __init__(self, viewer, image_layer, points_layer, labels_layer, boxes_layer, state: ImageAnnotation,
                  queue: SamQueue, pixels: Callable, *, on_applied: Callable[[LiveEditor], None],
@@ -143,8 +150,7 @@ class LiveEditor:
         if self._writing:
             for atom in atoms:
                 self._our_atoms[id(atom)] = None
-            while len(self._our_atoms) > 10_000:
-                del self._our_atoms[next(iter(self._our_atoms))]
+            _keep_newest(self._our_atoms, 10_000)
             return
         if self._closed or self.shape_problem() is not None:
             return
@@ -172,8 +178,7 @@ class LiveEditor:
                     if remember:
                         self._stroke_prior.setdefault(id(atom), []).append((ann, rows, cols, ann.is_user(rows, cols)))
                     ann.note_pixels(rows, cols, values[on])
-        while len(self._stroke_prior) > 1_000:
-            del self._stroke_prior[next(iter(self._stroke_prior))]
+        _keep_newest(self._stroke_prior, 1_000)
 
     def _undo_user_atoms(self, atoms) -> None:
         """An undo took the user's stroke ``atoms`` back: its pixels that were not the user's

@@ -31,12 +31,15 @@ def run_record(cfg: dict, localizer, clip_model, sam, given: dict, image_layer) 
 
 def provenance(editor, labels: np.ndarray, classes: dict, scores: dict) -> dict | None:
     """The provenance of an image's labels as they are now: the run's record and every
-    plane's objects with their final prompts."""
+    plane's objects with their final prompts (classes and scores of the ids ``labels`` holds)."""
     from ..core.provenance import build_provenance
 
     record = getattr(editor, "record", None)
     if record is None:
         return None
+    present = set(np.unique(labels).tolist())  # the sidecar describes exactly the ids in the file
+    classes = {i: c for i, c in classes.items() if i in present}
+    scores = {i: v for i, v in scores.items() if i in present}
     planes = list(editor.state.planes.values())
     prompts = list(dict.fromkeys(p for a in planes for p in a.prompts))
     objects = {}
