@@ -239,6 +239,8 @@ def test_bad_inputs(tmp_path, labels):
     ({"classes": ["cat", "sofa"]}, TypeError, r"classes must be a mapping \(label id -> class name"),
     ({"scores": [0.9]}, TypeError, r"scores must be a mapping \(label id -> score"),
     ({"scores": {1: "high"}}, ValueError, r"scores must map label ids to numbers, got 1: 'high'"),
+    ({"scores": {0: 0.5}}, ValueError, r"scores key 0 is not an object id; ids start at 1"),
+    ({"classes": {-1: "cat"}}, ValueError, r"classes key -1 is not an object id; ids start at 1"),
     ({"metadata": ["a"]}, TypeError, r"metadata must be a mapping"),
     ({"provenance": "by hand"}, TypeError, r"provenance must be a mapping"),
     ({"label_name": ""}, ValueError, r"label_name must be a non-empty name"),

@@ -237,7 +237,8 @@ def _mapping(value, what: str, example: str) -> Mapping:
     return value
 
 
-def _clean_classes(classes: Mapping | None, what: str = "classes") -> dict[int, str]:
+def clean_classes(classes: Mapping | None, what: str = "classes") -> dict[int, str]:
+    """``{label id: class name}`` checked (ids are integers >= 1) and sorted by id."""
     out: dict[int, str] = {}
     for k, v in _mapping(classes, what, "label id -> class name, e.g. {1: 'cell'}").items():
         try:
@@ -250,13 +251,16 @@ def _clean_classes(classes: Mapping | None, what: str = "classes") -> dict[int, 
     return dict(sorted(out.items()))
 
 
-def _clean_scores(scores: Mapping | None) -> dict[int, float]:
+def clean_scores(scores: Mapping | None) -> dict[int, float]:
+    """``{label id: score}`` checked (ids >= 1, numbers) and sorted; NaN/inf scores dropped."""
     out: dict[int, float] = {}
     for k, v in _mapping(scores, "scores", "label id -> score, e.g. {1: 0.93}").items():
         try:
             key, value = int(k), float(v)
         except (TypeError, ValueError):
             raise ValueError(f"scores must map label ids to numbers, got {k!r}: {v!r}") from None
+        if key <= 0:
+            raise ValueError(f"scores key {key} is not an object id; ids start at 1 (0 = background)")
         if np.isfinite(value):  # NaN/inf: no score (written as none, never as invalid JSON)
             out[key] = value
     return dict(sorted(out.items()))
@@ -269,8 +273,8 @@ def features_table(classes: Mapping | None, scores: Mapping | None = None, ids: 
     ids in ``classes`` and ``scores``), in increasing order."""
     import pandas as pd
 
-    classes = _clean_classes(classes)
-    scores = _clean_scores(scores)
+    classes = clean_classes(classes)
+    scores = clean_scores(scores)
     keys = sorted(set(ids) if ids is not None else set(classes) | set(scores))
     return pd.DataFrame({
         "index": np.asarray(keys, dtype=np.int64),
@@ -290,7 +294,7 @@ def classes_from_features(features, fallback: Mapping | None = None) -> tuple[di
     if features is not None:
         df = features if isinstance(features, pd.DataFrame) else pd.DataFrame(dict(features))
     if df is None or len(df) == 0 or "class" not in df:
-        return _clean_classes(fallback), {}
+        return clean_classes(fallback), {}
     classes: dict[int, str] = {}
     scores: dict[int, float] = {}
     ids = df["index"] if "index" in df else range(len(df))
@@ -310,7 +314,7 @@ def classes_from_features(features, fallback: Mapping | None = None) -> tuple[di
         if np.isfinite(value):
             scores[oid] = value
     if not classes and fallback:
-        classes = _clean_classes(fallback)
+        classes = clean_classes(fallback)
     return dict(sorted(classes.items())), dict(sorted(scores.items()))
 
 
@@ -356,8 +360,8 @@ def coco_dict(labels: np.ndarray, classes: Mapping[int, str], scores: Mapping[in
     if arr.ndim != 2:
         raise ValueError(f"COCO holds one 2D image per file, labels have shape {arr.shape}; "
                          "use .zarr (OME-Zarr), .tif or .npy for nD, or export one plane")
-    classes = _clean_classes(classes)
-    scores = _clean_scores(scores)
+    classes = clean_classes(classes)
+    scores = clean_scores(scores)
     ids = [int(i) for i in np.unique(arr) if i != 0]
     names: list[str] = []
     for name in [*categories, *(classes.get(i, "object") for i in ids)]:
@@ -632,8 +636,8 @@ def write_labels(
         raise ValueError(f"axes must name each labels axis once from 't', 'z', 'y', 'x' (y and x included), "
                          f"e.g. 'zyx'; got {axes!r}")
     present = _present_ids(arr)  # the sidecar describes exactly the objects in the file
-    classes = {i: c for i, c in _clean_classes(classes).items() if i in present}
-    scores = {i: v for i, v in _clean_scores(scores).items() if i in present}
+    classes = {i: c for i, c in clean_classes(classes).items() if i in present}
+    scores = {i: v for i, v in clean_scores(scores).items() if i in present}
     inserting = fmt == "ome-zarr" and _adds_to_image(path, label_name)
     if not inserting:
         _refuse_folder(path, fmt)
@@ -862,8 +866,8 @@ def _read_ome(path: Path, label_name: str | None) -> tuple[np.ndarray, dict[int,
     if "c" in axes and arr.shape[axes.index("c")] == 1:
         arr = np.take(arr, 0, axis=axes.index("c"))
     ours = attrs.get("napari_clipsam") or dict(group.attrs).get("napari_clipsam") or {}
-    classes = _clean_classes(ours.get("classes"))
-    scores = _clean_scores(ours.get("scores"))
+    classes = clean_classes(ours.get("classes"))
+    scores = clean_scores(ours.get("scores"))
     for p in (attrs.get("image-label") or {}).get("properties", []):  # other tools' class tables
         if "class" in p and int(p["label-value"]) not in classes and int(p["label-value"]) > 0:
             classes[int(p["label-value"])] = str(p["class"])
@@ -909,7 +913,7 @@ def read_labels(path: str | os.PathLike, *, label_name: str | None = None) -> La
         raise ValueError(f"cannot read labels from {p} ({type(exc).__name__}: {first}); is the file complete "
                          f"and a {fmt} labels file?") from exc
     if info is not None:
-        for key, clean in (("objects", _clean_classes), ("scores", _clean_scores)):
+        for key, clean in (("objects", clean_classes), ("scores", clean_scores)):
             try:
                 value = clean(info.get(key))
             except (TypeError, ValueError) as exc:  # written by hand or another tool: the labels still open
@@ -934,7 +938,7 @@ def _read_format(p: Path, fmt: str, label_name: str | None) -> tuple[np.ndarray,
             labels = tif.asarray()
             meta = (tif.shaped_metadata or [{}])[0] or {}
         table = meta.get("napari_clipsam") or {}
-        classes, scores = _clean_classes(table.get("classes")), _clean_scores(table.get("scores"))
+        classes, scores = clean_classes(table.get("classes")), clean_scores(table.get("scores"))
     elif fmt == "png":
         import imageio.v3 as iio
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from .export import _clean_classes, _clean_scores
+from .export import clean_classes, clean_scores
 from .image import to_rgb_uint8
 from .localizers import get_localizer
 from .localizers.prompts import check_prompts
@@ -139,11 +139,11 @@ def verify_masks(
             raise ValueError(f"label ids {missing} are not in the labels (present: {present[:20]})")
     if isinstance(classes, Mapping):  # a background entry (0) is not an object's class
         classes = {k: v for k, v in classes.items() if str(k).strip() not in ("0", "0.0")}
-    classes = _clean_classes(classes)
+    classes = clean_classes(classes)
     unknown = sorted({c for c in classes.values() if c not in prompts})
     if unknown:
         raise ValueError(f"classes {unknown} are not among the prompts {prompts}")
-    scores = _clean_scores(scores)
+    scores = clean_scores(scores)
     # the localizer only lends its text ensemble and preprocessing; "raw" has no extra cost
     loc = get_localizer("raw", clip_model, tokenizer, templates=templates, background=background, input_size=None)
     names = loc.classes(prompts)
