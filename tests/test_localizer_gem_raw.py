@@ -118,3 +118,19 @@ def test_default_depth_fits_a_model_with_fewer_than_six_blocks(clip, method):
     assert get_localizer(method, *clip).depth == 7  # the reference's on the 8-block fixture model
     with pytest.raises(ValueError, match="depth must be a whole number >= 2, got 1.5"):
         get_localizer(method, *clip, depth=1.5)
+
+
+@pytest.mark.parametrize("method", ["gem", "raw"])
+def test_rows_and_columns_past_the_last_whole_patch_are_not_seen(clip, prompts, method):
+    """As CLIP's strided patchify (and GEM's reference code, which feeds it any size): an
+    input 448+9 x 336+5 gives the 28 x 21 grid of its top-left 448 x 336, whatever the rest holds."""
+    px = reference_pixels("448x336")
+    padded = torch.cat([px, torch.randn(1, 3, 9, 336)], dim=2)
+    padded = torch.cat([padded, torch.randn(1, 3, 457, 5)], dim=3)
+    maps = get_localizer(method, *clip).patch_maps(padded, prompts)
+    np.testing.assert_allclose(maps.numpy(), reference_arrays()[f"{method}/448x336/patch_maps"], atol=TOL, rtol=0)
+
+
+def test_an_input_smaller_than_a_patch_is_refused(clip, prompts):
+    with pytest.raises(ValueError, match=r"input 8x300 is smaller than one 16x16 patch"):
+        get_localizer("gem", *clip).patch_maps(torch.zeros(1, 3, 8, 300), prompts)

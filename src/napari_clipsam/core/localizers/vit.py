@@ -85,13 +85,16 @@ def embed(visual, pixels: torch.Tensor, pos_interpolation: str = "open_clip") ->
     """Patchify + class token + positional embedding (resampled with ``pos_interpolation``,
     see ``POS_INTERPOLATIONS``) + ln_pre.
 
-    pixels: (B, 3, H, W) normalised, H and W multiples of the patch size.
+    pixels: (B, 3, H, W) normalised, at least one patch each way. As in CLIP's own patchify
+    (a strided convolution) and the methods' reference code, rows and columns beyond the last
+    whole patch are not seen: the grid is (H // ph, W // pw). The localizers' image path
+    resizes to whole patches first, so it never drops any.
     Returns tokens (B, 1 + gh*gw, C) and the grid (gh, gw), row-major.
     """
     ph, pw = patch_size(visual)
     H, W = pixels.shape[-2:]
-    if H % ph or W % pw:
-        raise ValueError(f"input {H}x{W} is not a multiple of the patch size {ph}x{pw}")
+    if H < ph or W < pw:
+        raise ValueError(f"input {H}x{W} is smaller than one {ph}x{pw} patch")
     x = visual.conv1(pixels.to(visual.conv1.weight.dtype))
     gh, gw = x.shape[-2:]
     x = x.flatten(2).transpose(1, 2)
