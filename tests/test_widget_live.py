@@ -568,3 +568,74 @@ def test_a_rerun_says_when_it_replaced_point_edits_made_while_it_ran(qtbot, dock
     widget.run()
     idle(qtbot, widget)
     assert "point edits" not in widget.status.value
+
+
+def test_pixels_painted_onto_an_object_keep_its_id_and_class_through_a_rerun(qtbot, docked, models, tmp_path):
+    """The user extends object ``oid`` by painting with its id, then re-runs with another
+    prompt. Their pixels keep the id and its class ('cat'); no new object is numbered ``oid``
+    (its mask would merge with theirs and take the new class)."""
+    from napari_clipsam.core.export import read_labels
+
+    viewer, widget, pts, labels, oracle = _chelsea(qtbot, docked, models)
+    oid = int(labels.features["index"][labels.features["index"] > 0].iloc[0])
+    block = np.zeros(labels.data.shape, bool)
+    block[0:12, 0:30] = True
+    block &= labels.data != oid  # where the object's mask is, the pixels stay the plugin's
+    assert block.sum() > 20
+    labels.data_setitem(np.nonzero(block), oid)
+    widget.prompts.value = "sofa"
+    widget.run()
+    idle(qtbot, widget)
+    np.testing.assert_array_equal(labels.data == oid, block)
+    assert oid not in set(pts.features["object_id"].tolist())
+    np.testing.assert_array_equal(labels.data[~block], expected_labels(oracle, pts)[~block])
+    table = labels.features.set_index("index")
+    assert table.at[oid, "class"] == "cat" and set(table["class"].drop([0, oid])) == {"sofa"}
+    widget.export_labels(tmp_path / "x.tif")
+    out = read_labels(tmp_path / "x.tif")
+    assert out.classes[oid] == "cat" and set(out.classes.values()) == {"cat", "sofa"}
+
+
+def test_a_new_object_never_takes_an_id_the_user_painted_with(qtbot, docked, models):
+    viewer, widget, pts, labels, oracle = _chelsea(qtbot, docked, models)
+    painted = int(labels.data.max()) + 1  # napari's "new label" id: the next one the plugin would use
+    labels.data_setitem(tuple(np.mgrid[0:10, 0:20].reshape(2, -1)), painted)
+    widget.new_object()
+    pts.add([150, 30])
+    idle(qtbot, widget)
+    new = int(pts.features["object_id"].iloc[-1])
+    assert new != painted and (labels.data[0:10, 0:20] == painted).all()
+    np.testing.assert_array_equal(labels.data == new, expected_labels(oracle, pts) == new)
+
+
+def test_a_dock_opened_again_goes_on_with_the_closed_ones_annotation(qtbot, docked, models):
+    """Close the dock with its X, open the widget again from the Plugins menu and re-run one
+    slice: the plugin's old masks there are replaced (not kept as if painted by hand), the
+    user's painting is kept, and the other slice's points and masks stay."""
+    viewer, widget = docked
+    stack = _stack()
+    img = viewer.add_image(stack, name="stack")
+    viewer.dims.set_point(0, 2)
+    _run(qtbot, widget, img, "cat")
+    viewer.dims.set_point(0, 4)
+    _run(qtbot, widget, img, "cat")
+    labels, pts = viewer.layers["stack labels"], viewer.layers["stack points"]
+    on = lambda z: (lambda d: np.round(d[:, 0]) == z)  # noqa: E731
+    slice2, points2 = labels.data[2].copy(), pts.data[on(2)(pts.data)].copy()
+    labels.data_setitem((np.full(200, 4), *np.mgrid[0:10, 0:20].reshape(2, -1)), 77)
+    viewer.window.remove_dock_widget(widget.native)
+    _, fresh = viewer.window.add_plugin_dock_widget("napari-clipsam", "Annotate from words")
+    assert fresh is not widget and widget.closed
+    fresh.use_models(clip=models[0], sam=models[1])
+    fresh.threshold.value = 0.55
+    _run(qtbot, fresh, img, "sofa")
+    assert viewer.layers["stack points"] is pts and "hand-painted" in fresh.status.value
+    np.testing.assert_array_equal(pts.data[on(2)(pts.data)], points2)
+    np.testing.assert_array_equal(labels.data[2], slice2)
+    painted = np.zeros(stack.shape[1:], bool)
+    painted[0:10, 0:20] = True
+    assert (labels.data[4][painted] == 77).all()
+    plane4 = np.repeat(stack[4][..., None], 3, axis=-1)
+    np.testing.assert_array_equal(labels.data[4][~painted],
+                                  expected_labels(Oracle(models[1], plane4), pts, on(4))[~painted])
+    assert set(labels.features["class"][labels.features["index"] > 0]) == {"cat", "sofa"}

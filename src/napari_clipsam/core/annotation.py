@@ -268,6 +268,14 @@ class PlaneAnnotation:
             return np.zeros(len(rows), bool)
         return ((self.user_painted[rows, cols // 8] >> (7 - cols % 8)) & 1).astype(bool)
 
+    def user_ids(self, now: np.ndarray) -> set[int]:
+        """The label ids (not 0) that the user's pixels hold in ``now``, this plane of the
+        labels layer."""
+        if self.user_painted is None:
+            return set()
+        bits = np.unpackbits(self.user_painted, axis=1, count=self.shape[1]).view(bool)
+        return {int(v) for v in np.unique(np.asarray(now)[bits]) if v}
+
     def forget_user(self, rows: np.ndarray, cols: np.ndarray) -> None:
         """Pixels (rows, cols) are the plugin's again (an undone stroke had made them the user's)."""
         self._forget_user(np.asarray(rows, np.intp), np.asarray(cols, np.intp))
@@ -524,11 +532,15 @@ class ImageAnnotation:
     session: object  # a segment.SamSession
     planes: dict[Plane, PlaneAnnotation] = field(default_factory=dict)
     pixels_changed: bool = False
+    #: classes of ids that only the user's painting holds any more: painted to extend an
+    #: object that a later run replaced (the pixels keep their id, and so their class)
+    painted_classes: dict[int, str] = field(default_factory=dict)
 
-    def next_id(self) -> int:
-        """An object id not used on any plane (ids are unique across the whole image)."""
+    def next_id(self, taken: Iterable[int] = ()) -> int:
+        """An object id not used on any plane (ids are unique across the whole image) nor
+        in ``taken`` (e.g. the ids the user painted with)."""
         used = [oid for ann in self.planes.values() for oid in ann.objects]
-        return max(used, default=0) + 1
+        return max([*used, *taken], default=0) + 1
 
     def plane_of(self, coords: np.ndarray) -> PlaneAnnotation | None:
         """The annotated plane that (ndim,) image coordinates lie on, if any."""

@@ -21,6 +21,7 @@ from ..core.annotation import ImageAnnotation, Plane, SamQueue
 from ..core.localizers import check_prompts, get_localizer
 from ..core.localizers.prompts import resolve_templates
 from ..core.progress import Task
+from . import kept_states as KS
 from . import layer_writer as LW
 from . import result_writer as RW
 from .form import AnnotateForm
@@ -43,7 +44,6 @@ class ClipSamWidget(AnnotateForm):
         self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self.sam_queue = SamQueue()
         self.editors: list[LiveEditor] = []
-        self._kept_states: list = []  # (labels layer, ImageAnnotation) of editors whose points were deleted
         #: the last run's ``Annotation`` per annotated plane, in plane order (all slices: one per
         #: slice; only the last keeps its image-size heatmaps), and the last of them
         self.last_results: list = []
@@ -104,11 +104,13 @@ class ClipSamWidget(AnnotateForm):
             self._ahead.cancel()
         self.viewer.dims.events.current_step.disconnect(self._schedule_ahead)
         self.runner.stop_display()
+        layers = self.viewer.layers
         for editor in self.editors:
             editor.close()
             self._unbind_keys(editor.points_layer)  # its bindings held this widget
+            if editor.labels_layer in layers and editor.image_layer in layers:
+                KS.keep(editor, with_layers=True)  # a widget opened later goes on from here
         self.editors = []
-        self._kept_states = []
         self.models.release()  # CLIP and SAM leave memory with the widget
         layers = self.viewer.layers
         for emitter in (layers.events.inserted, layers.events.removed, layers.events.moved):
@@ -153,7 +155,7 @@ class ClipSamWidget(AnnotateForm):
                 layer.metadata.pop(LW.OWNER_KEY, None)
 
     def _forget(self, layer) -> None:
-        self._kept_states = [(lab, st) for lab, st in self._kept_states if lab is not layer]
+        KS.forget(layer)
         for editor in list(self.editors):
             if layer in (editor.image_layer, editor.points_layer, editor.labels_layer):
                 editor.close()
@@ -161,7 +163,7 @@ class ClipSamWidget(AnnotateForm):
                 if layer is not editor.labels_layer and layer is not editor.image_layer:
                     # the labels stay: the next run on them takes this state up, so it knows which
                     # pixels the plugin wrote (replaced) and which the user painted (kept)
-                    self._kept_states.append((editor.labels_layer, editor.state))
+                    KS.keep(editor, with_layers=False)
 
     # ------------------------------------------------------------------ models
     def use_models(self, clip=None, sam=None) -> None:
@@ -399,21 +401,27 @@ class ClipSamWidget(AnnotateForm):
                 self._retire(editor)  # the image's data changed shape since: new layers, the old ones kept
                 editor = None
             if editor is None:
+                shape = spatial_shape(image_layer)
+                kept = KS.take(LW.find_ours(self.viewer, "labels", LW.labels_name(image_layer.name), image_layer),
+                               shape)
+                old_points = kept.layer("points", self.viewer) if kept is not None else None
                 prompts = list(results[-1][1].prompts)
-                points, labels, boxes = yield from RW.new_layer_steps(self.viewer, image_layer, prompts)
+                points, labels, boxes = yield from RW.new_layer_steps(
+                    self.viewer, image_layer, prompts, points=old_points,
+                    boxes=kept.layer("boxes", self.viewer) if old_points is not None else None)
                 yield
                 if not self._still_there(image_layer, points, labels, boxes):
                     return
-                state = next((st for lab, st in self._kept_states if lab is labels
-                              and tuple(st.shape) == spatial_shape(image_layer)), None)
-                self._kept_states = [(lab, st) for lab, st in self._kept_states if lab is not labels]
-                if state is not None:  # its other planes lost their points: their masks count as painted
+                state = kept.state if kept is not None else None
+                if state is not None and old_points is None:
+                    # its other planes lost their points: their masks count as painted
                     run_planes = {plane for plane, _ in results}
                     state.planes = {p: a for p, a in state.planes.items() if p in run_planes}
-                state = state or ImageAnnotation(spatial_shape(image_layer), session)
+                state = state or ImageAnnotation(shape, session)
                 editor = LiveEditor(self.viewer, image_layer, points, labels, boxes, state, self.sam_queue, pixels,
                                     on_applied=self._after_edit, on_error=self._edit_failed,
-                                    displayed=lambda lay=image_layer: displayed_plane(self.viewer, lay))
+                                    displayed=lambda lay=image_layer: displayed_plane(self.viewer, lay),
+                                    history=kept.history if kept is not None else None)
                 self.editors.append(editor)
                 self._bind_keys(points)
             where = LW.placement(image_layer)  # the image may have moved since the last run ...

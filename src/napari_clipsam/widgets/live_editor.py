@@ -42,7 +42,8 @@ def _keep_newest(records: dict, n: int) -> None:
 class LiveEditor:
     def __init__(self, viewer, image_layer, points_layer, labels_layer, boxes_layer, state: ImageAnnotation,
                  queue: SamQueue, pixels: Callable, *, on_applied: Callable[[LiveEditor], None],
-                 on_error: Callable[[str, str], None], displayed: Callable[[], object]):
+                 on_error: Callable[[str, str], None], displayed: Callable[[], object],
+                 history: dict | None = None):
         self.viewer = viewer
         self.image_layer = image_layer
         self.points_layer = points_layer
@@ -74,6 +75,9 @@ class LiveEditor:
         self._replay: tuple | None = None  # (box, the plugin's item?) of the undo or redo under way
         #: per history atom of a user's stroke: [(plane annotation, rows, cols, user's before it?)]
         self._stroke_prior: dict[int, list] = {}
+        if history:  # an earlier editor's, on the same labels layer (``kept_states``)
+            self._our_atoms.update(history.get("our_atoms", {}))
+            self._stroke_prior.update(history.get("stroke_prior", {}))
         self._unwatch_undo = watch_undo(labels_layer, self._before_undo, self._after_undo)
         labels_layer.events.paint.connect(self._on_labels_paint)
         _open_editors.add(self)
@@ -82,6 +86,10 @@ class LiveEditor:
     @property
     def busy(self) -> bool:
         return self._future is not None or self._scheduled or self._pending
+
+    def history(self) -> dict:
+        """What this editor knows of its labels layer's undo history (for a later editor on it)."""
+        return {"our_atoms": dict(self._our_atoms), "stroke_prior": dict(self._stroke_prior)}
 
     def close(self) -> None:
         """Stop following the layers (the widget or a layer went away)."""
@@ -113,7 +121,24 @@ class LiveEditor:
                     r0, c0, r1, c1 = obj.bbox
                     if (plane[r0:r1, c0:c1] == oid).any():
                         shown.add(int(oid))
+        if self.state.painted_classes:  # kept painting of objects a re-run replaced
+            shown |= self.user_ids() & set(self.state.painted_classes)
         return shown
+
+    def user_ids(self) -> set[int]:
+        """The label ids the user's painting holds, on every annotated plane."""
+        data = self.labels_layer.data
+        return {i for ann in self.state.planes.values() for i in ann.user_ids(ann.plane.take(data))}
+
+    def free_id(self, used=()) -> int:
+        """An id for a new object: above every object id of the image, the object ids of the
+        points and boxes layers (and ``used``), and the ids the user painted with (a new
+        object's mask must not merge with hand-painted pixels into one label)."""
+        ids = [int(i) for i in used]
+        for layer in (self.points_layer, self.boxes_layer):
+            if layer is not None and "object_id" in layer.features and len(layer.features):
+                ids.append(int(layer.features["object_id"].max()))
+        return self.state.next_id([*ids, *self.user_ids()])
 
     def layers_alive(self) -> bool:
         layers = self.viewer.layers
@@ -306,7 +331,7 @@ class LiveEditor:
                 if oid:
                     feats.loc[i, "prompt"] = ann.prompts[ann.objects[oid].prompt]
                 else:
-                    oid = max(self.state.next_id(), int(feats["object_id"].max()) + 1 if len(feats) else 1)
+                    oid = self.free_id(feats["object_id"].to_numpy(int))
             feats.loc[i, "object_id"] = int(oid)
         layer.features = feats
         defaults = layer.feature_defaults.copy()
@@ -338,9 +363,7 @@ class LiveEditor:
                     oid = int(pf["object_id"].to_numpy(int)[inside][0])
                     feats.loc[i, "prompt"] = str(pf["prompt"].iloc[int(np.flatnonzero(inside)[0])])
             if not oid:
-                used = feats["object_id"].to_numpy(int)
-                oid = max(self.state.next_id(), int(used.max()) + 1 if len(used) else 1,
-                          int(pf["object_id"].max()) + 1 if len(pf) and "object_id" in pf else 1)
+                oid = self.free_id(feats["object_id"].to_numpy(int))
             feats.loc[i, "object_id"] = oid
         layer.features = feats
 
@@ -486,8 +509,7 @@ class LiveEditor:
         """Points added next (until the layer leaves 'add' mode) form one new positive object."""
         layer = self.points_layer
         LW.require_columns(layer)
-        used = LW.read_point_table(layer)["object_id"]
-        oid = max(self.state.next_id(), int(used.max()) + 1 if len(used) else 1)
+        oid = self.free_id(LW.read_point_table(layer)["object_id"])
         defaults = layer.feature_defaults.copy()
         defaults["object_id"] = oid
         defaults["positive"] = True

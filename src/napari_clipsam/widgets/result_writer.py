@@ -122,11 +122,13 @@ def write_heatmap(viewer, image_layer, item: dict):
                            metadata=item["metadata"], **where, **extra)
 
 
-def new_layer_steps(viewer, image_layer, prompts: list[str]):
-    """(points, labels, boxes) layers for an image annotated for the first time; a labels
-    layer of ours with the image's shape is reused (the user's painting on it is kept). A
-    generator that yields after each layer it adds (napari's adding a layer is a GUI-thread
-    cost of its own: one per event-loop turn); returns the layers."""
+def new_layer_steps(viewer, image_layer, prompts: list[str], *, points=None, boxes=None):
+    """(points, labels, boxes) layers for an image without an editor; a labels layer of ours
+    with the image's shape is reused (the user's painting on it is kept), and so are
+    ``points`` and ``boxes`` where given (a closed widget's, with all their planes' prompts;
+    the run then replaces its planes' rows only). A generator that yields after each layer
+    it adds (napari's adding a layer is a GUI-thread cost of its own: one per event-loop
+    turn); returns the layers."""
     name = image_layer.name
     shape = spatial_shape(image_layer)
     geo = LW.placement(image_layer)
@@ -137,7 +139,9 @@ def new_layer_steps(viewer, image_layer, prompts: list[str]):
         yield
     else:
         LW.place(labels, geo)  # reused: where the image is now
-    points = LW.upsert_layer(
+    if points is not None and boxes is not None:
+        return points, labels, boxes  # the caller places them where the image is
+    points = points if points is not None else LW.upsert_layer(
         viewer, "points", LW.points_name(name), np.zeros((0, len(shape))), image_layer=image_layer,
         features=LW.points_features([], [], [], prompts, []), size=max(4.0, max(shape[-2:]) / 60.0),
         border_color="white", face_color="lime", metadata={"prompts": prompts}, **geo)
@@ -170,8 +174,18 @@ def _write_run_steps(editor, results):
     prompts = list(results[-1][1].prompts)
     kept_pixels = 0
     offsets = []
+    data = editor.labels_layer.data
+    painted = editor.user_ids()  # ids the user's pixels hold: no new object may take one
     for plane, result in results:
-        offset = max((oid for p, a in state.planes.items() if p != plane for oid in a.objects), default=0)
+        old = state.planes.get(plane)
+        if old is not None:  # painting not seen as it was made (e.g. while no widget was open)
+            old.note_painting(plane.take(data))
+            painted |= old.user_ids(plane.take(data))
+            for oid, obj in old.objects.items():  # painted to extend it: the pixels keep its class
+                if oid in painted and 0 <= obj.prompt < len(old.prompts):
+                    state.painted_classes[oid] = old.prompts[obj.prompt]
+        offset = max([*(oid for p, a in state.planes.items() if p != plane for oid in a.objects), *painted],
+                     default=0)
         offsets.append(offset)
         objects = {}
         for oid, obj in result.objects.items():
@@ -262,7 +276,7 @@ def update_label_features(editor) -> int:
     """The labels layer's features (index, class, score; napari's writers and other plugins
     read them) and metadata (classes, prompts) from the editor's objects; returns how many
     objects the layer shows (its rows besides the background's)."""
-    classes, scores = {}, {}
+    classes, scores = dict(editor.state.painted_classes), {}
     for ann in editor.state.planes.values():
         classes.update(ann.classes)
         scores.update({oid: o.score for oid, o in ann.objects.items()})
