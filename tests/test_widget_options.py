@@ -167,4 +167,20 @@ def test_more_options_and_long_texts_scroll_in_place_instead_of_growing_the_dock
     widget.prompts.value = "\n".join(f"prompt {i}" for i in range(60))
     widget.show_error("a failure", "details\n" * 300)
     widget.error_details.visible = True
-    assert minimum() - folded <= 200 + 2 * 170
+    assert minimum() - folded <= 200 + 170 + 250
+
+
+def test_a_status_or_error_that_wraps_is_shown_whole(qtbot, docked):
+    """The status line wraps; the dock's form layout sized it for one line, so a two-line
+    status ("done: 2 heatmaps, 14 points, 7 objects; kept ...") was cut through the middle."""
+    from qtpy.QtWidgets import QApplication
+
+    viewer, widget = docked
+    viewer.show()
+    for label, show in ((widget.status.native, widget.show_status),
+                        (widget.error.native, lambda text: widget.show_error(text))):
+        for text in ("ready", "done: 2 heatmaps, 14 points, 7 objects; kept 131 hand-painted pixels; " * 3, "ok"):
+            show(text)
+            QApplication.processEvents()
+            assert label.height() >= label.heightForWidth(label.width()), (text, label.height())
+        assert label.height() < 2 * label.fontMetrics().height() + 8  # and short again for one line

@@ -19,8 +19,8 @@ from magicgui.widgets import (
     SpinBox,
     TextEdit,
 )
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QAbstractScrollArea, QComboBox, QFrame, QScrollArea
+from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtWidgets import QAbstractScrollArea, QComboBox, QFrame, QScrollArea, QSizePolicy
 from superqt import QCollapsible
 
 from ..core.absence import FLOOR_MODES
@@ -44,8 +44,10 @@ METHOD_HELP = {
 
 #: the most height "More options" takes when expanded (its fields scroll within it)
 MORE_OPTIONS_HEIGHT = 320
-#: the most height the prompts and the error details take (their text scrolls within it)
+#: the most height the prompts take (their text scrolls within it)
 TEXT_AREA_HEIGHT = 160
+#: the most height an error's details take (what to do is often at their end: room for it)
+DETAILS_HEIGHT = 240
 
 #: every keyboard shortcut the plugin adds (shown in the widget and in docs/usage.md)
 SHORTCUTS = {
@@ -55,6 +57,37 @@ SHORTCUTS = {
     "Ctrl+Z": "in the labels layer: undo the last mask update, like a paint stroke (the next point edit "
               "redraws from the points)",
 }
+
+
+class _WrappedHeight(QObject):
+    """Keeps a word-wrapped QLabel as tall as its text needs at its width. The dock's form
+    layout sizes a label once from its one-line hint, so a status that wraps to two lines
+    was cut through the middle."""
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        if event.type() in (QEvent.Type.Resize, QEvent.Type.Show):
+            fit_wrapped_height(obj)
+        return False
+
+
+def wrap_text(label) -> None:
+    """Make the magicgui ``label`` word-wrap, at the height its text needs (``show_status``
+    and ``show_error`` call ``fit_wrapped_height`` when they change the text)."""
+    native = label.native
+    native.setWordWrap(True)
+    policy = QSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Minimum)  # magicgui's: Fixed
+    policy.setHeightForWidth(True)
+    native.setSizePolicy(policy)
+    native.installEventFilter(_WrappedHeight(native))  # owned by the label
+
+
+def fit_wrapped_height(label) -> None:
+    """Give the word-wrapped QLabel ``label`` the height its text needs at its width."""
+    if label.width() > 0:
+        old = label.minimumHeight()
+        label.setMinimumHeight(0)  # QLabel's heightForWidth is never below its minimum height
+        need = label.heightForWidth(label.width())
+        label.setMinimumHeight(need if need > 0 else old)
 
 
 def clip_label(name: str, tag: str) -> str:
@@ -96,15 +129,12 @@ class AnnotateForm(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1000, value=0, visible=False)
         self.status = Label(label="status", value="ready")
-        self.status.native.setWordWrap(True)
         self.error = Label(label="error", value="", visible=False)
-        self.error.native.setWordWrap(True)
         self.error.native.setStyleSheet("color: #ff6b6b;")
         self.error_details_button = PushButton(text="Details…", visible=False,
                                                tooltip="Show the full message (selectable, to copy)")
         self.error_details = TextEdit(label="details", value="", visible=False)
         self.error_details.native.setReadOnly(True)
-        self.error_details.native.setMaximumHeight(120)
         self.new_object_button = PushButton(text="New object (N)",
                                             tooltip="Points added next start a new object.")
         self.flip_button = PushButton(text="Flip +/- (T)", tooltip="Make the selected points negative/positive.")
@@ -117,7 +147,6 @@ class AnnotateForm(Container):
                                        tooltip="Open the tools that check masks with CLIP, learn a heatmap from "
                                                "accepted objects, and rank the slices of a stack by a prompt")
         self.shortcuts = Label(label="keys", value="T flip · N new object · M next mask · Ctrl+Z undo (labels)")
-        self.shortcuts.native.setWordWrap(True)
         self.shortcuts.tooltip = "\n".join(f"{k}: {v}" for k, v in SHORTCUTS.items())
 
         # folded away: models, channels, prompts' finer control, large images, absence
@@ -194,8 +223,10 @@ class AnnotateForm(Container):
 
         for area in (self.prompts, self.error_details, self.composite_with):  # size from content, not 256 px
             area.native.setSizeAdjustPolicy(QAbstractScrollArea.SizeAdjustPolicy.AdjustToContents)
-        for area in (self.prompts, self.error_details):  # ... up to a bound: longer texts scroll in place
-            area.native.setMaximumHeight(TEXT_AREA_HEIGHT)
+        self.prompts.native.setMaximumHeight(TEXT_AREA_HEIGHT)  # ... up to a bound: longer texts scroll in place
+        self.error_details.native.setMaximumHeight(DETAILS_HEIGHT)
+        for label in (self.status, self.error, self.shortcuts):
+            wrap_text(label)
         for box in (self.image, self.method, self.clip_model, self.sam_model, self.slices, self.templates,
                     self.absence_floor):  # long item names must not widen the dock
             box.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -234,11 +265,13 @@ class AnnotateForm(Container):
     # ------------------------------------------------------------------ status and errors
     def show_status(self, text: str) -> None:
         self.status.value = text
+        fit_wrapped_height(self.status.native)
 
     def show_error(self, short: str, details: str = "") -> None:
         """Keep an error visible until the next run: a short reason, the full text one click away."""
         self.error.value = short
         self.error.visible = True
+        fit_wrapped_height(self.error.native)
         self.error_details.value = details or short
         self.error_details_button.visible = bool(details and details.strip() != short.strip())
         self.error_details.visible = False

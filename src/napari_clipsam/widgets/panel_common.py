@@ -9,6 +9,7 @@ from napari.utils.notifications import show_error as notify_error
 
 from ..core.export import classes_from_features
 from ..core.localizers import LOCALIZERS, check_prompts
+from .form import fit_wrapped_height, wrap_text
 from .runner import Runner
 
 
@@ -23,7 +24,7 @@ class PanelBase(Container):
         self.main = main
         self.progress = ProgressBar(label="progress", min=0, max=1000, value=0, visible=False)
         self.status = Label(label="status", value="ready")
-        self.status.native.setWordWrap(True)
+        wrap_text(self.status)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.cancel_button.changed.connect(self.cancel)
         self.runner = Runner(self.progress, self.show_status)
@@ -35,6 +36,7 @@ class PanelBase(Container):
 
     def show_status(self, text: str) -> None:
         self.status.value = text
+        fit_wrapped_height(self.status.native)
 
     def cancel(self, *_) -> None:
         if self.is_running:
