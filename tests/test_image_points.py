@@ -74,3 +74,37 @@ def test_threshold_caps_and_class_mode():
     assert set(sem.object_id) == {1}
     with pytest.raises(ValueError, match="threshold"):
         heatmaps_to_points(heat, threshold=2)
+
+
+def _blob(shape, center, height, sigma=4.0):
+    r, c = np.mgrid[:shape[0], :shape[1]]
+    return height * np.exp(-((r - center[0]) ** 2 + (c - center[1]) ** 2) / (2 * sigma ** 2))
+
+
+def test_peaks_of_two_prompts_on_one_spot_become_one_object_of_the_stronger_prompt():
+    """'cell' and 'mitotic cell' peaking on the same cell: SAM would give both the same mask.
+    Only the prompt with the higher raw similarity there gets the positive point; a peak of
+    the other prompt elsewhere (farther than min_distance) is kept."""
+    shape = (60, 80)
+    a = _blob(shape, (20, 20), 1.0) + _blob(shape, (45, 65), 0.8)
+    b = _blob(shape, (21, 22), 1.0)  # the same spot, 2.2 px away
+    heat = np.stack([a, b]).astype(np.float32)
+    heat /= heat.max(axis=(1, 2), keepdims=True)
+    grid = np.zeros((2, 6, 8), np.float32)  # a 10 px grid: the spot lies in cell (2, 2)
+    grid[0, 2, 2], grid[1, 2, 2] = 0.20, 0.31  # prompt 1 ('mitotic cell') matches better
+    grid[0, 4, 6] = 0.25
+
+    def positives(**kw):
+        pts = heatmaps_to_points(heat, threshold=0.5, min_distance=5, negatives=0, **kw)
+        return sorted((int(p), tuple(np.round(rc).astype(int))) for p, rc, s in
+                      zip(pts.prompt, pts.points, pts.positive) if s)
+
+    assert positives(similarity=grid) == [(0, (45, 65)), (1, (21, 22))]
+    grid[1, 2, 2] = 0.1
+    assert positives(similarity=grid) == [(0, (20, 20)), (0, (45, 65))]
+    assert positives() == [(0, (20, 20)), (0, (45, 65))]  # equal heatmap peaks: the earlier prompt
+    far = np.stack([a, _blob(shape, (20, 30), 1.0)]).astype(np.float32)  # 10 px apart: two things
+    pts = heatmaps_to_points(far / far.max(axis=(1, 2), keepdims=True), threshold=0.5, min_distance=5, negatives=0)
+    assert sorted(pts.prompt.tolist()) == [0, 0, 1]
+    with pytest.raises(ValueError, match=r"similarity must be \(2, h, w\): one map per heatmap"):
+        heatmaps_to_points(heat, similarity=grid[:1])

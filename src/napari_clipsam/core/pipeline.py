@@ -127,7 +127,7 @@ def annotate(
     if absence is not None:
         verdict = heatmap_thresholds(localizer.scores(grid).numpy(), absence, presence)
         absent, thresholds, skip = verdict.absent_prompts(prompts), verdict.point_thresholds(threshold), verdict.absent
-    points = heatmaps_to_points(heat, threshold=thresholds, skip=skip, **point_params)
+    points = heatmaps_to_points(heat, threshold=thresholds, skip=skip, similarity=grid.numpy(), **point_params)
     boxes = heatmap_boxes(heat, points, thresholds) if boxes_from_heatmaps else {}
     labels = np.zeros(rgb.shape[:2], np.int32)
     classes: dict[int, str] = {}

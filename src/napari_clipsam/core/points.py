@@ -94,6 +94,39 @@ def _peaks(img: np.ndarray, min_distance: int, threshold: float, count: int) -> 
                           num_peaks=count, exclude_border=False)
 
 
+def _strength(similarity, shape: tuple[int, int, int]):
+    """A function (prompt, (K, 2) peaks) -> (K,) comparable scores, from ``similarity``."""
+    if similarity is None:
+        return None
+    sim = _real_maps(similarity)
+    if sim.ndim != 3 or sim.shape[0] != shape[0] or 0 in sim.shape:
+        raise ValueError(f"similarity must be ({shape[0]}, h, w): one map per heatmap, got shape {sim.shape}")
+    scale = np.array(sim.shape[1:], float) / np.array(shape[1:], float)
+
+    def at(p: int, peaks: np.ndarray) -> np.ndarray:
+        cells = np.minimum((peaks * scale).astype(int), np.array(sim.shape[1:]) - 1)
+        return sim[p, cells[:, 0], cells[:, 1]]
+    return at
+
+
+def _drop_shared_peaks(found: dict, hm: np.ndarray, strength, min_distance: int) -> dict:
+    """Of peaks of different prompts closer than ``min_distance``, keep the strongest."""
+    rows = [(p, k, rc) for p, peaks in found.items() for k, rc in enumerate(peaks)]
+    if len({p for p, _, _ in rows}) < 2:
+        return found
+    power = np.concatenate([strength(p, peaks) if strength is not None else hm[p][tuple(peaks.T)]
+                            for p, peaks in found.items() if len(peaks)])
+    order = sorted(range(len(rows)), key=lambda i: (-float(power[i]), rows[i][0]))  # ties: earlier prompt
+    kept: list[int] = []
+    for i in order:
+        p, _, rc = rows[i]
+        if all(rows[j][0] == p or np.hypot(*(rc - rows[j][2])) >= min_distance for j in kept):
+            kept.append(i)
+    keep = set(kept)
+    return {p: np.array([rc for i, (q, _, rc) in enumerate(rows) if q == p and i in keep], int).reshape(-1, 2)
+            for p in found}
+
+
 def _numbers(name: str, value, dtype) -> np.ndarray:
     """``value`` as a numeric array (bools kept as bools when ``dtype`` is None)."""
     try:
@@ -128,8 +161,14 @@ def heatmaps_to_points(
     negatives: int = 2,
     negative_threshold: float = 0.15,
     one_object_per_prompt: bool = False,
+    similarity: np.ndarray | None = None,
 ) -> PointPrompts:
     """Peaks of (P, H, W) heatmaps in [0, 1] -> point prompts.
+
+    Where peaks of two prompts lie closer than ``min_distance`` they mark one thing: SAM
+    would give both the same mask, and a labels image holds one id per pixel. Only the
+    stronger peak becomes a positive point: the one whose prompt has the higher
+    ``similarity`` there, else the higher heatmap value (ties: the earlier prompt).
 
     threshold: a peak must reach this value (in [0, 1]) to become a positive point; one value
         for all prompts or one per prompt (e.g. ``AbsenceResult.point_thresholds``).
@@ -141,6 +180,9 @@ def heatmaps_to_points(
         value is at most ``negative_threshold``.
     one_object_per_prompt: all peaks of a prompt prompt a single object (semantic mode)
         instead of one object per peak (instance mode).
+    similarity: (P, h, w) the method's raw scores, comparable across prompts (the heatmaps
+        are normalised per prompt, so they are not), at any resolution covering the same
+        image (e.g. the patch grid); read at the cell under each peak. None: heatmap values.
     """
     hm = _real_maps(heatmaps)
     if hm.ndim == 2:
@@ -176,12 +218,15 @@ def heatmaps_to_points(
     md = opts["min_distance"] if opts["min_distance"] is not None else max(1, min(H, W) // 20)
     md = min(md, max(H, W))  # a larger distance finds the same peaks, with a footprint as large as it
 
+    strength = _strength(similarity, hm.shape)
+    found = {p: _peaks(m, md, thr[p], max_objects) for p, m in enumerate(hm) if not skipped[p]}
+    found = _drop_shared_peaks(found, hm, strength, md)
     pts, pos, obj, cls, score = [], [], [], [], []
     next_id = 1
     for p, m in enumerate(hm):
         if skipped[p]:
             continue  # e.g. absent: no points at all
-        peaks = _peaks(m, md, thr[p], max_objects)
+        peaks = found[p]
         if len(peaks) == 0:
             continue  # nothing confident for this prompt: no points, no object
         if one_object_per_prompt:
