@@ -304,7 +304,8 @@ def test_an_unwritable_output_folder_is_refused_before_any_model_loads(folder, t
 
 @pytest.mark.parametrize("extra", [["--method", "gemm"], ["--templates", "nope"], ["--input-size", "-1"],
                                    ["--max-objects", "-2"], ["--channels", "0"], ["--sam-kind", "vit_q"],
-                                   ["--absence-value", "0.5"]])
+                                   ["--absence-value", "0.5"], ["--workers", "-2"], ["--workers", "0"],
+                                   ["--threads", "0"]])
 def test_cli_refuses_bad_options_with_exit_2_and_no_traceback(folder, tmp_path, capsys, extra):
     from napari_clipsam.__main__ import batch
 
@@ -403,3 +404,33 @@ def test_an_unknown_clip_tag_is_refused_before_any_image(folder, tmp_path, capsy
                   "--clip-weights", "opnai"])
     err = capsys.readouterr().err
     assert code == 2 and "no pretrained tag 'opnai' for ViT-B-16" in err and "Traceback" not in err
+
+
+def test_a_batch_never_writes_over_an_input_image_nor_a_file_it_did_not_write(tmp_path, capsys):
+    """-o the input folder, where a.png's output name a_labels.tif is one of the inputs: refused.
+    A file of the user's at an output path (a TIFF, a note named like a sidecar) is kept unless
+    --overwrite; a batch's own earlier outputs are replaced without asking."""
+    from napari_clipsam.__main__ import batch
+
+    iio.imwrite(tmp_path / "a.png", data.coins()[::4, ::4])
+    iio.imwrite(tmp_path / "a_labels.tif", data.camera()[::8, ::8])
+    before = (tmp_path / "a_labels.tif").read_bytes()
+    with pytest.raises(ValueError, match=r"a.png's output a_labels.tif would replace the input image .*a_labels.tif"):
+        run_batch(tmp_path, tmp_path, options(formats=(".tif",)), n_workers=1, processes=False)
+    assert (tmp_path / "a_labels.tif").read_bytes() == before and not (tmp_path / "a_labels.tif.json").exists()
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_labels.tif.json").write_text("my notes")
+    args = [str(tmp_path / "a.png"), "-o", str(out), "-p", "cat", "--no-progress", "--in-process",
+            "--models-factory", "batch_models:tiny_models", "--input-size", "128"]
+    assert batch(args) == 2
+    err = capsys.readouterr().err
+    assert "a_labels.tif.json already exists and was not written by a napari-clipsam batch" in err
+    assert "--overwrite" in err and (out / "a_labels.tif.json").read_text() == "my notes"
+    assert batch([*args, "--overwrite"]) == 0 and read_labels(out / "a_labels.tif").classes
+    assert batch([*args, "--threshold", "0.7"]) == 0  # its own outputs: replaced, no flag needed
+    with pytest.raises(TypeError, match="overwrite must be True or False"):
+        run_batch(tmp_path / "a.png", out, options(), overwrite="no")
+    with pytest.raises(ValueError, match="n_workers"):
+        run_batch(tmp_path / "a.png", out, options(), n_workers=-2)

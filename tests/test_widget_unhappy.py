@@ -21,6 +21,29 @@ def run_widget(viewer_widget, qtbot):
 
 
 
+@pytest.mark.parametrize("column, value", [("object_id", np.nan), ("object_id", "x"), ("object_id", 1.5),
+                                           ("object_id", -3), ("positive", "maybe"), ("positive", 2)])
+def test_a_points_feature_value_that_means_nothing_is_named_not_read_as_a_default(qtbot, run_widget,
+                                                                                 column, value):
+    """A value typed into the features table (or set by a script) that is no object id / no
+    True-False was read as the default (object 1 / positive): every object merged into one."""
+    viewer, widget = run_widget
+    pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
+    before = labels.data.copy()
+    feats = pts.features.copy()
+    feats[column] = feats[column].astype(object)
+    feats.loc[1, column] = value
+    pts.features = feats
+    n0 = len(notification_manager.records)
+    moved = pts.data.copy()
+    moved[0] += 7
+    pts.data = moved
+    idle(qtbot, widget)
+    np.testing.assert_array_equal(labels.data, before)
+    new = [str(n.message) for n in notification_manager.records[n0:] if "napari-clipsam" in str(n.message)]
+    assert new and f"'{column}' values that are not" in new[-1] and f"row 1: {value!r}" in new[-1], new
+
+
 @pytest.mark.parametrize("column", ["object_id", "positive", "prompt"])
 @pytest.mark.parametrize("how", ["removed", "renamed"])
 def test_points_layer_with_a_feature_column_removed_or_renamed(qtbot, run_widget, column, how):
@@ -145,3 +168,25 @@ def test_ids_that_do_not_fit_the_labels_dtype_are_a_message_not_a_wrap_around(qt
     idle(qtbot, widget)
     assert "holds uint8 ids (up to 255); object 300 does not fit" in widget.error.value
     np.testing.assert_array_equal(labels.data, before)
+
+
+def test_script_misuse_of_use_models_and_export_labels_is_named(qtbot, run_widget, models, tmp_path):
+    from napari_clipsam.core.export import read_labels
+
+    viewer, widget = run_widget
+    for clip, sam in (("ViT-B-16", None), ((models[0][0],), None), (None, models[0]), (models[1], None),
+                      (None, "vit_b")):
+        with pytest.raises(TypeError, match="must be (\\(open_clip model, tokenizer\\)|a segment-anything Sam)"):
+            widget.use_models(clip=clip, sam=sam)
+    out = tmp_path / "x.tif"
+    widget.export_labels(out, "chelsea labels")  # a layer's name, as napari's API takes it
+    assert read_labels(out).labels.shape == viewer.layers["chelsea labels"].data.shape
+    with pytest.raises(TypeError, match="overwrite must be True or False, got 'no'"):
+        widget.export_labels(out, overwrite="no")
+    with pytest.raises(ValueError, match=r"'chelsea points' is not a labels layer \(it is a Points\)"):
+        widget.export_labels(out, "chelsea points")
+    with pytest.raises(ValueError, match="no layer named 'nope'"):
+        widget.export_labels(out, "nope")
+    widget.close_down()
+    with pytest.raises(RuntimeError, match="widget was closed"):
+        widget.export_labels(tmp_path / "y.tif")

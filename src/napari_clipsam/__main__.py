@@ -89,6 +89,9 @@ def batch_parser() -> argparse.ArgumentParser:
                    help="label exports: .tif .png .npy .json (COCO) .zarr/.ome.zarr (OME-Zarr); default .tif")
     g.add_argument("--points", action="store_true", help="also write each image's points as napari CSV")
     g.add_argument("--no-resume", action="store_true", help="redo images whose outputs already match")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace files at the output paths that napari-clipsam did not write (its own earlier "
+                        "outputs are replaced anyway; input images never)")
     g = p.add_argument_group("dask")
     g.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (tcp://host:8786); "
                                                      "default: a local cluster")
@@ -122,6 +125,9 @@ def batch(argv) -> int:
         if args.absence_value is not None and args.absence_floor is None:
             raise ValueError("--absence-value is the value of an absence floor: give --absence-floor too "
                              "(absolute or quantile)")
+        for flag, value in (("--workers", args.workers), ("--threads", args.threads)):
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} must be 1 or more, got {value}")
         if not str(args.output).strip():
             raise ValueError("--output is empty: give the folder the exports go to")
         absence = None
@@ -141,7 +147,7 @@ def batch(argv) -> int:
     try:
         result = run_batch(args.inputs, args.output, options, scheduler=args.scheduler, n_workers=args.workers,
                            threads_per_worker=args.threads, processes=not args.in_process,
-                           resume=not args.no_resume, progress=not args.no_progress)
+                           resume=not args.no_resume, overwrite=args.overwrite, progress=not args.no_progress)
     except (Cancelled, KeyboardInterrupt):
         print("napari-clipsam batch: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

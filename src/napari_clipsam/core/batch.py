@@ -33,7 +33,7 @@ import numpy as np
 
 from .absence import AbsenceRule
 from .export import LABEL_SUFFIXES, file_sha256, labels_format, read_sidecar, sidecar_path, write_labels
-from .options import whole_number
+from .options import flag, whole_number
 from .progress import Task, as_task
 
 __all__ = ["IMAGE_SUFFIXES", "BatchOptions", "BatchResult", "ModelSpec", "batch_key", "find_images",
@@ -247,6 +247,37 @@ def output_paths(image: Path, output_dir: Path, formats: Sequence[str]) -> list[
     return [Path(output_dir) / f"{stem}_labels{suf}" for suf in formats]
 
 
+def points_path(labels_output: Path) -> Path:
+    """Where ``--points`` writes an image's points CSV, beside its first labels output."""
+    labels_output = Path(labels_output)
+    return labels_output.with_name(labels_output.name.split("_labels")[0] + "_points.csv")
+
+
+def _check_targets(images: Sequence[Path], output_dir: Path, options: BatchOptions, overwrite: bool) -> None:
+    """Refuse, before anything runs, to write over an input image, or over a file that no
+    napari-clipsam export wrote (unless ``overwrite``): a batch replaces its own earlier
+    outputs (those with our sidecar) and nothing else."""
+    inputs = {p.resolve(): p for p in images}
+    foreign = []
+    for im in images:
+        outs = output_paths(im, output_dir, options.formats)
+        targets = [(t, read_sidecar(t) is not None) for o in outs for t in (o, sidecar_path(o))]
+        if options.points:  # ours if it was written with the labels beside it
+            targets.append((points_path(outs[0]), read_sidecar(outs[0]) is not None))
+        for t, ours in targets:
+            if t.resolve() in inputs:
+                raise ValueError(f"{im}'s output {t.name} would replace the input image {inputs[t.resolve()]}; "
+                                 "give another output folder with -o/--output")
+            if not overwrite and not ours and (t.exists() or t.is_symlink()):
+                foreign.append(t)
+    if foreign:
+        names = ", ".join(str(t) for t in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        one = len(foreign) == 1
+        raise ValueError(f"{names} already exist{'s' if one else ''} and {'was' if one else 'were'} "
+                         "not written by a napari-clipsam batch; move them, choose another output folder "
+                         "(-o/--output), or replace them with --overwrite (run_batch(..., overwrite=True))")
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """An image file as an array: tifffile for TIFF, numpy for .npy, imageio for the rest."""
     p = Path(path)
@@ -437,7 +468,7 @@ def process_image(image_path: str, outputs: Sequence[str], options: BatchOptions
             names = [results[0].prompts[i] for i in points.prompt]
             feats = pd.DataFrame({"positive": points.positive.astype(bool), "object_id": points.object_id,
                                   "prompt": names})
-            csv = Path(outputs[0]).with_name(Path(outputs[0]).name.split("_labels")[0] + "_points.csv")
+            csv = points_path(Path(outputs[0]))
             write_points_csv(csv, points.points, feats, overwrite=True)
             row["outputs"].append(str(csv))
         counts: dict[str, int] = {}
@@ -554,6 +585,7 @@ def run_batch(
     threads_per_worker: int | None = None,
     processes: bool = True,
     resume: bool = True,
+    overwrite: bool = False,
     task: Task | None = None,
     progress: bool = False,
 ) -> BatchResult:
@@ -564,6 +596,9 @@ def run_batch(
         with ``processes`` (False: threads in this process, for small runs and tests).
     threads_per_worker: torch threads per worker (each worker runs one image at a time).
     resume: skip images whose outputs already match (see ``batch_key``); False redoes all.
+    overwrite: replace files at the output paths that no napari-clipsam export wrote (our
+        own earlier outputs are always replaced when an image is done again); an input image
+        is never replaced.
     task: ``progress.Task``: reports ("batch", images done, total, "images") and cancels
         (remaining images are dropped, finished ones stay; raises ``Cancelled``).
     progress: show a tqdm bar on stderr.
@@ -572,6 +607,14 @@ def run_batch(
     from distributed import Client, LocalCluster, as_completed
 
     task = as_task(task)
+    for name, value in (("n_workers", n_workers), ("threads_per_worker", threads_per_worker)):
+        if value is not None:
+            whole_number(name, value, 1)
+    for name, value in (("processes", processes), ("resume", resume), ("overwrite", overwrite),
+                        ("progress", progress)):
+        flag(name, value)
+    if not isinstance(options, BatchOptions):
+        raise TypeError(f"options must be a BatchOptions(prompts=..., ...), got {type(options).__name__}")
     output_dir = Path(output_dir).expanduser()
     images = find_images(inputs)
     if not images:
@@ -584,6 +627,7 @@ def run_batch(
                              "rename one or run them into separate output folders")
         stems[name] = im
     _check_output_dir(output_dir)
+    _check_targets(images, output_dir, options, overwrite)
 
     bar = None
     user_cb = task.on_progress

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .options import flag
+
 __all__ = [
     "LABEL_SUFFIXES",
     "SIDECAR_FORMAT",
@@ -625,6 +627,7 @@ def write_labels(
     Returns the written paths: the labels file (or store), then the sidecar if written.
     """
     path = Path(path)
+    overwrite, sidecar = flag("overwrite", overwrite), flag("sidecar", sidecar)
     fmt = labels_format(path)
     arr = _check_labels(labels)
     _mapping(provenance, "provenance", "a dict, e.g. from provenance.build_provenance")
@@ -959,6 +962,7 @@ def write_points_csv(path: str | os.PathLike, points, features=None, *, overwrit
     import pandas as pd
 
     path = Path(path)
+    overwrite = flag("overwrite", overwrite)
     if path.suffix.lower() != ".csv":
         raise ValueError(f"points are written as .csv (napari's points table), got {path.name!r}")
     if path.exists() and not overwrite:

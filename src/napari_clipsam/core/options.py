@@ -8,7 +8,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["optional_whole_number", "unit_interval", "whole_number"]
+__all__ = ["flag", "optional_whole_number", "unit_interval", "whole_number"]
 
 
 def whole_number(name: str, value, minimum: int) -> int:
@@ -45,3 +45,12 @@ def unit_interval(name: str, value) -> float:
 def optional_whole_number(name: str, value, minimum: int) -> int | None:
     """``whole_number``, with None passed through (the option's default)."""
     return None if value is None else whole_number(name, value, minimum)
+
+
+def flag(name: str, value) -> bool:
+    """``value`` as a bool; anything but True/False (``"no"`` is truthy) raises naming ``name``."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .image import to_rgb_uint8
 from .localizers.base import MAX_SINGLE_PASS_TOKENS, Localizer, TokenSimilarityLocalizer
 from .localizers.prompts import check_prompts
-from .options import unit_interval
+from .options import flag, unit_interval
 from .progress import Task, as_task
 
 __all__ = ["PROBE_SUFFIX", "LinearProbe", "ProbeLocalizer", "patch_features", "patch_targets", "probe_path",
@@ -140,6 +140,7 @@ class LinearProbe:
         returns the path. An existing file is replaced only with ``overwrite=True``; a folder
         never."""
         given = Path(path)
+        overwrite = flag("overwrite", overwrite)
         path = probe_path(given)
         for p in (given, path):
             if p.is_dir():

@@ -167,7 +167,8 @@ class ClipSamWidget(AnnotateForm):
 
     # ------------------------------------------------------------------ models
     def use_models(self, clip=None, sam=None) -> None:
-        """Use already-loaded models: clip = (open_clip model, tokenizer), sam = a ``Sam``."""
+        """Use already-loaded models: clip = (open_clip model, tokenizer), sam = a segment-anything
+        ``Sam`` or a sam2 ``SAM2Base``."""
         self.models.use(clip, sam)
 
     def _schedule_ahead(self, *_) -> None:
@@ -584,6 +585,13 @@ class ClipSamWidget(AnnotateForm):
         replaced only with ``overwrite=True``."""
         from ..core.export import classes_from_features, write_labels
 
+        if self.closed:
+            raise RuntimeError("this napari-clipsam widget was closed; open a new one, or use "
+                               "napari_clipsam.core.export.write_labels(path, layer.data)")
+        if isinstance(labels_layer, str):  # a layer's name, as napari's own API takes it
+            if labels_layer not in self.viewer.layers:
+                raise ValueError(f"no layer named {labels_layer!r} in the viewer")
+            labels_layer = self.viewer.layers[labels_layer]
         editor = None
         if labels_layer is None:
             image = self.image.value
@@ -597,7 +605,8 @@ class ClipSamWidget(AnnotateForm):
         else:
             editor = next((e for e in self.editors if e.labels_layer is labels_layer), None)
         if not isinstance(labels_layer, Labels):
-            raise ValueError(f"'{getattr(labels_layer, 'name', labels_layer)}' is not a labels layer")
+            raise ValueError(f"'{getattr(labels_layer, 'name', labels_layer)}' is not a labels layer "
+                             f"(it is a {type(labels_layer).__name__}); pass a labels layer or its name")
         data = np.asarray(labels_layer.data)
         classes, scores = classes_from_features(labels_layer.features, labels_layer.metadata.get("classes", {}))
         prov = provenance(editor, data, classes, scores) if editor is not None else None

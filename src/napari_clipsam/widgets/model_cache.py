@@ -32,7 +32,17 @@ class ModelCache:
         """Use already-loaded models: clip = (open_clip model, tokenizer), sam = a segment-anything
         ``Sam`` or a sam2 ``SAM2Base``."""
         if clip is not None:
-            self.given["clip"] = clip
+            if not (isinstance(clip, (tuple, list)) and len(clip) == 2 and hasattr(clip[0], "encode_image")
+                    and callable(clip[1])):
+                raise TypeError("clip must be (open_clip model, tokenizer), e.g. "
+                                "napari_clipsam.core.models.load_clip(...), got "
+                                f"{type(clip).__name__}{f' of {len(clip)}' if isinstance(clip, (tuple, list)) else ''}")
+        if sam is not None and not (hasattr(sam, "image_encoder") and hasattr(sam, "sam_mask_decoder")
+                                    or hasattr(sam, "image_encoder") and hasattr(sam, "mask_decoder")):
+            raise TypeError("sam must be a segment-anything Sam or a sam2 SAM2Base (e.g. from "
+                            f"napari_clipsam.core.models.load_sam(...)), got {type(sam).__name__}")
+        if clip is not None:
+            self.given["clip"] = tuple(clip)
         if sam is not None:
             self.given["sam"] = sam
 
