@@ -434,3 +434,26 @@ def test_a_batch_never_writes_over_an_input_image_nor_a_file_it_did_not_write(tm
         run_batch(tmp_path / "a.png", out, options(), overwrite="no")
     with pytest.raises(ValueError, match="n_workers"):
         run_batch(tmp_path / "a.png", out, options(), n_workers=-2)
+
+
+def test_an_unreachable_scheduler_is_one_line_with_exit_2(folder, tmp_path, capsys, monkeypatch):
+    from napari_clipsam.__main__ import batch
+
+    monkeypatch.setattr(B, "SCHEDULER_TIMEOUT_S", 1)
+    code = batch([str(folder / "coins.png"), "-o", str(tmp_path / "o"), "-p", "cat", "--no-progress",
+                  "--models-factory", "batch_models:tiny_models", "--scheduler", "tcp://127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot reach the Dask scheduler at tcp://127.0.0.1:1" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", [(["nothere.tif"], "no such file or folder: nothere.tif"),
+                                           (["batsh", "a.png"], "the subcommand is 'napari-clipsam batch")])
+def test_the_launcher_names_a_missing_image_before_opening_a_viewer(argv, message, capsys, monkeypatch):
+    import napari
+
+    from napari_clipsam.__main__ import main
+
+    monkeypatch.setattr(napari, "Viewer", lambda *a, **k: pytest.fail("a viewer was opened"))
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

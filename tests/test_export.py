@@ -571,3 +571,14 @@ def test_damaged_files_are_one_clear_error_naming_them(tmp_path, labels):
     (tmp_path / "c.json").write_text(json.dumps(coco))
     with pytest.raises(ValueError, match=r"c\.json declares an image of 100000 x 100000 pixels"):
         read_labels(tmp_path / "c.json")
+
+
+def test_a_labels_file_of_floats_is_read_as_ids_or_named(tmp_path):
+    """A .npy someone saved as floats: whole numbers become ids (napari's Labels take integers
+    only); fractions are no labels image, said with the file's name."""
+    np.save(tmp_path / "whole.npy", np.array([[0.0, 1.0], [2.0, 2.0]]))
+    out = read_labels(tmp_path / "whole.npy")
+    assert out.labels.dtype == np.int32 and out.labels.tolist() == [[0, 1], [2, 2]]
+    np.save(tmp_path / "half.npy", np.array([[0.0, 0.5], [2.0, 2.0]]))
+    with pytest.raises(ValueError, match=r"half.npy holds float64 values, not label ids"):
+        read_labels(tmp_path / "half.npy")

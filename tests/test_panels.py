@@ -237,6 +237,7 @@ def test_slice_finder_other_axis_and_unhappy(qtbot, docked):
     viewer, widget = docked
     stack = _stack()
     finder = SliceFinder(viewer, widget)
+    assert finder.jump(0) is False and "rank the slices first" in finder.status.value
     viewer.add_image(stack[0], name="flat")
     finder.rank_button.clicked.emit()
     assert finder.status.value.startswith("failed")
@@ -254,6 +255,9 @@ def test_slice_finder_other_axis_and_unhappy(qtbot, docked):
     assert len(finder.scores) == len(stack)
     assert viewer.dims.current_step[2] == finder.ranking[0]
     assert isinstance(layer, Image)
+    for bad in (len(stack), -1, 1.5):
+        assert finder.jump(bad) is False and f"slice {bad!r} is not one of the {len(stack)}" in finder.status.value
+    assert viewer.dims.current_step[2] == finder.ranking[0]
 
 
 def test_probe_heatmaps_for_every_slice_of_a_stack(qtbot, docked):

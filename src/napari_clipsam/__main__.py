@@ -17,6 +17,14 @@ def _launcher(argv) -> None:
     parser.add_argument("--sample", choices=["chelsea", "immunohistochemistry"], default=None,
                         help="open one of the plugin's sample images")
     args = parser.parse_args(argv)
+    import glob
+    from pathlib import Path
+
+    missing = [p for p in args.images if not Path(p).exists() and not glob.has_magic(p)]
+    if missing:
+        hint = ("; to annotate images headless, the subcommand is 'napari-clipsam batch ...'"
+                if missing[0] == args.images[0] and not Path(missing[0]).suffix else "")
+        parser.error(f"no such file or folder: {', '.join(missing)}{hint}")
 
     import napari
 

@@ -247,6 +247,10 @@ def output_paths(image: Path, output_dir: Path, formats: Sequence[str]) -> list[
     return [Path(output_dir) / f"{stem}_labels{suf}" for suf in formats]
 
 
+#: how long to try reaching a scheduler given by address before saying it cannot be reached
+SCHEDULER_TIMEOUT_S = 15
+
+
 def points_path(labels_output: Path) -> Path:
     """Where ``--points`` writes an image's points CSV, beside its first labels output."""
     labels_output = Path(labels_output)
@@ -670,7 +674,11 @@ def run_batch(
         if todo:
             cluster = None
             if scheduler:
-                client = Client(scheduler)
+                try:
+                    client = Client(scheduler, timeout=SCHEDULER_TIMEOUT_S)
+                except (OSError, TimeoutError) as exc:
+                    raise ValueError(f"cannot reach the Dask scheduler at {scheduler} ({type(exc).__name__}); "
+                                     "is it running, and is the address right (tcp://host:8786)?") from exc
                 threads = threads_per_worker
             else:
                 workers, threads = default_cluster_size()

@@ -909,6 +909,7 @@ def read_labels(path: str | os.PathLike, *, label_name: str | None = None) -> La
         labels = np.asarray(labels)
         if labels.ndim < 2 or labels.size == 0:
             raise ValueError(f"it holds no labels image (shape {labels.shape})")
+        labels = _as_label_ids(labels, p)
     except Exception as exc:  # noqa: BLE001 - a damaged file fails in each library its own way (zlib, zarr, ...)
         if isinstance(exc, FileNotFoundError) or (isinstance(exc, ValueError) and str(p) in str(exc)):
             raise
@@ -929,6 +930,19 @@ def read_labels(path: str | os.PathLike, *, label_name: str | None = None) -> La
             else:
                 scores = value or scores
     return LabelsFile(str(p), fmt, labels, classes, scores, dict((info or {}).get("provenance") or {}), info or {})
+
+
+def _as_label_ids(labels: np.ndarray, p: Path) -> np.ndarray:
+    """Labels as integers: whole non-negative floats or bools are converted; anything else is
+    not a labels image (a ValueError naming the file)."""
+    if labels.dtype.kind in "iu":
+        return labels
+    if labels.dtype.kind in "bf":
+        values = labels.astype(np.float64, copy=False)
+        if np.isfinite(values).all() and (values >= 0).all() and (values == np.round(values)).all():
+            top = values.max() if values.size else 0
+            return labels.astype(np.int32 if top <= np.iinfo(np.int32).max else np.int64)
+    raise ValueError(f"{p} holds {labels.dtype} values, not label ids (whole numbers >= 0)")
 
 
 def _read_format(p: Path, fmt: str, label_name: str | None) -> tuple[np.ndarray, dict[int, str], dict[int, float]]:

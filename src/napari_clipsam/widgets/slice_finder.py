@@ -169,12 +169,20 @@ class SliceFinder(PanelBase):
 
     # ------------------------------------------------------------------ jump
     def jump(self, index: int) -> bool:
-        """Move napari's dims to slice ``index`` of the ranked axis (False: the image is gone)."""
+        """Move napari's dims to slice ``index`` of the ranked axis (False: nothing ranked yet,
+        the image is gone, or ``index`` is not one of its slices)."""
+        if self._target is None or not self.ranking:
+            self.fail("rank the slices first")
+            return False
         layer, axis = self._target
         if layer not in self.viewer.layers:
             self.ranking = []
             self.next_button.enabled = False
             self.fail(f"the image '{layer.name}' was removed; rank again")
+            return False
+        n = len(self.scores)
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)) or not 0 <= index < n:
+            self.fail(f"slice {index!r} is not one of the {n} ranked slices (0 to {n - 1})")
             return False
         data_point = np.asarray(layer.world_to_data(np.asarray(self.viewer.dims.point, float)), float)
         data_point[axis] = index
