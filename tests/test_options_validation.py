@@ -274,3 +274,59 @@ def test_more_misuse_is_named_not_taken_for_something_else():
         heatmaps_to_points(np.ones((4, 4), np.complex64))
     with pytest.raises(ValueError, match="no 'suspect' column"):
         drop_suspects(np.ones((2, 2), int), pd.DataFrame({"id": [1]}))
+
+
+def _core_misuse_cases():
+    from napari_clipsam.core import retrieval
+    from napari_clipsam.core.batch import ModelSpec, find_images, read_image
+    from napari_clipsam.core.image import take_displayed_slice
+    from napari_clipsam.core.points import object_point_sets
+    from napari_clipsam.core.progress import as_task
+
+    stack = np.zeros((4, 30, 30), np.uint8)
+    return [
+        (lambda: retrieval.slice_rgb(stack, 10, 0), ValueError, r"slice 10 is not in the stack: axis 0 has 4 slices"),
+        (lambda: retrieval.slice_rgb(stack, 1.5, 0), ValueError, r"index must be a whole number >= 0, got 1\.5"),
+        (lambda: retrieval.slice_rgb(stack, 0, 3), ValueError, r"axis 3 is not an axis of the \(4, 30, 30\) stack"),
+        (lambda: retrieval.rank_slices(stack, "cat", None, None, cache={}), TypeError,
+         r"cache must be an EmbeddingCache\(\)"),
+        (lambda: as_task("x"), TypeError, r"task must be a napari_clipsam.core.progress.Task \(or None\), got str"),
+        (lambda: take_displayed_slice(np.ones(4), None, False), ValueError, r"image data of shape \(4,\), dtype"),
+        (lambda: find_images(None), TypeError, r"inputs must be a folder, a glob pattern, a file or a list"),
+        (lambda: read_image("/nope/x.png"), FileNotFoundError, r"no such image file: /nope/x.png"),
+        (lambda: ModelSpec("ViT-B-16", None, "vit_b", None, "tpu"), ValueError, r"unknown device 'tpu'"),
+        (lambda: ModelSpec("ViT-B-16", None, "vit_b", None, None, "fp8"), ValueError, r"unknown precision 'fp8'"),
+        (lambda: object_point_sets(None), TypeError, r"prompts must be PointPrompts"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(11))
+def test_core_functions_name_what_was_wrong(case):
+    call, error, message = _core_misuse_cases()[case]
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_decode_names_a_box_that_is_not_four_numbers():
+    from napari_clipsam.core.segment import SamSession
+
+    from tiny_sam import build_tiny_sam
+
+    session = SamSession(build_tiny_sam())
+    session.set_image(np.zeros((20, 20, 3), np.uint8))
+    for box in ((1, 2, 3), "abcd", [[1, 2], [3]]):
+        with pytest.raises(ValueError, match=r"box must be 4 numbers \(row0, col0, row1, col1\)"):
+            session.decode([[5, 5]], [1], box)
+
+
+def test_points_csv_is_never_written_with_values_its_reader_refuses(tmp_path):
+    from napari_clipsam.core.export import write_points_csv
+
+    with pytest.raises(ValueError, match=r"point 0 has non-finite coordinates \[nan, 1.0\]"):
+        write_points_csv(tmp_path / "p.csv", np.array([[np.nan, 1.0]]))
+    for col, value, what in (("positive", "maybe", "True or False"), ("object_id", 1.5, "whole numbers >= 0")):
+        feats = {"positive": [True], "object_id": [1], "prompt": ["cat"]}
+        feats[col] = [value]
+        with pytest.raises(ValueError, match=rf"the '{col}' feature of point 0 is {value!r}, not {what}"):
+            write_points_csv(tmp_path / "p.csv", np.array([[1.0, 2.0]]), pd.DataFrame(feats))
+    assert not (tmp_path / "p.csv").exists()

@@ -62,10 +62,12 @@ class ModelSpec:
     def __post_init__(self):
         """Names and local files are checked here, before a cluster starts (workers share the
         client's paths)."""
-        from .models import _looks_like_path, check_clip_name, check_sam_kind
+        from .models import _looks_like_path, check_clip_name, check_sam_kind, resolve_precision
         from .sam_backends import default_sam_kind
 
         check_clip_name(self.clip_name)
+        _check_device_name(self.device)
+        resolve_precision(self.precision, "cpu")  # names a wrong one; the device is the workers'
         if self.sam_kind is None:
             cpu = self.device in (None, "", "auto", "cpu")  # an explicit accelerator may be the workers', not ours
             object.__setattr__(self, "sam_kind", default_sam_kind(self.device) if cpu else "vit_b")
@@ -207,6 +209,16 @@ def _models_description(models) -> dict:
             "pickle_sha256": hashlib.sha256(pickle.dumps(models)).hexdigest()}
 
 
+def _check_device_name(device) -> None:
+    """A device the workers will resolve (their CUDA may not be this machine's): only its name."""
+    if device in (None, "", "auto"):
+        return
+    name = str(device) if isinstance(device, str) else None
+    kind, _, index = (name or "").partition(":")
+    if name is None or kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()):
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+
+
 def batch_key(options: BatchOptions, image_sha256: str) -> str:
     """What an export must have been made with to count as done: the options (models
     included) and the image's bytes."""
@@ -220,6 +232,8 @@ def find_images(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list
     """A folder (its image files, sorted), a glob pattern, a file, or a list of these."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
+    elif not isinstance(inputs, Iterable) or isinstance(inputs, (bytes, Mapping)):
+        raise TypeError(f"inputs must be a folder, a glob pattern, a file or a list of these, got {inputs!r}")
     out: list[Path] = []
     for item in inputs:
         s = os.fspath(item)
@@ -285,6 +299,10 @@ def _check_targets(images: Sequence[Path], output_dir: Path, options: BatchOptio
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """An image file as an array: tifffile for TIFF, numpy for .npy, imageio for the rest."""
     p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no such image file: {p}")
+    if p.is_dir() and not p.name.endswith(".zarr"):
+        raise IsADirectoryError(f"{p} is a folder, not an image file; give the folder to find_images/run_batch")
     suffix = p.suffix.lower()
     if suffix in (".tif", ".tiff"):
         import tifffile

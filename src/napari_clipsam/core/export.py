@@ -984,6 +984,10 @@ def write_points_csv(path: str | os.PathLike, points, features=None, *, overwrit
     if points is None or not hasattr(points, "__len__"):
         raise TypeError(f"points must be an (N, D) array of coordinates, got {type(points).__name__}")
     pts = np.asarray(points, dtype=np.float64).reshape(len(points), -1) if len(points) else np.zeros((0, 2))
+    if not np.isfinite(pts).all():
+        row = int(np.flatnonzero(~np.isfinite(pts).all(axis=1))[0])
+        raise ValueError(f"point {row} has non-finite coordinates {pts[row].tolist()}; points are written as "
+                         "finite numbers (delete or move it)")
     df = pd.DataFrame(pts, columns=[f"axis-{i}" for i in range(pts.shape[1])])
     df.insert(0, "index", np.arange(len(df)))
     if features is not None:
@@ -992,6 +996,15 @@ def write_points_csv(path: str | os.PathLike, points, features=None, *, overwrit
             raise ValueError(f"{len(feats)} feature rows for {len(df)} points")
         for col in feats.columns:
             df[str(col)] = feats[col].to_numpy()
+        checks = {"positive": ("True or False", lambda v: isinstance(v, bool) or v in (0, 1)),
+                  "object_id": ("whole numbers >= 0", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                                and np.isfinite(v) and v >= 0 and float(v).is_integer())}
+        for col, (what, ok) in checks.items():
+            if col in df:
+                values = df[col].tolist()
+                bad = [i for i, v in enumerate(values) if not ok(v)]
+                if bad:
+                    raise ValueError(f"the '{col}' feature of point {bad[0]} is {values[bad[0]]!r}, not {what}")
     atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
     return [str(path)]
 

@@ -50,7 +50,7 @@ def take_displayed_slice(data, point: Sequence[float] | None, rgb: bool) -> np.n
     spatial_ndim = data.ndim - (1 if rgb else 0)
     if spatial_ndim < 2:
         raise ValueError(
-            f"image data with {_describe(np.asarray(data[:0]) if data.ndim else np.asarray(data))} "
+            f"image data of shape {tuple(data.shape)}{' (RGB)' if rgb else ''}, dtype {data.dtype}, "
             "has fewer than two spatial dimensions; an image layer needs at least (rows, columns)"
         )
     n_lead = spatial_ndim - 2

@@ -259,6 +259,9 @@ def object_point_sets(prompts: PointPrompts) -> dict[int, tuple[np.ndarray, np.n
     An object gets its own points plus its prompt's shared negatives (object id 0). Objects
     without a positive point are dropped (SAM needs something to segment).
     """
+    if not isinstance(prompts, PointPrompts):
+        raise TypeError(f"prompts must be PointPrompts(points=..., positive=..., object_id=...), "
+                        f"got {type(prompts).__name__}")
     out: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
     for oid in np.unique(prompts.object_id):
         if oid == 0:

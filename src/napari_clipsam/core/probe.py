@@ -294,6 +294,10 @@ def train_probe(
     task = as_task(task)
     if not examples:
         raise ValueError("no examples: give at least one (image, labels, classes)")
+    for i, ex in enumerate(examples):
+        if not (isinstance(ex, (tuple, list)) and len(ex) == 3 and isinstance(ex[2], Mapping)):
+            raise TypeError(f"example {i} must be (image, labels, classes {{id: prompt}}), got "
+                            f"{type(ex).__name__}{f' of {len(ex)}' if isinstance(ex, (tuple, list)) else ''}")
     if classes is None:
         seen: list[str] = []
         for _, _, cls in examples:

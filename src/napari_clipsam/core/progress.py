@@ -87,4 +87,8 @@ class Task:
 
 def as_task(task: Task | None) -> Task:
     """``task``, or a silent task that is never cancelled (for callers that pass none)."""
-    return task if task is not None else Task()
+    if task is None:
+        return Task()
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a napari_clipsam.core.progress.Task (or None), got {type(task).__name__}")
+    return task

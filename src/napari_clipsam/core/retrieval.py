@@ -85,7 +85,15 @@ def embed_rgb(localizer, rgb: np.ndarray) -> torch.Tensor:
 def slice_rgb(stack: np.ndarray, index: int, axis: int, *, rgb: bool | None = None,
               contrast_limits: Sequence[float] | None = None) -> np.ndarray:
     """Plane ``index`` along ``axis`` of ``stack`` as (H, W, 3) uint8."""
-    plane = np.take(stack, int(index), axis=axis)
+    shape = tuple(np.shape(stack))
+    axis = whole_number("axis", axis, 0)
+    if axis >= len(shape):
+        raise ValueError(f"axis {axis} is not an axis of the {shape} stack (0 to {len(shape) - 1})")
+    index = whole_number("index", index, 0)
+    if index >= shape[axis]:
+        raise ValueError(f"slice {index} is not in the stack: axis {axis} has {shape[axis]} slices (0 to "
+                         f"{shape[axis] - 1})")
+    plane = np.take(stack, index, axis=axis)
     if plane.ndim > (3 if rgb else 2) and not (rgb is None and plane.ndim == 3 and plane.shape[-1] in (3, 4)):
         raise ValueError(f"a plane along axis {axis} of a {np.shape(stack)} stack is {plane.shape}, not 2D; "
                          "give a 3D stack (or RGB frames with rgb=True)")
@@ -134,6 +142,8 @@ def rank_slices(
     ``np.argsort(-scores)`` is the ranking, best first.
     """
     task = as_task(task)
+    if cache is not None and not isinstance(cache, EmbeddingCache):
+        raise TypeError(f"cache must be an EmbeddingCache() (kept across calls) or None, got {type(cache).__name__}")
     stack, axis = _check_stack(stack, axis, rgb)
     loc = get_localizer("raw", clip_model, tokenizer, templates=templates, input_size=None)
     if isinstance(query, str):

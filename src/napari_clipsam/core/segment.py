@@ -244,7 +244,10 @@ class SamSession:
                 raise ValueError(f"candidate must be 0, 1 or 2 (SAM's three masks) or None, got {candidate}")
         sam_box = None
         if box is not None:
-            r0, c0, r1, c1 = (float(v) for v in box)
+            try:
+                r0, c0, r1, c1 = np.asarray(box, dtype=np.float64).reshape(4).tolist()
+            except (TypeError, ValueError):
+                raise ValueError(f"box must be 4 numbers (row0, col0, row1, col1), got {box!r}") from None
             if not np.isfinite([r0, c0, r1, c1]).all():
                 raise ValueError(f"box {box} has NaN/inf corners")
             h, w = self.image_shape
