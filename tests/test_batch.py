@@ -261,6 +261,8 @@ BAD_OPTIONS = [
     ({"channel_axis": 1.0}, TypeError, "channel_axis must be an axis number"),
     ({"points": "yes"}, TypeError, "points must be True or False"),
     ({"models": "vit_b"}, TypeError, "models must be a ModelSpec"),
+    ({"window": 5, "models": B.ModelSpec("ViT-B-16", None, "vit_b")}, ValueError,
+     "window must be at least the patch size 16 px of ViT-B-16, got 5"),
 ]
 
 

@@ -178,6 +178,13 @@ class BatchOptions:
         if not (isinstance(self.models, ModelSpec) or callable(self.models)):
             raise TypeError(f"models must be a ModelSpec or a callable returning (clip, tokenizer, sam), "
                             f"got {self.models!r}")
+        if self.window is not None and isinstance(self.models, ModelSpec):  # the localizer checks it too, later
+            from .models import clip_patch_size
+
+            patch = clip_patch_size(self.models.clip_name)
+            if patch and int(self.window) < patch:
+                raise ValueError(f"window must be at least the patch size {patch} px of {self.models.clip_name}, "
+                                 f"got {self.window}")
 
     def localizer_kwargs(self) -> dict:
         kw = dict(self.localizer_params)

@@ -264,6 +264,18 @@ def check_clip_name(name: str) -> None:
         raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models() (e.g. 'ViT-B-16')")
 
 
+def clip_patch_size(name: str) -> int | None:
+    """The image patch size of open_clip model ``name`` from its config (32 for ResNets'
+    total stride), without building it; None if the config does not say."""
+    import open_clip
+
+    vision = (open_clip.get_model_config(name) or {}).get("vision_cfg") or {}
+    if isinstance(vision.get("layers"), (list, tuple)):
+        return 32
+    patch = vision.get("patch_size")
+    return int(patch) if isinstance(patch, int) else None
+
+
 def load_clip(name: str = "ViT-B-16", pretrained: str | os.PathLike | None = "openai", device: str | None = None,
               *, precision: str = "auto", task: Task | None = None, quick_gelu: bool | None = None):
     """Load an open_clip model and its tokenizer.
