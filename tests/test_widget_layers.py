@@ -322,3 +322,22 @@ def test_a_slice_of_a_rotated_stack_lands_on_its_slice(qtbot, docked):
     _assert_placed(heat, img, [(0, 0, 0), (0, gh - 1, gw - 1), (0, 1.5, 2.25)],
                    lambda x: f * x + (f - 1) / 2 + [2, 0, 0])
     _assert_placed(viewer.layers["stack labels"], img, [(2, 3, 4), (1, 10, 20)], lambda x: x)
+
+
+def test_a_rerun_without_a_prompt_hides_its_old_heatmap(qtbot, docked):
+    """'cat, sofa' then 'cat': the sofa heatmap is an earlier run's. Shown beside the new one it
+    looked current; it is hidden (kept: deleting is the user's call), and the status says so.
+    Another image's heatmaps and a user's layer are left alone."""
+    viewer, widget = docked
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    other = viewer.add_image(data.camera()[::4, ::4], name="camera")
+    _run(qtbot, widget, other, "sofa")
+    mine = viewer.add_image(np.zeros((4, 4)), name="chelsea heatmap [dog]", metadata={"prompt": "dog"})
+    _run(qtbot, widget, img, "cat\nsofa")
+    _run(qtbot, widget, img, "cat")
+    assert viewer.layers["chelsea heatmap [cat]"].visible
+    assert not viewer.layers["chelsea heatmap [sofa]"].visible
+    assert viewer.layers["camera heatmap [sofa]"].visible and mine.visible
+    assert "hid 1 heatmap of earlier prompts" in widget.status.value, widget.status.value
+    _run(qtbot, widget, img, "cat\nsofa")
+    assert viewer.layers["chelsea heatmap [sofa]"].visible  # the prompt is back: so is its map

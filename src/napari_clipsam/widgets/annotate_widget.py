@@ -397,6 +397,7 @@ class ClipSamWidget(AnnotateForm):
                 yield
                 if not self._still_there(image_layer):
                     return
+            stale = RW.hide_other_heatmaps(self.viewer, image_layer, list(results[-1][1].prompts))
             editor = self.editor_for(image_layer)
             if editor is not None and editor.shape_problem() is not None:
                 self._retire(editor)  # the image's data changed shape since: new layers, the old ones kept
@@ -449,6 +450,8 @@ class ClipSamWidget(AnnotateForm):
             show_info(f"napari-clipsam: no points for {absent}: below the absence floor or the minimum presence "
                       "(their heatmaps are added hidden)")
         note = f"; kept {kept} hand-painted pixels" if kept else ""
+        if stale:
+            note += f"; hid {len(stale)} heatmap{'s' if len(stale) > 1 else ''} of earlier prompts"
         if edited:
             note += "; the point edits made while it ran were replaced by its points"
         self.show_status(f"done: {len(results[-1][1].prompts)} heatmaps, {n_points} points, "

@@ -98,6 +98,20 @@ def heatmap_layers(image_layer, results, *, full_resolution: bool = False) -> li
     return out
 
 
+def hide_other_heatmaps(viewer, image_layer, prompts) -> list[str]:
+    """Hide the image's heatmap layers of prompts that are not in ``prompts`` (an earlier run's:
+    shown beside the new ones they look current). Kept, not removed: they are the user's to
+    delete. Returns their names."""
+    hidden = []
+    for layer in viewer.layers:
+        if (LW.is_ours(layer) and layer.metadata.get("image_id") == id(image_layer) and layer.visible
+                and "prompt" in layer.metadata and "heatmap" in layer.metadata.get(LW.BASE_NAME_KEY, "")
+                and layer.metadata["prompt"] not in prompts):
+            layer.visible = False
+            hidden.append(layer.name)
+    return hidden
+
+
 def slim(result) -> None:
     """Drop what the viewer does not need of a plane's ``Annotation`` once its points and
     grid maps are made: the image-size heatmaps (None; 4 bytes a pixel per prompt) and the
