@@ -639,3 +639,26 @@ def test_a_dock_opened_again_goes_on_with_the_closed_ones_annotation(qtbot, dock
     np.testing.assert_array_equal(labels.data[4][~painted],
                                   expected_labels(Oracle(models[1], plane4), pts, on(4))[~painted])
     assert set(labels.features["class"][labels.features["index"] > 0]) == {"cat", "sofa"}
+
+
+def test_the_tools_open_below_the_widget_and_close_with_it(qtbot, docked):
+    """The tools dock under the main widget (as tabs of it, they hid it), Verify in front; closing
+    the main widget closes them (they used its models: left open, Verify tried to load the
+    real CLIP weights)."""
+    from qtpy.QtWidgets import QApplication
+
+    viewer, widget = docked
+    viewer.show()
+    tools = widget.open_tools()
+    QApplication.processEvents()
+    docks = {name: panel.native.parent() for name, panel in tools.items()}
+    window = docks["Verify masks"].parent()
+    main = widget.native.parent()
+    assert window.tabifiedDockWidgets(main) == []  # the widget stays in view
+    assert {d.windowTitle() for d in window.tabifiedDockWidgets(docks["Verify masks"])} == {
+        docks["Few-shot probe"].windowTitle(), docks["Find slice"].windowTitle()}
+    viewer.window.remove_dock_widget(widget.native)  # the main dock's X
+    QApplication.processEvents()
+    assert widget.closed and widget.tools == {}
+    assert not any(panel.native.isVisible() for panel in tools.values())
+    assert not any(name in viewer.window.dock_widgets for name in tools)

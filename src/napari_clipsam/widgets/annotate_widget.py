@@ -60,6 +60,7 @@ class ClipSamWidget(AnnotateForm):
         self.export_button.changed.connect(self._export_dialog)
         self.tools_button.changed.connect(self.open_tools)
         self.tools: dict = {}  # name -> panel, once opened
+        self._tool_docks: list = []  # their napari dock widgets
         #: optional callable applied to each run's localizer (e.g. a few-shot probe's
         #: ``LinearProbe.localizer``); None runs the method as chosen
         self.localizer_wrapper = None
@@ -112,6 +113,14 @@ class ClipSamWidget(AnnotateForm):
                 KS.keep(editor, with_layers=True)  # a widget opened later goes on from here
         self.editors = []
         self.models.release()  # CLIP and SAM leave memory with the widget
+        for panel in self.tools.values():  # they work with this widget's models and options
+            panel.cancel()
+        for dock in self._tool_docks:
+            try:
+                self.viewer.window.remove_dock_widget(dock)
+            except (LookupError, RuntimeError, AttributeError):  # the window is closing, or the user closed it
+                pass
+        self.tools, self._tool_docks = {}, []
         layers = self.viewer.layers
         for emitter in (layers.events.inserted, layers.events.removed, layers.events.moved):
             emitter.disconnect(self._layers_changed)
@@ -573,10 +582,18 @@ class ClipSamWidget(AnnotateForm):
         from .slice_finder import SliceFinder
         from .verify_panel import VerifyPanel
 
+        first = None
         for cls, name in ((VerifyPanel, "Verify masks"), (ProbePanel, "Few-shot probe"), (SliceFinder, "Find slice")):
             if name not in self.tools:
                 self.tools[name] = cls(self.viewer, self)
-                self.viewer.window.add_dock_widget(self.tools[name], name=name, tabify=True)
+                # below this widget (not a tab of it: it stays in view), the three tabbed together
+                dock = self.viewer.window.add_dock_widget(self.tools[name], name=name)
+                if self._tool_docks:
+                    dock.parent().tabifyDockWidget(self._tool_docks[0], dock)  # Qt's QMainWindow
+                self._tool_docks.append(dock)
+                first = first or self._tool_docks[0]
+        if first is not None:
+            first.raise_()  # Verify in front, as the button's label reads
         return self.tools
 
     # ------------------------------------------------------------------ export
