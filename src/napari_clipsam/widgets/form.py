@@ -118,6 +118,7 @@ class AnnotateForm(Container):
                                 tooltip="One prompt per line, e.g. 'nucleus'. Each becomes a heatmap and a class.\n"
                                         "Synonyms of one class on one line, separated by ';': 'cell; nucleus'.")
         self.prompts.native.setMaximumHeight(70)
+        self.prompts.native.setPlaceholderText("e.g. nucleus (one prompt per line)")
         self.method = ComboBox(label="method", choices=list(LOCALIZERS), value="gem")
         self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.01, value=0.6,
                                      tooltip="Heatmap value a peak needs to become a positive point.")
@@ -207,6 +208,8 @@ class AnnotateForm(Container):
         ])
         self.more.margins = (0, 0, 0, 0)
         self.more_options = QCollapsible("More options")
+        self.more_options.setCollapsedIcon("▸")  # pointing at what opens, as in most toolkits
+        self.more_options.setExpandedIcon("▾")
         self.more_options.setToolTip("Models and local files, nD slices, channels, templates and background "
                                      "prompts, resolution and windows for large images, absence checks")
         # its fields scroll inside a bounded area: expanded, they must not push Run and Export
