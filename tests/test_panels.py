@@ -151,7 +151,9 @@ def test_probe_trained_saved_loaded_same_heatmap(qtbot, tmp_path, docked):
     other_file.write_bytes(b"not a probe")
     panel.path.value = other_file
     assert panel.save() is None and other_file.read_bytes() == b"not a probe"
-    assert "already exists" in panel.status.value
+    assert "exists and is not a probe file; choose another file name" in panel.status.value
+    assert "overwrite=True" not in panel.status.value  # a GUI user cannot pass it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports", "notes.npz"]  # no temporary file left
     panel.path.value = path
 
     other = ProbePanel(viewer, widget)

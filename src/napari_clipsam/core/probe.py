@@ -150,9 +150,12 @@ class LinearProbe:
             raise FileExistsError(f"{path} already exists: choose another name, or pass overwrite=True to replace it")
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = dict(format=_FORMAT, classes=list(self.classes), info=self.info)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, weight=self.weight, bias=self.bias, meta=np.array(json.dumps(meta)))
-        tmp.replace(path)
+        from .export import atomic_write
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:  # a file object: numpy adds no ".npz" to the temporary name
+                np.savez_compressed(fh, weight=self.weight, bias=self.bias, meta=np.array(json.dumps(meta)))
+        atomic_write(path, write)
         return path
 
     @classmethod

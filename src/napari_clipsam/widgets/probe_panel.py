@@ -145,6 +145,9 @@ class ProbePanel(PanelBase):
             again = False
         try:
             path = self.probe.save(self.path.value, overwrite=again)
+        except FileExistsError:
+            self.fail(f"{target.name} exists and is not a probe file; choose another file name")
+            return None
         except OSError as exc:
             self.fail(f"could not write the probe: {exc}")
             return None
