@@ -108,3 +108,18 @@ def test_peaks_of_two_prompts_on_one_spot_become_one_object_of_the_stronger_prom
     assert sorted(pts.prompt.tolist()) == [0, 0, 1]
     with pytest.raises(ValueError, match=r"similarity must be \(2, h, w\): one map per heatmap"):
         heatmaps_to_points(heat, similarity=grid[:1])
+
+
+def test_a_prompt_that_loses_its_peak_to_another_gets_its_next_one():
+    """max_objects=1: 'b' peaks highest on 'a''s spot and loses it there (a's similarity is
+    higher); its next peak, elsewhere, is its object."""
+    shape = (60, 80)
+    a = _blob(shape, (20, 20), 1.0)
+    b = _blob(shape, (20, 21), 1.0) + _blob(shape, (45, 65), 0.7)
+    heat = np.stack([a, b]).astype(np.float32)
+    heat /= heat.max(axis=(1, 2), keepdims=True)
+    grid = np.zeros((2, 6, 8), np.float32)
+    grid[0, 2, 2], grid[1, 2, 2] = 0.3, 0.2
+    pts = heatmaps_to_points(heat, threshold=0.5, min_distance=5, negatives=0, max_objects=1, similarity=grid)
+    got = sorted((int(p), tuple(np.round(rc).astype(int))) for p, rc in zip(pts.prompt, pts.points))
+    assert got == [(0, (20, 20)), (1, (45, 65))]

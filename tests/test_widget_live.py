@@ -624,6 +624,9 @@ def test_a_dock_opened_again_goes_on_with_the_closed_ones_annotation(qtbot, dock
     slice2, points2 = labels.data[2].copy(), pts.data[on(2)(pts.data)].copy()
     labels.data_setitem((np.full(200, 4), *np.mgrid[0:10, 0:20].reshape(2, -1)), 77)
     viewer.window.remove_dock_widget(widget.native)
+    closed_paint = int(labels.data.max()) + 1  # napari's "new label", painted while no widget is open
+    labels.data_setitem((np.full(50, 2), *np.mgrid[100:105, 100:110].reshape(2, -1)), closed_paint)
+    slice2 = labels.data[2].copy()
     _, fresh = viewer.window.add_plugin_dock_widget("napari-clipsam", "Annotate from words")
     assert fresh is not widget and widget.closed
     fresh.use_models(clip=models[0], sam=models[1])
@@ -639,6 +642,13 @@ def test_a_dock_opened_again_goes_on_with_the_closed_ones_annotation(qtbot, dock
     np.testing.assert_array_equal(labels.data[4][~painted],
                                   expected_labels(Oracle(models[1], plane4), pts, on(4))[~painted])
     assert set(labels.features["class"][labels.features["index"] > 0]) == {"cat", "sofa"}
+    viewer.dims.set_point(0, 2)
+    fresh.new_object()
+    pts.add(np.array([[2.0, 60.0, 60.0]]))
+    idle(qtbot, fresh)
+    assert int(pts.features["object_id"].iloc[-1]) != closed_paint
+    assert closed_paint not in set(pts.features["object_id"].tolist()[:-1])  # nor the re-run's objects
+    assert (labels.data[2][100:105, 100:110] == closed_paint).all()
 
 
 def test_the_tools_open_below_the_widget_and_close_with_it(qtbot, docked):
@@ -662,3 +672,65 @@ def test_the_tools_open_below_the_widget_and_close_with_it(qtbot, docked):
     assert widget.closed and widget.tools == {}
     assert not any(panel.native.isVisible() for panel in tools.values())
     assert not any(name in viewer.window.dock_widgets for name in tools)
+
+
+def _two_slices(qtbot, docked):
+    """The stack annotated with 'cat' on slices 2 and 4: (viewer, widget, image, labels, points)."""
+    viewer, widget = docked
+    img = viewer.add_image(_stack(), name="stack")
+    for z in (2, 4):
+        viewer.dims.set_point(0, z)
+        _run(qtbot, widget, img, "cat")
+    return viewer, widget, img, viewer.layers["stack labels"], viewer.layers["stack points"]
+
+
+def test_painting_on_a_slice_not_yet_annotated_keeps_its_id(qtbot, docked, models):
+    """napari's "new label" (max + 1) painted on slice 3, which the plugin never wrote: a run
+    there numbers its objects around it (the mask of a new object with that id would merge with
+    the painting and give it a class)."""
+    viewer, widget, img, labels, pts = _two_slices(qtbot, docked)
+    painted = int(labels.data.max()) + 1
+    labels.data_setitem((np.full(200, 3), *np.mgrid[0:10, 0:20].reshape(2, -1)), painted)
+    viewer.dims.set_point(0, 3)
+    _run(qtbot, widget, img, "sofa")
+    on3 = np.round(pts.data[:, 0]) == 3
+    assert on3.any() and painted not in set(pts.features["object_id"][on3].tolist())
+    block = np.zeros(labels.data.shape[1:], bool)
+    block[0:10, 0:20] = True
+    assert (labels.data[3][block] == painted).all() and not (labels.data[3][~block] == painted).any()
+    plane3 = np.repeat(_stack()[3][..., None], 3, axis=-1)
+    expected = expected_labels(Oracle(models[1], plane3), pts, lambda d: np.round(d[:, 0]) == 3)
+    np.testing.assert_array_equal(labels.data[3][~block], expected[~block])
+
+
+def test_an_id_painted_at_the_dtypes_maximum_blocks_no_rerun_and_no_new_object(qtbot, docked, models):
+    viewer, widget, pts, labels, oracle = _chelsea(qtbot, docked, models)
+    top = np.iinfo(labels.data.dtype).max
+    labels.data_setitem((np.array([0]), np.array([0])), top)
+    widget.prompts.value = "sofa"
+    widget.run()
+    idle(qtbot, widget)
+    assert "done" in widget.status.value, widget.status.value
+    assert labels.data[0, 0] == top and 0 < int(pts.features["object_id"].max()) < 100
+    widget.new_object()
+    pts.add(np.array([[150.0, 30.0]]))
+    idle(qtbot, widget)
+    new = int(pts.features["object_id"].iloc[-1])
+    assert new < 100 and new not in set(pts.features["object_id"].iloc[:-1].tolist())
+    np.testing.assert_array_equal((labels.data == new), expected_labels(oracle, pts) == new)
+
+
+def test_slices_whose_points_were_deleted_keep_their_ids_and_classes(qtbot, docked):
+    """Delete the points layer, re-run slice 4 with 'sofa': slice 2's masks (now counted as
+    painted) keep their ids and 'cat', and slice 4's new objects take other ids."""
+    viewer, widget, img, labels, pts = _two_slices(qtbot, docked)
+    slice2 = labels.data[2].copy()
+    ids2 = set(np.unique(slice2).tolist()) - {0}
+    viewer.layers.remove(pts)
+    viewer.dims.set_point(0, 4)
+    _run(qtbot, widget, img, "sofa")
+    np.testing.assert_array_equal(labels.data[2], slice2)
+    ids4 = set(np.unique(labels.data[4]).tolist()) - {0}
+    assert ids2 and ids4 and not ids2 & ids4
+    table = labels.features.set_index("index")
+    assert {table.at[i, "class"] for i in ids2} == {"cat"} and {table.at[i, "class"] for i in ids4} == {"sofa"}

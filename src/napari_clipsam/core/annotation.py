@@ -241,6 +241,9 @@ class PlaneAnnotation:
     #: composition, as (rows, cols, values): still the plugin's, not painted by hand; the next
     #: update redraws them from the objects (see ``settle`` and ``adopt``)
     replayed: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    #: every label id the user painted with on this plane (0 aside), as strokes are noted: ids a
+    #: new object must not take (kept after an erase: a superset is safe, and costs no scan)
+    painted_ids: set = field(default_factory=set)
     #: the user's pixels and their values when ``settle`` ran (for ``adopt``)
     _settled: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
@@ -251,7 +254,11 @@ class PlaneAnnotation:
         rows = np.unpackbits(self.user_painted[r0:r1], axis=1, count=self.shape[1])
         return rows[:, c0:c1].view(bool)
 
-    def _remember_user(self, region, users: np.ndarray) -> None:
+    def _remember_user(self, region, users: np.ndarray, values: np.ndarray | None = None) -> None:
+        """Mark ``users`` (a bool mask over ``region``) as the user's; ``values``: what they
+        hold (same shape as ``users``), for ``painted_ids``."""
+        if values is not None and users.any():
+            self.painted_ids |= {int(v) for v in np.unique(np.asarray(values)[users]) if v}
         if not users.any() and self.user_painted is None:
             return
         r0, c0, r1, c1 = region
@@ -268,13 +275,14 @@ class PlaneAnnotation:
             return np.zeros(len(rows), bool)
         return ((self.user_painted[rows, cols // 8] >> (7 - cols % 8)) & 1).astype(bool)
 
-    def user_ids(self, now: np.ndarray) -> set[int]:
-        """The label ids (not 0) that the user's pixels hold in ``now``, this plane of the
-        labels layer."""
-        if self.user_painted is None:
-            return set()
-        bits = np.unpackbits(self.user_painted, axis=1, count=self.shape[1]).view(bool)
-        return {int(v) for v in np.unique(np.asarray(now)[bits]) if v}
+    def hand_over(self) -> None:
+        """The objects' pixels become the user's (their points are gone): no update redraws or
+        clears them, and their ids stay taken (``painted_ids``)."""
+        region = self.region_of(self.objects.values())
+        if region is not None:
+            written = self.compose(region)
+            self._remember_user(region, written != 0, written)
+        self.objects = {}
 
     def forget_user(self, rows: np.ndarray, cols: np.ndarray) -> None:
         """Pixels (rows, cols) are the plugin's again (an undone stroke had made them the user's)."""
@@ -333,7 +341,8 @@ class PlaneAnnotation:
         region = self._clip(region)
         if region is not None:
             r0, c0, r1, c1 = region
-            self._remember_user(region, np.asarray(now)[r0:r1, c0:c1] != self.written(region))
+            now = np.asarray(now)[r0:r1, c0:c1]
+            self._remember_user(region, now != self.written(region), now)
 
     def note_pixels(self, rows: np.ndarray, cols: np.ndarray, values) -> None:
         """A stroke set plane pixels (rows, cols) to ``values``: those that differ from what
@@ -349,8 +358,10 @@ class PlaneAnnotation:
         region = (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1)
         written = self.written(region)
         users = np.zeros(written.shape, bool)
+        held = np.zeros(written.shape, np.int64)
         users[rows - region[0], cols - region[1]] = values != written[rows - region[0], cols - region[1]]
-        self._remember_user(region, users)
+        held[rows - region[0], cols - region[1]] = values
+        self._remember_user(region, users, held)
 
     def settle(self, now: np.ndarray, region: tuple[int, int, int, int] | None = None) -> None:
         """``note_painting`` over ``region`` (default all: the part an undo or redo is about
@@ -439,7 +450,7 @@ class PlaneAnnotation:
             users |= self._user_region(region)
         painted = bool(users.any())  # usually not: then the plugin's labels simply replace the old
         if painted:
-            self._remember_user(region, users)
+            self._remember_user(region, users, now)
         target = np.where(users, now, after) if painted else after
         diff = target != now
         rr, cc = np.nonzero(diff)
@@ -523,6 +534,22 @@ class SamQueue:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+def free_ids(count: int, taken: Iterable[int], limit: int = 2**31 - 1) -> list[int]:
+    """``count`` positive ids not in ``taken``: the ones right above its largest (no id is
+    reused, as napari's "new label"), or, where those pass ``limit`` (the labels' dtype; an
+    id painted near its maximum), the smallest free ones."""
+    taken = set(taken)
+    top = max(taken, default=0)
+    if top + count <= limit:
+        return list(range(top + 1, top + count + 1))
+    out, candidate = [], 1
+    while len(out) < count:
+        if candidate not in taken:
+            out.append(candidate)
+        candidate += 1
+    return out
+
+
 @dataclass
 class ImageAnnotation:
     """Every annotated plane of one image, the SAM session its planes decode against, and
@@ -536,11 +563,18 @@ class ImageAnnotation:
     #: object that a later run replaced (the pixels keep their id, and so their class)
     painted_classes: dict[int, str] = field(default_factory=dict)
 
-    def next_id(self, taken: Iterable[int] = ()) -> int:
-        """An object id not used on any plane (ids are unique across the whole image) nor
-        in ``taken`` (e.g. the ids the user painted with)."""
-        used = [oid for ann in self.planes.values() for oid in ann.objects]
-        return max([*used, *taken], default=0) + 1
+    def taken_ids(self, besides: Plane | None = None) -> set[int]:
+        """Ids a new object must not take: the objects' of every plane (but ``besides``, whose
+        objects are being replaced), every id the user painted with, and the ids whose class
+        only painting holds (``painted_classes``)."""
+        taken = {oid for p, ann in self.planes.items() if p != besides for oid in ann.objects}
+        for ann in self.planes.values():
+            taken |= ann.painted_ids
+        return taken | set(self.painted_classes)
+
+    def next_id(self, taken: Iterable[int] = (), limit: int = 2**31 - 1) -> int:
+        """An object id not in ``taken_ids()`` nor ``taken`` (``free_ids``)."""
+        return free_ids(1, self.taken_ids() | {int(t) for t in taken}, limit)[0]
 
     def plane_of(self, coords: np.ndarray) -> PlaneAnnotation | None:
         """The annotated plane that (ndim,) image coordinates lie on, if any."""

@@ -109,22 +109,30 @@ def _strength(similarity, shape: tuple[int, int, int]):
     return at
 
 
-def _drop_shared_peaks(found: dict, hm: np.ndarray, strength, min_distance: int) -> dict:
-    """Of peaks of different prompts closer than ``min_distance``, keep the strongest."""
-    rows = [(p, k, rc) for p, peaks in found.items() for k, rc in enumerate(peaks)]
-    if len({p for p, _, _ in rows}) < 2:
-        return found
+def _drop_shared_peaks(found: dict, hm: np.ndarray, strength, min_distance: int, keep: int) -> dict:
+    """Of peaks of different prompts closer than ``min_distance``, keep the strongest; then at
+    most ``keep`` per prompt (a prompt that lost a peak gets its next one)."""
+    items = [(p, rc) for p, peaks in found.items() for rc in peaks]
+    if len({p for p, _ in items}) < 2:
+        return {p: peaks[:keep] for p, peaks in found.items()}
+    from scipy.spatial import cKDTree
+
+    where = np.array([rc for _, rc in items], float)
+    owner = np.array([p for p, _ in items])
     power = np.concatenate([strength(p, peaks) if strength is not None else hm[p][tuple(peaks.T)]
-                            for p, peaks in found.items() if len(peaks)])
-    order = sorted(range(len(rows)), key=lambda i: (-float(power[i]), rows[i][0]))  # ties: earlier prompt
-    kept: list[int] = []
-    for i in order:
-        p, _, rc = rows[i]
-        if all(rows[j][0] == p or np.hypot(*(rc - rows[j][2])) >= min_distance for j in kept):
-            kept.append(i)
-    keep = set(kept)
-    return {p: np.array([rc for i, (q, _, rc) in enumerate(rows) if q == p and i in keep], int).reshape(-1, 2)
-            for p in found}
+                            for p, peaks in found.items() if len(peaks)]).astype(np.float64)
+    rivals: dict[int, list[int]] = {}
+    for i, j in cKDTree(where).query_pairs(r=max(min_distance - 1e-6, 0.0)):
+        if owner[i] != owner[j]:
+            rivals.setdefault(i, []).append(j)
+            rivals.setdefault(j, []).append(i)
+    kept = np.zeros(len(items), bool)
+    count: dict[int, int] = {}
+    for i in np.lexsort((owner, -power)):  # strongest first; ties: the earlier prompt
+        if count.get(owner[i], 0) < keep and not any(kept[j] for j in rivals.get(i, ())):
+            kept[i] = True
+            count[owner[i]] = count.get(owner[i], 0) + 1
+    return {p: where[kept & (owner == p)].astype(int).reshape(-1, 2) for p in found}
 
 
 def _numbers(name: str, value, dtype) -> np.ndarray:
@@ -219,8 +227,10 @@ def heatmaps_to_points(
     md = min(md, max(H, W))  # a larger distance finds the same peaks, with a footprint as large as it
 
     strength = _strength(similarity, hm.shape)
-    found = {p: _peaks(m, md, thr[p], max_objects) for p, m in enumerate(hm) if not skipped[p]}
-    found = _drop_shared_peaks(found, hm, strength, md)
+    shared = int((~skipped).sum()) > 1  # peaks of one spot compete: look further for each prompt
+    found = {p: _peaks(m, md, thr[p], max_objects * (int((~skipped).sum()) if shared else 1))
+             for p, m in enumerate(hm) if not skipped[p]}
+    found = _drop_shared_peaks(found, hm, strength, md, max_objects)
     pts, pos, obj, cls, score = [], [], [], [], []
     next_id = 1
     for p, m in enumerate(hm):

@@ -424,10 +424,17 @@ class ClipSamWidget(AnnotateForm):
                 if not self._still_there(image_layer, points, labels, boxes):
                     return
                 state = kept.state if kept is not None else None
+                if state is not None:
+                    for ann in state.planes.values():  # painted while no editor watched the layer
+                        ann.note_painting(ann.plane.take(labels.data))
                 if state is not None and old_points is None:
-                    # its other planes lost their points: their masks count as painted
+                    # its other planes lost their points: their masks count as painted, keeping
+                    # their ids (no new object takes one) and classes
                     run_planes = {plane for plane, _ in results}
-                    state.planes = {p: a for p, a in state.planes.items() if p in run_planes}
+                    for plane, ann in state.planes.items():
+                        if plane not in run_planes:
+                            state.painted_classes.update(ann.classes)
+                            ann.hand_over()
                 state = state or ImageAnnotation(shape, session)
                 editor = LiveEditor(self.viewer, image_layer, points, labels, boxes, state, self.sam_queue, pixels,
                                     on_applied=self._after_edit, on_error=self._edit_failed,

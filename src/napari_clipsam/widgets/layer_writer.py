@@ -319,16 +319,26 @@ def read_point_table(layer) -> dict[str, np.ndarray]:
 UNDO_PIXEL_LIMIT = 4_000_000
 
 
+def id_limit(labels_layer) -> int:
+    """The largest label id the labels layer's dtype holds (int32's for a float layer)."""
+    dtype = np.dtype(labels_layer.data.dtype)
+    return int(np.iinfo(dtype).max) if dtype.kind in "iu" else 2**31 - 1
+
+
+def check_fits(labels_layer, top: int) -> None:
+    """Raise a ValueError if label id ``top`` does not fit the labels layer's dtype."""
+    dtype = np.dtype(labels_layer.data.dtype)
+    if dtype.kind in "iu" and top > np.iinfo(dtype).max:
+        raise ValueError(f"the labels layer '{labels_layer.name}' holds {dtype} ids (up to {np.iinfo(dtype).max}); "
+                         f"object {top} does not fit. Convert it back: layer.data = layer.data.astype(np.int32)")
+
+
 def paint(labels_layer, ann, objects: dict) -> int:
     """Replace ``ann``'s objects by ``objects`` in the labels layer: a partial update of the
     pixels that change (one undo step, like a paint stroke), never a pixel the user painted.
     Returns the number of hand-painted pixels that were kept."""
     plane = ann.plane
-    dtype = np.dtype(labels_layer.data.dtype)
-    top = max(objects, default=0)
-    if dtype.kind in "iu" and top > np.iinfo(dtype).max:
-        raise ValueError(f"the labels layer '{labels_layer.name}' holds {dtype} ids (up to {np.iinfo(dtype).max}); "
-                         f"object {top} does not fit. Convert it back: layer.data = layer.data.astype(np.int32)")
+    check_fits(labels_layer, max(objects, default=0))
 
     def current(region):
         r0, c0, r1, c1 = region

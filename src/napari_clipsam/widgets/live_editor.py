@@ -17,6 +17,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 
 import numpy as np
+import pandas as pd
 from superqt.utils import ensure_main_thread
 
 from ..core.annotation import ImageAnnotation, PlaneAnnotation, SamQueue, objects_from_prompts
@@ -122,23 +123,19 @@ class LiveEditor:
                     if (plane[r0:r1, c0:c1] == oid).any():
                         shown.add(int(oid))
         if self.state.painted_classes:  # kept painting of objects a re-run replaced
-            shown |= self.user_ids() & set(self.state.painted_classes)
+            shown |= {i for ann in self.state.planes.values() for i in ann.painted_ids} & set(
+                self.state.painted_classes)
         return shown
 
-    def user_ids(self) -> set[int]:
-        """The label ids the user's painting holds, on every annotated plane."""
-        data = self.labels_layer.data
-        return {i for ann in self.state.planes.values() for i in ann.user_ids(ann.plane.take(data))}
-
     def free_id(self, used=()) -> int:
-        """An id for a new object: above every object id of the image, the object ids of the
-        points and boxes layers (and ``used``), and the ids the user painted with (a new
-        object's mask must not merge with hand-painted pixels into one label)."""
-        ids = [int(i) for i in used]
+        """An id for a new object that no object of the image, no row of the points and boxes
+        layers (nor ``used``) and no stroke the user painted holds (a new object's mask must not
+        merge with hand-painted pixels into one label); see ``free_ids``."""
+        ids = set(pd.to_numeric(pd.Series(list(used), dtype=object), errors="coerce").dropna().astype(int))
         for layer in (self.points_layer, self.boxes_layer):
             if layer is not None and "object_id" in layer.features and len(layer.features):
-                ids.append(int(layer.features["object_id"].max()))
-        return self.state.next_id([*ids, *self.user_ids()])
+                ids |= set(pd.to_numeric(layer.features["object_id"], errors="coerce").dropna().astype(int))
+        return self.state.next_id(ids, LW.id_limit(self.labels_layer))
 
     def layers_alive(self) -> bool:
         layers = self.viewer.layers

@@ -8,8 +8,9 @@ editor uses).
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
-from ..core.annotation import PlaneAnnotation
+from ..core.annotation import PlaneAnnotation, free_ids
 from . import layer_writer as LW
 from .inputs import spatial_shape
 
@@ -187,25 +188,31 @@ def _write_run_steps(editor, results):
     state = editor.state
     prompts = list(results[-1][1].prompts)
     kept_pixels = 0
-    offsets = []
+    mappings = []  # per plane: the run's object id -> the id it gets in the image
     data = editor.labels_layer.data
-    painted = editor.user_ids()  # ids the user's pixels hold: no new object may take one
     for plane, result in results:
-        old = state.planes.get(plane)
-        if old is not None:  # painting not seen as it was made (e.g. while no widget was open)
-            old.note_painting(plane.take(data))
-            painted |= old.user_ids(plane.take(data))
-            for oid, obj in old.objects.items():  # painted to extend it: the pixels keep its class
-                if oid in painted and 0 <= obj.prompt < len(old.prompts):
-                    state.painted_classes[oid] = old.prompts[obj.prompt]
-        offset = max([*(oid for p, a in state.planes.items() if p != plane for oid in a.objects), *painted],
-                     default=0)
-        offsets.append(offset)
+        here = plane.take(data)
+        ann = state.planes.get(plane)
+        if ann is not None:  # painting not seen as it was made (e.g. while no widget was open)
+            ann.note_painting(here)
+            painted = {i for a in state.planes.values() for i in a.painted_ids}
+            for oid, obj in ann.objects.items():  # painted to extend it: the pixels keep its class
+                if oid in painted and 0 <= obj.prompt < len(ann.prompts):
+                    state.painted_classes[oid] = ann.prompts[obj.prompt]
+        else:  # a plane the plugin never wrote: every id on it but other planes' objects' is the user's
+            ann = PlaneAnnotation(plane, result.labels.shape, "", list(result.prompts))
+            if here.any():
+                known = {oid for a in state.planes.values() for oid in a.objects}
+                ann.painted_ids = {int(v) for v in pd.unique(here[here != 0])} - known
+        ids = sorted({*result.objects, *(int(o) for o in result.points.object_id if o > 0), *result.boxes})
+        mapping = dict(zip(ids, free_ids(len(ids), state.taken_ids(besides=plane) | ann.painted_ids,
+                                         LW.id_limit(editor.labels_layer))))
+        LW.check_fits(editor.labels_layer, max(mapping.values(), default=0))  # before anything changes
+        mappings.append(mapping)
         objects = {}
         for oid, obj in result.objects.items():
-            obj.id = oid + offset
+            obj.id = mapping[oid]
             objects[obj.id] = obj
-        ann = state.planes.get(plane) or PlaneAnnotation(plane, result.labels.shape, "", list(result.prompts))
         ann.prompts = list(result.prompts)
         ann.key = result.key
         ann.bump()  # decodes of the old objects are stale from now on
@@ -222,16 +229,16 @@ def _write_run_steps(editor, results):
     rows, pos, oids, names, tags = [data[keep]], [old["positive"][keep]], [old["object_id"][keep]], \
         [old["prompt"][keep]], [old["plane"][keep]]
     new_boxes = []  # (rectangle (4, ndim), object id, prompt, plane tag)
-    for (plane, result), offset in zip(results, offsets):
+    for (plane, result), mapping in zip(results, mappings):
         pts = result.points
         rows.append(plane.to_nd(pts.points))
         pos.append(pts.positive)
-        oids.append(np.where(pts.object_id > 0, pts.object_id + offset, 0))
+        oids.append(np.array([mapping[int(o)] if o > 0 else 0 for o in pts.object_id], int))
         names.append(np.array([result.prompts[i] for i in pts.prompt], dtype=object))
         tags.append(np.array([plane.tag] * len(pts), dtype=object))
         for oid, ((r0, c0, r1, c1), p) in result.boxes.items():
             corners = plane.to_nd(np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]], float))
-            new_boxes.append((corners, oid + offset, result.prompts[p], plane.tag))
+            new_boxes.append((corners, mapping[oid], result.prompts[p], plane.tag))
     categories = points_layer.features["prompt"].cat.categories if "prompt" in points_layer.features and hasattr(
         points_layer.features["prompt"], "cat") else []
     all_prompts = list(dict.fromkeys([*categories, *prompts]))
