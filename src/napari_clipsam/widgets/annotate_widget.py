@@ -422,6 +422,8 @@ class ClipSamWidget(AnnotateForm):
                     boxes=kept.layer("boxes", self.viewer) if old_points is not None else None)
                 yield
                 if not self._still_there(image_layer, points, labels, boxes):
+                    if kept is not None and labels in self.viewer.layers:
+                        KS.put_back(labels, kept)  # for the next run on them
                     return
                 state = kept.state if kept is not None else None
                 if state is not None:

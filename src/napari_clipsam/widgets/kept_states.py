@@ -51,6 +51,11 @@ def take(labels_layer, shape: tuple[int, ...]) -> Kept | None:
     return kept if kept is not None and tuple(kept.state.shape) == tuple(shape) else None
 
 
+def put_back(labels_layer, kept: Kept) -> None:
+    """Keep ``kept`` (from ``take``) for ``labels_layer`` again: the run that took it stopped."""
+    _kept[labels_layer] = kept
+
+
 def forget(layer) -> None:
     """``layer`` left the viewer: a state kept for it is of no use any more."""
     _kept.pop(layer, None)
