@@ -459,3 +459,26 @@ def test_the_launcher_names_a_missing_image_before_opening_a_viewer(argv, messag
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_missing_points_csv_is_written_again_on_resume(tmp_path):
+    iio.imwrite(tmp_path / "coins.png", data.coins()[::4, ::4])
+    out = tmp_path / "out"
+    opts = options(formats=(".tif",), points=True)
+    assert [r["status"] for r in run_batch(tmp_path / "coins.png", out, opts, processes=False).rows] == ["done"]
+    (out / "coins_points.csv").unlink()
+    again = run_batch(tmp_path / "coins.png", out, opts, processes=False)
+    assert [r["status"] for r in again.rows] == ["done"] and (out / "coins_points.csv").is_file()
+
+
+def test_a_stack_a_format_cannot_hold_fails_before_any_work_and_writes_nothing(tmp_path):
+    """COCO holds one 2D image: a stack with -f .tif .json fails at once (the whole stack was
+    annotated first), and writes no .tif either (the next run skipped it as done)."""
+    stack = np.stack([data.camera()[::8, ::8]] * 3)
+    np.save(tmp_path / "stack.npy", stack)
+    out = tmp_path / "out"
+    before = dict(B.LOAD_COUNTS)
+    row = run_batch(tmp_path / "stack.npy", out, options(formats=(".tif", ".json")), processes=False).rows[0]
+    assert row["status"] == "failed"
+    assert "COCO holds one 2D image per file, labels have shape (3, 64, 64)" in row["error"]
+    assert B.LOAD_COUNTS == before and sorted(p.name for p in out.iterdir()) == []

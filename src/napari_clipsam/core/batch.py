@@ -32,7 +32,15 @@ from pathlib import Path
 import numpy as np
 
 from .absence import AbsenceRule
-from .export import LABEL_SUFFIXES, file_sha256, labels_format, read_sidecar, sidecar_path, write_labels
+from .export import (
+    LABEL_SUFFIXES,
+    check_format_holds,
+    file_sha256,
+    labels_format,
+    read_sidecar,
+    sidecar_path,
+    write_labels,
+)
 from .options import flag, whole_number
 from .progress import Task, as_task
 
@@ -461,9 +469,12 @@ def process_image(image_path: str, outputs: Sequence[str], options: BatchOptions
         except Exception as exc:  # noqa: BLE001 - any reader's error means the same to the user
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ValueError(f"cannot read {image_path} as an image ({first}); is the file complete?") from exc
+        planes = list(_planes(img, options))
+        labels_shape = tuple(i + 1 for i in planes[-1][0]) + tuple(np.shape(planes[-1][1])[:2])
+        for out in outputs:  # before any work: a format that cannot hold them fails at once
+            check_format_holds(out, labels_shape)
         localizer, sam, clip_info, sam_info = _models_for(options)
         session = SamSession(sam)
-        planes = list(_planes(img, options))
         results = [annotate(plane, list(options.prompts), localizer, session, threshold=options.threshold,
                             absence=options.absence, **dict(options.point_params)) for _, plane in planes]
         plane_ids = [idx for idx, _ in planes]
@@ -486,6 +497,9 @@ def process_image(image_path: str, outputs: Sequence[str], options: BatchOptions
             objects=getattr(results[0], "objects", None) if len(results) == 1 and not plane_ids[0] else None)
         prov["batch"] = {"key": key, "options": options.describe()}
         ome_image = img if options.channel_axis is None else np.moveaxis(img, options.channel_axis, 0)
+        top = int(labels.max()) if labels.size else 0
+        for out in outputs:  # all formats checked before the first is written: a failed image writes nothing
+            check_format_holds(out, labels.shape, top)
         for out in outputs:
             kw = {"image": ome_image} if labels_format(out) == "ome-zarr" else {}
             write_labels(out, labels, classes=classes, scores=scores, provenance=prov, overwrite=True, **kw)
@@ -514,8 +528,11 @@ def process_image(image_path: str, outputs: Sequence[str], options: BatchOptions
 
 
 # ------------------------------------------------------------------ the client's side
-def _done_row(image: Path, outputs: list[Path], key: str) -> dict | None:
-    """The summary row of an image whose every output is complete with ``key``, else None."""
+def _done_row(image: Path, outputs: list[Path], key: str, points: bool = False) -> dict | None:
+    """The summary row of an image whose every output (and ``points``: its points CSV) is
+    complete with ``key``, else None."""
+    if points and not points_path(outputs[0]).is_file():
+        return None
     counts: dict[str, int] | None = None
     for out in outputs:
         info = read_sidecar(out)
@@ -687,7 +704,7 @@ def run_batch(
                                  "outputs": [], "error": f"{type(exc).__name__}: {exc}"}
                 continue
             key = batch_key(options, digest)
-            done = _done_row(im, outs, key) if resume else None
+            done = _done_row(im, outs, key, options.points) if resume else None
             if done is not None:
                 rows[str(im)] = done
             else:

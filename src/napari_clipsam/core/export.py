@@ -43,6 +43,7 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "LabelsFile",
     "atomic_write",
+    "check_format_holds",
     "classes_from_features",
     "commit_files",
     "features_table",
@@ -333,15 +334,26 @@ def _write_tiff(tmp: Path, arr: np.ndarray, classes: dict, scores: dict) -> None
     tifffile.imwrite(tmp, out, compression="zlib", photometric="minisblack", metadata=table)
 
 
+def check_format_holds(path: str | os.PathLike, shape: Sequence[int], top_id: int | None = None) -> None:
+    """Raise the ValueError ``write_labels`` gives when ``path``'s format cannot hold labels of
+    ``shape`` (and ids up to ``top_id``, if known): callers check before computing them."""
+    fmt = labels_format(path)
+    shape = tuple(int(s) for s in shape)
+    if fmt == "png" and len(shape) != 2:
+        raise ValueError(f"PNG holds one 2D plane, labels have shape {shape}; use .tif, .npy or .zarr for nD")
+    if fmt == "coco" and len(shape) != 2:
+        raise ValueError(f"COCO holds one 2D image per file, labels have shape {shape}; "
+                         "use .zarr (OME-Zarr), .tif or .npy for nD, or export one plane")
+    if fmt == "png" and top_id is not None and top_id > PNG_MAX_ID:
+        raise ValueError(f"PNG holds ids up to {PNG_MAX_ID} (16 bit), labels go up to {top_id}; "
+                         f"use .tif (ids up to {TIFF_MAX_ID}), .npy or .zarr")
+
+
 def _write_png(tmp: Path, arr: np.ndarray) -> None:
     import imageio.v3 as iio
 
-    if arr.ndim != 2:
-        raise ValueError(f"PNG holds one 2D plane, labels have shape {arr.shape}; use .tif, .npy or .zarr for nD")
     vmax = int(arr.max()) if arr.size else 0
-    if vmax > PNG_MAX_ID:
-        raise ValueError(f"PNG holds ids up to {PNG_MAX_ID} (16 bit), labels go up to {vmax}; "
-                         f"use .tif (ids up to {TIFF_MAX_ID}), .npy or .zarr")
+    check_format_holds(".png", arr.shape, vmax)
     iio.imwrite(tmp, arr.astype(np.uint8 if vmax < 256 else np.uint16), extension=".png")
 
 
@@ -359,9 +371,7 @@ def coco_dict(labels: np.ndarray, classes: Mapping[int, str], scores: Mapping[in
     from pycocotools import mask as mask_utils
 
     arr = np.asarray(labels)
-    if arr.ndim != 2:
-        raise ValueError(f"COCO holds one 2D image per file, labels have shape {arr.shape}; "
-                         "use .zarr (OME-Zarr), .tif or .npy for nD, or export one plane")
+    check_format_holds(".json", arr.shape)
     classes = clean_classes(classes)
     scores = clean_scores(scores)
     ids = [int(i) for i in np.unique(arr) if i != 0]
