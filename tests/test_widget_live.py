@@ -734,3 +734,29 @@ def test_slices_whose_points_were_deleted_keep_their_ids_and_classes(qtbot, dock
     assert ids2 and ids4 and not ids2 & ids4
     table = labels.features.set_index("index")
     assert {table.at[i, "class"] for i in ids2} == {"cat"} and {table.at[i, "class"] for i in ids4} == {"sofa"}
+
+
+def test_a_point_off_the_image_holds_back_only_its_own_object(qtbot, docked, models):
+    """One point dragged past the image's edge: its object keeps its last mask and the message
+    names it; the other objects still follow their points (one such point used to stop every
+    mask update, on every slice, until it was found)."""
+    from napari.utils.notifications import notification_manager
+
+    viewer, widget, pts, labels, oracle = _chelsea(qtbot, docked, models)
+    f = pts.features
+    positive = np.flatnonzero(f["positive"].to_numpy(bool))
+    a, b = positive[0], next(i for i in positive if f["object_id"][i] != f["object_id"][positive[0]])
+    before = object_prompts(pts)
+    n0 = len(notification_manager.records)
+    moved = np.asarray(pts.data, float).copy()
+    moved[a] = (1000.0, 40.0)  # off the 300 x 451 image
+    moved[b] = (200.0, 300.0)
+    pts.data = moved
+    idle(qtbot, widget)
+    oid_a = int(f["object_id"][a])
+    prompts = object_prompts(pts)
+    masks = {oid: oracle.mask(p, lab) for oid, (p, lab) in prompts.items() if oid != oid_a}
+    masks[oid_a] = oracle.mask(*before[oid_a])  # its last mask
+    np.testing.assert_array_equal(labels.data, oracle.labels(masks))
+    new = [str(n.message) for n in notification_manager.records[n0:] if "napari-clipsam" in str(n.message)]
+    assert new and f"object {oid_a}" in new[-1] and "outside the 300 x 451 image" in new[-1], new

@@ -440,7 +440,7 @@ class LiveEditor:
         session, pixels = self.state.session, self.pixels
 
         def decode():
-            out = []
+            out, refused = [], []
             for ann, generation, wanted, todo in jobs:
                 key = ann.key
                 if pixels_changed or not session.use(ann.key):
@@ -449,11 +449,22 @@ class LiveEditor:
                     todo = [type(o)(o.id, o.prompt, o.points, o.labels, o.box, o.candidate) for o in wanted.values()]
                     wanted = {o.id: o for o in todo}
                 for obj in todo:
-                    mask, score, picked = session.decode(obj.points, obj.labels, obj.box, obj.candidate)
+                    try:
+                        mask, score, picked = session.decode(obj.points, obj.labels, obj.box, obj.candidate)
+                    except ValueError as exc:  # this object's prompts (e.g. a point off the image): it keeps
+                        # its last mask, and every other object, on every plane, is updated
+                        where = "" if not ann.plane.fixed else f" on the plane {ann.plane.describe()}"
+                        refused.append(f"object {obj.id}{where}: {exc}")
+                        old = ann.objects.get(obj.id)
+                        if old is not None and key == ann.key:
+                            wanted[obj.id] = old
+                        else:
+                            wanted.pop(obj.id, None)
+                        continue
                     obj.set_mask(mask, score, picked)
                     del mask
                 out.append((ann, generation, wanted, key))
-            return out
+            return out, refused
 
         self._future = self.queue.submit(decode)
         self._future.add_done_callback(self._delivered)
@@ -471,7 +482,8 @@ class LiveEditor:
             self.on_error(problem, problem)  # the data changed shape during the decode: nothing painted
         elif self.layers_alive():
             applied = 0
-            for ann, generation, wanted, key in future.result():
+            done, refused = future.result()
+            for ann, generation, wanted, key in done:
                 if ann.generation != generation or self.state.planes.get(ann.plane) is not ann:
                     continue  # a re-run replaced this plane's objects: stale, never painted
                 try:
@@ -482,6 +494,9 @@ class LiveEditor:
                 applied += 1
             if applied:
                 self.on_applied(self)
+            if refused:
+                more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+                self.on_error(f"{refused[0]}{more}; the other masks were updated", "\n".join(refused))
         if self._again:
             self._again = False
             self.schedule()
