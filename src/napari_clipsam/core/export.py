@@ -343,7 +343,8 @@ def check_format_holds(path: str | os.PathLike, shape: Sequence[int], top_id: in
         raise ValueError(f"PNG holds one 2D plane, labels have shape {shape}; use .tif, .npy or .zarr for nD")
     if fmt == "coco" and len(shape) != 2:
         raise ValueError(f"COCO holds one 2D image per file, labels have shape {shape}; "
-                         "use .zarr (OME-Zarr), .tif or .npy for nD, or export one plane")
+                         "use .zarr (OME-Zarr), .tif or .npy for nD, or write one plane to COCO: "
+                         "napari_clipsam.core.export.write_labels(path, labels[z])")
     if fmt == "png" and top_id is not None and top_id > PNG_MAX_ID:
         raise ValueError(f"PNG holds ids up to {PNG_MAX_ID} (16 bit), labels go up to {top_id}; "
                          f"use .tif (ids up to {TIFF_MAX_ID}), .npy or .zarr")
