@@ -204,6 +204,14 @@ def test_export_dialog_gives_a_typed_name_the_chosen_formats_suffix(qtbot, viewe
     widget.export_button.clicked.emit()
     assert asked == ["chelsea labels.tif"]
     np.testing.assert_array_equal(iio.imread(tmp_path / "cells.png"), viewer.layers["chelsea labels"].data)
+    assert widget.status.value == "exported cells.png"
+    # a cell the user drew with a new id has no class: the export says so
+    labels = viewer.layers["chelsea labels"]
+    labels.data_setitem(tuple(np.mgrid[0:5, 0:5].reshape(2, -1)), 99)
+    for name in ("cells.png", "cells.png.json"):
+        (tmp_path / name).unlink()
+    widget.export_button.clicked.emit()
+    assert "id 99 (painted by hand) has no class and is exported without one" in widget.status.value
     (tmp_path / "cells.png").write_bytes(b"mine")
     widget.export_button.clicked.emit()
     assert (tmp_path / "cells.png").read_bytes() == b"mine" and "already exists" in widget.error.value

@@ -9,6 +9,8 @@ cancelled or failed run leaves the viewer as it was. Each annotated image gets a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from napari.layers import Image, Labels, Points
 from napari.utils.notifications import show_error as notify_error
@@ -670,7 +672,32 @@ class ClipSamWidget(AnnotateForm):
             self.show_error(f"export failed: {str(exc).splitlines()[0]}", str(exc))
             return
         self.clear_error()
-        show_info(f"napari-clipsam: wrote {', '.join(written)}")
+        note = self._unclassified_note()
+        self.show_status(f"exported {Path(written[0]).name}{note}")
+        show_info(f"napari-clipsam: wrote {', '.join(written)}{note}")
+
+    def _unclassified_note(self) -> str:
+        """'; ids 99, 100 have no class ...' for the exported labels' ids that no class names
+        (painted by hand with a new id), else ''."""
+        import pandas as pd
+
+        from ..core.export import classes_from_features
+
+        image = self.image.value
+        editor = self.editor_for(image) if image is not None else None
+        if editor is None:
+            return ""
+        layer = editor.labels_layer
+        data = np.asarray(layer.data)
+        ids = sorted(int(i) for i in pd.unique(data[data != 0].ravel()))
+        classes, _ = classes_from_features(layer.features, layer.metadata.get("classes", {}))
+        bare = [i for i in ids if not classes.get(i)]
+        if not bare:
+            return ""
+        shown = ", ".join(map(str, bare[:5])) + (" ..." if len(bare) > 5 else "")
+        return (f"; {'id' if len(bare) == 1 else 'ids'} {shown} (painted by hand) "
+                f"{'has' if len(bare) == 1 else 'have'} no class and {'is' if len(bare) == 1 else 'are'} "
+                "exported without one")
 
 
 #: the export dialog's filters and the suffix each gives a name typed without one
