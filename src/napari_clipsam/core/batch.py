@@ -71,10 +71,11 @@ class ModelSpec:
         """Names and local files are checked here, before a cluster starts (workers share the
         client's paths)."""
         from .models import _looks_like_path, check_clip_name, check_sam_kind, resolve_precision
+        from .runtime import check_device_name
         from .sam_backends import default_sam_kind
 
         check_clip_name(self.clip_name)
-        _check_device_name(self.device)
+        check_device_name(self.device)  # its form: the workers resolve it (their GPU may not be ours)
         resolve_precision(self.precision, "cpu")  # names a wrong one; the device is the workers'
         if self.sam_kind is None:
             cpu = self.device in (None, "", "auto", "cpu")  # an explicit accelerator may be the workers', not ours
@@ -181,8 +182,7 @@ class BatchOptions:
                                                        for c in np.atleast_1d(self.channels)))
             if not self.channels:
                 raise ValueError("channels= is empty; leave it out to blend all channels")
-        if not isinstance(self.points, (bool, np.bool_)):
-            raise TypeError(f"points must be True or False, got {self.points!r}")
+        flag("points", self.points)
         if not (isinstance(self.models, ModelSpec) or callable(self.models)):
             raise TypeError(f"models must be a ModelSpec or a callable returning (clip, tokenizer, sam), "
                             f"got {self.models!r}")
@@ -222,16 +222,6 @@ def _models_description(models) -> dict:
     name = getattr(models, "__qualname__", None) or type(models).__qualname__
     return {"factory": f"{getattr(models, '__module__', '?')}.{name}",
             "pickle_sha256": hashlib.sha256(pickle.dumps(models)).hexdigest()}
-
-
-def _check_device_name(device) -> None:
-    """A device the workers will resolve (their CUDA may not be this machine's): only its name."""
-    if device in (None, "", "auto"):
-        return
-    name = str(device) if isinstance(device, str) else None
-    kind, _, index = (name or "").partition(":")
-    if name is None or kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()):
-        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
 
 def batch_key(options: BatchOptions, image_sha256: str) -> str:

@@ -1007,13 +1007,12 @@ def write_points_csv(path: str | os.PathLike, points, features=None, *, overwrit
             raise ValueError(f"{len(feats)} feature rows for {len(df)} points")
         for col in feats.columns:
             df[str(col)] = feats[col].to_numpy()
-        checks = {"positive": ("True or False", lambda v: isinstance(v, bool) or v in (0, 1)),
-                  "object_id": ("whole numbers >= 0", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-                                and np.isfinite(v) and v >= 0 and float(v).is_integer())}
-        for col, (what, ok) in checks.items():
+        from .points import FEATURE_RULES, bad_feature_rows
+
+        for col, (what, _) in FEATURE_RULES.items():
             if col in df:
                 values = df[col].tolist()
-                bad = [i for i, v in enumerate(values) if not ok(v)]
+                bad = bad_feature_rows(col, values)
                 if bad:
                     raise ValueError(f"the '{col}' feature of point {bad[0]} is {values[bad[0]]!r}, not {what}")
     atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))

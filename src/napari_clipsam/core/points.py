@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from skimage.feature import peak_local_max
 
-from .options import unit_interval, whole_number
+from .options import flag, unit_interval, whole_number
 
 __all__ = ["PointPrompts", "check_point_params", "heatmap_boxes", "heatmaps_to_points", "object_point_sets"]
 
@@ -135,6 +135,27 @@ def _drop_shared_peaks(found: dict, hm: np.ndarray, strength, min_distance: int,
     return {p: where[kept & (owner == p)].astype(int).reshape(-1, 2) for p in found}
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+#: the point features an edit reads: what each value must be, and the test of one value
+FEATURE_RULES = {
+    "positive": ("True or False (or 1 / 0)",
+                 lambda v: isinstance(v, (bool, np.bool_)) or (_is_number(v) and v in (0, 1))),
+    "object_id": ("whole numbers >= 0",
+                  lambda v: _is_number(v) and bool(np.isfinite(v)) and v >= 0 and float(v).is_integer()),
+}
+
+
+def bad_feature_rows(name: str, values) -> list[int]:
+    """The rows of a ``positive`` or ``object_id`` feature column (``FEATURE_RULES``) whose
+    value is not one (typed into a features table or set by a script: read as a default, it
+    would silently merge objects or flip points)."""
+    ok = FEATURE_RULES[name][1]
+    return [i for i, v in enumerate(list(values)) if not ok(v)]
+
+
 def _numbers(name: str, value, dtype) -> np.ndarray:
     """``value`` as a numeric array (bools kept as bools when ``dtype`` is None)."""
     try:
@@ -150,8 +171,7 @@ def check_point_params(*, min_distance: int | None = None, max_objects: int = 5,
                        negative_threshold: float = 0.15, one_object_per_prompt: bool = False) -> dict:
     """``heatmaps_to_points``' options checked (a wrong type or range raises naming the option)
     and normalised; callers that only hold the options (a batch) check them here too."""
-    if not isinstance(one_object_per_prompt, (bool, np.bool_)):
-        raise TypeError(f"one_object_per_prompt must be True or False, got {one_object_per_prompt!r}")
+    flag("one_object_per_prompt", one_object_per_prompt)
     return {"min_distance": None if min_distance is None else whole_number("min_distance", min_distance, 1),
             "max_objects": whole_number("max_objects", max_objects, 0),
             "negatives": whole_number("negatives", negatives, 0),

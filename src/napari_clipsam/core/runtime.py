@@ -75,12 +75,27 @@ def guard_triton_against_mesa() -> bool:
     return triton is _GUARD or triton is None
 
 
+def check_device_name(device) -> None:
+    """Raise naming ``device`` unless it is None, "auto", "cpu", "cuda", "cuda:N" or "mps" (or a
+    torch.device): its form only; whether it is available is ``pick_device``'s question (a
+    batch's workers may have a GPU this machine lacks)."""
+    if device is not None and not isinstance(device, str) and type(device).__name__ != "device":
+        raise TypeError(f"device must be a string such as 'auto', 'cpu', 'cuda' or 'mps', got {device!r}")
+    if device in (None, "", "auto"):
+        return
+    kind, _, index = str(device).partition(":")
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {str(device)!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if index and not index.isdigit():
+        raise ValueError(f"unknown device {str(device)!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' (N a GPU number) "
+                         "or 'mps'")
+
+
 def pick_device(device: str | None = None) -> str:
     """Resolve ``None``/``"auto"`` to ``cuda``, ``mps`` or ``cpu``; validate explicit choices."""
     import torch
 
-    if device is not None and not isinstance(device, str) and type(device).__name__ != "device":
-        raise TypeError(f"device must be a string such as 'auto', 'cpu', 'cuda' or 'mps', got {device!r}")
+    check_device_name(device)
     if device in (None, "", "auto"):
         if torch.cuda.is_available():
             return "cuda"
@@ -94,12 +109,8 @@ def pick_device(device: str | None = None) -> str:
         raise ValueError(f"device {dev!r} was asked for but CUDA is not available; use 'cpu' or 'auto'")
     if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError(f"device {dev!r} was asked for but MPS is not available; use 'cpu' or 'auto'")
-    if kind not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unknown device {dev!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     if ":" in dev:
         index = dev.split(":", 1)[1]
-        if not index.isdigit():
-            raise ValueError(f"unknown device {dev!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' (N a GPU number) or 'mps'")
         if kind == "cuda" and int(index) >= torch.cuda.device_count():
             raise ValueError(f"device {dev!r}: there are only {torch.cuda.device_count()} CUDA devices "
                              f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); use 'cuda' or 'auto'")

@@ -17,7 +17,7 @@ import pandas as pd
 from napari.layers import Image, Labels, Points, Shapes
 
 from ..core.annotation import Plane
-from ..core.points import PointPrompts
+from ..core.points import FEATURE_RULES, PointPrompts, bad_feature_rows
 
 OWNER_KEY = "napari_clipsam"
 BASE_NAME_KEY = "napari_clipsam_name"  # the name a layer of ours was made under
@@ -227,10 +227,8 @@ def read_point_prompts(layer, plane: Plane, prompts: list[str]) -> PointPrompts:
     data = np.asarray(layer.data, float)
     on = on_plane(layer, plane)
     f = layer.features
-    positive = _checked_column(layer, "positive", f["positive"].to_numpy(), "True or False (or 1 / 0)",
-                               lambda v: isinstance(v, (bool, np.bool_)) or (_is_number(v) and v in (0, 1)))
-    object_id = _checked_column(layer, "object_id", f["object_id"].to_numpy(), "whole numbers >= 0",
-                                lambda v: _is_number(v) and np.isfinite(v) and v >= 0 and float(v).is_integer())
+    positive = _checked_column(layer, "positive", f["positive"].to_numpy())
+    object_id = _checked_column(layer, "object_id", f["object_id"].to_numpy())
     positive, object_id = positive.astype(bool), object_id.astype(np.int64)  # PointPrompts checks the range
     names = f["prompt"].astype(str).to_numpy() if "prompt" in f and len(f) == n else np.array([prompts[0]] * n)
     index = {p: i for i, p in enumerate(prompts)}
@@ -249,16 +247,12 @@ def _column(features, name: str, n: int, default) -> np.ndarray:
     return np.full(n, default)
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-
-
-def _checked_column(layer, name: str, values: np.ndarray, what: str, ok) -> np.ndarray:
-    """``values`` of the feature column ``name`` if each passes ``ok``, else a ValueError that
-    names the rows and values (typed into the features table, or set by a script): a wrong value
-    read as a default would silently merge objects or flip points."""
-    bad = [i for i, v in enumerate(values.tolist()) if not ok(v)]
+def _checked_column(layer, name: str, values: np.ndarray) -> np.ndarray:
+    """``values`` of the feature column ``name`` (``points.FEATURE_RULES``), or a ValueError
+    naming the rows and values that are not such values."""
+    bad = bad_feature_rows(name, values.tolist())
     if bad:
+        what = FEATURE_RULES[name][0]
         shown = ", ".join(f"row {i}: {values[i]!r}" for i in bad[:3]) + (" ..." if len(bad) > 3 else "")
         raise ValueError(f"the points layer '{layer.name}' has '{name}' values that are not {what} ({shown}); "
                          "the masks were not updated. Correct them in the layer's features table, or Run again")
