@@ -41,3 +41,10 @@ def interruptible_process_image(image_path, outputs, *args, **kwargs):
         return {"image": image_path, "status": "failed", "objects": {}, "seconds": 0.0, "outputs": [],
                 "error": "killed"}
     return _REAL_PROCESS_IMAGE(image_path, outputs, *args, **kwargs)
+
+
+def broken_models():
+    """A factory that cannot load its models (as a truncated checkpoint would)."""
+    with _LOCK:
+        CALLS.append(1)
+    raise OSError("the checkpoint file is truncated (read 12 of 375042921 bytes)")

@@ -482,3 +482,22 @@ def test_a_stack_a_format_cannot_hold_fails_before_any_work_and_writes_nothing(t
     assert row["status"] == "failed"
     assert "COCO holds one 2D image per file, labels have shape (3, 64, 64)" in row["error"]
     assert B.LOAD_COUNTS == before and sorted(p.name for p in out.iterdir()) == []
+
+
+def test_models_that_cannot_load_stop_the_batch_once_with_exit_2(folder, tmp_path, capsys):
+    """Every image would fail the same way: the first failed load ends the batch with that one
+    message and exit status 2 (before: every image failed, each with the whole message)."""
+    from napari_clipsam.__main__ import batch
+
+    calls = len(batch_models.CALLS)
+    args = [str(folder / "*.png"), "-o", str(tmp_path / "out"), "-p", "cat", "--input-size", "128",
+            "--models-factory", "batch_models:broken_models", "--workers", "1", "--in-process", "--no-progress"]
+    assert batch(args) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("the checkpoint file is truncated") == 1
+    assert "the models could not be loaded, so no image can be annotated" in captured.err
+    assert "failed" not in captured.out  # no table of images that all failed alike
+    assert len(batch_models.CALLS) - calls < len(GOOD) + 1  # it did not try every image
+    with pytest.raises(B.ModelsUnavailable, match="truncated"):
+        run_batch(folder, tmp_path / "api", options(models=batch_models.broken_models), n_workers=1,
+                  processes=False)

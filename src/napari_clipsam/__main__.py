@@ -28,12 +28,17 @@ def _launcher(argv) -> None:
 
     import napari
 
+    from qtpy.QtCore import QTimer
+
     viewer = napari.Viewer()
+    viewer.window.add_plugin_dock_widget("napari-clipsam", "Annotate from words")
     if args.sample:
         viewer.open_sample("napari-clipsam", args.sample)
     for path in args.images:
         viewer.open(path)
-    viewer.window.add_plugin_dock_widget("napari-clipsam", "Annotate from words")
+    # the view was fitted to the canvas before the dock took its share of the window: fit it
+    # again once the window is laid out (else the image opens cropped at the sides)
+    QTimer.singleShot(0, viewer.reset_view)
     napari.run()
 
 
@@ -118,7 +123,7 @@ def batch(argv) -> int:
     args = parser.parse_args(argv)
 
     from .core.absence import AbsenceRule
-    from .core.batch import BatchOptions, ModelSpec, run_batch
+    from .core.batch import BatchOptions, ModelSpec, ModelsUnavailable, run_batch
     from .core.progress import Cancelled
     from .core.weights import WeightsError
 
@@ -159,7 +164,7 @@ def batch(argv) -> int:
     except (Cancelled, KeyboardInterrupt):
         print("napari-clipsam batch: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, WeightsError) as exc:
+    except (FileNotFoundError, ValueError, WeightsError, ModelsUnavailable) as exc:
         print(f"napari-clipsam batch: {exc}", file=sys.stderr)
         return 2
     import pandas as pd

@@ -52,6 +52,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".we
 
 
 # ------------------------------------------------------------------ options
+class ModelsUnavailable(RuntimeError):
+    """A worker could not load the models: every image would fail the same way, so the batch
+    stops (the CLI exits 2) instead of failing image after image."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Which models to load, by name (what ``core.models`` loads). clip_pretrained: an
@@ -463,7 +468,11 @@ def process_image(image_path: str, outputs: Sequence[str], options: BatchOptions
         labels_shape = tuple(i + 1 for i in planes[-1][0]) + tuple(np.shape(planes[-1][1])[:2])
         for out in outputs:  # before any work: a format that cannot hold them fails at once
             check_format_holds(out, labels_shape)
-        localizer, sam, clip_info, sam_info = _models_for(options)
+        try:
+            localizer, sam, clip_info, sam_info = _models_for(options)
+        except Exception:
+            row["models_failed"] = True  # no image can be done: the client stops the batch
+            raise
         session = SamSession(sam)
         results = [annotate(plane, list(options.prompts), localizer, session, threshold=options.threshold,
                             absence=options.absence, **dict(options.point_params)) for _, plane in planes]
@@ -667,20 +676,6 @@ def run_batch(
 
     bar = None
     user_cb = task.on_progress
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(images), unit="image", desc="napari-clipsam batch")
-
-        def on_progress(p, _cb=user_cb):
-            if p.stage == "batch":
-                bar.n = p.done
-                bar.refresh()
-            if _cb is not None:
-                _cb(p)
-
-        task.on_progress = on_progress
-
     rows: dict[str, dict] = {}
     todo: list[tuple[Path, list[Path], str, str]] = []
     try:
@@ -700,9 +695,22 @@ def run_batch(
             else:
                 todo.append((im, outs, key, digest))
         finished = len(rows)
-        task.report("batch", finished, len(images), "images")
         if todo and not scheduler and isinstance(options.models, ModelSpec):
             options.models.check_weights()  # offline and not cached: once, not once per image
+        if progress:  # after the checks: a batch that cannot start draws no bar
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(images), initial=finished, unit="image", desc="napari-clipsam batch")
+
+            def on_progress(p, _cb=user_cb):
+                if p.stage == "batch":
+                    bar.n = p.done
+                    bar.refresh()
+                if _cb is not None:
+                    _cb(p)
+
+            task.on_progress = on_progress
+        task.report("batch", finished, len(images), "images")
         if todo:
             cluster = None
             if scheduler:
@@ -728,6 +736,11 @@ def run_batch(
                 try:
                     for fut in as_completed(futures):
                         row = fut.result()
+                        if row.pop("models_failed", False):
+                            raise ModelsUnavailable(
+                                f"the models could not be loaded, so no image can be annotated ({row['error']}); "
+                                f"{finished} of {len(images)} images are done (they are skipped when you run the "
+                                "same command again)")
                         rows[row["image"]] = row
                         finished += 1
                         task.report("batch", finished, len(images), "images")
