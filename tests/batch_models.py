@@ -48,3 +48,8 @@ def broken_models():
     with _LOCK:
         CALLS.append(1)
     raise OSError("the checkpoint file is truncated (read 12 of 375042921 bytes)")
+
+
+def wrong_models():
+    """A factory that returns something else than (clip, tokenizer, sam)."""
+    return "not models"

@@ -582,3 +582,42 @@ def test_a_labels_file_of_floats_is_read_as_ids_or_named(tmp_path):
     np.save(tmp_path / "half.npy", np.array([[0.0, 0.5], [2.0, 2.0]]))
     with pytest.raises(ValueError, match=r"half.npy holds float64 values, not label ids"):
         read_labels(tmp_path / "half.npy")
+
+
+def test_a_coco_file_copied_over_another_is_read_as_itself_not_as_its_sidecar_says(tmp_path):
+    """b.json (COCO) beside a sidecar b.json.json copied from a.json's: the sidecar names a.json,
+    but b.json is the file given, so b.json's labels are read (before: a.json's, silently)."""
+    import shutil
+    from pathlib import Path
+
+    a, b = np.zeros((6, 8), np.int32), np.zeros((6, 8), np.int32)
+    a[1:3, 1:3], b[3:5, 4:7] = 1, 5
+    write_labels(tmp_path / "a.json", a, classes={1: "cat"})
+    shutil.copy(tmp_path / "a.json", tmp_path / "b.json")
+    shutil.copy(tmp_path / "a.json.json", tmp_path / "b.json.json")
+    write_labels(tmp_path / "tmp.json", b, classes={5: "dog"})
+    shutil.copy(tmp_path / "tmp.json", tmp_path / "b.json")
+    with pytest.warns(UserWarning, match="describes another version"):
+        got = read_labels(tmp_path / "b.json")
+    assert Path(got.path).name == "b.json" and got.classes == {5: "dog"}
+    np.testing.assert_array_equal(got.labels, b)
+    # the sidecar itself, given: the file it names
+    assert Path(read_labels(tmp_path / "a.json.json").path).name == "a.json"
+    # an export renamed together with its sidecar is still the file described: classes kept
+    write_labels(tmp_path / "c.tif", a, classes={1: "cat"})
+    (tmp_path / "c.tif").rename(tmp_path / "d.tif")
+    (tmp_path / "c.tif.json").rename(tmp_path / "d.tif.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_labels(tmp_path / "d.tif").classes == {1: "cat"}
+
+
+def test_a_colour_png_is_not_read_as_labels_and_points_must_be_rows(tmp_path):
+    rgb = np.zeros((5, 6, 3), np.uint8)
+    rgb[1:3, 1:3] = (255, 0, 0)
+    iio.imwrite(tmp_path / "photo.png", rgb)
+    with pytest.raises(ValueError, match=r"photo.png is a colour image \(3 channels\), not a labels image"):
+        read_labels(tmp_path / "photo.png")
+    with pytest.raises(ValueError, match=r"points must be an \(N, D\) array.*got shape \(2,\)"):
+        write_points_csv(tmp_path / "p.csv", np.array([1.0, 2.0]))
+    assert not (tmp_path / "p.csv").exists()

@@ -156,7 +156,7 @@ class BatchOptions:
     def __post_init__(self):
         """Every option is checked here, before any image is read or model loaded, so a typo
         fails the batch at once (the CLI exits 2) instead of failing every image."""
-        from .localizers import check_localizer_options, check_prompts
+        from .localizers import check_background, check_localizer_options, check_prompts
         from .pipeline import check_point_options
 
         prompts = tuple(check_prompts(self.prompts))
@@ -173,6 +173,7 @@ class BatchOptions:
         if isinstance(self.templates, list):
             object.__setattr__(self, "templates", tuple(self.templates))
         check_localizer_options(self.method, **self.localizer_kwargs())
+        check_background(prompts, self.background)
         object.__setattr__(self, "method", self.method.lower())
         check_point_options(self.threshold, self.absence, dict(self.point_params))
         object.__setattr__(self, "threshold", float(self.threshold))
@@ -394,7 +395,11 @@ def _models_for(options: BatchOptions):
                 clip, tokenizer, sam = models.load()
                 clip_info, sam_info = models.describe(clip, sam)
             else:
-                clip, tokenizer, sam = models()
+                made = models()
+                if not (isinstance(made, (tuple, list)) and len(made) == 3):
+                    raise TypeError(f"the models factory {_models_description(models)['factory']} must return "
+                                    f"(clip_model, tokenizer, sam), got {type(made).__name__}")
+                clip, tokenizer, sam = made
                 from .provenance import state_dict_sha256
 
                 desc = _models_description(models)

@@ -789,20 +789,29 @@ def read_sidecar(path: str | os.PathLike, label_name: str | None = None) -> dict
     """The sidecar of the labels export ``path`` (or ``path`` itself if it is a sidecar), or None."""
     p = Path(path)
     for cand in (p, sidecar_path(p, label_name)):
-        if cand.is_file() and cand.name.endswith(".json"):
-            try:
-                info = json.loads(cand.read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(info, dict) and info.get("format") == SIDECAR_FORMAT:
-                name = info.get("labels_file")
-                if not isinstance(name, str) or not name or Path(name).name != name:
-                    continue  # damaged by hand: it names no file next to it
-                for key in ("objects", "scores", "provenance", "metadata"):
-                    if not isinstance(info.get(key), (dict, type(None))):
-                        info[key] = {}
-                return info
+        info = _load_sidecar(cand)
+        if info is not None:
+            return info
     return None
+
+
+def _load_sidecar(cand: Path) -> dict | None:
+    """``cand`` read as a sidecar, or None if it is not one (or is damaged beyond use)."""
+    if not (cand.is_file() and cand.name.endswith(".json")):
+        return None
+    try:
+        info = json.loads(cand.read_text())
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(info, dict) and info.get("format") == SIDECAR_FORMAT):
+        return None
+    name = info.get("labels_file")
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        return None  # damaged by hand: it names no file next to it
+    for key in ("objects", "scores", "provenance", "metadata"):
+        if not isinstance(info.get(key), (dict, type(None))):
+            info[key] = {}
+    return info
 
 
 def is_coco(data) -> bool:
@@ -896,13 +905,24 @@ def read_labels(path: str | os.PathLike, *, label_name: str | None = None) -> La
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no such labels export: {p}")
-    info = read_sidecar(p, label_name)
-    if info is not None and label_name is None and info.get("label_name") and p.suffix == ".json":
-        label_name = info["label_name"]
-    if info is not None and p.suffix == ".json" and p.name != info["labels_file"]:
-        p = p.with_name(info["labels_file"])  # the sidecar was given
+    own = _load_sidecar(p)
+    if own is not None and p.name != own["labels_file"]:  # the sidecar was given: read what it names
+        info = own
+        if label_name is None and info.get("label_name"):
+            label_name = info["label_name"]
+        p = p.with_name(info["labels_file"])
         if not p.exists():
             raise FileNotFoundError(f"sidecar {path} names {p.name}, which is missing")
+    else:
+        info = read_sidecar(p, label_name)
+        if info is not None and info["labels_file"] != p.name and not (info.get("labels_sha256") and p.is_file()):
+            # renamed with its sidecar, and nothing says it is the file described (a file with a
+            # sha256 is checked below: a renamed export keeps its classes, another file does not)
+            import warnings
+
+            warnings.warn(f"the sidecar of {p} describes {info['labels_file']}, not this file: its classes, "
+                          "scores and provenance are not used", stacklevel=2)
+            info = None
     try:
         fmt = labels_format(p)
     except ValueError:
@@ -971,6 +991,9 @@ def _read_format(p: Path, fmt: str, label_name: str | None) -> tuple[np.ndarray,
         import imageio.v3 as iio
 
         labels = iio.imread(p)
+        if labels.ndim == 3:  # label PNGs are one channel (ours: uint8/uint16 grey)
+            raise ValueError(f"{p} is a colour image ({labels.shape[-1]} channels), not a labels image: labels PNGs "
+                             "have one channel of ids; open it as an image instead")
     elif fmt == "npy":
         labels = np.load(p, allow_pickle=False)
     elif fmt == "coco":
@@ -994,7 +1017,9 @@ def write_points_csv(path: str | os.PathLike, points, features=None, *, overwrit
         raise FileExistsError(f"{path} already exists; pass overwrite=True (or confirm in the dialog) to replace it")
     if points is None or not hasattr(points, "__len__"):
         raise TypeError(f"points must be an (N, D) array of coordinates, got {type(points).__name__}")
-    pts = np.asarray(points, dtype=np.float64).reshape(len(points), -1) if len(points) else np.zeros((0, 2))
+    pts = np.asarray(points, dtype=np.float64) if len(points) else np.zeros((0, 2))
+    if pts.ndim != 2 or pts.shape[1] < 1:
+        raise ValueError(f"points must be an (N, D) array, one row of coordinates per point, got shape {pts.shape}")
     if not np.isfinite(pts).all():
         row = int(np.flatnonzero(~np.isfinite(pts).all(axis=1))[0])
         raise ValueError(f"point {row} has non-finite coordinates {pts[row].tolist()}; points are written as "

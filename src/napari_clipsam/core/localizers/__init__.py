@@ -8,7 +8,7 @@ from .attention import AttentionLocalizer
 from .base import Localizer, Tiling, min_max
 from .gem import GEMLocalizer
 from .gradcam import GradCAMLocalizer
-from .prompts import CLIP_SURGERY_TEMPLATES, TEMPLATE_SETS, check_prompts, split_synonyms
+from .prompts import CLIP_SURGERY_TEMPLATES, TEMPLATE_SETS, check_background, check_prompts, split_synonyms
 from .raw import RawLocalizer
 from .surgery import SurgeryLocalizer
 from .variants import ClearCLIPLocalizer, MaskCLIPLocalizer, NACLIPLocalizer, SCLIPLocalizer
@@ -66,5 +66,5 @@ def get_localizer(name: str, model, tokenizer, **params) -> Localizer:
     return localizer_class(name)(model, tokenizer, **params)
 
 
-__all__ = ["CLIP_SURGERY_TEMPLATES", "LOCALIZERS", "Localizer", "TEMPLATE_SETS", "Tiling", "check_localizer_options",
-           "check_prompts", "get_localizer", "localizer_class", "min_max", "split_synonyms"]
+__all__ = ["CLIP_SURGERY_TEMPLATES", "LOCALIZERS", "Localizer", "TEMPLATE_SETS", "Tiling", "check_background",
+           "check_localizer_options", "check_prompts", "get_localizer", "localizer_class", "min_max", "split_synonyms"]

@@ -36,7 +36,7 @@ from ..options import optional_whole_number, whole_number
 from ..progress import Task, as_task
 from ..text_cache import TextFeatureCache, model_fingerprint, shared_cache
 from . import resnet, vit
-from .prompts import canonical, check_prompts, resolve_templates, split_synonyms
+from .prompts import check_background, check_prompts, resolve_templates, split_synonyms
 
 __all__ = ["Localizer", "Tiling", "TokenSimilarityLocalizer", "check_prompts", "min_max", "min_max_", "require_vit"]
 
@@ -275,10 +275,7 @@ class Localizer(ABC):
     def classes(self, prompts: Sequence[str] | str) -> list[str]:
         """The user's prompts followed by the background prompts (checked for clashes)."""
         prompts = check_prompts(prompts)
-        background = {canonical(b) for b in self.background}
-        clash = [p for p in prompts if canonical(p) in background]
-        if clash:
-            raise ValueError(f"{clash} is both a prompt and a background prompt; remove it from one list")
+        check_background(prompts, self.background)
         return prompts + list(self.background)
 
     # -- image --------------------------------------------------------------------------

@@ -124,6 +124,14 @@ def check_prompts(prompts: Sequence[str] | str) -> list[str]:
     return prompts
 
 
+def check_background(prompts, background) -> None:
+    """A ValueError if a class is both a prompt and a background prompt (checked prompts)."""
+    wanted = {canonical(b) for b in background}
+    clash = [p for p in prompts if canonical(p) in wanted]
+    if clash:
+        raise ValueError(f"{clash} is both a prompt and a background prompt; remove it from one list")
+
+
 def canonical(prompt: str) -> tuple[str, ...]:
     """What identifies a class: its set of synonyms as CLIP's tokenizer reads them, i.e.
     without case or repeated spaces ('cat;' == 'cat', 'a; b' == 'b; a', 'Cat' == 'cat')."""
