@@ -107,3 +107,12 @@ def test_pipeline_reports_windows_and_drops_absent_prompts(clip):
     # the image-level check alone: require more than the best prompt's probability
     gated = annotate(img, prompts, loc, None, absence=AbsenceRule(min_presence=float(plain.presence.max()) + 1e-6))
     assert gated.absent == prompts and len(gated.points) == 0
+
+
+def test_each_absent_prompt_is_explained_by_the_check_it_failed():
+    from napari_clipsam.core.absence import explain_absent
+
+    why = explain_absent(["cat", "dog", "sofa"], ["dog", "sofa"], np.array([0.5, 0.1, 0.6]), min_presence=0.3)
+    assert why == {"dog": "presence 0.10 < min presence 0.30", "sofa": "nothing reaches the absence floor"}
+    assert explain_absent(["cat"], ["cat"]) == {"cat": "nothing reaches the absence floor"}
+    assert explain_absent(["cat"], []) == {}

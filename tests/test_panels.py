@@ -370,3 +370,50 @@ def test_slice_finder_stops_when_its_image_is_removed(qtbot, docked):
     wait(qtbot, finder)
     assert finder.status.value == "failed: the image 'stack' was removed while its slices were ranked"
     assert finder.next_best() is None and finder.status.value == "failed: rank the slices first"
+
+
+def test_panels_default_to_the_chosen_images_newest_labels_and_verify_its_own_prompts(qtbot, docked, models):
+    """Three runs on two images: the panels' default labels are the chosen image's run's (else
+    the newest run's), not the first run's; Verify judges a layer against the prompts it was
+    annotated with, not the main widget's current text (which is about another image)."""
+    viewer, widget = docked
+    model, tok = models[0]
+    coins = viewer.add_image(data.coins()[:160, :200], name="coins")
+    cat = viewer.add_image(data.chelsea(), name="chelsea")
+    widget.templates.value = "single"
+    for layer, prompts in ((coins, "coin"), (cat, "cat\nsofa")):
+        widget.image.value = layer
+        widget.prompts.value = prompts
+        widget.run()
+        idle(qtbot, widget)
+    coins_labels, cat_labels = viewer.layers["coins labels"], viewer.layers["chelsea labels"]
+    assert widget.image.value is cat
+    verify, probe = VerifyPanel(viewer, widget), ProbePanel(viewer, widget)
+    assert verify.labels.value is cat_labels and verify.default_labels() is cat_labels
+    widget.image.value = coins
+    assert verify.default_labels() is coins_labels
+    assert probe.default_labels() is coins_labels
+    # verify the coin labels while the main widget's prompts say "cat", "sofa"
+    verify.labels.value = coins_labels
+    verify.margin.value, verify.dim.value, verify.min_probability.value = 0.0, 0.0, 0.0
+    verify.verify_button.clicked.emit()
+    wait(qtbot, verify)
+    ids = sorted(int(i) for i in np.unique(coins_labels.data) if i)
+    assert ids and sorted(verify.table["id"]) == ids
+    assert set(verify.table["clip_class"]) == {"coin"}  # its only class: nothing to confuse it with
+    assert not verify.table["suspect"].any()
+
+
+def test_slice_finder_offers_the_users_stacks_not_the_plugins_heatmaps(qtbot, docked):
+    """After an all-slices run the stack's heatmap layers are stacks too: only the user's stack
+    is offered, and it is the default when the main widget annotates it."""
+    viewer, widget = docked
+    layer = viewer.add_image(_stack()[:3], name="stack", contrast_limits=(0, 255))
+    widget.slices.value = "all along axis"
+    widget.prompts.value = "coins"
+    widget.run()
+    idle(qtbot, widget)
+    assert any(lay.name.startswith("stack heatmap") and lay.ndim == 3 for lay in viewer.layers)
+    finder = SliceFinder(viewer, widget)
+    assert [c for c in finder.image.choices if c is not None] == [layer]
+    assert finder.image.value is layer

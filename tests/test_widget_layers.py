@@ -341,3 +341,38 @@ def test_a_rerun_without_a_prompt_hides_its_old_heatmap(qtbot, docked):
     assert "hid 1 heatmap of earlier prompts" in widget.status.value, widget.status.value
     _run(qtbot, widget, img, "cat\nsofa")
     assert viewer.layers["chelsea heatmap [sofa]"].visible  # the prompt is back: so is its map
+
+
+def test_an_image_the_user_opens_becomes_the_one_to_annotate_but_not_during_a_run(qtbot, docked):
+    """The image field follows an image the user opens while nothing runs (Run annotated the
+    image chosen before, with nothing saying so); the plugin's own heatmaps, and an image opened
+    while a run goes, leave it as it is. The status names the image a run is on."""
+    viewer, widget = docked
+    first = viewer.add_image(data.astronaut()[::4, ::4], name="astronaut")
+    assert widget.image.value is first
+    second = viewer.add_image(data.coins()[::2, ::2], name="coins")
+    assert widget.image.value is second
+    widget.image.value = first
+    widget.prompts.value = "cat"
+    widget.run()
+    assert widget.is_running and widget.status.value == "starting on 'astronaut'"
+    third = viewer.add_image(data.camera()[::4, ::4], name="camera")
+    assert widget.image.value is first  # not while it runs
+    idle(qtbot, widget)
+    assert "astronaut heatmap [cat]" in viewer.layers and widget.image.value is first  # its heatmaps: no
+    assert [c for c in widget.image.choices if c is not None] == [first, second, third]
+
+
+def test_deleting_the_labels_layer_during_a_rerun_is_not_reported_as_point_edits(qtbot, viewer_widget):
+    """The re-run makes a new labels layer and resets the points layer it reuses; that is not
+    the user's editing (the status said 'the point edits made while it ran were replaced')."""
+    viewer, widget = viewer_widget
+    widget.prompts.value = "cat"
+    widget.run()
+    idle(qtbot, widget)
+    widget.run()
+    assert widget.is_running
+    viewer.layers.remove(viewer.layers["chelsea labels"])
+    idle(qtbot, widget)
+    assert "done" in widget.status.value and "point edits" not in widget.status.value, widget.status.value
+    assert "chelsea labels" in viewer.layers

@@ -50,12 +50,15 @@ def test_channel_layers_are_composited_as_displayed(viewer_widget):
                              contrast_limits=[lim0, lim1], gammas=[1.0, 0.8])
     assert rgb.shape == (256, 256, 3) and np.abs(rgb.astype(int) - expected).max() <= 1
     assert (rgb[..., 0] > 0).any() and (rgb[..., 1] > 0).any()  # magenta's red and green's green both there
-    viewer.add_image(np.zeros((10, 10), np.uint16), name="small")
-    widget.reset_choices()
-    widget.composite_with.value = [viewer.layers["small"]]
+    small = viewer.add_image(np.zeros((10, 10), np.uint16), name="small")
+    assert widget.image.value is small  # just opened: the image to annotate
+    widget.image.value = mem
+    assert small not in [c[1] if isinstance(c, tuple) else c for c in widget.composite_with.choices]
+    widget.composite_with.value = [nuc]
+    nuc.data = np.zeros((10, 10))  # the chosen channel changes size afterwards
     widget.prompts.value = "nucleus"
     widget.run()  # a size mismatch is a notification, not a run
-    assert not widget.is_running and "small" in viewer.layers and len(viewer.layers) == 4
+    assert not widget.is_running and "same size" in widget.error.value and len(viewer.layers) == 4
 
 
 def test_windowed_run_reports_windows_and_cancel_between_windows_changes_nothing(qtbot, viewer_widget):
@@ -90,6 +93,8 @@ def test_background_prompts_and_absence_floor(qtbot, viewer_widget):
     _run(qtbot, widget, "cat\nsofa")
     result = widget.last_result
     assert result.absent == ["cat", "sofa"] and len(result.points) == 0
+    assert widget.status.value.endswith("no points for 'cat' (nothing reaches the absence floor), "
+                                        "'sofa' (nothing reaches the absence floor)"), widget.status.value
     for p in ("cat", "sofa"):
         layer = viewer.layers[f"chelsea heatmap [{p}]"]
         assert not layer.visible and layer.metadata["absent"] is True
@@ -99,7 +104,14 @@ def test_background_prompts_and_absence_floor(qtbot, viewer_widget):
     widget.absence_floor.value = "none"
     _run(qtbot, widget, "cat\nsofa")
     assert widget.last_result.absent == [] and len(widget.last_result.points) > 0
-    assert viewer.layers["chelsea heatmap [cat]"].visible
+    assert viewer.layers["chelsea heatmap [cat]"].visible and "no points" not in widget.status.value
+    # a minimum presence above what CLIP gives 'sofa': the status says by how much
+    presence = dict(zip(widget.last_result.prompts, widget.last_result.presence))
+    widget.min_presence.value = round(presence["sofa"] + 0.01, 2)
+    _run(qtbot, widget, "cat\nsofa")
+    assert "sofa" in widget.last_result.absent
+    assert f"'sofa' (presence {presence['sofa']:.2f} < min presence {widget.min_presence.value:.2f})" in \
+        widget.status.value, widget.status.value
 
 
 def test_bad_options_are_notifications(qtbot, viewer_widget):
@@ -114,10 +126,10 @@ def test_bad_options_are_notifications(qtbot, viewer_widget):
     widget.run()
     assert not widget.is_running and len(viewer.layers) == 1
     widget.absence_floor.value = "none"
-    widget.background.value = "cat"
-    widget.run()  # both a prompt and a background prompt
-    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
-    assert len(viewer.layers) == 1 and "failed" in widget.status.value
+    widget.background.value = "Cat"
+    widget.run()  # both a prompt and a background prompt: a message before the run, no model loaded
+    assert not widget.is_running and len(viewer.layers) == 1
+    assert "is both a prompt and a background prompt" in widget.error.value
 
 
 def test_custom_templates_reach_the_localizer_and_bad_ones_are_notifications(qtbot, viewer_widget):
@@ -142,32 +154,51 @@ def test_more_options_fold_away_and_channel_choices_exclude_rgb_and_our_layers(q
     widget.more_options.expand(animate=False)
     assert widget.more_options.isExpanded()
     _run(qtbot, widget, "cat")
-    viewer.add_image(np.zeros((300, 451), np.uint16), name="dapi")
-    widget.reset_choices()
-    names = list(widget.composite_with.choices)
-    assert [getattr(c, "name", c) for c in names] == ["dapi"]  # not chelsea (RGB), not our heatmap
+    assert list(widget.composite_with.choices) == []  # an RGB image is not composited
+    dapi = viewer.add_image(np.zeros((300, 451), np.uint16), name="dapi")
+    viewer.add_image(np.zeros((300, 451), np.uint16), name="gfp")
+    viewer.add_image(np.zeros((30, 45), np.uint16), name="thumbnail")
+    widget.image.value = dapi
+    names = [getattr(c, "name", c) for c in widget.composite_with.choices]
+    assert names == ["gfp"]  # not chelsea (RGB), not our heatmap, not a layer of another size
+    widget.composite_with.value = [viewer.layers["gfp"]]
+    widget.image.value = viewer.layers["thumbnail"]  # the chosen channel does not carry over
+    assert widget.composite_with.value == [] and list(widget.composite_with.choices) == []
 
 
-def test_more_options_and_long_texts_scroll_in_place_instead_of_growing_the_dock(qtbot, docked):
+def test_the_form_scrolls_as_a_whole_instead_of_growing_the_window(qtbot, docked):
     """napari docks the form without a scroll area: expanded "More options", many prompts or a
-    long error must not raise the dock's minimum height by their full length (Run and Export
-    went below a 768 px laptop screen's edge)."""
+    long error raised the dock's minimum height by their full length (Run and Export went below
+    a 768 px laptop screen's edge; with the tools docked below, the window grew past the
+    screen). The form scrolls inside the dock instead, all of it reachable."""
     from qtpy.QtWidgets import QApplication
 
     viewer, widget = docked
     viewer.show()  # hidden widgets do not count in size hints
+    window = viewer.window._qt_window
+    window.resize(1000, 700)
 
-    def minimum() -> int:
-        QApplication.processEvents()
-        return widget.native.minimumSizeHint().height()
+    def settle():
+        for _ in range(5):
+            QApplication.processEvents()
 
-    folded = minimum()
+    settle()
+    height = window.height()
     widget.more_options.expand(animate=False)
-    assert minimum() - folded <= 200
     widget.prompts.value = "\n".join(f"prompt {i}" for i in range(60))
     widget.show_error("a failure", "details\n" * 300)
     widget.error_details.visible = True
-    assert minimum() - folded <= 200 + 170 + 250
+    widget.open_tools()
+    settle()
+    assert widget.native.minimumSizeHint().height() <= 150
+    assert window.height() == height  # not past the screen's edge
+    area = widget.scroll_area
+    assert area.verticalScrollBar().maximum() > 0  # the rest is a scroll away ...
+    area.ensureWidgetVisible(widget.tools_button.native)
+    settle()
+    bar = area.verticalScrollBar().value()
+    assert bar > 0 and widget.tools_button.native.visibleRegion().boundingRect().height() > 0  # ... and reachable
+    assert widget.more.native.height() >= widget.more.native.sizeHint().height()  # More options unclipped
 
 
 def test_a_status_or_error_that_wraps_is_shown_whole(qtbot, docked):
@@ -181,6 +212,19 @@ def test_a_status_or_error_that_wraps_is_shown_whole(qtbot, docked):
                         (widget.error.native, lambda text: widget.show_error(text))):
         for text in ("ready", "done: 2 heatmaps, 14 points, 7 objects; kept 131 hand-painted pixels; " * 3, "ok"):
             show(text)
-            QApplication.processEvents()
+            for _ in range(4):  # the layout requests climb one nested layout per event-loop turn
+                QApplication.processEvents()
             assert label.height() >= label.heightForWidth(label.width()), (text, label.height())
         assert label.height() < 2 * label.fontMetrics().height() + 8  # and short again for one line
+
+
+def test_a_run_takes_at_most_32_prompts_and_says_so_before_loading_anything(qtbot, viewer_widget):
+    """Each prompt adds a layer: 300 prompts held napari for minutes while their layers were
+    added (that step is not cancelled half-way). Too many is a message before the run."""
+    from napari_clipsam.widgets.annotate_widget import MAX_PROMPTS
+
+    viewer, widget = viewer_widget
+    widget.prompts.value = "\n".join(f"thing {i}" for i in range(MAX_PROMPTS + 1))
+    widget.run()
+    assert not widget.is_running and len(viewer.layers) == 1
+    assert f"{MAX_PROMPTS + 1} prompts: a run takes at most {MAX_PROMPTS}" in widget.error.value

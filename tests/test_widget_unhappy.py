@@ -190,3 +190,19 @@ def test_script_misuse_of_use_models_and_export_labels_is_named(qtbot, run_widge
     widget.close_down()
     with pytest.raises(RuntimeError, match="widget was closed"):
         widget.export_labels(tmp_path / "y.tif")
+
+
+def test_a_bad_slice_of_an_all_slices_run_is_named(qtbot, docked):
+    """NaN on one slice of a stack: the message says which slice (it gave only the plane's
+    shape, the same for every slice), and nothing is added."""
+    viewer, widget = docked
+    stack = np.random.default_rng(0).random((3, 40, 50)).astype(np.float32)
+    stack[1, 5, 5] = np.nan
+    viewer.add_image(stack, name="stack", contrast_limits=(0, 1))
+    widget.slices.value = "all along axis"
+    widget.prompts.value = "cat"
+    widget.run()
+    idle(qtbot, widget)
+    assert [layer.name for layer in viewer.layers] == ["stack"]
+    assert widget.error.value.startswith("slice 2/3 (axis 0 = 1): "), widget.error.value
+    assert "NaN" in widget.error.value

@@ -27,7 +27,6 @@ def _launcher(argv) -> None:
         parser.error(f"no such file or folder: {', '.join(missing)}{hint}")
 
     import napari
-
     from qtpy.QtCore import QTimer
 
     viewer = napari.Viewer()

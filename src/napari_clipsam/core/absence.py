@@ -145,3 +145,20 @@ def heatmap_thresholds(scores: np.ndarray, rule: AbsenceRule, presence: np.ndarr
     absent = below | no_pixel
     thresholds[absent] = 0.0
     return AbsenceResult(absent=absent, below_presence=below, thresholds=thresholds)
+
+
+def explain_absent(prompts, absent, presence=None, min_presence: float = 0.0) -> dict[str, str]:
+    """Why each of the ``absent`` prompts got no points, in words a user can act on:
+    {prompt: "presence 0.12 < min presence 0.40"} or {prompt: "nothing reaches the absence
+    floor"}. ``presence``: the (P,) image-level probabilities of ``prompts``, if computed."""
+    prompts = list(prompts)
+    values = None if presence is None else np.asarray(presence, dtype=np.float64).ravel()
+    out = {}
+    for prompt in absent:
+        i = prompts.index(prompt) if prompt in prompts else None
+        p = values[i] if values is not None and i is not None and i < len(values) else None
+        if p is not None and min_presence > 0 and p < min_presence:
+            out[prompt] = f"presence {p:.2f} < min presence {min_presence:.2f}"
+        else:
+            out[prompt] = "nothing reaches the absence floor"
+    return out

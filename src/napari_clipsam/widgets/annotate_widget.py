@@ -18,9 +18,9 @@ from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QEvent, QObject, QTimer
 
 from .. import core as _core  # noqa: F401  (the triton/Mesa guard before torch)
-from ..core.absence import AbsenceRule
+from ..core.absence import AbsenceRule, explain_absent
 from ..core.annotation import ImageAnnotation, Plane, SamQueue
-from ..core.localizers import check_prompts, get_localizer
+from ..core.localizers import check_background, check_prompts, get_localizer
 from ..core.localizers.prompts import resolve_templates
 from ..core.progress import Task
 from . import kept_states as KS
@@ -32,6 +32,11 @@ from .live_editor import LiveEditor
 from .model_cache import ModelCache
 from .run_support import annotate_via_queue, provenance, run_record
 from .runner import Runner
+
+
+#: the most prompts one run takes (one heatmap layer each; napari's adding a layer costs ~0.1-0.4 s
+#: of the GUI thread, more as layers pile up)
+MAX_PROMPTS = 32
 
 
 class ClipSamWidget(AnnotateForm):
@@ -141,12 +146,17 @@ class ClipSamWidget(AnnotateForm):
         images = [lay for lay in self.viewer.layers if isinstance(lay, Image) and not LW.is_ours(lay)]
         current = self.image.value
         self.image.choices = [(lay.name, lay) for lay in images]
-        if current in images:
+        opened = event.value if event is not None and getattr(event, "type", "") == "inserted" else None
+        if opened in images and not self.is_running:  # an image the user just opened is the one to annotate
+            self.image.value = opened
+        elif current in images:
             self.image.value = current
         elif images:
             self.image.value = images[-1]
         chosen_image = self.image.value
-        channels = [lay for lay in images if not lay.rgb and lay is not chosen_image]  # the image is always in
+        # channels to blend with the image: single-channel layers of its size (others cannot be)
+        size = spatial_shape(chosen_image) if chosen_image is not None and not chosen_image.rgb else None
+        channels = [lay for lay in images if not lay.rgb and lay is not chosen_image and spatial_shape(lay) == size]
         chosen = [lay for lay in (self.composite_with.value or []) if lay in channels]
         self.composite_with.choices = [(lay.name, lay) for lay in channels]
         self.composite_with.value = chosen
@@ -269,10 +279,16 @@ class ClipSamWidget(AnnotateForm):
             return
         try:
             prompts = check_prompts([ln for ln in self.prompts.value.splitlines() if ln.strip()])
+            if len(prompts) > MAX_PROMPTS:
+                raise ValueError(f"{len(prompts)} prompts: a run takes at most {MAX_PROMPTS} (each adds a heatmap "
+                                 "layer, and adding hundreds of layers would hold napari for minutes). Split them "
+                                 "into several runs, or annotate from Python or 'napari-clipsam batch', which add "
+                                 "no layers")
             planes = self._planes(layer)
             others = [lay for lay in (self.composite_with.value or []) if lay in self.viewer.layers]
             check_channels(layer, others)  # a mismatch is a message before the run (the pixels are read in it)
             params = self._localizer_params()
+            check_background(prompts, params["background"])
             absence = self._absence_rule()
         except ValueError as exc:
             self._fail(str(exc))
@@ -294,7 +310,12 @@ class ClipSamWidget(AnnotateForm):
             # the pixels are read here, not on the GUI thread (a large or lazy image would freeze
             # napari), and before the models load, so bad pixels are a message within moments
             task.report("reading the image")
-            first = pixels_now(planes[0])
+            try:
+                first = pixels_now(planes[0])
+            except ValueError as exc:
+                if len(planes) == 1:
+                    raise
+                raise ValueError(f"slice 1/{len(planes)} ({planes[0].describe()}): {exc}") from exc
 
             def pixels(plane: Plane) -> np.ndarray:
                 return first if plane == planes[0] else pixels_now(plane)
@@ -313,8 +334,13 @@ class ClipSamWidget(AnnotateForm):
             out = []
             for i, plane in enumerate(planes):
                 part = task.within(f"slice {i + 1}/{len(planes)}") if len(planes) > 1 else task
-                rgb = pixels(plane)
-                result = annotate_via_queue(self.sam_queue, rgb, prompts, localizer, session, cfg, part)
+                try:
+                    rgb = pixels(plane)
+                    result = annotate_via_queue(self.sam_queue, rgb, prompts, localizer, session, cfg, part)
+                except ValueError as exc:
+                    if len(planes) == 1:
+                        raise
+                    raise ValueError(f"slice {i + 1}/{len(planes)} ({plane.describe()}): {exc}") from exc
                 if out and not full_resolution:  # keep one plane's image-size maps (last_result), not all
                     RW.slim(out[-1][1])
                 out.append((plane, result))
@@ -323,9 +349,9 @@ class ClipSamWidget(AnnotateForm):
 
         self.run_button.enabled = False
         self.cancel_button.enabled = True
-        self.show_status("starting")
+        self.show_status(f"starting on '{layer.name}'")
         editor = self.editor_for(layer)
-        started = {"shape": spatial_shape(layer),  # what the run's results are checked against
+        started = {"shape": spatial_shape(layer), "absence": absence,  # what the run's results are checked against
                    "points": None if editor is None else (editor.points_layer, np.array(editor.points_layer.data))}
         self.runner.start(job, on_done=lambda res, lay=layer: self._on_done(lay, res, pixels_now, started),
                           on_failed=self._on_failed, on_cancelled=self._on_cancelled,
@@ -337,6 +363,10 @@ class ClipSamWidget(AnnotateForm):
         if self.is_running and not self.runner.applying:
             self.show_status("cancelling…")
             self.runner.cancel()
+        elif self.is_running:
+            show_info("napari-clipsam: the run's results are being added to the viewer; that is not stopped "
+                      "half-way (it would leave some of them), it ends in a moment. To undo it, delete the new "
+                      "layers or press Ctrl+Z in the labels layer")
 
     def _end_run(self) -> None:
         self.run_button.enabled = True
@@ -396,9 +426,13 @@ class ClipSamWidget(AnnotateForm):
             show_warning(f"napari-clipsam: the data of '{image_layer.name}' changed shape during the run "
                          f"({' x '.join(map(str, shape))} -> {now}); its results were discarded. Run again")
             return None
-        return self._apply(image_layer, session, results, record, heat, pixels, started["points"])
+        return self._apply(image_layer, session, results, record, heat, pixels, started["points"],
+                           started["absence"])
 
-    def _apply(self, image_layer, session, results, record, heat, pixels, points_before=None):
+    def _apply(self, image_layer, session, results, record, heat, pixels, points_before=None, absence=None):
+        # the user moved or added points while the run ran (read before the plugin changes anything)
+        edited_while_running = points_before is not None and not np.array_equal(
+            points_before[1], np.asarray(points_before[0].data))
         try:
             self.last_results = [r for _, r in results]
             self.last_result = self.last_results[-1]
@@ -455,8 +489,7 @@ class ClipSamWidget(AnnotateForm):
             editor.pixels = pixels
             editor.state.session = session
             editor.state.shape = spatial_shape(image_layer)
-            edited = points_before is not None and points_before[0] is editor.points_layer and not np.array_equal(
-                points_before[1], np.asarray(editor.points_layer.data))  # by the user, while the run ran
+            edited = edited_while_running and points_before[0] is editor.points_layer
             kept = yield from RW.write_run_steps(editor, results)
             editor.record = record
             if editor.points_layer in self.viewer.layers:  # what the user edits next, and where T / N / M work
@@ -465,11 +498,16 @@ class ClipSamWidget(AnnotateForm):
             if not self.closed:
                 self._end_run()
         n_points = sum(len(r.points) for _, r in results)
-        absent = sorted({p for _, r in results for p in r.absent})
-        if absent:
-            show_info(f"napari-clipsam: no points for {absent}: below the absence floor or the minimum presence "
-                      "(their heatmaps are added hidden)")
+        reasons = {}
+        for _, r in results:
+            reasons.update(explain_absent(r.prompts, r.absent, r.presence, absence.min_presence if absence else 0.0))
+        if reasons:
+            why = ", ".join(f"'{p}' ({why})" for p, why in reasons.items())
+            show_info(f"napari-clipsam: no points for {why}. Their heatmaps are added hidden; lower 'min presence' "
+                      "or the absence floor (More options) to get points for them")
         note = f"; kept {kept} hand-painted pixels" if kept else ""
+        if reasons:
+            note += "; no points for " + ", ".join(f"'{p}' ({why})" for p, why in reasons.items())
         if stale:
             note += f"; hid {len(stale)} heatmap{'s' if len(stale) > 1 else ''} of earlier prompts"
         if edited:

@@ -19,8 +19,16 @@ from magicgui.widgets import (
     SpinBox,
     TextEdit,
 )
-from qtpy.QtCore import QEvent, QObject, Qt
-from qtpy.QtWidgets import QAbstractScrollArea, QComboBox, QFrame, QScrollArea, QSizePolicy
+from qtpy.QtCore import QEvent, QObject, QSize, Qt
+from qtpy.QtWidgets import (
+    QAbstractScrollArea,
+    QComboBox,
+    QFrame,
+    QScrollArea,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
 from superqt import QCollapsible
 
 from ..core.absence import FLOOR_MODES
@@ -42,8 +50,6 @@ METHOD_HELP = {
     "attention": "Attention of the best-matching patch: an explanation view, not a segmentation.",
 }
 
-#: the most height "More options" takes when expanded (its fields scroll within it)
-MORE_OPTIONS_HEIGHT = 320
 #: the most height the prompts take (their text scrolls within it)
 TEXT_AREA_HEIGHT = 160
 #: the most height an error's details take (what to do is often at their end: room for it)
@@ -90,6 +96,51 @@ def fit_wrapped_height(label) -> None:
         label.setMinimumHeight(need if need > 0 else old)
 
 
+class _FormScroll(QScrollArea):
+    """A vertical scroll area that asks for its form's whole height (the dock shows everything
+    when there is room) but needs only its width and a few rows of it: in a small window, or
+    with the tools docked below, the form scrolls instead of pushing the window past the
+    screen's edge."""
+
+    MINIMUM_HEIGHT = 120
+
+    def _extra_width(self) -> int:
+        return self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        inner = self.widget().sizeHint() if self.widget() is not None else QSize(0, 0)
+        return QSize(inner.width() + self._extra_width(), inner.height() + 2 * self.frameWidth())
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        inner = self.widget().minimumSizeHint() if self.widget() is not None else QSize(0, 0)
+        return QSize(inner.width() + self._extra_width(), min(inner.height(), self.MINIMUM_HEIGHT))
+
+
+class ScrollingForm(Container):
+    """A dock's form whose fields (``self.body``, a labelled magicgui Container) scroll as a
+    whole inside the dock. napari docks a magicgui widget's ``native`` without a scroll area,
+    so a form taller than the window raised the window's minimum height past the screen."""
+
+    def __init__(self):
+        super().__init__(labels=False)
+        self.margins = (0, 0, 0, 0)
+        self.body = Container(labels=True)
+        holder = QWidget()  # the body at its own height, on top; the room below it stays empty
+        column = QVBoxLayout(holder)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.addWidget(self.body.native)
+        column.addStretch(1)
+        self.scroll_area = _FormScroll()
+        self.scroll_area.setWidgetResizable(True)
+        self.scroll_area.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll_area.setWidget(holder)
+        self.native.layout().addWidget(self.scroll_area)
+
+    def reset_choices(self, *_) -> None:
+        self.body.reset_choices()
+
+
 def clip_label(name: str, tag: str) -> str:
     return f"{name} / {tag}"
 
@@ -107,11 +158,11 @@ def sam_model_help(default: str) -> str:
     return text
 
 
-class AnnotateForm(Container):
+class AnnotateForm(ScrollingForm):
     """The fields, buttons and status area of the dock widget."""
 
     def __init__(self):
-        super().__init__(labels=True)
+        super().__init__()
         self.image = ComboBox(label="image", choices=(), nullable=True,
                               tooltip="The image layer to annotate (nD: the displayed plane, in any dims order).")
         self.prompts = TextEdit(label="prompts", value="",
@@ -212,16 +263,7 @@ class AnnotateForm(Container):
         self.more_options.setExpandedIcon("▾")
         self.more_options.setToolTip("Models and local files, nD slices, channels, templates and background "
                                      "prompts, resolution and windows for large images, absence checks")
-        # its fields scroll inside a bounded area: expanded, they must not push Run and Export
-        # below a laptop screen's edge (napari docks the form itself, without a scroll area)
-        more_scroll = QScrollArea()
-        more_scroll.setWidgetResizable(True)
-        more_scroll.setFrameShape(QFrame.Shape.NoFrame)
-        more_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        more_scroll.setWidget(self.more.native)
-        more_scroll.setMinimumHeight(120)
-        more_scroll.setMaximumHeight(MORE_OPTIONS_HEIGHT)
-        self.more_options.addWidget(more_scroll)
+        self.more_options.addWidget(self.more.native)  # the whole form scrolls (ScrollingForm)
         self.more_options.collapse(animate=False)
 
         for area in (self.prompts, self.error_details, self.composite_with):  # size from content, not 256 px
@@ -234,14 +276,14 @@ class AnnotateForm(Container):
                     self.absence_floor):  # long item names must not widen the dock
             box.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             box.native.setMinimumContentsLength(10)
-        self.extend([self.image, self.prompts, self.method, self.threshold])
-        self.native.layout().addWidget(self.more_options)
-        self.extend([
+        self.body.extend([self.image, self.prompts, self.method, self.threshold])
+        self.body.native.layout().addWidget(self.more_options)
+        self.body.extend([
             self.run_button, self.cancel_button, self.progress, self.status, self.error, self.error_details_button,
             self.error_details, self.new_object_button, self.flip_button, self.next_mask_button,
             self.semantic_button, self.export_button, self.tools_button, self.shortcuts,
         ])
-        layout = self.native.layout()  # "More options" right under the first four fields
+        layout = self.body.native.layout()  # "More options" right under the first four fields
         layout.removeWidget(self.more_options)
         layout.insertWidget(4, self.more_options)
         self.templates.changed.connect(lambda v: setattr(self.custom_templates, "visible", v == "custom"))

@@ -3,23 +3,23 @@ one error notification, and reading the main widget's run options through its pu
 
 from __future__ import annotations
 
-from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from magicgui.widgets import Label, ProgressBar, PushButton
 from napari.layers import Labels
 from napari.utils.notifications import show_error as notify_error
 
 from ..core.export import classes_from_features
 from ..core.localizers import LOCALIZERS, check_prompts
-from .form import fit_wrapped_height, wrap_text
+from .form import ScrollingForm, fit_wrapped_height, wrap_text
 from .runner import Runner
 
 
-class PanelBase(Container):
+class PanelBase(ScrollingForm):
     """A small panel over ``viewer`` that borrows ``main``'s (a ClipSamWidget) models and options."""
 
     title = "napari-clipsam"
 
     def __init__(self, viewer, main):
-        super().__init__(labels=True)
+        super().__init__()
         self.viewer = viewer
         self.main = main
         self.progress = ProgressBar(label="progress", min=0, max=1000, value=0, visible=False)
@@ -96,6 +96,30 @@ class PanelBase(Container):
 
     def labels_choices(self, *_):
         return [lay for lay in self.viewer.layers if isinstance(lay, Labels)]
+
+    def default_labels(self):
+        """The labels layer a panel works on when none is chosen: the chosen image's run's, else
+        the newest run's still in the viewer (None if there is none)."""
+        image = self.main.image.value
+        alive = [e for e in self.main.editors if e.labels_layer in self.viewer.layers]
+        mine = [e for e in alive if e.image_layer is image]
+        editor = (mine or alive or [None])[-1]
+        return editor.labels_layer if editor is not None else None
+
+    def pick_default_labels(self) -> None:
+        """Choose ``default_labels()`` in the panel's ``labels`` field if it is empty."""
+        if self.labels.value is None:
+            layer = self.default_labels()
+            if layer is not None:
+                self.labels.value = layer
+
+    def prompts_of(self, labels_layer) -> list[str]:
+        """The prompts ``labels_layer`` was annotated with (its run's, from its metadata), else
+        the main widget's."""
+        own = labels_layer.metadata.get("prompts") if isinstance(labels_layer.metadata, dict) else None
+        if isinstance(own, (list, tuple)) and own and all(isinstance(p, str) and p.strip() for p in own):
+            return list(dict.fromkeys(own))
+        return self.prompts()
 
     def image_of(self, labels_layer):
         """The image layer a labels layer annotates: the main widget's editor's, else its chosen image."""

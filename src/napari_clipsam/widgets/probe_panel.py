@@ -49,7 +49,7 @@ class ProbePanel(PanelBase):
                                tooltip="nD images: the displayed plane, or every plane along 'slice axis'.")
         self.slice_axis = SpinBox(label="slice axis", min=0, max=31, value=0)
         self.apply_button = PushButton(text="Probe heatmaps")
-        self.extend([self.labels, self.strength,
+        self.body.extend([self.labels, self.strength,
                      Container(layout="horizontal", widgets=[self.train_button, self.cancel_button], labels=False),
                      self.path, Container(layout="horizontal", widgets=[self.save_button, self.load_button],
                                           labels=False),
@@ -96,11 +96,7 @@ class ProbePanel(PanelBase):
 
     def train(self, *_) -> None:
         self.reset_choices()
-        if self.labels.value is None:
-            for editor in self.main.editors:
-                if editor.labels_layer in self.viewer.layers:
-                    self.labels.value = editor.labels_layer
-                    break
+        self.pick_default_labels()
         layer = self.labels.value
         if layer is None or layer not in self.viewer.layers:
             self.fail("pick a labels layer with accepted objects first")

@@ -72,10 +72,10 @@ class SliceFinder(PanelBase):
         self.rank_button = PushButton(text="Rank slices")
         self.next_button = PushButton(text="Next of top k", enabled=False)
         self.plot = ScorePlot()
-        self.extend([self.image, self.axis, self.query, self.by_example, self.top_k,
+        self.body.extend([self.image, self.axis, self.query, self.by_example, self.top_k,
                      Container(layout="horizontal", widgets=[self.rank_button, self.cancel_button], labels=False),
                      self.progress, self.status, self.next_button])
-        self.native.layout().addWidget(self.plot)
+        self.body.native.layout().addWidget(self.plot)
         self.rank_button.changed.connect(self.rank)
         self.next_button.changed.connect(self.next_best)
         self.cache = EmbeddingCache()
@@ -85,11 +85,17 @@ class SliceFinder(PanelBase):
         self._target = None
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
+        if self.image.value is None and main.image.value in self._stacks():
+            self.image.value = main.image.value  # the stack the main widget annotates
 
     def _stacks(self, *_):
+        """The images with a slice or time axis, not the plugin's own (heatmaps)."""
         from napari.layers import Image
 
-        return [lay for lay in self.viewer.layers if isinstance(lay, Image) and len(spatial_shape(lay)) >= 3]
+        from . import layer_writer as LW
+
+        return [lay for lay in self.viewer.layers
+                if isinstance(lay, Image) and not LW.is_ours(lay) and len(spatial_shape(lay)) >= 3]
 
     # ------------------------------------------------------------------ rank
     def _stack(self, layer, axis: int):

@@ -44,7 +44,7 @@ class VerifyPanel(PanelBase):
         self.verify_button = PushButton(text="Verify masks")
         self.suspect_list = ComboBox(label="suspect masks", choices=[], nullable=True)
         self.jump_button = PushButton(text="Jump to suspect")
-        self.extend([self.labels, self.margin, self.dim, self.min_probability, self.action,
+        self.body.extend([self.labels, self.margin, self.dim, self.min_probability, self.action,
                      Container(layout="horizontal", widgets=[self.verify_button, self.cancel_button], labels=False),
                      self.progress, self.status, self.suspect_list, self.jump_button])
         self.verify_button.changed.connect(self.verify)
@@ -57,20 +57,13 @@ class VerifyPanel(PanelBase):
         self._boxes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
-        self._pick_default()
-
-    def _pick_default(self) -> None:
-        if self.labels.value is None:
-            for editor in self.main.editors:
-                if editor.labels_layer in self.viewer.layers:
-                    self.labels.value = editor.labels_layer
-                    return
+        self.pick_default_labels()
 
     # ------------------------------------------------------------------ run
     def verify(self, *_) -> None:
         """Verify the masks of the chosen labels layer on the displayed plane (in a worker)."""
         self.reset_choices()
-        self._pick_default()
+        self.pick_default_labels()
         layer = self.labels.value
         if layer is None or layer not in self.viewer.layers:
             self.fail("pick a labels layer first (run the annotation, or open labels)")
@@ -84,7 +77,7 @@ class VerifyPanel(PanelBase):
             labels = np.asarray(plane.take(np.asarray(layer.data)))
             rgb = plane_rgb(image_layer, plane)
             classes, scores = layer_classes(layer)
-            prompts = self.prompts()
+            prompts = self.prompts_of(layer)  # its run's: another image's prompts are not its classes
             prompts += [c for c in dict.fromkeys(classes.values()) if c not in prompts]
             if not prompts:
                 raise ValueError("no prompts: type them in the main widget (or give the labels classes)")
