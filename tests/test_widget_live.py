@@ -659,12 +659,16 @@ def test_the_tools_open_below_the_widget_and_close_with_it(qtbot, docked):
 
     viewer, widget = docked
     viewer.show()
+    viewer.window._qt_window.resize(1200, 900)
     tools = widget.open_tools()
-    QApplication.processEvents()
+    for _ in range(5):
+        QApplication.processEvents()
     docks = {name: panel.native.parent() for name, panel in tools.items()}
     window = docks["Verify masks"].parent()
     main = widget.native.parent()
     assert window.tabifiedDockWidgets(main) == []  # the widget stays in view
+    # ... and leaves the tools room to be used (they got a few rows: the main form took all it asked)
+    assert docks["Verify masks"].height() >= 240 and main.height() >= 240, (main.height(), docks["Verify masks"].height())
     assert {d.windowTitle() for d in window.tabifiedDockWidgets(docks["Verify masks"])} == {
         docks["Few-shot probe"].windowTitle(), docks["Find slice"].windowTitle()}
     viewer.window.remove_dock_widget(widget.native)  # the main dock's X

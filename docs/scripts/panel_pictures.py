@@ -19,9 +19,6 @@ from skimage import data  # noqa: E402
 from skimage.transform import resize  # noqa: E402
 
 from napari_clipsam.widgets import ClipSamWidget  # noqa: E402
-from napari_clipsam.widgets.probe_panel import ProbePanel  # noqa: E402
-from napari_clipsam.widgets.slice_finder import SliceFinder  # noqa: E402
-from napari_clipsam.widgets.verify_panel import VerifyPanel  # noqa: E402
 from synthetic_cells import cell_slices  # noqa: E402
 
 from reference_model import load_reference_clip  # noqa: E402
@@ -50,10 +47,20 @@ def shot(viewer, name):
 
 def viewer_with_main():
     viewer = napari.Viewer(title="napari-clipsam")
+    viewer.window._qt_window.resize(1400, 950)  # room for the main widget and a panel below it
     main = ClipSamWidget(viewer)
     main.use_models(clip=MODELS[0], sam=MODELS[1])
     viewer.window.add_dock_widget(main, name="Annotate from words")
     return viewer, main
+
+
+def tool(main, name):
+    """The panel ``name`` as a user opens it: the main widget's tools button docks the three
+    below it, as tabs; this one in front."""
+    panel = main.open_tools()[name]
+    settle(QApplication.instance())  # the tab bar exists once the docks are laid out
+    panel.native.parentWidget().raise_()  # its tab
+    return panel
 
 
 def verify_picture(app):
@@ -63,14 +70,15 @@ def verify_picture(app):
     main.max_objects.value = 3
     main.run()
     settle(app, lambda: main.is_busy)
-    panel = VerifyPanel(viewer, main)
-    viewer.window.add_dock_widget(panel, name="Verify masks", tabify=True)
+    panel = tool(main, "Verify masks")
     panel.min_probability.value = 0.6
     panel.verify()
     settle(app, lambda: panel.is_running)
     for lay in list(viewer.layers):
         if "heatmap" in lay.name:
             lay.visible = False
+    viewer.reset_view()
+    settle(app)
     shot(viewer, "verify.png")
 
 
@@ -86,8 +94,7 @@ def probe_picture(app):
     main.image.value = train
     main.prompts.value = "cell"
     main.resolution.value = 224
-    panel = ProbePanel(viewer, main)
-    viewer.window.add_dock_widget(panel, name="Few-shot probe", tabify=True)
+    panel = tool(main, "Few-shot probe")
     panel.labels.value = viewer.layers["accepted"]
     panel.train()
     settle(app, lambda: panel.is_running)
@@ -111,8 +118,7 @@ def slice_picture(app):
     stack = np.stack([gray(f()) for f in (data.camera, data.coins, data.moon, data.astronaut, data.chelsea,
                                           data.coffee, data.rocket, data.cell, data.page, data.text)])
     viewer.add_image(stack, name="stack", contrast_limits=(0, 255))
-    finder = SliceFinder(viewer, main)
-    viewer.window.add_dock_widget(finder, name="Find slice", tabify=True)
+    finder = tool(main, "Find slice")
     finder.image.value = viewer.layers["stack"]
     finder.query.value = "coins"
     finder.rank()

@@ -643,7 +643,27 @@ class ClipSamWidget(AnnotateForm):
                 first = first or self._tool_docks[0]
         if first is not None:
             first.raise_()  # Verify in front, as the button's label reads
+            QTimer.singleShot(0, lambda dock=first: self._share_height(dock))  # once they are laid out
         return self.tools
+
+    def _share_height(self, tools_dock) -> None:
+        """Give this widget the height its form needs (or half the column) and the tools the
+        rest: by default Qt gave the main form all it asked for, the room below its last
+        button included, and the tools a few rows."""
+        from qtpy.QtCore import Qt
+        from qtpy.QtWidgets import QDockWidget, QMainWindow
+
+        main_dock = self.native.parentWidget()
+        window = main_dock.parentWidget() if main_dock is not None else None
+        if self.closed or not isinstance(main_dock, QDockWidget) or not isinstance(window, QMainWindow):
+            return
+        try:
+            column = main_dock.height() + tools_dock.height()
+            wanted = main_dock.sizeHint().height()
+            mine = max(min(wanted, column - 240), column // 2)
+            window.resizeDocks([main_dock, tools_dock], [mine, column - mine], Qt.Orientation.Vertical)
+        except RuntimeError:  # a dock was deleted in between
+            pass
 
     # ------------------------------------------------------------------ export
     def export_labels(self, path, labels_layer=None, *, overwrite: bool = False) -> list[str]:
