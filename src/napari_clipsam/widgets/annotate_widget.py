@@ -33,7 +33,6 @@ from .model_cache import ModelCache
 from .run_support import annotate_via_queue, provenance, run_record
 from .runner import Runner
 
-
 #: the most prompts one run takes (one heatmap layer each; napari's adding a layer costs ~0.1-0.4 s
 #: of the GUI thread, more as layers pile up)
 MAX_PROMPTS = 32
