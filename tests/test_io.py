@@ -71,7 +71,9 @@ def test_save_layer_and_reopen_round_trip(tmp_path, labels, suffix):
     assert [t[2] for t in layer_data] == ["labels", "points"]
     lab_layer = napari_layers.Layer.create(*layer_data[0])
     np.testing.assert_array_equal(np.asarray(lab_layer.data), labels)
-    f = lab_layer.features
+    f = lab_layer.features  # as the widget's labels layers have it: the background first, then each id
+    assert (f["index"].iloc[0], f["class"].iloc[0]) == (0, "background")
+    f = f.iloc[1:]
     assert dict(zip(f["index"], f["class"])) == CLASSES and dict(zip(f["index"], f["score"])) == SCORES
     assert lab_layer.metadata["classes"] == CLASSES
     pts_layer = napari_layers.Layer.create(*layer_data[1])
@@ -175,7 +177,7 @@ def test_file_open_in_napari_round_trips(tmp_path, labels):
     added = other.open(str(tmp_path / "v.ome.zarr"), plugin="napari-clipsam")
     assert [type(layer).__name__ for layer in added] == ["Labels", "Points"]
     np.testing.assert_array_equal(np.asarray(added[0].data), labels)
-    assert dict(zip(added[0].features["index"], added[0].features["class"])) == CLASSES
+    assert dict(zip(added[0].features["index"], added[0].features["class"])) == {0: "background", **CLASSES}
     np.testing.assert_array_equal(added[1].data, POINTS["points"])
 
 

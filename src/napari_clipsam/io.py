@@ -204,7 +204,7 @@ def read_export(path) -> list[tuple]:
     labels = exp.labels
     stem = Path(exp.path).name.split(".")[0]
     ids = [int(i) for i in np.unique(labels) if i != 0]
-    features = features_table(exp.classes, exp.scores, ids=sorted(set(ids) | set(exp.classes)))
+    features = features_table(exp.classes, exp.scores, ids=sorted(set(ids) | set(exp.classes)), background=True)
     meta = {"classes": dict(exp.classes), "scores": dict(exp.scores), "provenance": exp.provenance,
             "source_file": exp.path}
     layers = [(labels, {"name": f"{stem} labels", "features": features, "metadata": meta}, "labels")]

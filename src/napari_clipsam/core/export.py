@@ -270,19 +270,25 @@ def clean_scores(scores: Mapping | None) -> dict[int, float]:
 
 
 # ------------------------------------------------------------------ features table
-def features_table(classes: Mapping | None, scores: Mapping | None = None, ids: Sequence[int] | None = None):
+def features_table(classes: Mapping | None, scores: Mapping | None = None, ids: Sequence[int] | None = None,
+                   *, background: bool = False):
     """A pandas table with columns ``index`` (label id), ``class``, ``score`` (NaN if unknown):
     the layout of a napari Labels layer's ``features``. ``ids``: rows to include (default: the
-    ids in ``classes`` and ``scores``), in increasing order."""
+    ids in ``classes`` and ``scores``), in increasing order. ``background``: a first row for
+    id 0, class "background" (as the widget's labels layers have it)."""
     import pandas as pd
 
     classes = clean_classes(classes)
     scores = clean_scores(scores)
     keys = sorted(set(ids) if ids is not None else set(classes) | set(scores))
+    names = [classes.get(k, "") for k in keys]
+    if background:
+        keys, names = [0, *(k for k in keys if k != 0)], ["background", *(n for k, n in zip(keys, names) if k != 0)]
     return pd.DataFrame({
         "index": np.asarray(keys, dtype=np.int64),
-        "class": pd.Series([classes.get(k, "") for k in keys], dtype=object),
-        "score": np.asarray([scores.get(k, np.nan) for k in keys], dtype=np.float64),
+        "class": pd.Series(names, dtype=object),
+        "score": np.asarray([np.nan if k == 0 and background else scores.get(k, np.nan) for k in keys],
+                            dtype=np.float64),
     })
 
 

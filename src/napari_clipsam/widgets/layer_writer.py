@@ -283,13 +283,10 @@ def read_boxes(layer, plane: Plane, prompts: list[str]) -> dict[int, tuple[tuple
 
 def labels_features(classes: dict[int, str], scores: dict[int, float]) -> pd.DataFrame:
     """napari's labels features table: one row per label id (``index``), with class and score;
-    row 0 is the background."""
-    ids = [0, *sorted(classes)]
-    return pd.DataFrame({
-        "index": np.asarray(ids, int),
-        "class": ["background", *(classes[i] for i in ids[1:])],
-        "score": [np.nan, *(float(scores.get(i, np.nan)) for i in ids[1:])],
-    })
+    row 0 is the background (``core.export.features_table``, as the plugin's reader makes it)."""
+    from ..core.export import features_table
+
+    return features_table(classes, scores, ids=list(classes), background=True)
 
 
 def read_point_table(layer) -> dict[str, np.ndarray]:
