@@ -669,8 +669,8 @@ class ClipSamWidget(AnnotateForm):
         """Write the labels layer (default: the chosen image's) to ``path``, the format from the
         suffix (.tif, .png, .npy, .json COCO, .zarr/.ome.zarr; see ``core.export.write_labels``),
         with a sidecar of classes, scores and provenance (prompts, method and parameters,
-        models and their weights' sha256, every object's final prompts). An existing file is
-        replaced only with ``overwrite=True``."""
+        models and their weights' sha256, every object's final prompts). Missing folders on the
+        way to ``path`` are made; an existing file is replaced only with ``overwrite=True``."""
         from ..core.export import classes_from_features, write_labels
 
         if self.closed:
