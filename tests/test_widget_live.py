@@ -554,20 +554,30 @@ def test_embeddings_persist_on_disk_for_the_next_widget(qtbot, docked, models):
     fresh.close_down()
 
 
-def test_a_rerun_says_when_it_replaced_point_edits_made_while_it_ran(qtbot, docked):
+def test_point_edits_made_while_a_rerun_ran_are_kept_in_a_layer_of_their_own(qtbot, docked):
+    """The re-run's points replace the points layer's; what the user edited meanwhile is not
+    lost: a hidden copy of the layer as edited, which the plugin never touches, and the status
+    names it."""
     viewer, widget = docked
     img = viewer.add_image(data.chelsea(), name="chelsea")
     _run(qtbot, widget, img, "cat")
-    assert "point edits" not in widget.status.value
+    assert "edited" not in widget.status.value
     pts = viewer.layers["chelsea points"]
     widget.run()
     pts.add([[20.0, 20.0]])  # while the worker runs (results only land in later event-loop turns)
+    edited = np.array(pts.data, copy=True)
     idle(qtbot, widget)
-    assert widget.status.value.endswith("; the point edits made while it ran were replaced by its points")
+    name = "chelsea points (edited during the run)"
+    assert widget.status.value.endswith(f"; the points as you edited them while it ran are kept in '{name}' "
+                                        "(hidden)"), widget.status.value
     assert not (np.abs(np.asarray(pts.data) - [20.0, 20.0]).sum(axis=1) < 1e-6).any()
+    copy = viewer.layers[name]
+    np.testing.assert_array_equal(copy.data, edited)
+    assert not copy.visible and len(copy.features) == len(edited)
     widget.run()
     idle(qtbot, widget)
-    assert "point edits" not in widget.status.value
+    assert "edited" not in widget.status.value
+    np.testing.assert_array_equal(viewer.layers[name].data, edited)  # not the plugin's to change
 
 
 def test_pixels_painted_onto_an_object_keep_its_id_and_class_through_a_rerun(qtbot, docked, models, tmp_path):

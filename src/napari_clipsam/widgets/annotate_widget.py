@@ -432,6 +432,11 @@ class ClipSamWidget(AnnotateForm):
         # the user moved or added points while the run ran (read before the plugin changes anything)
         edited_while_running = points_before is not None and not np.array_equal(
             points_before[1], np.asarray(points_before[0].data))
+        edits = None
+        if edited_while_running:  # kept as they are now: the run's points replace them
+            layer = points_before[0]
+            edits = (np.array(layer.data, copy=True), layer.features.copy(), layer.name)
+        kept_edits = None
         try:
             self.last_results = [r for _, r in results]
             self.last_result = self.last_results[-1]
@@ -489,6 +494,8 @@ class ClipSamWidget(AnnotateForm):
             editor.state.session = session
             editor.state.shape = spatial_shape(image_layer)
             edited = edited_while_running and points_before[0] is editor.points_layer
+            if edited:
+                kept_edits = self._keep_point_edits(*edits, like=editor.points_layer)
             kept = yield from RW.write_run_steps(editor, results)
             editor.record = record
             if editor.points_layer in self.viewer.layers:  # what the user edits next, and where T / N / M work
@@ -510,9 +517,20 @@ class ClipSamWidget(AnnotateForm):
         if stale:
             note += f"; hid {len(stale)} heatmap{'s' if len(stale) > 1 else ''} of earlier prompts"
         if edited:
-            note += "; the point edits made while it ran were replaced by its points"
+            note += f"; the points as you edited them while it ran are kept in '{kept_edits}' (hidden)"
         self.show_status(f"done: {len(results[-1][1].prompts)} heatmaps, {n_points} points, "
                          f"{self.count_objects(image_layer)} objects{note}")
+
+    def _keep_point_edits(self, data, features, name, *, like) -> str:
+        """A hidden points layer of the user's own (the plugin never changes it) holding the
+        points as they were edited while a run ran, before the run's points replace them;
+        returns its name."""
+        copy = self.viewer.add_points(data, features=features, name=f"{name} (edited during the run)",
+                                      ndim=like.ndim, visible=False, size=like.size, border_color="white",
+                                      scale=like.scale, translate=like.translate, rotate=like.rotate,
+                                      shear=like.shear)
+        LW.recolor(copy)  # positive green, negative magenta, as in the points layer
+        return copy.name
 
     def _still_there(self, image_layer, *layers) -> bool:
         """Between steps: the widget is open and the run's layers are in the viewer (else
