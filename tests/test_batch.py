@@ -251,6 +251,7 @@ BAD_OPTIONS = [
     ({"stride": 32}, ValueError, "stride needs a window"),
     ({"background": ("cat", "")}, ValueError, "empty"),
     ({"background": ("Sofa", "grass")}, ValueError, r"\['sofa'\] is both a prompt and a background prompt"),
+    ({"background": "sofa"}, ValueError, r"\['sofa'\] is both a prompt and a background prompt"),  # not letters
     ({"localizer_params": {"depht": 3}}, TypeError, r"'gem' takes no option\(s\) \['depht'\]"),
     ({"point_params": {"max_objects": -1}}, ValueError, "max_objects must be a whole number >= 0"),
     ({"point_params": {"max_objets": 1}}, TypeError, "unknown option"),
@@ -499,9 +500,10 @@ def test_models_that_cannot_load_stop_the_batch_once_with_exit_2(folder, tmp_pat
     assert "the models could not be loaded, so no image can be annotated" in captured.err
     assert "failed" not in captured.out  # no table of images that all failed alike
     assert len(batch_models.CALLS) - calls < len(GOOD) + 1  # it did not try every image
-    with pytest.raises(B.ModelsUnavailable, match="truncated"):
+    with pytest.raises(B.ModelsUnavailable, match="truncated") as caught:
         run_batch(folder, tmp_path / "api", options(models=batch_models.broken_models), n_workers=1,
                   processes=False)
+    assert caught.value.result is not None and caught.value.result.rows == []  # nothing was done
     with pytest.raises(B.ModelsUnavailable, match=r"batch_models.wrong_models must return \(clip_model, "
                                                   r"tokenizer, sam\), got str"):
         run_batch(folder, tmp_path / "api2", options(models=batch_models.wrong_models), n_workers=1,

@@ -603,6 +603,21 @@ def test_a_coco_file_copied_over_another_is_read_as_itself_not_as_its_sidecar_sa
     np.testing.assert_array_equal(got.labels, b)
     # the sidecar itself, given: the file it names
     assert Path(read_labels(tmp_path / "a.json.json").path).name == "a.json"
+    # ... or the file it sits beside, a copy edited since: that file, without the stale classes
+    write_labels(tmp_path / "e.tif", a, classes={1: "cat"})
+    shutil.copy(tmp_path / "e.tif", tmp_path / "f.tif")
+    shutil.copy(tmp_path / "e.tif.json", tmp_path / "f.tif.json")
+    tifffile.imwrite(tmp_path / "f.tif", b)
+    with pytest.warns(UserWarning, match="describes another version"):
+        got = read_labels(tmp_path / "f.tif.json")
+    assert Path(got.path).name == "f.tif" and got.classes == {}
+    np.testing.assert_array_equal(got.labels, b)
+    # a renamed OME-Zarr store (a folder: no sha256) keeps its sidecar's classes and provenance
+    write_labels(tmp_path / "s.ome.zarr", a, classes={1: "cat"}, provenance={"method": "gem"})
+    (tmp_path / "s.ome.zarr").rename(tmp_path / "t.ome.zarr")
+    (tmp_path / "s.ome.zarr.json").rename(tmp_path / "t.ome.zarr.json")
+    got = read_labels(tmp_path / "t.ome.zarr")
+    assert got.classes == {1: "cat"} and got.provenance.get("method") == "gem"
     # an export renamed together with its sidecar is still the file described: classes kept
     write_labels(tmp_path / "c.tif", a, classes={1: "cat"})
     (tmp_path / "c.tif").rename(tmp_path / "d.tif")
@@ -616,8 +631,17 @@ def test_a_colour_png_is_not_read_as_labels_and_points_must_be_rows(tmp_path):
     rgb = np.zeros((5, 6, 3), np.uint8)
     rgb[1:3, 1:3] = (255, 0, 0)
     iio.imwrite(tmp_path / "photo.png", rgb)
-    with pytest.raises(ValueError, match=r"photo.png is a colour image \(3 channels\), not a labels image"):
+    with pytest.raises(ValueError, match=r"photo.png is a colour image \(RGB\), not a labels image"):
         read_labels(tmp_path / "photo.png")
+    # a palette PNG (PASCAL VOC-style labels) is its indices, not the colours they stand for
+    from PIL import Image as PILImage
+
+    ids = np.zeros((5, 6), np.uint8)
+    ids[1:3, 1:4], ids[4, 5] = 2, 7
+    pal = PILImage.fromarray(ids, mode="P")
+    pal.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [200, 200, 0] * 253)
+    pal.save(tmp_path / "voc.png")
+    np.testing.assert_array_equal(read_labels(tmp_path / "voc.png").labels, ids)
     with pytest.raises(ValueError, match=r"points must be an \(N, D\) array.*got shape \(2,\)"):
         write_points_csv(tmp_path / "p.csv", np.array([1.0, 2.0]))
     assert not (tmp_path / "p.csv").exists()

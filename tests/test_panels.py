@@ -401,6 +401,7 @@ def test_panels_default_to_the_chosen_images_newest_labels_and_verify_its_own_pr
     ids = sorted(int(i) for i in np.unique(coins_labels.data) if i)
     assert ids and sorted(verify.table["id"]) == ids
     assert set(verify.table["clip_class"]) == {"coin"}  # its only class: nothing to confuse it with
+    assert verify.status.value.endswith("(classes: coin)")
     assert not verify.table["suspect"].any()
 
 

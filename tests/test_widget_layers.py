@@ -344,9 +344,10 @@ def test_a_rerun_without_a_prompt_hides_its_old_heatmap(qtbot, docked):
 
 
 def test_an_image_the_user_opens_becomes_the_one_to_annotate_but_not_during_a_run(qtbot, docked):
-    """The image field follows an image the user opens while nothing runs (Run annotated the
-    image chosen before, with nothing saying so); the plugin's own heatmaps, and an image opened
-    while a run goes, leave it as it is. The status names the image a run is on."""
+    """The image field follows an image the user opens while nothing runs and nothing is
+    annotated yet (Run annotated the image chosen before, with nothing saying so); the plugin's
+    own heatmaps, an image opened while a run goes, or beside an image being annotated, leave
+    it as it is (the status says so). The status names the image a run is on."""
     viewer, widget = docked
     first = viewer.add_image(data.astronaut()[::4, ::4], name="astronaut")
     assert widget.image.value is first
@@ -361,6 +362,11 @@ def test_an_image_the_user_opens_becomes_the_one_to_annotate_but_not_during_a_ru
     idle(qtbot, widget)
     assert "astronaut heatmap [cat]" in viewer.layers and widget.image.value is first  # its heatmaps: no
     assert [c for c in widget.image.choices if c is not None] == [first, second, third]
+    # astronaut is being annotated now: an image opened next (a reference, a copy) does not take over
+    viewer.add_image(data.camera()[::8, ::8], name="reference")
+    assert widget.image.value is first
+    assert widget.status.value == "'reference' opened; still annotating 'astronaut' (choose 'reference' in " \
+                                  "'image' to annotate it)"
 
 
 def test_deleting_the_labels_layer_during_a_rerun_is_not_reported_as_point_edits(qtbot, viewer_widget):

@@ -228,3 +228,36 @@ def test_a_run_takes_at_most_32_prompts_and_says_so_before_loading_anything(qtbo
     widget.run()
     assert not widget.is_running and len(viewer.layers) == 1
     assert f"{MAX_PROMPTS + 1} prompts: a run takes at most {MAX_PROMPTS}" in widget.error.value
+
+
+def test_the_wheel_scrolls_the_form_and_changes_no_field_it_passes_over(qtbot, docked):
+    """In a scrolling form a wheel turned over a field changed it (the image, the method, the
+    threshold) instead of scrolling; the scroll area took the keyboard focus and ate the arrow
+    keys that step napari's slices. The form is still a magicgui Container of its fields."""
+    from qtpy.QtCore import QPoint, QPointF, Qt
+    from qtpy.QtGui import QWheelEvent
+    from qtpy.QtWidgets import QApplication
+
+    viewer, widget = docked
+    viewer.show()
+    viewer.window._qt_window.resize(900, 500)
+    first = viewer.add_image(np.zeros((50, 60)), name="A")
+    viewer.add_image(np.zeros((50, 60)), name="B")
+    widget.image.value = first
+    widget.more_options.expand(animate=False)
+    qtbot.wait(50)
+    bar = widget.scroll_area.verticalScrollBar()
+    assert bar.maximum() > 0
+    for field in (widget.image.native, widget.method.native, widget.max_objects.native):
+        pos = QPointF(field.width() / 2, field.height() / 2)
+        QApplication.sendEvent(field, QWheelEvent(pos, field.mapToGlobal(pos), QPoint(0, 0), QPoint(0, -120),
+                                                  Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier,
+                                                  Qt.ScrollPhase.NoScrollPhase, False))
+    assert (widget.image.value, widget.method.value, widget.max_objects.value) == (first, "gem", 5)
+    assert bar.value() > 0  # the wheel went to the form
+    assert widget.scroll_area.focusPolicy() == Qt.FocusPolicy.NoFocus
+    assert len(widget) > 10 and widget[0] is widget.image
+    seen = []
+    widget.changed.connect(lambda *_: seen.append(1))
+    widget.threshold.value = 0.5
+    assert seen

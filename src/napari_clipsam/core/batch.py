@@ -54,7 +54,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".we
 # ------------------------------------------------------------------ options
 class ModelsUnavailable(RuntimeError):
     """A worker could not load the models: every image would fail the same way, so the batch
-    stops (the CLI exits 2) instead of failing image after image."""
+    stops (the CLI exits 2) instead of failing image after image. ``result``: the
+    ``BatchResult`` of the images done (or skipped as up to date) before it stopped."""
+
+    result = None
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,8 @@ class BatchOptions:
         if not formats:
             raise ValueError("a batch needs at least one export format, e.g. formats=('.tif',)")
         object.__setattr__(self, "formats", formats)
-        object.__setattr__(self, "background", tuple(self.background or ()))
+        background = (self.background,) if isinstance(self.background, str) else tuple(self.background or ())
+        object.__setattr__(self, "background", background)  # one prompt, not its letters
         if isinstance(self.templates, list):
             object.__setattr__(self, "templates", tuple(self.templates))
         check_localizer_options(self.method, **self.localizer_kwargs())
@@ -742,13 +746,17 @@ def run_batch(
                     for fut in as_completed(futures):
                         row = fut.result()
                         if row.pop("models_failed", False):
-                            raise ModelsUnavailable(
+                            raise ModelsUnavailable(  # the images done meanwhile: ``.result``
                                 f"the models could not be loaded, so no image can be annotated ({row['error']}); "
                                 f"{finished} of {len(images)} images are done (they are skipped when you run the "
                                 "same command again)")
                         rows[row["image"]] = row
                         finished += 1
                         task.report("batch", finished, len(images), "images")
+                except ModelsUnavailable as exc:
+                    client.cancel(futures)
+                    exc.result = BatchResult([rows[str(im)] for im in images if str(im) in rows])
+                    raise
                 except BaseException:
                     client.cancel(futures)
                     raise

@@ -912,18 +912,23 @@ def read_labels(path: str | os.PathLike, *, label_name: str | None = None) -> La
     if not p.exists():
         raise FileNotFoundError(f"no such labels export: {p}")
     own = _load_sidecar(p)
-    if own is not None and p.name != own["labels_file"]:  # the sidecar was given: read what it names
+    if own is not None and p.name != own["labels_file"]:  # the sidecar was given
         info = own
         if label_name is None and info.get("label_name"):
             label_name = info["label_name"]
-        p = p.with_name(info["labels_file"])
+        tail = f".{label_name}.json" if label_name and p.name.endswith(f".{label_name}.json") else ".json"
+        beside = p.with_name(p.name[:-len(tail)])  # the file it sits beside by name
+        # that file (a copy or a renamed export: its sha256 decides below whether the sidecar
+        # describes it), else the one it names
+        p = beside if beside.exists() else p.with_name(info["labels_file"])
         if not p.exists():
             raise FileNotFoundError(f"sidecar {path} names {p.name}, which is missing")
     else:
         info = read_sidecar(p, label_name)
-        if info is not None and info["labels_file"] != p.name and not (info.get("labels_sha256") and p.is_file()):
+        if info is not None and info["labels_file"] != p.name and p.is_file() and not info.get("labels_sha256"):
             # renamed with its sidecar, and nothing says it is the file described (a file with a
-            # sha256 is checked below: a renamed export keeps its classes, another file does not)
+            # sha256 is checked below: a renamed export keeps its classes, another file does
+            # not; a renamed OME-Zarr store, a folder, keeps its sidecar as before)
             import warnings
 
             warnings.warn(f"the sidecar of {p} describes {info['labels_file']}, not this file: its classes, "
@@ -994,12 +999,15 @@ def _read_format(p: Path, fmt: str, label_name: str | None) -> tuple[np.ndarray,
         table = meta.get("napari_clipsam") or {}
         classes, scores = clean_classes(table.get("classes")), clean_scores(table.get("scores"))
     elif fmt == "png":
-        import imageio.v3 as iio
+        from PIL import Image as PILImage
 
-        labels = iio.imread(p)
-        if labels.ndim == 3:  # label PNGs are one channel (ours: uint8/uint16 grey)
-            raise ValueError(f"{p} is a colour image ({labels.shape[-1]} channels), not a labels image: labels PNGs "
-                             "have one channel of ids; open it as an image instead")
+        with PILImage.open(p) as png:
+            # one channel of ids: grey (ours: uint8 "L" / uint16 "I;16"), 1-bit, or a palette
+            # image's indices (PASCAL VOC-style label PNGs); colour is an image, not labels
+            if png.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "F"):
+                raise ValueError(f"{p} is a colour image ({png.mode}), not a labels image: labels PNGs have one "
+                                 "channel of ids (grey or a palette); open it as an image instead")
+            labels = np.asarray(png)
     elif fmt == "npy":
         labels = np.load(p, allow_pickle=False)
     elif fmt == "coco":

@@ -146,10 +146,14 @@ class ClipSamWidget(AnnotateForm):
         current = self.image.value
         self.image.choices = [(lay.name, lay) for lay in images]
         opened = event.value if event is not None and getattr(event, "type", "") == "inserted" else None
-        if opened in images and not self.is_running:  # an image the user just opened is the one to annotate
-            self.image.value = opened
+        annotating = current in images and self.editor_for(current) is not None
+        if opened in images and not self.is_running and not annotating:
+            self.image.value = opened  # an image the user opens is the one to annotate ...
         elif current in images:
-            self.image.value = current
+            self.image.value = current  # ... unless one is being annotated (a reference image, a copy)
+            if opened in images and annotating:
+                self.show_status(f"'{opened.name}' opened; still annotating '{current.name}' (choose '{opened.name}' "
+                                 "in 'image' to annotate it)")
         elif images:
             self.image.value = images[-1]
         chosen_image = self.image.value
@@ -280,9 +284,9 @@ class ClipSamWidget(AnnotateForm):
             prompts = check_prompts([ln for ln in self.prompts.value.splitlines() if ln.strip()])
             if len(prompts) > MAX_PROMPTS:
                 raise ValueError(f"{len(prompts)} prompts: a run takes at most {MAX_PROMPTS} (each adds a heatmap "
-                                 "layer, and adding hundreds of layers would hold napari for minutes). Split them "
-                                 "into several runs, or annotate from Python or 'napari-clipsam batch', which add "
-                                 "no layers")
+                                 "layer, and adding hundreds of layers would hold napari for minutes). For a larger "
+                                 "vocabulary, annotate from Python (napari_clipsam.core.pipeline.annotate) or with "
+                                 "'napari-clipsam batch', which add no layers")
             planes = self._planes(layer)
             others = [lay for lay in (self.composite_with.value or []) if lay in self.viewer.layers]
             check_channels(layer, others)  # a mismatch is a message before the run (the pixels are read in it)
@@ -675,6 +679,9 @@ class ClipSamWidget(AnnotateForm):
         if self.closed or not isinstance(main_dock, QDockWidget) or not isinstance(window, QMainWindow):
             return
         try:
+            if main_dock.isFloating() or tools_dock.isFloating() or \
+                    window.dockWidgetArea(main_dock) != window.dockWidgetArea(tools_dock):
+                return  # not one column (the user moved a dock): theirs to size
             column = main_dock.height() + tools_dock.height()
             wanted = main_dock.sizeHint().height()
             mine = max(min(wanted, column - 240), column // 2)

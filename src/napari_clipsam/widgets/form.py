@@ -19,9 +19,12 @@ from magicgui.widgets import (
     SpinBox,
     TextEdit,
 )
-from qtpy.QtCore import QEvent, QObject, QSize, Qt
+from qtpy.QtCore import QEvent, QObject, QSize, Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractScrollArea,
+    QAbstractSlider,
+    QAbstractSpinBox,
+    QApplication,
     QComboBox,
     QFrame,
     QScrollArea,
@@ -100,9 +103,14 @@ class _FormScroll(QScrollArea):
     """A vertical scroll area that asks for its form's whole height (the dock shows everything
     when there is room) but needs only its width and a few rows of it: in a small window, or
     with the tools docked below, the form scrolls instead of pushing the window past the
-    screen's edge."""
+    screen's edge. It never takes the keyboard focus: napari's keys (arrows step the slices)
+    reach the viewer as they did without it."""
 
     MINIMUM_HEIGHT = 120
+
+    def __init__(self):
+        super().__init__()
+        self.setFocusPolicy(Qt.FocusPolicy.NoFocus)
 
     def _extra_width(self) -> int:
         return self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
@@ -137,8 +145,49 @@ class ScrollingForm(Container):
         self.scroll_area.setWidget(holder)
         self.native.layout().addWidget(self.scroll_area)
 
+        self.body.changed.connect(lambda *_: self.changed.emit(self))
+        # fields get their wheel events only once clicked: the wheel scrolls the form (a wheel
+        # over a field changed its value: the image, the method, the threshold)
+        self._wheel_guard = _WheelOnlyWithFocus(self.scroll_area)
+        QTimer.singleShot(0, self.guard_wheel)  # once the subclass has added its fields
+
+    def guard_wheel(self) -> None:
+        try:
+            fields = self.body.native.findChildren((QComboBox, QAbstractSpinBox, QAbstractSlider))
+        except RuntimeError:  # closed before the timer fired
+            return
+        for field in fields:
+            field.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+            field.installEventFilter(self._wheel_guard)
+
+    # the fields are the body's: the form as a magicgui Container is its body
+    def __len__(self) -> int:
+        return len(self.body)
+
+    def __getitem__(self, key):
+        return self.body[key]
+
+    def asdict(self) -> dict:
+        return self.body.asdict()
+
     def reset_choices(self, *_) -> None:
         self.body.reset_choices()
+
+
+class _WheelOnlyWithFocus(QObject):
+    """Gives a wheel event over a field that has not the keyboard focus to the form's scroll
+    bar (the form scrolls), instead of letting it change the field's value."""
+
+    def __init__(self, area: QScrollArea):
+        super().__init__()
+        self._area = area
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.Type.Wheel and not obj.hasFocus():
+            QApplication.sendEvent(self._area.verticalScrollBar(), event)
+            event.accept()
+            return True
+        return False
 
 
 def clip_label(name: str, tag: str) -> str:

@@ -117,9 +117,8 @@ class PanelBase(ScrollingForm):
         """The prompts ``labels_layer`` was annotated with (its run's, from its metadata), else
         the main widget's."""
         own = labels_layer.metadata.get("prompts") if isinstance(labels_layer.metadata, dict) else None
-        if isinstance(own, (list, tuple)) and own and all(isinstance(p, str) and p.strip() for p in own):
-            return list(dict.fromkeys(own))
-        return self.prompts()
+        own = [p for p in own if isinstance(p, str) and p.strip()] if isinstance(own, (list, tuple)) else []
+        return check_prompts(list(dict.fromkeys(own))) if own else self.prompts()
 
     def image_of(self, labels_layer):
         """The image layer a labels layer annotates: the main widget's editor's, else its chosen image."""

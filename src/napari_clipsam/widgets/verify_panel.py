@@ -53,6 +53,7 @@ class VerifyPanel(PanelBase):
         self.dropped: list[int] = []
         self.suspect_boxes = None
         self._last_masks: dict = {}
+        self._candidates: list[str] = []  # the classes the last verification chose from
         self._layer = None
         self._boxes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         viewer.layers.events.inserted.connect(self.reset_choices)
@@ -97,6 +98,8 @@ class VerifyPanel(PanelBase):
             model, tokenizer = self.clip(task)
             return verify_masks(labels, rgb, prompts, model, tokenizer, task=task, **options)
 
+        self._candidates = list(prompts)
+
         self.show_status("verifying…")
         self.start(job, lambda table: self._done(layer, plane, table), "napari-clipsam verify")
 
@@ -127,7 +130,8 @@ class VerifyPanel(PanelBase):
         self.suspect_list.value = choices[0] if choices else None
         self._plane = plane
         self.show_status(f"{len(table)} masks verified, {len(suspects)} suspect"
-                         + (f", dropped ids {self.dropped}" if self.dropped else ""))
+                         + (f", dropped ids {self.dropped}" if self.dropped else "")
+                         + f" (classes: {', '.join(self._candidates)})")
 
     def _outline(self, layer, plane, suspects: pd.DataFrame) -> None:
         """A red box around each suspect mask, in the shapes layer "<labels> suspects" (the
