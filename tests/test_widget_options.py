@@ -187,11 +187,15 @@ def test_the_form_scrolls_as_a_whole_instead_of_growing_the_window(qtbot, docked
     widget.more_options.expand(animate=False)
     widget.prompts.value = "\n".join(f"prompt {i}" for i in range(60))
     widget.show_error("a failure", "details\n" * 300)
-    widget.error_details.visible = True
     widget.open_tools()
     settle()
-    assert widget.native.minimumSizeHint().height() <= 150
+    assert widget.native.minimumSizeHint().height() <= 260  # a few rows, the status and the error line
+    widget.error_details_button.clicked.emit()  # Details…: the whole message, up to DETAILS_HEIGHT tall
+    settle()
+    assert widget.error_details.visible and widget.error_details_button.text == "Hide details"
+    assert widget.error_details.native.height() >= 115  # it was 75 px: four lines of a long message
     assert window.height() == height  # not past the screen's edge
+    assert widget.status.native.visibleRegion().boundingRect().height() > 0  # the status stays in view
     area = widget.scroll_area
     assert area.verticalScrollBar().maximum() > 0  # the rest is a scroll away ...
     area.ensureWidgetVisible(widget.tools_button.native)

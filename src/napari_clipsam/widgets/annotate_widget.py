@@ -323,6 +323,7 @@ class ClipSamWidget(AnnotateForm):
             def pixels(plane: Plane) -> np.ndarray:
                 return first if plane == planes[0] else pixels_now(plane)
 
+            task.report("looking for the model weights")
             self.models.check_offline(cfg["clip"], cfg["clip_file"], cfg["sam"], cfg["sam_file"])
             task.report("loading CLIP")
             clip_model, tokenizer = self.models.clip(cfg["clip"], cfg["clip_file"], task)
@@ -522,8 +523,9 @@ class ClipSamWidget(AnnotateForm):
             note += f"; hid {len(stale)} heatmap{'s' if len(stale) > 1 else ''} of earlier prompts"
         if edited:
             note += f"; the points as you edited them while it ran are kept in '{kept_edits}' (hidden)"
-        self.show_status(f"done: {len(results[-1][1].prompts)} heatmaps, {n_points} points, "
-                         f"{self.count_objects(image_layer)} objects{note}")
+        counts = ", ".join(f"{n} {what}{'s' if n != 1 else ''}" for n, what in (
+            (len(results[-1][1].prompts), "heatmap"), (n_points, "point"), (self.count_objects(image_layer), "object")))
+        self.show_status(f"done: {counts}{note}")
 
     def _keep_point_edits(self, data, features, name, *, like) -> str:
         """A hidden points layer of the user's own (the plugin never changes it) holding the

@@ -57,6 +57,8 @@ METHOD_HELP = {
 TEXT_AREA_HEIGHT = 160
 #: the most height an error's details take (what to do is often at their end: room for it)
 DETAILS_HEIGHT = 240
+#: ... and the least, in a crowded column (about seven lines; it scrolls inside)
+DETAILS_MIN_HEIGHT = 120
 
 #: every keyboard shortcut the plugin adds (shown in the widget and in docs/usage.md)
 SHORTCUTS = {
@@ -144,6 +146,10 @@ class ScrollingForm(Container):
         self.scroll_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.scroll_area.setWidget(holder)
         self.native.layout().addWidget(self.scroll_area)
+        # progress, status and errors stay in view below the scrolling fields (with the tools
+        # docked below on a laptop screen, the form shows a few rows: a run gave no feedback)
+        self.footer = Container(labels=True)
+        self.native.layout().addWidget(self.footer.native)
 
         self.body.changed.connect(lambda *_: self.changed.emit(self))
         # fields get their wheel events only once clicked: the wheel scrolls the form (a wheel
@@ -328,17 +334,16 @@ class AnnotateForm(ScrollingForm):
         self.body.extend([self.image, self.prompts, self.method, self.threshold])
         self.body.native.layout().addWidget(self.more_options)
         self.body.extend([
-            self.run_button, self.cancel_button, self.progress, self.status, self.error, self.error_details_button,
-            self.error_details, self.new_object_button, self.flip_button, self.next_mask_button,
+            self.run_button, self.cancel_button, self.new_object_button, self.flip_button, self.next_mask_button,
             self.semantic_button, self.export_button, self.tools_button, self.shortcuts,
         ])
+        self.footer.extend([self.progress, self.status, self.error, self.error_details_button, self.error_details])
         layout = self.body.native.layout()  # "More options" right under the first four fields
         layout.removeWidget(self.more_options)
         layout.insertWidget(4, self.more_options)
         self.templates.changed.connect(lambda v: setattr(self.custom_templates, "visible", v == "custom"))
         self.absence_floor.changed.connect(self._floor_default)
-        self.error_details_button.changed.connect(
-            lambda: setattr(self.error_details, "visible", not self.error_details.visible))
+        self.error_details_button.changed.connect(lambda: self.show_details(not self.error_details.visible))
         self.method.changed.connect(self._method_tooltips)
         self._method_tooltips()
 
@@ -368,11 +373,28 @@ class AnnotateForm(ScrollingForm):
         fit_wrapped_height(self.error.native)
         self.error_details.value = details or short
         self.error_details_button.visible = bool(details and details.strip() != short.strip())
-        self.error_details.visible = False
+        self.show_details(False)
+
+    def show_details(self, shown: bool = True) -> None:
+        """Show (or hide) the whole error message under the short one, as tall as its wrapped
+        text needs up to DETAILS_HEIGHT (Qt sized the box for four lines of a long message)."""
+        self.error_details.visible = shown
+        self.error_details_button.text = "Hide details" if shown else "Details…"
+        if shown:
+            box = self.error_details.native
+            width = max(box.viewport().width(), box.width() - 2 * box.frameWidth(), 200)
+            doc = box.document()
+            doc.setTextWidth(width)
+            need = int(doc.size().height()) + 2 * box.frameWidth() + 4
+            # as tall as it needs up to DETAILS_HEIGHT where there is room; never so tall that
+            # the window must grow past the screen for it (it scrolls inside then)
+            box.setMaximumHeight(min(need, DETAILS_HEIGHT))
+            box.setMinimumHeight(min(need, DETAILS_MIN_HEIGHT))
+            box.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
 
     def clear_error(self) -> None:
         self.error.value = ""
         self.error.visible = False
         self.error_details.value = ""
-        self.error_details.visible = False
+        self.show_details(False)
         self.error_details_button.visible = False

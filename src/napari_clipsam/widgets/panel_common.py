@@ -27,6 +27,7 @@ class PanelBase(ScrollingForm):
         wrap_text(self.status)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.cancel_button.changed.connect(self.cancel)
+        self.footer.extend([self.progress, self.status])  # in view however the panel scrolls
         self.runner = Runner(self.progress, self.show_status)
 
     # -- state ---------------------------------------------------------------------------

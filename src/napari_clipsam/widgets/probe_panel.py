@@ -53,7 +53,8 @@ class ProbePanel(PanelBase):
                      Container(layout="horizontal", widgets=[self.train_button, self.cancel_button], labels=False),
                      self.path, Container(layout="horizontal", widgets=[self.save_button, self.load_button],
                                           labels=False),
-                     self.target, self.slices, self.slice_axis, self.apply_button, self.progress, self.status])
+                     self.target, self.slices, self.slice_axis, self.apply_button])
+        self.pick_default_labels()  # the run's labels, as Verify shows them
         self.train_button.changed.connect(self.train)
         self.save_button.changed.connect(self.save)
         self.load_button.changed.connect(self.load)

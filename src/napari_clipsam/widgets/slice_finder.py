@@ -74,7 +74,7 @@ class SliceFinder(PanelBase):
         self.plot = ScorePlot()
         self.body.extend([self.image, self.axis, self.query, self.by_example, self.top_k,
                      Container(layout="horizontal", widgets=[self.rank_button, self.cancel_button], labels=False),
-                     self.progress, self.status, self.next_button])
+                     self.next_button])
         self.body.native.layout().addWidget(self.plot)
         self.rank_button.changed.connect(self.rank)
         self.next_button.changed.connect(self.next_best)

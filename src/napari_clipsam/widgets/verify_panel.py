@@ -46,7 +46,7 @@ class VerifyPanel(PanelBase):
         self.jump_button = PushButton(text="Jump to suspect")
         self.body.extend([self.labels, self.margin, self.dim, self.min_probability, self.action,
                      Container(layout="horizontal", widgets=[self.verify_button, self.cancel_button], labels=False),
-                     self.progress, self.status, self.suspect_list, self.jump_button])
+                     self.suspect_list, self.jump_button])
         self.verify_button.changed.connect(self.verify)
         self.jump_button.changed.connect(self.jump)
         self.table: pd.DataFrame | None = None
