@@ -390,6 +390,7 @@ def test_panels_default_to_the_chosen_images_newest_labels_and_verify_its_own_pr
     assert widget.image.value is cat
     verify, probe = VerifyPanel(viewer, widget), ProbePanel(viewer, widget)
     assert verify.labels.value is cat_labels and verify.default_labels() is cat_labels
+    assert probe.labels.value is cat_labels  # the few-shot panel starts on them too
     widget.image.value = coins
     assert verify.default_labels() is coins_labels
     assert probe.default_labels() is coins_labels
