@@ -330,3 +330,20 @@ def test_points_csv_is_never_written_with_values_its_reader_refuses(tmp_path):
         with pytest.raises(ValueError, match=rf"the '{col}' feature of point 0 is {value!r}, not {what}"):
             write_points_csv(tmp_path / "p.csv", np.array([[1.0, 2.0]]), pd.DataFrame(feats))
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_part_of_the_work_reports_how_far_the_whole_is():
+    """Slice 3 of 4 half through its stage is 62.5% of the run (the bar went back to 0 on
+    every slice); a part of a part composes; a bad part is refused."""
+    from napari_clipsam.core.progress import Task
+
+    seen = []
+    task = Task(seen.append)
+    task.within("slice 3/4", (2, 4)).report("heatmaps", 1, 2)
+    assert seen[-1].stage == "slice 3/4: heatmaps" and seen[-1].overall == pytest.approx(0.625)
+    task.within("slice 1/2", (0, 2)).within("window 2/2", (1, 2)).report("windows", 0, 1)
+    assert seen[-1].overall == pytest.approx(0.25)
+    task.within("slice 2/4").report("points")  # no part given: only the stage's fraction
+    assert seen[-1].overall is None
+    with pytest.raises(ValueError, match="0 <= index < count"):
+        task.within("slice", (4, 4))

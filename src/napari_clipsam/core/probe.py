@@ -329,7 +329,7 @@ def train_probe(
         for p in cls.values():
             if p in counts:
                 counts[p] += 1
-        f = patch_features(localizer, rgb, task.within(f"example {n + 1}/{len(examples)}"))
+        f = patch_features(localizer, rgb, task.within(f"example {n + 1}/{len(examples)}", (n, len(examples))))
         feats.append(f.reshape(-1, f.shape[-1]))
         targets.append(patch_targets(labels, f.shape[:2], cls, names, inside).reshape(len(names), -1))
     x = np.concatenate(feats)

@@ -33,6 +33,9 @@ class Progress:
     done: int = 0
     total: int = 0
     unit: str = ""
+    #: how far the whole work is, in [0, 1], where it is made of parts (``Task.within`` with
+    #: ``part``: slice 3 of 10 at half its stage is 0.25); None: only the stage's fraction is known
+    overall: float | None = None
 
     @property
     def fraction(self) -> float | None:
@@ -72,15 +75,25 @@ class Task:
         self.check()
 
 
-    def within(self, prefix: str) -> Task:
+    def within(self, prefix: str, part: tuple[int, int] | None = None) -> Task:
         """A task for one part of this work: its reports reach this task's ``on_progress``
-        as "<prefix>: <stage>", and cancelling either cancels both."""
-        child = Task(lambda p: self._forward(prefix, p))
+        as "<prefix>: <stage>", and cancelling either cancels both. ``part``: (index, count)
+        of equal parts this one is (0-based), so that reports carry how far the whole is
+        (``Progress.overall``)."""
+        if part is not None:
+            index, count = (int(v) for v in part)
+            if not 0 <= index < count:
+                raise ValueError(f"part must be (index, count) with 0 <= index < count, got {part}")
+        child = Task(lambda p: self._forward(prefix, p, part))
         child._cancelled = self._cancelled
         return child
 
-    def _forward(self, prefix: str, p: Progress) -> None:
-        self.last = Progress(f"{prefix}: {p.stage}", p.done, p.total, p.unit)
+    def _forward(self, prefix: str, p: Progress, part: tuple[int, int] | None = None) -> None:
+        overall = p.overall
+        if part is not None:
+            inner = p.overall if p.overall is not None else (p.fraction or 0.0)
+            overall = (part[0] + inner) / part[1]
+        self.last = Progress(f"{prefix}: {p.stage}", p.done, p.total, p.unit, overall)
         if self.on_progress is not None:
             self.on_progress(self.last)
 

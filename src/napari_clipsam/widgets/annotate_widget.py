@@ -337,7 +337,7 @@ class ClipSamWidget(AnnotateForm):
             record = run_record(cfg, localizer, clip_model, sam, self.models.given, layer)
             out = []
             for i, plane in enumerate(planes):
-                part = task.within(f"slice {i + 1}/{len(planes)}") if len(planes) > 1 else task
+                part = task.within(f"slice {i + 1}/{len(planes)}", (i, len(planes))) if len(planes) > 1 else task
                 try:
                     rgb = pixels(plane)
                     result = annotate_via_queue(self.sam_queue, rgb, prompts, localizer, session, cfg, part)

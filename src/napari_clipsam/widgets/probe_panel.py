@@ -187,7 +187,7 @@ class ProbePanel(PanelBase):
             loc = self._localizer(task)
             out = []
             for i, plane in enumerate(planes):
-                part = task.within(f"slice {i + 1}/{len(planes)}") if len(planes) > 1 else task
+                part = task.within(f"slice {i + 1}/{len(planes)}", (i, len(planes))) if len(planes) > 1 else task
                 rgb = first if i == 0 else plane_rgb(image_layer, plane)
                 out.append(probe.heatmaps(rgb, loc, task=part))
             return out

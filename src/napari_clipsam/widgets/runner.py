@@ -181,7 +181,7 @@ class Runner:
         p = task.last if task is not None else None
         if p is None:
             return
-        frac = p.fraction
+        frac = p.overall if p.overall is not None else p.fraction  # a stack's slices: the whole run
         if p.unit == "bytes":
             size = f"{p.done / 1e6:.1f}/{p.total / 1e6:.1f} MB" if p.total else f"{p.done / 1e6:.1f} MB"
             text = f"{p.stage}: {size}"
