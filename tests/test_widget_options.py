@@ -265,3 +265,17 @@ def test_the_wheel_scrolls_the_form_and_changes_no_field_it_passes_over(qtbot, d
     widget.changed.connect(lambda *_: seen.append(1))
     widget.threshold.value = 0.5
     assert seen
+
+
+def test_fields_that_do_not_apply_are_disabled(viewer_widget):
+    """'floor value' means something only for an absolute or quantile floor; 'slices' and
+    'slice axis' only for an image with more than two dimensions."""
+    viewer, widget = viewer_widget
+    assert not widget.floor_value.enabled  # floor 'none'
+    widget.absence_floor.value = "quantile"
+    assert widget.floor_value.enabled
+    widget.absence_floor.value = "otsu"
+    assert not widget.floor_value.enabled
+    assert widget.image.value.name == "chelsea" and not widget.slices.enabled and not widget.slice_axis.enabled
+    stack = viewer.add_image(np.zeros((3, 20, 30)), name="stack")
+    assert widget.image.value is stack and widget.slices.enabled and widget.slice_axis.enabled

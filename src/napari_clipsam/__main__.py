@@ -26,6 +26,8 @@ def _launcher(argv) -> None:
                 if missing[0] == args.images[0] and not Path(missing[0]).suffix else "")
         parser.error(f"no such file or folder: {', '.join(missing)}{hint}")
 
+    print("napari-clipsam: starting napari and the plugin (the first start takes a while: torch, napari and "
+          "the models' code load)…", file=sys.stderr, flush=True)
     import napari
     from qtpy.QtCore import QTimer
 

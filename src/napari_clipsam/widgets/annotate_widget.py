@@ -157,6 +157,8 @@ class ClipSamWidget(AnnotateForm):
         elif images:
             self.image.value = images[-1]
         chosen_image = self.image.value
+        stack = chosen_image is not None and len(spatial_shape(chosen_image)) > 2
+        self.slices.enabled = self.slice_axis.enabled = stack  # a 2D image has no slices to choose
         # channels to blend with the image: single-channel layers of its size (others cannot be)
         size = spatial_shape(chosen_image) if chosen_image is not None and not chosen_image.rgb else None
         channels = [lay for lay in images if not lay.rgb and lay is not chosen_image and spatial_shape(lay) == size]

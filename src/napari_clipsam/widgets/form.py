@@ -343,6 +343,7 @@ class AnnotateForm(ScrollingForm):
         layout.insertWidget(4, self.more_options)
         self.templates.changed.connect(lambda v: setattr(self.custom_templates, "visible", v == "custom"))
         self.absence_floor.changed.connect(self._floor_default)
+        self.floor_value.enabled = self.absence_floor.value in self.FLOOR_DEFAULTS
         self.error_details_button.changed.connect(lambda: self.show_details(not self.error_details.visible))
         self.method.changed.connect(self._method_tooltips)
         self._method_tooltips()
@@ -353,6 +354,7 @@ class AnnotateForm(ScrollingForm):
     def _floor_default(self, mode) -> None:
         if mode in self.FLOOR_DEFAULTS:
             self.floor_value.value = self.FLOOR_DEFAULTS[mode]
+        self.floor_value.enabled = mode in self.FLOOR_DEFAULTS  # 'none' and 'otsu' take no value
 
     def _method_tooltips(self, *_) -> None:
         """Each method's 'when to use' on its own item, and the current one's on the box."""
