@@ -279,3 +279,25 @@ def test_fields_that_do_not_apply_are_disabled(viewer_widget):
     assert widget.image.value.name == "chelsea" and not widget.slices.enabled and not widget.slice_axis.enabled
     stack = viewer.add_image(np.zeros((3, 20, 30)), name="stack")
     assert widget.image.value is stack and widget.slices.enabled and widget.slice_axis.enabled
+
+
+def test_a_prompt_absent_on_some_slices_only_is_counted_not_called_absent(qtbot, docked):
+    """All slices of a stack: a prompt with no points on some slices (but points on others)
+    is reported as such, not as absent from the image with one slice's reason."""
+    from skimage.transform import resize
+
+    viewer, widget = docked
+    planes = [resize(f(), (64, 64), preserve_range=True).astype(np.float32)
+              for f in (lambda: data.chelsea()[..., 0], data.camera, data.coins)]
+    viewer.add_image(np.stack(planes), name="stack")
+    widget.slices.value = "all along axis"
+    _run(qtbot, widget, "cat\nsofa")
+    cat = sorted(float(r.presence[0]) for r in widget.last_results)
+    assert cat[0] < cat[-1]
+    widget.min_presence.value = round((cat[0] + cat[-1]) / 2, 2)
+    assert cat[0] < widget.min_presence.value <= cat[-1]
+    _run(qtbot, widget, "cat\nsofa")
+    n = sum(r.presence[0] < widget.min_presence.value for r in widget.last_results)
+    assert 0 < n < 3
+    assert f"no points for 'cat' on {n} of 3 slices" in widget.status.value, widget.status.value
+    assert "'cat' (presence" not in widget.status.value

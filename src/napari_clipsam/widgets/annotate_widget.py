@@ -511,9 +511,17 @@ class ClipSamWidget(AnnotateForm):
             if not self.closed:
                 self._end_run()
         n_points = sum(len(r.points) for _, r in results)
+        # prompts absent on every annotated plane, with the first plane's reason; on some planes only: counted
+        absent_on = [set(r.absent) for _, r in results]
+        everywhere = set.intersection(*absent_on) if absent_on else set()
         reasons = {}
         for _, r in results:
-            reasons.update(explain_absent(r.prompts, r.absent, r.presence, absence.min_presence if absence else 0.0))
+            for prompt, why in explain_absent(r.prompts, r.absent, r.presence,
+                                              absence.min_presence if absence else 0.0).items():
+                if prompt in everywhere:
+                    reasons.setdefault(prompt, why)
+        partly = {p: sum(p in a for a in absent_on) for p in dict.fromkeys(x for a in absent_on for x in a)
+                  if p not in everywhere}
         if reasons:
             why = ", ".join(f"'{p}' ({why})" for p, why in reasons.items())
             show_info(f"napari-clipsam: no points for {why}. Their heatmaps are added hidden; lower 'min presence' "
@@ -521,6 +529,8 @@ class ClipSamWidget(AnnotateForm):
         note = f"; kept {kept} hand-painted pixels" if kept else ""
         if reasons:
             note += "; no points for " + ", ".join(f"'{p}' ({why})" for p, why in reasons.items())
+        if partly:
+            note += "; no points for " + ", ".join(f"'{p}' on {n} of {len(results)} slices" for p, n in partly.items())
         if stale:
             note += f"; hid {len(stale)} heatmap{'s' if len(stale) > 1 else ''} of earlier prompts"
         if edited:
