@@ -612,6 +612,10 @@ def test_a_coco_file_copied_over_another_is_read_as_itself_not_as_its_sidecar_sa
         got = read_labels(tmp_path / "f.tif.json")
     assert Path(got.path).name == "f.tif" and got.classes == {}
     np.testing.assert_array_equal(got.labels, b)
+    # ... but not a file beside it that is no labels file at all: the one it names
+    shutil.copy(tmp_path / "e.tif.json", tmp_path / "notes.txt.json")
+    (tmp_path / "notes.txt").write_text("not labels")
+    assert Path(read_labels(tmp_path / "notes.txt.json").path).name == "e.tif"
     # a renamed OME-Zarr store (a folder: no sha256) keeps its sidecar's classes and provenance
     write_labels(tmp_path / "s.ome.zarr", a, classes={1: "cat"}, provenance={"method": "gem"})
     (tmp_path / "s.ome.zarr").rename(tmp_path / "t.ome.zarr")
@@ -642,6 +646,9 @@ def test_a_colour_png_is_not_read_as_labels_and_points_must_be_rows(tmp_path):
     pal.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [200, 200, 0] * 253)
     pal.save(tmp_path / "voc.png")
     np.testing.assert_array_equal(read_labels(tmp_path / "voc.png").labels, ids)
+    PILImage.fromarray(np.zeros((5, 6, 2), np.uint8), mode="LA").save(tmp_path / "alpha.png")
+    with pytest.raises(ValueError, match=r"alpha.png is a grey image with an alpha channel \(LA\)"):
+        read_labels(tmp_path / "alpha.png")
     with pytest.raises(ValueError, match=r"points must be an \(N, D\) array.*got shape \(2,\)"):
         write_points_csv(tmp_path / "p.csv", np.array([1.0, 2.0]))
     assert not (tmp_path / "p.csv").exists()

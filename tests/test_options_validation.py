@@ -339,10 +339,16 @@ def test_a_part_of_the_work_reports_how_far_the_whole_is():
 
     seen = []
     task = Task(seen.append)
-    task.within("slice 3/4", (2, 4)).report("heatmaps", 1, 2)
-    assert seen[-1].stage == "slice 3/4: heatmaps" and seen[-1].overall == pytest.approx(0.625)
-    task.within("slice 1/2", (0, 2)).within("window 2/2", (1, 2)).report("windows", 0, 1)
-    assert seen[-1].overall == pytest.approx(0.25)
+    fill = Task.PART_FILL  # a part is complete only when the next starts
+    third = task.within("slice 3/4", (2, 4))
+    third.report("heatmaps", 1, 2)
+    assert seen[-1].stage == "slice 3/4: heatmaps" and seen[-1].overall == pytest.approx((2 + 0.5 * fill) / 4)
+    third.report("heatmaps", 2, 2)
+    third.report("points")  # a stage without a total, then one starting at 0: never backwards
+    third.report("masks", 0, 5)
+    assert [round(p.overall, 6) for p in seen[-3:]] == [round((2 + fill) / 4, 6)] * 3
+    task.within("slice 1/2", (0, 2)).within("window 2/2", (1, 2)).report("windows", 1, 1)
+    assert seen[-1].overall == pytest.approx((1 + fill) / 2 * fill / 2)
     task.within("slice 2/4").report("points")  # no part given: only the stage's fraction
     assert seen[-1].overall is None
     with pytest.raises(ValueError, match="0 <= index < count"):

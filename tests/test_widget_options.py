@@ -207,19 +207,28 @@ def test_the_form_scrolls_as_a_whole_instead_of_growing_the_window(qtbot, docked
 
 def test_a_status_or_error_that_wraps_is_shown_whole(qtbot, docked):
     """The status line wraps; the dock's form layout sized it for one line, so a two-line
-    status ("done: 2 heatmaps, 14 points, 7 objects; kept ...") was cut through the middle."""
+    status ("done: 2 heatmaps, 14 points, 7 objects; kept ...") was cut through the middle.
+    In the footer (always in view) it shows up to FOOTER_LINES lines, whole lines, and the
+    whole text is its tooltip."""
     from qtpy.QtWidgets import QApplication
+
+    from napari_clipsam.widgets.form import FOOTER_LINES
 
     viewer, widget = docked
     viewer.show()
     for label, show in ((widget.status.native, widget.show_status),
                         (widget.error.native, lambda text: widget.show_error(text))):
-        for text in ("ready", "done: 2 heatmaps, 14 points, 7 objects; kept 131 hand-painted pixels; " * 3, "ok"):
+        for text in ("ready", "done: 2 heatmaps, 14 points, 7 objects; kept 131 hand-painted pixels", "ok",
+                     "done: 2 heatmaps, 14 points, 7 objects; kept 131 hand-painted pixels; " * 6):
             show(text)
             for _ in range(4):  # the layout requests climb one nested layout per event-loop turn
                 QApplication.processEvents()
-            assert label.height() >= label.heightForWidth(label.width()), (text, label.height())
-        assert label.height() < 2 * label.fontMetrics().height() + 8  # and short again for one line
+            cap = FOOTER_LINES * label.fontMetrics().lineSpacing()
+            assert label.height() >= min(label.heightForWidth(label.width()), cap), (text, label.height())
+            assert label.toolTip() == text
+            if text == "ok":
+                assert label.height() < 2 * label.fontMetrics().height() + 8  # and short again for one line
+        assert label.height() <= FOOTER_LINES * label.fontMetrics().lineSpacing() + 8  # a long one: capped
 
 
 def test_a_run_takes_at_most_32_prompts_and_says_so_before_loading_anything(qtbot, viewer_widget):

@@ -801,6 +801,15 @@ def read_sidecar(path: str | os.PathLike, label_name: str | None = None) -> dict
     return None
 
 
+def _is_labels_path(path: Path) -> bool:
+    """Whether ``path`` has a labels format's suffix (``labels_format`` knows it)."""
+    try:
+        labels_format(path)
+    except ValueError:
+        return False
+    return True
+
+
 def _load_sidecar(cand: Path) -> dict | None:
     """``cand`` read as a sidecar, or None if it is not one (or is damaged beyond use)."""
     if not (cand.is_file() and cand.name.endswith(".json")):
@@ -920,7 +929,7 @@ def read_labels(path: str | os.PathLike, *, label_name: str | None = None) -> La
         beside = p.with_name(p.name[:-len(tail)])  # the file it sits beside by name
         # that file (a copy or a renamed export: its sha256 decides below whether the sidecar
         # describes it), else the one it names
-        p = beside if beside.exists() else p.with_name(info["labels_file"])
+        p = beside if beside.exists() and _is_labels_path(beside) else p.with_name(info["labels_file"])
         if not p.exists():
             raise FileNotFoundError(f"sidecar {path} names {p.name}, which is missing")
     else:
@@ -1005,8 +1014,10 @@ def _read_format(p: Path, fmt: str, label_name: str | None) -> tuple[np.ndarray,
             # one channel of ids: grey (ours: uint8 "L" / uint16 "I;16"), 1-bit, or a palette
             # image's indices (PASCAL VOC-style label PNGs); colour is an image, not labels
             if png.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "F"):
-                raise ValueError(f"{p} is a colour image ({png.mode}), not a labels image: labels PNGs have one "
-                                 "channel of ids (grey or a palette); open it as an image instead")
+                what = "a grey image with an alpha channel (LA)" if png.mode in ("LA", "La", "PA") else \
+                    f"a colour image ({png.mode})"
+                raise ValueError(f"{p} is {what}, not a labels image: labels PNGs have one channel of ids (grey "
+                                 "or a palette, no alpha); open it as an image, or save the labels without alpha")
             labels = np.asarray(png)
     elif fmt == "npy":
         labels = np.load(p, allow_pickle=False)

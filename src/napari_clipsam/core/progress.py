@@ -84,15 +84,22 @@ class Task:
             index, count = (int(v) for v in part)
             if not 0 <= index < count:
                 raise ValueError(f"part must be (index, count) with 0 <= index < count, got {part}")
-        child = Task(lambda p: self._forward(prefix, p, part))
+        peak = [0.0]  # a part's stages each run 0 -> 1: the whole only moves forward
+        child = Task(lambda p: self._forward(prefix, p, part, peak))
         child._cancelled = self._cancelled
         return child
 
-    def _forward(self, prefix: str, p: Progress, part: tuple[int, int] | None = None) -> None:
+    #: the share of a part its stages' fractions can fill: the part counts as done only when
+    #: the next one starts (a part's first stage going 0 -> 1 is not the part done)
+    PART_FILL = 0.9
+
+    def _forward(self, prefix: str, p: Progress, part: tuple[int, int] | None = None,
+                 peak: list | None = None) -> None:
         overall = p.overall
         if part is not None:
             inner = p.overall if p.overall is not None else (p.fraction or 0.0)
-            overall = (part[0] + inner) / part[1]
+            peak[0] = max(peak[0], min(inner, 1.0) * self.PART_FILL)
+            overall = (part[0] + peak[0]) / part[1]
         self.last = Progress(f"{prefix}: {p.stage}", p.done, p.total, p.unit, overall)
         if self.on_progress is not None:
             self.on_progress(self.last)

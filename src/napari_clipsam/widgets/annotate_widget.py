@@ -442,7 +442,10 @@ class ClipSamWidget(AnnotateForm):
         edits = None
         if edited_while_running:  # kept as they are now: the run's points replace them
             layer = points_before[0]
-            edits = (np.array(layer.data, copy=True), layer.features.copy(), layer.name)
+            edits = dict(data=np.array(layer.data, copy=True), features=layer.features.copy(), name=layer.name,
+                         size=np.array(layer.size, copy=True), ndim=layer.ndim,
+                         **{k: np.array(getattr(layer, k), copy=True) for k in ("scale", "translate", "rotate",
+                                                                                  "shear")})
         kept_edits = None
         try:
             self.last_results = [r for _, r in results]
@@ -502,7 +505,7 @@ class ClipSamWidget(AnnotateForm):
             editor.state.shape = spatial_shape(image_layer)
             edited = edited_while_running and points_before[0] is editor.points_layer
             if edited:
-                kept_edits = self._keep_point_edits(*edits, like=editor.points_layer)
+                kept_edits = self._keep_point_edits(edits)
             kept = yield from RW.write_run_steps(editor, results)
             editor.record = record
             if editor.points_layer in self.viewer.layers:  # what the user edits next, and where T / N / M work
@@ -539,14 +542,15 @@ class ClipSamWidget(AnnotateForm):
             (len(results[-1][1].prompts), "heatmap"), (n_points, "point"), (self.count_objects(image_layer), "object")))
         self.show_status(f"done: {counts}{note}")
 
-    def _keep_point_edits(self, data, features, name, *, like) -> str:
+    def _keep_point_edits(self, edits: dict) -> str:
         """A hidden points layer of the user's own (the plugin never changes it) holding the
-        points as they were edited while a run ran, before the run's points replace them;
-        returns its name."""
-        copy = self.viewer.add_points(data, features=features, name=f"{name} (edited during the run)",
-                                      ndim=like.ndim, visible=False, size=like.size, border_color="white",
-                                      scale=like.scale, translate=like.translate, rotate=like.rotate,
-                                      shear=like.shear)
+        points as they were edited while a run ran (``edits``: the layer's data, features,
+        name, sizes and placement, read when the run's results arrived); returns its name."""
+        copy = self.viewer.add_points(edits["data"], features=edits["features"],
+                                      name=f"{edits['name']} (edited during the run)", ndim=edits["ndim"],
+                                      visible=False, size=edits["size"], border_color="white",
+                                      scale=edits["scale"], translate=edits["translate"], rotate=edits["rotate"],
+                                      shear=edits["shear"])
         LW.recolor(copy)  # positive green, negative magenta, as in the points layer
         return copy.name
 
@@ -698,7 +702,7 @@ class ClipSamWidget(AnnotateForm):
                 return  # not one column (the user moved a dock): theirs to size
             column = main_dock.height() + tools_dock.height()
             wanted = main_dock.sizeHint().height()
-            mine = max(min(wanted, column - 240), column // 2)
+            mine = max(min(wanted, column - 300), column // 2)
             window.resizeDocks([main_dock, tools_dock], [mine, column - mine], Qt.Orientation.Vertical)
         except RuntimeError:  # a dock was deleted in between
             pass

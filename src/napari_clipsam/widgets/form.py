@@ -57,8 +57,6 @@ METHOD_HELP = {
 TEXT_AREA_HEIGHT = 160
 #: the most height an error's details take (what to do is often at their end: room for it)
 DETAILS_HEIGHT = 240
-#: ... and the least, in a crowded column (about seven lines; it scrolls inside)
-DETAILS_MIN_HEIGHT = 120
 
 #: every keyboard shortcut the plugin adds (shown in the widget and in docs/usage.md)
 SHORTCUTS = {
@@ -92,12 +90,24 @@ def wrap_text(label) -> None:
     native.installEventFilter(_WrappedHeight(native))  # owned by the label
 
 
+#: the most lines a status or error line in a dock's footer shows (the whole text is its tooltip)
+FOOTER_LINES = 3
+
+
 def fit_wrapped_height(label) -> None:
-    """Give the word-wrapped QLabel ``label`` the height its text needs at its width."""
+    """Give the word-wrapped QLabel ``label`` the height its text needs at its width (at most
+    its ``max_lines`` property's lines, if set: the rest is cut, the whole text in its tooltip)."""
     if label.width() > 0:
         old = label.minimumHeight()
         label.setMinimumHeight(0)  # QLabel's heightForWidth is never below its minimum height
+        label.setMaximumHeight(16777215)
         need = label.heightForWidth(label.width())
+        lines = label.property("max_lines")
+        if lines and need > 0:
+            cap = int(lines) * label.fontMetrics().lineSpacing() + 2 * label.margin() + 2
+            if need > cap:
+                need = cap
+                label.setMaximumHeight(cap)
         label.setMinimumHeight(need if need > 0 else old)
 
 
@@ -113,6 +123,15 @@ class _FormScroll(QScrollArea):
     def __init__(self):
         super().__init__()
         self.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+
+    def setWidget(self, widget) -> None:  # noqa: N802 - Qt's name
+        super().setWidget(widget)
+        widget.installEventFilter(self)  # its layout changes: ask the dock for the new height
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        if obj is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()
+        return super().eventFilter(obj, event)
 
     def _extra_width(self) -> int:
         return self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
@@ -150,6 +169,10 @@ class ScrollingForm(Container):
         # docked below on a laptop screen, the form shows a few rows: a run gave no feedback)
         self.footer = Container(labels=True)
         self.native.layout().addWidget(self.footer.native)
+        # the fields take the height they need (less: they scroll), the footer follows them, and
+        # the room left in a tall dock stays below it, not between them
+        self.scroll_area.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
+        self.native.layout().addStretch(1)
 
         self.body.changed.connect(lambda *_: self.changed.emit(self))
         # fields get their wheel events only once clicked: the wheel scrolls the form (a wheel
@@ -334,10 +357,14 @@ class AnnotateForm(ScrollingForm):
         self.body.extend([self.image, self.prompts, self.method, self.threshold])
         self.body.native.layout().addWidget(self.more_options)
         self.body.extend([
-            self.run_button, self.cancel_button, self.new_object_button, self.flip_button, self.next_mask_button,
-            self.semantic_button, self.export_button, self.tools_button, self.shortcuts,
+            self.run_button, self.cancel_button, self.error_details, self.new_object_button, self.flip_button,
+            self.next_mask_button, self.semantic_button, self.export_button, self.tools_button, self.shortcuts,
         ])
-        self.footer.extend([self.progress, self.status, self.error, self.error_details_button, self.error_details])
+        # in view whatever the form's scroll: what a run is doing and why it failed (a few lines;
+        # the whole message is one click away, in the scrolling form under Run)
+        self.footer.extend([self.progress, self.status, self.error, self.error_details_button])
+        for label in (self.status, self.error):
+            label.native.setProperty("max_lines", FOOTER_LINES)
         layout = self.body.native.layout()  # "More options" right under the first four fields
         layout.removeWidget(self.more_options)
         layout.insertWidget(4, self.more_options)
@@ -366,12 +393,14 @@ class AnnotateForm(ScrollingForm):
     # ------------------------------------------------------------------ status and errors
     def show_status(self, text: str) -> None:
         self.status.value = text
+        self.status.native.setToolTip(text)
         fit_wrapped_height(self.status.native)
 
     def show_error(self, short: str, details: str = "") -> None:
         """Keep an error visible until the next run: a short reason, the full text one click away."""
         self.error.value = short
         self.error.visible = True
+        self.error.native.setToolTip(short)
         fit_wrapped_height(self.error.native)
         self.error_details.value = details or short
         self.error_details_button.visible = bool(details and details.strip() != short.strip())
@@ -390,9 +419,8 @@ class AnnotateForm(ScrollingForm):
             need = int(doc.size().height()) + 2 * box.frameWidth() + 4
             # as tall as it needs up to DETAILS_HEIGHT where there is room; never so tall that
             # the window must grow past the screen for it (it scrolls inside then)
-            box.setMaximumHeight(min(need, DETAILS_HEIGHT))
-            box.setMinimumHeight(min(need, DETAILS_MIN_HEIGHT))
-            box.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+            box.setMinimumHeight(min(need, DETAILS_HEIGHT))  # in the scrolling form: never grows the window
+            self.scroll_area.ensureWidgetVisible(box)
 
     def clear_error(self) -> None:
         self.error.value = ""

@@ -9,7 +9,7 @@ from napari.utils.notifications import show_error as notify_error
 
 from ..core.export import classes_from_features
 from ..core.localizers import LOCALIZERS, check_prompts
-from .form import ScrollingForm, fit_wrapped_height, wrap_text
+from .form import FOOTER_LINES, ScrollingForm, fit_wrapped_height, wrap_text
 from .runner import Runner
 
 
@@ -28,6 +28,7 @@ class PanelBase(ScrollingForm):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.cancel_button.changed.connect(self.cancel)
         self.footer.extend([self.progress, self.status])  # in view however the panel scrolls
+        self.status.native.setProperty("max_lines", FOOTER_LINES)
         self.runner = Runner(self.progress, self.show_status)
 
     # -- state ---------------------------------------------------------------------------
@@ -37,6 +38,7 @@ class PanelBase(ScrollingForm):
 
     def show_status(self, text: str) -> None:
         self.status.value = text
+        self.status.native.setToolTip(text)
         fit_wrapped_height(self.status.native)
 
     def cancel(self, *_) -> None:
