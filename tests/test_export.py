@@ -652,3 +652,16 @@ def test_a_colour_png_is_not_read_as_labels_and_points_must_be_rows(tmp_path):
     with pytest.raises(ValueError, match=r"points must be an \(N, D\) array.*got shape \(2,\)"):
         write_points_csv(tmp_path / "p.csv", np.array([1.0, 2.0]))
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_new_store_with_its_own_label_name_keeps_its_sidecar_when_read_by_that_name(tmp_path):
+    """write_labels(store, label_name="cells") into a new store writes <store>.json; reading it
+    back with label_name="cells" looked for <store>.cells.json and lost classes and provenance."""
+    labels = np.zeros((6, 8), np.int32)
+    labels[1:4, 2:5] = 3
+    write_labels(tmp_path / "img.ome.zarr", labels, classes={3: "cell"}, provenance={"method": "gem"},
+                 label_name="cells")
+    for name in ("cells", None):
+        got = read_labels(tmp_path / "img.ome.zarr", label_name=name)
+        assert got.classes == {3: "cell"} and got.provenance.get("method") == "gem", name
+        np.testing.assert_array_equal(got.labels, labels)

@@ -707,8 +707,8 @@ def write_labels(
                 "provenance": dict(provenance or {}),
                 "metadata": dict(metadata or {}),
             }
-            if inserting:
-                info["label_name"] = label_name
+            if fmt == "ome-zarr":
+                info["label_name"] = label_name  # which labels/<name> of the store it describes
             stmp = _new_temp_file(side)
             moves.append((stmp, side))
             stmp.write_text(_sidecar_text(info))
@@ -797,6 +797,10 @@ def read_sidecar(path: str | os.PathLike, label_name: str | None = None) -> dict
     for cand in (p, sidecar_path(p, label_name)):
         info = _load_sidecar(cand)
         if info is not None:
+            return info
+    if label_name:  # a store we wrote ourselves has the plain sidecar, naming its labels' name
+        info = _load_sidecar(sidecar_path(p))
+        if info is not None and info.get("label_name") in (None, label_name):
             return info
     return None
 
