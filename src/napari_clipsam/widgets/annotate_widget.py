@@ -315,12 +315,16 @@ class ClipSamWidget(AnnotateForm):
             # the pixels are read here, not on the GUI thread (a large or lazy image would freeze
             # napari), and before the models load, so bad pixels are a message within moments
             task.report("reading the image")
-            try:
-                first = pixels_now(planes[0])
-            except ValueError as exc:
-                if len(planes) == 1:
-                    raise
-                raise ValueError(f"slice 1/{len(planes)} ({planes[0].describe()}): {exc}") from exc
+            def on_slice(i: int, step):
+                """``step()``; a ValueError of a stack's slice says which slice it is."""
+                try:
+                    return step()
+                except ValueError as exc:
+                    if len(planes) == 1:
+                        raise
+                    raise ValueError(f"slice {i + 1}/{len(planes)} ({planes[i].describe()}): {exc}") from exc
+
+            first = on_slice(0, lambda: pixels_now(planes[0]))
 
             def pixels(plane: Plane) -> np.ndarray:
                 return first if plane == planes[0] else pixels_now(plane)
@@ -340,13 +344,8 @@ class ClipSamWidget(AnnotateForm):
             out = []
             for i, plane in enumerate(planes):
                 part = task.within(f"slice {i + 1}/{len(planes)}", (i, len(planes))) if len(planes) > 1 else task
-                try:
-                    rgb = pixels(plane)
-                    result = annotate_via_queue(self.sam_queue, rgb, prompts, localizer, session, cfg, part)
-                except ValueError as exc:
-                    if len(planes) == 1:
-                        raise
-                    raise ValueError(f"slice {i + 1}/{len(planes)} ({plane.describe()}): {exc}") from exc
+                result = on_slice(i, lambda plane=plane, part=part: annotate_via_queue(
+                    self.sam_queue, pixels(plane), prompts, localizer, session, cfg, part))
                 if out and not full_resolution:  # keep one plane's image-size maps (last_result), not all
                     RW.slim(out[-1][1])
                 out.append((plane, result))
@@ -525,13 +524,13 @@ class ClipSamWidget(AnnotateForm):
                     reasons.setdefault(prompt, why)
         partly = {p: sum(p in a for a in absent_on) for p in dict.fromkeys(x for a in absent_on for x in a)
                   if p not in everywhere}
+        why = ", ".join(f"'{p}' ({why})" for p, why in reasons.items())
         if reasons:
-            why = ", ".join(f"'{p}' ({why})" for p, why in reasons.items())
             show_info(f"napari-clipsam: no points for {why}. Their heatmaps are added hidden; lower 'min presence' "
                       "or the absence floor (More options) to get points for them")
         note = f"; kept {kept} hand-painted pixels" if kept else ""
         if reasons:
-            note += "; no points for " + ", ".join(f"'{p}' ({why})" for p, why in reasons.items())
+            note += f"; no points for {why}"
         if partly:
             note += "; no points for " + ", ".join(f"'{p}' on {n} of {len(results)} slices" for p, n in partly.items())
         if stale:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, LineEdit, PushButton, SpinBox
+from napari.layers import Image
 from qtpy.QtCore import QRectF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QWidget
 
 from .. import core as _core  # noqa: F401  (the triton/Mesa guard before torch)
 from ..core.retrieval import EmbeddingCache, rank_slices, slice_rgb
+from . import layer_writer as LW
 from .inputs import displayed_plane, layer_data, spatial_shape
 from .panel_common import PanelBase
 
@@ -90,10 +92,6 @@ class SliceFinder(PanelBase):
 
     def _stacks(self, *_):
         """The images with a slice or time axis, not the plugin's own (heatmaps)."""
-        from napari.layers import Image
-
-        from . import layer_writer as LW
-
         return [lay for lay in self.viewer.layers
                 if isinstance(lay, Image) and not LW.is_ours(lay) and len(spatial_shape(lay)) >= 3]
 
