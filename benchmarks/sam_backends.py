@@ -130,6 +130,31 @@ def main() -> None:
     out["decode"]["load_before"], out["decode"]["load_after"] = before, load()
     print("decode done", file=sys.stderr)
 
+    # the decoder's prompt-independent work kept per image (core.sam_decoder) vs the library's
+    # predictor as it is, on the same predictor, interleaved; the outputs must be bit-identical
+    from napari_clipsam.core.sam_decoder import DecoderCache, cached_decoding
+
+    before = load()
+    variants, identical = {}, {}
+    xy, lab = np.array([[520.0, 380.0], [100.0, 100.0]]), np.array([1, 0])
+    for kind, s in sessions.items():
+        p, cache = s.predictor, DecoderCache()
+
+        def library(p=p):
+            return p.predict(point_coords=xy, point_labels=lab, multimask_output=False, return_logits=True)
+
+        def cached(p=p, cache=cache):
+            with cached_decoding(p.model, cache):
+                return library(p)
+        identical[kind] = all(np.array_equal(a, b) for a, b in zip(library(), cached()))
+        variants[f"{kind}: library predict"] = library
+        variants[f"{kind}: cached decoder"] = cached
+    res = interleaved(variants, args.decode_repeats)
+    out["decoder_cache"] = {"seconds": res, "bit_identical": identical, "load_before": before, "load_after": load(),
+                            "speedup": {k: round(res[f"{k}: library predict"]["median"]
+                                                 / res[f"{k}: cached decoder"]["median"], 2) for k in sessions}}
+    print("decoder cache done", file=sys.stderr)
+
     run_kinds = [k for k in ("vit_b", "sam2.1_tiny") if k in sessions]
     if run_kinds and args.run_repeats > 0:
         import open_clip

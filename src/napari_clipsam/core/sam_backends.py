@@ -120,9 +120,24 @@ def _size(arrays: dict, name: str) -> tuple[int, int]:
 
 
 class _Backend:
-    """What both adapters share: the library's own predictor and its model and device."""
+    """What both adapters share: the library's own predictor and its model and device, and the
+    decoder's prompt-independent work for the current image (``core.sam_decoder``)."""
 
     predictor = None
+
+    def __init__(self):
+        from .sam_decoder import DecoderCache
+
+        self.decoder_cache = DecoderCache()
+
+    def _library_predict(self, xy, labels, box, multimask: bool):
+        """The library predictor's ``predict``, its decoder's image-side work kept between calls
+        (bit-for-bit the same masks and scores)."""
+        from .sam_decoder import cached_decoding
+
+        with cached_decoding(self.predictor.model, self.decoder_cache):
+            return self.predictor.predict(point_coords=xy, point_labels=labels, box=box,
+                                          multimask_output=multimask)
 
     @property
     def model(self):
@@ -143,6 +158,7 @@ class Sam1Backend(_Backend):
     def __init__(self, model):
         from segment_anything import SamPredictor
 
+        super().__init__()
         self.predictor = SamPredictor(model)
 
     @staticmethod
@@ -184,8 +200,7 @@ class Sam1Backend(_Backend):
         return tuple(self.predictor.original_size)
 
     def predict(self, xy, labels, box, multimask: bool) -> tuple[np.ndarray, np.ndarray]:
-        masks, scores, _ = self.predictor.predict(point_coords=xy, point_labels=labels, box=box,
-                                                  multimask_output=multimask)
+        masks, scores, _ = self._library_predict(xy, labels, box, multimask)
         return masks, scores
 
     @staticmethod
@@ -213,6 +228,7 @@ class Sam2Backend(_Backend):
 
         from sam2.sam2_image_predictor import SAM2ImagePredictor
 
+        super().__init__()
         with warnings.catch_warnings():  # sam2 1.1 scripts its transforms; recent torch warns
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
             self.predictor = SAM2ImagePredictor(model)
@@ -251,8 +267,7 @@ class Sam2Backend(_Backend):
         return tuple(int(v) for v in self.predictor._orig_hw[-1])
 
     def predict(self, xy, labels, box, multimask: bool) -> tuple[np.ndarray, np.ndarray]:
-        masks, scores, _ = self.predictor.predict(point_coords=xy, point_labels=labels, box=box,
-                                                  multimask_output=multimask)
+        masks, scores, _ = self._library_predict(xy, labels, box, multimask)
         return masks > 0.5, scores  # sam2 returns its thresholded masks as 0.0/1.0 floats
 
     @staticmethod
