@@ -568,8 +568,8 @@ def test_point_edits_made_while_a_rerun_ran_are_kept_in_a_layer_of_their_own(qtb
     edited = np.array(pts.data, copy=True)
     idle(qtbot, widget)
     name = "chelsea points (edited during the run)"
-    assert widget.status.value.endswith(f"; the points as you edited them while it ran are kept in '{name}' "
-                                        "(hidden)"), widget.status.value
+    assert widget.status.value.endswith(f"; your edits while it ran are kept in '{name}' (hidden)"), \
+        widget.status.value
     assert not (np.abs(np.asarray(pts.data) - [20.0, 20.0]).sum(axis=1) < 1e-6).any()
     copy = viewer.layers[name]
     np.testing.assert_array_equal(copy.data, edited)
@@ -578,6 +578,42 @@ def test_point_edits_made_while_a_rerun_ran_are_kept_in_a_layer_of_their_own(qtb
     idle(qtbot, widget)
     assert "edited" not in widget.status.value
     np.testing.assert_array_equal(viewer.layers[name].data, edited)  # not the plugin's to change
+
+
+def test_points_and_boxes_edited_between_runs_are_kept_when_a_rerun_replaces_them(qtbot, docked):
+    """A point added, a point flipped and a box drawn after a run: the next run replaces the
+    plane's points and boxes, and keeps the layers as the user left them in hidden copies of
+    their own, named in the status. A re-run after no edit keeps nothing more."""
+    viewer, widget = docked
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    _run(qtbot, widget, img, "cat")
+    pts, boxes = viewer.layers["chelsea points"], viewer.layers["chelsea boxes"]
+    pts.add([[20.0, 20.0]])
+    idle(qtbot, widget)
+    pts.selected_data = {0}
+    widget.flip_selected()
+    idle(qtbot, widget)
+    boxes.add_rectangles(np.array([[40.0, 50.0], [120.0, 200.0]]))
+    idle(qtbot, widget)
+    want_points, want_features = np.array(pts.data, copy=True), pts.features.copy()
+    want_boxes = [np.array(d, copy=True) for d in boxes.data]
+    widget.run()
+    idle(qtbot, widget)
+    kept_points, kept_boxes = "chelsea points (as you edited them)", "chelsea boxes (as you edited them)"
+    assert widget.status.value.endswith(f"; your edits are kept in '{kept_boxes}' and '{kept_points}' (hidden)"), \
+        widget.status.value
+    assert not (np.abs(np.asarray(pts.data) - [20.0, 20.0]).sum(axis=1) < 1e-6).any()  # the run replaced them
+    copy = viewer.layers[kept_points]
+    np.testing.assert_array_equal(copy.data, want_points)
+    assert copy.features["positive"].tolist() == want_features["positive"].tolist() and not copy.visible
+    copy_boxes = viewer.layers[kept_boxes]
+    assert len(copy_boxes.data) == len(want_boxes) and not copy_boxes.visible
+    for got, want in zip(copy_boxes.data, want_boxes):
+        np.testing.assert_array_equal(got, want)
+    n_layers = len(viewer.layers)
+    widget.run()
+    idle(qtbot, widget)
+    assert "kept in" not in widget.status.value and len(viewer.layers) == n_layers
 
 
 def test_pixels_painted_onto_an_object_keep_its_id_and_class_through_a_rerun(qtbot, docked, models, tmp_path):

@@ -38,6 +38,16 @@ from .runner import Runner
 MAX_PROMPTS = 32
 
 
+def _snapshot(layer) -> dict:
+    """A points or shapes layer's rows, features, look and placement as they are now (copies)."""
+    snap = dict(name=layer.name, ndim=layer.ndim, features=layer.features.copy(),
+                **{k: np.array(getattr(layer, k), copy=True) for k in ("scale", "translate", "rotate", "shear")})
+    if hasattr(layer, "shape_type"):
+        return dict(snap, kind="shapes", data=[np.array(d, copy=True) for d in layer.data],
+                    shape_type=list(layer.shape_type), edge_color=np.array(layer.edge_color, copy=True))
+    return dict(snap, kind="points", data=np.array(layer.data, copy=True), size=np.array(layer.size, copy=True))
+
+
 class ClipSamWidget(AnnotateForm):
     """Annotate an image layer from words: CLIP heatmaps, points, SAM labels."""
 
@@ -435,17 +445,21 @@ class ClipSamWidget(AnnotateForm):
                            started["absence"])
 
     def _apply(self, image_layer, session, results, record, heat, pixels, points_before=None, absence=None):
-        # the user moved or added points while the run ran (read before the plugin changes anything)
+        # what the user changed in the points and boxes layers since the plugin last wrote them,
+        # before the run or while it ran (read before the plugin changes anything): the run
+        # replaces their plane's rows, so a hidden copy of each keeps the user's work
+        before = self.editor_for(image_layer)
         edited_while_running = points_before is not None and not np.array_equal(
             points_before[1], np.asarray(points_before[0].data))
-        edits = None
-        if edited_while_running:  # kept as they are now: the run's points replace them
-            layer = points_before[0]
-            edits = dict(data=np.array(layer.data, copy=True), features=layer.features.copy(), name=layer.name,
-                         size=np.array(layer.size, copy=True), ndim=layer.ndim,
-                         **{k: np.array(getattr(layer, k), copy=True) for k in ("scale", "translate", "rotate",
-                                                                                  "shear")})
-        kept_edits = None
+        changed = set(before.user_edits) if before is not None else set()
+        if edited_while_running and before is not None and points_before[0] is before.points_layer:
+            changed.add("points")
+        snapshots = {}
+        for which in sorted(changed):
+            layer = before.points_layer if which == "points" else before.boxes_layer
+            if layer is not None and layer in self.viewer.layers and len(layer.data):
+                snapshots[which] = _snapshot(layer)
+        kept_edits = []
         try:
             self.last_results = [r for _, r in results]
             self.last_result = self.last_results[-1]
@@ -502,10 +516,11 @@ class ClipSamWidget(AnnotateForm):
             editor.pixels = pixels
             editor.state.session = session
             editor.state.shape = spatial_shape(image_layer)
-            edited = edited_while_running and points_before[0] is editor.points_layer
-            if edited:
-                kept_edits = self._keep_point_edits(edits)
+            if editor is before:
+                why = "edited during the run" if edited_while_running else "as you edited them"
+                kept_edits = [self._keep_user_layer(snap, why) for snap in snapshots.values()]
             kept = yield from RW.write_run_steps(editor, results)
+            editor.user_edits.clear()  # the layers hold the run's rows now
             editor.record = record
             if editor.points_layer in self.viewer.layers:  # what the user edits next, and where T / N / M work
                 self.viewer.layers.selection.active = editor.points_layer
@@ -535,22 +550,27 @@ class ClipSamWidget(AnnotateForm):
             note += "; no points for " + ", ".join(f"'{p}' on {n} of {len(results)} slices" for p, n in partly.items())
         if stale:
             note += f"; hid {len(stale)} heatmap{'s' if len(stale) > 1 else ''} of earlier prompts"
-        if edited:
-            note += f"; the points as you edited them while it ran are kept in '{kept_edits}' (hidden)"
+        if kept_edits:
+            names = " and ".join(f"'{name}'" for name in kept_edits)
+            note += f"; your edits {'while it ran ' if edited_while_running else ''}are kept in {names} (hidden)"
         counts = ", ".join(f"{n} {what}{'s' if n != 1 else ''}" for n, what in (
             (len(results[-1][1].prompts), "heatmap"), (n_points, "point"), (self.count_objects(image_layer), "object")))
         self.show_status(f"done: {counts}{note}")
 
-    def _keep_point_edits(self, edits: dict) -> str:
-        """A hidden points layer of the user's own (the plugin never changes it) holding the
-        points as they were edited while a run ran (``edits``: the layer's data, features,
-        name, sizes and placement, read when the run's results arrived); returns its name."""
-        copy = self.viewer.add_points(edits["data"], features=edits["features"],
-                                      name=f"{edits['name']} (edited during the run)", ndim=edits["ndim"],
-                                      visible=False, size=edits["size"], border_color="white",
-                                      scale=edits["scale"], translate=edits["translate"], rotate=edits["rotate"],
-                                      shear=edits["shear"])
-        LW.recolor(copy)  # positive green, negative magenta, as in the points layer
+    def _keep_user_layer(self, snap: dict, why: str) -> str:
+        """A hidden points or shapes layer of the user's own (the plugin never changes it)
+        holding a points or boxes layer as the user left it (``snap``: ``_snapshot``); returns
+        its name."""
+        placement = {k: snap[k] for k in ("scale", "translate", "rotate", "shear")}
+        name = f"{snap['name']} ({why})"
+        if snap["kind"] == "points":
+            copy = self.viewer.add_points(snap["data"], features=snap["features"], name=name, ndim=snap["ndim"],
+                                          visible=False, size=snap["size"], border_color="white", **placement)
+            LW.recolor(copy)  # positive green, negative magenta, as in the points layer
+        else:
+            copy = self.viewer.add_shapes(snap["data"], shape_type=snap["shape_type"], features=snap["features"],
+                                          name=name, ndim=snap["ndim"], visible=False, face_color="transparent",
+                                          edge_color=snap["edge_color"], **placement)
         return copy.name
 
     def _still_there(self, image_layer, *layers) -> bool:

@@ -66,6 +66,9 @@ class LiveEditor:
         self._held = 0  # > 0 while a run's results are being written in steps
         self._pending = False  # an edit came while held
         self.record: dict | None = None  # what the last run was made with (for the provenance)
+        #: the layers ("points", "boxes") the user changed since the plugin last wrote them (a
+        #: re-run keeps a copy of them before replacing their plane's rows)
+        self.user_edits: set[str] = set()
         points_layer.events.data.connect(self._on_points)
         points_layer.events.mode.connect(self._on_mode)
         if boxes_layer is not None:
@@ -268,11 +271,13 @@ class LiveEditor:
 
     def _on_points(self, event=None) -> None:
         if self._finished_edit(event, self.points_layer, self._assign_added):
+            self.user_edits.add("points")
             LW.recolor(self.points_layer)
             self.schedule()
 
     def _on_boxes(self, event=None) -> None:
         if self._finished_edit(event, self.boxes_layer, self._assign_added_boxes):
+            self.user_edits.add("boxes")
             self.schedule()
 
     def _finished_edit(self, event, layer, assign_added) -> bool:
@@ -538,6 +543,7 @@ class LiveEditor:
         idx = sorted(indices)
         feats.loc[idx, "positive"] = ~feats.loc[idx, "positive"].astype(bool)
         layer.features = feats
+        self.user_edits.add("points")
         LW.recolor(layer)
         self.schedule()
 
