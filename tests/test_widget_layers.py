@@ -242,6 +242,21 @@ def test_image_data_replaced_during_a_run_discards_its_results(qtbot, viewer_wid
     assert _names(viewer) == ["chelsea"]
 
 
+def test_image_pixels_replaced_by_others_of_the_same_shape_during_a_run_discard_its_results(qtbot, viewer_widget):
+    """Masks and heatmaps made from the pixels the image had are not added over other pixels;
+    a later run annotates the new ones."""
+    viewer, widget = viewer_widget
+    widget.prompts.value = "cat"
+    widget.run()
+    viewer.layers["chelsea"].data = data.chelsea()[::-1].copy()  # the same shape, other pixels
+    idle(qtbot, widget)
+    assert widget.status.value == "the image's pixels were replaced during the run: results discarded"
+    assert _names(viewer) == ["chelsea"]
+    widget.run()
+    idle(qtbot, widget)
+    assert "done" in widget.status.value and "chelsea labels" in _names(viewer)
+
+
 def test_a_users_layer_with_our_name_is_kept_and_ours_updated_under_a_fresh_one(qtbot, viewer_widget):
     viewer, widget = viewer_widget
     mine = viewer.add_image(np.ones((10, 10)), name="chelsea heatmap [cat]")

@@ -367,6 +367,7 @@ class ClipSamWidget(AnnotateForm):
         self.show_status(f"starting on '{layer.name}'")
         editor = self.editor_for(layer)
         started = {"shape": spatial_shape(layer), "absence": absence,  # what the run's results are checked against
+                   "data": [(lay, lay.data) for lay in (layer, *others)],
                    "points": None if editor is None else (editor.points_layer, np.array(editor.points_layer.data))}
         self.runner.start(job, on_done=lambda res, lay=layer: self._on_done(lay, res, pixels_now, started),
                           on_failed=self._on_failed, on_cancelled=self._on_cancelled,
@@ -440,6 +441,13 @@ class ClipSamWidget(AnnotateForm):
             self.show_status("the image changed shape during the run: results discarded")
             show_warning(f"napari-clipsam: the data of '{image_layer.name}' changed shape during the run "
                          f"({' x '.join(map(str, shape))} -> {now}); its results were discarded. Run again")
+            return None
+        replaced = [lay.name for lay, data in started["data"] if lay.data is not data]
+        if replaced:
+            self._end_run()
+            self.show_status("the image's pixels were replaced during the run: results discarded")
+            show_warning(f"napari-clipsam: the data of '{replaced[0]}' was replaced during the run; its results "
+                         "(made from the pixels it had before) were discarded. Run again")
             return None
         return self._apply(image_layer, session, results, record, heat, pixels, started["points"],
                            started["absence"])
