@@ -44,6 +44,42 @@ def test_a_points_feature_value_that_means_nothing_is_named_not_read_as_a_defaul
     assert new and f"'{column}' values that are not" in new[-1] and f"row 1: {value!r}" in new[-1], new
 
 
+@pytest.mark.parametrize("value", ["dog", np.nan, ""])
+def test_a_points_prompt_that_names_no_prompt_of_the_run_is_named_not_read_as_the_first(qtbot, viewer_widget,
+                                                                                        value):
+    """A typo in a point's prompt made its object the first prompt's class, silently (and it
+    was exported so); a name that differs only in case or spaces is that prompt."""
+    viewer, widget = viewer_widget
+    widget.prompts.value = "cat\nsofa"
+    widget.run()
+    idle(qtbot, widget)
+    pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
+    feats = pts.features.copy()
+    sofa = int(np.flatnonzero((feats["prompt"] == "sofa") & feats["positive"] & (feats["object_id"] > 0))[0])
+    oid = int(feats["object_id"].iloc[sofa])
+    feats["prompt"] = feats["prompt"].astype(object)
+    feats.loc[sofa, "prompt"] = " Sofa "
+    pts.features = feats
+    moved = pts.data.copy()
+    moved[sofa] += 3
+    pts.data = moved
+    idle(qtbot, widget)
+    assert widget.error.value == ""
+    classes = labels.features.set_index("index")["class"]
+    assert classes[oid] == "sofa"
+    before = labels.data.copy()
+    feats.loc[sofa, "prompt"] = value
+    pts.features = feats
+    n0 = len(notification_manager.records)
+    moved[sofa] += 3
+    pts.data = moved
+    idle(qtbot, widget)
+    np.testing.assert_array_equal(labels.data, before)
+    new = [str(n.message) for n in notification_manager.records[n0:] if "napari-clipsam" in str(n.message)]
+    assert new and "'prompt' values that are none of its prompts ('cat', 'sofa')" in new[-1] \
+        and f"row {sofa}: {value!r}" in new[-1], new
+
+
 @pytest.mark.parametrize("column", ["object_id", "positive", "prompt"])
 @pytest.mark.parametrize("how", ["removed", "renamed"])
 def test_points_layer_with_a_feature_column_removed_or_renamed(qtbot, run_widget, column, how):

@@ -218,8 +218,8 @@ def require_columns(layer, columns=POINT_COLUMNS) -> None:
 
 def read_point_prompts(layer, plane: Plane, prompts: list[str]) -> PointPrompts:
     """The points of ``layer`` that lie on ``plane``, as plane (row, col) prompts (a clear
-    ValueError if its feature columns were removed or renamed); an unknown prompt name counts
-    as the first prompt."""
+    ValueError if its feature columns were removed or renamed, or a row on the plane names no
+    prompt of ``prompts``: see ``prompt_indices``)."""
     n = len(layer.data)
     if n == 0:
         return PointPrompts()
@@ -230,11 +230,42 @@ def read_point_prompts(layer, plane: Plane, prompts: list[str]) -> PointPrompts:
     positive = _checked_column(layer, "positive", f["positive"].to_numpy())
     object_id = _checked_column(layer, "object_id", f["object_id"].to_numpy())
     positive, object_id = positive.astype(bool), object_id.astype(np.int64)  # PointPrompts checks the range
-    names = f["prompt"].astype(str).to_numpy() if "prompt" in f and len(f) == n else np.array([prompts[0]] * n)
-    index = {p: i for i, p in enumerate(prompts)}
-    prompt = np.array([index.get(s, 0) for s in names], np.int32)
+    prompt = prompt_indices(layer, prompts, on)
     return PointPrompts(points=plane.to_rc(data[on][:, -plane.ndim:]), positive=positive[on],
                         object_id=object_id[on], prompt=prompt[on], score=np.zeros(int(on.sum()), np.float32))
+
+
+def prompt_indices(layer, prompts: list[str], on: np.ndarray) -> np.ndarray:
+    """Each row's index into ``prompts`` from its 'prompt' feature (all rows: the first prompt
+    where the layer has no such column). A name matches exactly, else ignoring case and
+    surrounding spaces; a row on the plane (``on``) whose name matches no prompt is a ValueError
+    naming it (it used to become the first prompt, and its object that class, silently)."""
+    n = len(layer.data)
+    f = layer.features
+    if "prompt" not in f or len(f) != n:
+        return np.zeros(n, np.int32)
+    exact = {p: i for i, p in enumerate(prompts)}
+    loose = {}
+    for i, p in enumerate(prompts):
+        loose.setdefault(p.strip().casefold(), i)
+    out = np.zeros(n, np.int32)
+    bad = []
+    for row, name in enumerate(f["prompt"].tolist()):
+        i = exact.get(name) if isinstance(name, str) else None
+        if i is None and isinstance(name, str):
+            i = loose.get(name.strip().casefold())
+        if i is None:
+            if on[row]:
+                bad.append(row)
+            i = 0
+        out[row] = i
+    if bad:
+        shown = ", ".join(f"row {r}: {f['prompt'].iloc[r]!r}" for r in bad[:3]) + (" ..." if len(bad) > 3 else "")
+        known = ", ".join(f"'{p}'" for p in prompts)
+        raise ValueError(f"the layer '{layer.name}' has 'prompt' values that are none of its prompts ({known}): "
+                         f"{shown}; the masks were not updated. Type one of those prompts in the layer's features "
+                         "table, or Run again")
+    return out
 
 
 def _column(features, name: str, n: int, default) -> np.ndarray:
@@ -266,10 +297,9 @@ def read_boxes(layer, plane: Plane, prompts: list[str]) -> dict[int, tuple[tuple
     f = layer.features
     n = len(layer.data)
     ids = _column(f, "object_id", n, 0).astype(int)
-    names = f["prompt"].astype(str).to_numpy() if "prompt" in f and len(f) == n else np.array([prompts[0]] * n)
-    index = {p: i for i, p in enumerate(prompts)}
-    out = {}
     on = on_plane(layer, plane)
+    names = prompt_indices(layer, prompts, on)
+    out = {}
     for verts, oid, name, kind, here in zip(layer.data, ids, names, layer.shape_type, on):
         verts = np.asarray(verts, float)
         if kind not in ("rectangle", "polygon") or oid <= 0 or not here:
@@ -277,7 +307,7 @@ def read_boxes(layer, plane: Plane, prompts: list[str]) -> dict[int, tuple[tuple
         verts = verts[:, -plane.ndim:]
         rc = plane.to_rc(verts)
         out[int(oid)] = ((float(rc[:, 0].min()), float(rc[:, 1].min()), float(rc[:, 0].max()),
-                          float(rc[:, 1].max())), index.get(str(name), 0))
+                          float(rc[:, 1].max())), int(name))
     return out
 
 
