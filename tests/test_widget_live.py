@@ -459,6 +459,34 @@ def test_boxes_from_heatmaps_are_editable_box_prompts(qtbot, docked, models):
     np.testing.assert_array_equal(labels.data, expected_labels(oracle, pts, boxes=box_of))
 
 
+def test_a_deleted_boxes_layer_is_made_anew_by_the_next_run_and_followed(qtbot, docked, models):
+    """As the points and labels layers are: the run's boxes prompt the masks, so they must be
+    in a layer the user sees and edits (they were kept in the editor's state only, and dropped
+    at the next edit)."""
+    viewer, widget = docked
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    widget.boxes_from_heatmaps.value = True
+    _run(qtbot, widget, img, "cat")
+    viewer.layers.remove(viewer.layers["chelsea boxes"])
+    widget.run()
+    idle(qtbot, widget)
+    pts, labels, boxes = viewer.layers["chelsea points"], viewer.layers["chelsea labels"], \
+        viewer.layers["chelsea boxes"]
+    objs = object_prompts(pts)
+    assert len(boxes.data) == len(objs) and set(boxes.features["object_id"]) == set(objs)
+    box_of = {int(oid): (v[:, 0].min(), v[:, 1].min(), v[:, 0].max(), v[:, 1].max())
+              for v, oid in zip(boxes.data, boxes.features["object_id"])}
+    oracle = Oracle(models[1], data.chelsea())
+    np.testing.assert_array_equal(labels.data, expected_labels(oracle, pts, boxes=box_of))
+    oid = int(boxes.features["object_id"].iloc[0])
+    moved = [np.asarray(d).copy() for d in boxes.data]
+    moved[0] = moved[0] + np.array([5.0, 5.0])
+    boxes.data = (moved, list(boxes.shape_type))  # an edit of the new layer is followed
+    idle(qtbot, widget)
+    box_of[oid] = tuple(np.array(box_of[oid]) + 5.0)
+    np.testing.assert_array_equal(labels.data, expected_labels(oracle, pts, boxes=box_of))
+
+
 def test_a_decode_that_finishes_after_a_rerun_is_dropped(qtbot, docked, models):
     viewer, widget = docked
     img = viewer.add_image(data.chelsea(), name="chelsea")

@@ -515,6 +515,9 @@ class ClipSamWidget(AnnotateForm):
                                     history=kept.history if kept is not None else None)
                 self.editors.append(editor)
                 self._bind_keys(points)
+            elif editor.boxes_layer is None or editor.boxes_layer not in self.viewer.layers:
+                editor.attach_boxes(RW.new_boxes_layer(self.viewer, image_layer))  # the user deleted it: anew,
+                yield  # as the points and labels layers are, so the run's boxes are seen and edited
             where = LW.placement(image_layer)  # the image may have moved since the last run ...
             for layer, name in ((editor.labels_layer, LW.labels_name), (editor.points_layer, LW.points_name),
                                 (editor.boxes_layer, LW.boxes_name)):

@@ -144,6 +144,16 @@ class LiveEditor:
         layers = self.viewer.layers
         return self.points_layer in layers and self.labels_layer in layers and self.image_layer in layers
 
+    def attach_boxes(self, layer) -> None:
+        """Follow ``layer`` as this editor's boxes layer (the user deleted the one it had)."""
+        if self.boxes_layer is not None:
+            try:
+                self.boxes_layer.events.data.disconnect(self._on_boxes)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        self.boxes_layer = layer
+        layer.events.data.connect(self._on_boxes)
+
     # ------------------------------------------------------------------ events
     @contextmanager
     def quiet(self):

@@ -161,12 +161,18 @@ def new_layer_steps(viewer, image_layer, prompts: list[str], *, points=None, box
         features=LW.points_features([], [], [], prompts, []), size=max(4.0, max(shape[-2:]) / 60.0),
         border_color="white", face_color="lime", metadata={"prompts": prompts}, **geo)
     yield
-    boxes = LW.upsert_layer(
-        viewer, "shapes", LW.boxes_name(name), [], image_layer=image_layer, ndim=len(shape),
+    return points, labels, new_boxes_layer(viewer, image_layer)
+
+
+def new_boxes_layer(viewer, image_layer):
+    """An empty boxes (shapes) layer of ours for ``image_layer``, where the image is."""
+    shape = spatial_shape(image_layer)
+    return LW.upsert_layer(
+        viewer, "shapes", LW.boxes_name(image_layer.name), [], image_layer=image_layer, ndim=len(shape),
         features={"object_id": np.zeros(0, int), "prompt": np.array([], dtype=object),
                   "plane": np.array([], dtype=object)},
-        edge_color="yellow", face_color="transparent", edge_width=max(1.0, max(shape[-2:]) / 300.0), **geo)
-    return points, labels, boxes
+        edge_color="yellow", face_color="transparent", edge_width=max(1.0, max(shape[-2:]) / 300.0),
+        **LW.placement(image_layer))
 
 
 def write_run_steps(editor, results):
