@@ -10,6 +10,7 @@ from skimage.transform import resize
 from sklearn.metrics import roc_auc_score
 
 from clip_oracle import image_embedding, text_embeddings, zero_shot
+from napari_clipsam.core.probe import LinearProbe
 from napari_clipsam.widgets.probe_panel import ProbePanel
 from napari_clipsam.widgets.slice_finder import SliceFinder
 from napari_clipsam.widgets.verify_panel import VerifyPanel
@@ -117,7 +118,7 @@ def test_verify_unhappy(qtbot, docked):
     assert "no masks" in panel.status.value and not panel.is_running
 
 
-def test_probe_trained_saved_loaded_same_heatmap(qtbot, tmp_path, docked):
+def test_probe_trained_saved_loaded_same_heatmap(qtbot, tmp_path, docked, monkeypatch):
     viewer, widget = docked
     (img0, lab0), (img1, lab1) = cell_slices(2, seed=4)
     train = viewer.add_image(img0, name="train")
@@ -160,6 +161,22 @@ def test_probe_trained_saved_loaded_same_heatmap(qtbot, tmp_path, docked):
     other.path.value = path
     other.load_button.clicked.emit()
     assert other.probe.classes == ["cell"] and "accepted" in other.status.value
+    # a probe file this panel did not write (a name typed into the field skips the file
+    # dialog's question): replaced only when the user says so
+    from qtpy.QtWidgets import QMessageBox
+
+    written = path.read_bytes()
+    asked = []
+    other.probe.info["note"] = "another probe"
+    for answer in (QMessageBox.StandardButton.No, QMessageBox.StandardButton.Yes):
+        monkeypatch.setattr(QMessageBox, "question", lambda *a, answer=answer, **k: asked.append(a[2]) or answer)
+        other.save_button.clicked.emit()
+        if answer == QMessageBox.StandardButton.No:
+            assert path.read_bytes() == written and "exists: nothing was saved" in other.status.value
+    assert len(asked) == 2 and str(path) in asked[0]
+    assert LinearProbe.load(path).info["note"] == "another probe"
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: pytest.fail("asked again"))
+    assert other.save() == path  # its own file now: saving again replaces it without asking
     viewer.layers.remove("test probe [cell]")
     other.target.value = test
     other.apply_button.clicked.emit()

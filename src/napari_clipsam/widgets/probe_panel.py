@@ -27,6 +27,17 @@ def probe_name(image: str, prompt: str) -> str:
     return f"{image} probe [{prompt}]"
 
 
+def _confirm_replace(panel, target: Path) -> bool:
+    """Ask whether to replace the probe file ``target`` (a modal question, No by default)."""
+    from qtpy.QtWidgets import QMessageBox
+
+    answer = QMessageBox.question(panel.native, "Replace probe file?",
+                                  f"{target} already exists. Replace it with this probe?",
+                                  QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                  QMessageBox.StandardButton.No)
+    return answer == QMessageBox.StandardButton.Yes
+
+
 class ProbePanel(PanelBase):
     """``ProbePanel(viewer, main_widget)``: few-shot refinement from accepted objects."""
 
@@ -34,6 +45,7 @@ class ProbePanel(PanelBase):
 
     def __init__(self, viewer, main):
         super().__init__(viewer, main)
+        self._written: set[Path] = set()  # probe files this panel saved (saving again replaces them)
         self.labels = ComboBox(label="train on", choices=self.labels_choices, nullable=True,
                                tooltip="The labels layer whose objects are the examples (default: the run's).")
         self.strength = FloatSpinBox(label="C", min=0.001, max=1000.0, step=0.1, value=1.0,
@@ -127,7 +139,11 @@ class ProbePanel(PanelBase):
         self.show_status(f"probe trained on {probe.info['patches']} patches ({counts} objects)")
 
     # ------------------------------------------------------------------ files
-    def save(self, *_) -> Path | None:
+    def save(self, *_, overwrite: bool | None = None) -> Path | None:
+        """Save the probe to 'probe file'. A probe file this panel did not write is replaced
+        only with ``overwrite=True`` or, where ``overwrite`` is None (the button), once the user
+        says so (a name typed into the field never went through the file dialog's question);
+        any other file is never replaced."""
         if self.probe is None:
             self.fail("train or load a probe first")
             return None
@@ -135,19 +151,28 @@ class ProbePanel(PanelBase):
             self.fail("choose a probe file first")
             return None
         target = probe_path(self.path.value)
-        try:  # saving again over a probe file replaces it (the file dialog asked); any other file is never replaced
-            LinearProbe.load(target)
-            again = True
-        except (OSError, ValueError):
-            again = False
         try:
-            path = self.probe.save(self.path.value, overwrite=again)
+            LinearProbe.load(target)
+            is_probe = True
+        except (OSError, ValueError):
+            is_probe = False
+        again = is_probe and target.resolve() in self._written
+        if is_probe and not again:
+            if overwrite is None:
+                overwrite = _confirm_replace(self, target)
+            if not overwrite:
+                self.fail(f"{target.name} exists: nothing was saved. Choose another file name, or confirm "
+                          "replacing it")
+                return None
+        try:
+            path = self.probe.save(self.path.value, overwrite=is_probe)
         except FileExistsError:
             self.fail(f"{target.name} exists and is not a probe file; choose another file name")
             return None
         except OSError as exc:
             self.fail(f"could not write the probe: {exc}")
             return None
+        self._written.add(Path(path).resolve())
         self.show_status(f"saved {path.name}")
         return path
 
