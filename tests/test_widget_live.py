@@ -582,6 +582,36 @@ def test_embeddings_persist_on_disk_for_the_next_widget(qtbot, docked, models):
     fresh.close_down()
 
 
+def test_a_widget_opened_after_the_closed_one_goes_on_editing_its_layers_at_once(qtbot, docked, models,
+                                                                                   tmp_path):
+    """usage.md: close the dock and open the widget again, and the new widget goes on with the
+    layers of the closed one. Point edits, Flip and the keys update the masks again right
+    away (they did nothing until a new Run), with the SAM the masks came from."""
+    viewer, widget, pts, labels, oracle = _chelsea(qtbot, docked, models)
+    viewer.window.remove_dock_widget(widget.native)  # the dock's X button
+    assert widget.closed
+    _move_first_positive(pts, (120, 200))  # while no widget is open: nothing happens
+    qtbot.wait(50)
+    _, fresh = viewer.window.add_plugin_dock_widget("napari-clipsam", "Annotate from words")
+    assert fresh is not widget and "went on with 'chelsea'" in fresh.status.value, fresh.status.value
+    fresh.use_models(clip=models[0], sam=models[1])
+    _move_first_positive(pts, (250, 400))
+    idle(qtbot, fresh)
+    np.testing.assert_array_equal(labels.data, expected_labels(oracle, pts))
+    assert fresh.status.value.startswith("updated:"), fresh.status.value
+    viewer.layers.selection.active = pts
+    pts.selected_data = {int(np.flatnonzero(pts.features["positive"].to_numpy(bool))[-1])}
+    fresh.flip_selected()
+    idle(qtbot, fresh)
+    np.testing.assert_array_equal(labels.data, expected_labels(oracle, pts))
+    from napari_clipsam.core.export import read_labels
+
+    fresh.export_labels(tmp_path / "again.tif")  # with the closed widget's run record
+    back = read_labels(tmp_path / "again.tif")
+    np.testing.assert_array_equal(back.labels, labels.data)
+    assert back.provenance and back.provenance["method"] == "gem", back.provenance
+
+
 def test_point_edits_made_while_a_rerun_ran_are_kept_in_a_layer_of_their_own(qtbot, docked):
     """The re-run's points replace the points layer's; what the user edited meanwhile is not
     lost: a hidden copy of the layer as edited, which the plugin never touches, and the status

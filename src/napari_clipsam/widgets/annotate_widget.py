@@ -105,6 +105,44 @@ class ClipSamWidget(AnnotateForm):
         active = layers.selection.active
         if isinstance(active, Image):
             self.image.value = active
+        self._resume_kept()
+
+    def _resume_kept(self) -> None:
+        """Go on editing what a closed widget annotated in this viewer (its image, labels and
+        points layers still there): its editors are made again at once, so point edits, the
+        keys and the buttons work as before; SAM loads at the first edit that needs it."""
+        names = []
+        for labels, kept in KS.resumable(self.viewer):
+            image = kept.image()
+            if KS.take(labels, spatial_shape(image)) is None:
+                continue
+            for ann in kept.state.planes.values():  # painted while no editor watched the layer
+                ann.note_painting(ann.plane.take(labels.data))
+            points = kept.layer("points", self.viewer)
+            editor = LiveEditor(self.viewer, image, points, labels, kept.layer("boxes", self.viewer), kept.state,
+                                self.sam_queue, kept.pixels or (lambda plane, lay=image: plane_rgb(lay, plane, [])),
+                                on_applied=self._after_edit, on_error=self._edit_failed,
+                                displayed=lambda lay=image: displayed_plane(self.viewer, lay), history=kept.history)
+            editor.record = kept.record
+            editor.session_opener = self._session_opener
+            kind = ((kept.record or {}).get("sam") or {}).get("kind")
+            if kind in self.sam_model.choices:  # the SAM its masks came from, not this widget's default
+                self.sam_model.value = kind
+            self.editors.append(editor)
+            self._bind_keys(points)
+            names.append(f"'{image.name}'")
+        if names:
+            self.show_status(f"went on with {', '.join(names)} from the closed widget: edit the points as before "
+                             "(SAM loads at the first edit)")
+
+    def _session_opener(self):
+        """The function that opens a SAM session with the model now chosen (run in a worker)."""
+        kind, path = self.sam_model.value, self.sam_file.value
+
+        def open_session():
+            sam = self.models.sam(kind, path, None)
+            return self.models.session(sam, [e.state.session for e in self.editors])
+        return open_session
 
     # ------------------------------------------------------------------ lifetime
     def _on_destroyed(self, *_) -> None:

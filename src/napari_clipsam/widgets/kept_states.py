@@ -23,6 +23,9 @@ class Kept:
     points: weakref.ref | None  #: the points layer, if it was still in the viewer
     boxes: weakref.ref | None  #: the boxes layer, likewise
     history: dict  #: what the editor knew of the labels layer's undo history (``LiveEditor.history``)
+    image: weakref.ref | None = None  #: the image layer it annotated
+    pixels: object = None  #: Plane -> the RGB pixels it embedded (``LiveEditor.pixels``)
+    record: dict | None = None  #: what its last run was made with (``LiveEditor.record``)
 
     def layer(self, which: str, viewer):
         """The kept points or boxes layer if it is still in ``viewer`` and the plugin's."""
@@ -39,7 +42,20 @@ def keep(editor, *, with_layers: bool) -> None:
     editor.state.session = None
     points, boxes = (editor.points_layer, editor.boxes_layer) if with_layers else (None, None)
     _kept[editor.labels_layer] = Kept(editor.state, weakref.ref(points) if points is not None else None,
-                                      weakref.ref(boxes) if boxes is not None else None, editor.history())
+                                      weakref.ref(boxes) if boxes is not None else None, editor.history(),
+                                      weakref.ref(editor.image_layer), editor.pixels, editor.record)
+
+
+def resumable(viewer) -> list:
+    """(labels layer, Kept) for the states kept of ``viewer``'s layers whose image, labels and
+    points layers are all still in it (a widget opened now goes on editing them at once)."""
+    out = []
+    for labels, kept in list(_kept.items()):
+        image = kept.image() if kept.image is not None else None
+        if labels in viewer.layers and image is not None and image in viewer.layers \
+                and kept.layer("points", viewer) is not None:
+            out.append((labels, kept))
+    return out
 
 
 def take(labels_layer, shape: tuple[int, ...]) -> Kept | None:

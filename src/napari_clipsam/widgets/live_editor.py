@@ -69,6 +69,9 @@ class LiveEditor:
         #: the layers ("points", "boxes") the user changed since the plugin last wrote them (a
         #: re-run keeps a copy of them before replacing their plane's rows)
         self.user_edits: set[str] = set()
+        #: where the state has no SAM session (an editor a reopened widget took over): called on the
+        #: GUI thread when a decode needs one, it returns the function that opens it in the worker
+        self.session_opener: Callable[[], Callable[[], object]] | None = None
         points_layer.events.data.connect(self._on_points)
         points_layer.events.mode.connect(self._on_mode)
         if boxes_layer is not None:
@@ -453,8 +456,14 @@ class LiveEditor:
             return
         self.state.pixels_changed = False
         session, pixels = self.state.session, self.pixels
+        open_session = self.session_opener() if session is None and self.session_opener is not None else None
 
         def decode():
+            nonlocal session
+            if session is None:
+                if open_session is None:
+                    raise RuntimeError("no SAM model is loaded for this image: press Run")
+                session = self.state.session = open_session()
             out, refused = [], []
             for ann, generation, wanted, todo in jobs:
                 key = ann.key
