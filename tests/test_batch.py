@@ -508,3 +508,38 @@ def test_models_that_cannot_load_stop_the_batch_once_with_exit_2(folder, tmp_pat
                                                   r"tokenizer, sam\), got str"):
         run_batch(folder, tmp_path / "api2", options(models=batch_models.wrong_models), n_workers=1,
                   processes=False)
+
+
+def test_every_output_is_named_from_its_own_images_name(tmp_path):
+    """'_labels' in an image's name is part of its name: a.png and a_labels.png each get their own
+    points CSV (both were written to a_points.csv, one image's points lost), x_labels_v2.png
+    gets x_labels_v2_points.csv."""
+    from napari_clipsam.core.export import read_points_csv
+
+    images = {"a": data.coins()[::4, ::4], "a_labels": data.camera()[::4, ::4],
+              "x_labels_v2": data.chelsea()[::3, ::3]}
+    for name, img in images.items():
+        iio.imwrite(tmp_path / f"{name}.png", img)
+    out = tmp_path / "out"
+    result = run_batch(tmp_path, out, options(formats=(".tif",), points=True), n_workers=1, processes=False)
+    assert [r["status"] for r in result.rows] == ["done"] * 3
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{n}{end}" for n in images for end in ("_labels.tif", "_labels.tif.json", "_points.csv"))
+    for name in images:  # each CSV holds its own image's points, as its labels' sidecar records them
+        coords, feats = read_points_csv(out / f"{name}_points.csv")
+        recorded = read_labels(out / f"{name}_labels.tif").provenance["points"]
+        assert len(coords) and coords.shape == np.shape(recorded["points"])
+        np.testing.assert_allclose(coords, recorded["points"], atol=1e-3)
+        assert feats["object_id"].tolist() == recorded["object_id"]
+
+
+def test_two_inputs_that_would_write_one_output_are_refused_before_anything_runs(tmp_path):
+    iio.imwrite(tmp_path / "x.png", data.coins()[::4, ::4])
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "x.ome.tiff", data.camera()[::4, ::4])  # named x too, like x.ome.tif
+    out = tmp_path / "out"
+    loads = dict(B.LOAD_COUNTS)
+    with pytest.raises(ValueError, match=r"x.ome.tiff and .*x.png would both write x_labels.tif; rename one"):
+        run_batch(tmp_path, out, options(formats=(".tif",), points=True), n_workers=1, processes=False)
+    assert not out.exists() and B.LOAD_COUNTS == loads

@@ -45,7 +45,7 @@ from .options import flag, whole_number
 from .progress import Task, as_task
 
 __all__ = ["IMAGE_SUFFIXES", "BatchOptions", "BatchResult", "ModelSpec", "batch_key", "find_images",
-           "output_paths", "process_image", "read_image", "run_batch"]
+           "output_files", "output_paths", "points_path", "process_image", "read_image", "run_batch"]
 
 #: files a folder input contributes
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".npy")
@@ -270,20 +270,36 @@ def find_images(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list
     return list(seen)
 
 
+def _output_stem(image: Path) -> str:
+    """The name every output of ``image`` starts with: its name without the suffix
+    (``x.ome.tif`` -> ``x``). Outputs are named from this alone, never from each other."""
+    name = Path(image).name
+    for ome in (".ome.tif", ".ome.tiff"):
+        if name.lower().endswith(ome) and len(name) > len(ome):
+            return name[: -len(ome)]
+    return Path(name).stem
+
+
 def output_paths(image: Path, output_dir: Path, formats: Sequence[str]) -> list[Path]:
     """``<output_dir>/<image stem>_labels<suffix>`` per format."""
-    stem = image.name.split(".")[0] if image.name.endswith(".ome.tif") else image.stem
+    stem = _output_stem(image)
     return [Path(output_dir) / f"{stem}_labels{suf}" for suf in formats]
+
+
+def points_path(image: Path, output_dir: Path) -> Path:
+    """Where ``--points`` writes an image's points CSV: ``<output_dir>/<image stem>_points.csv``."""
+    return Path(output_dir) / f"{_output_stem(image)}_points.csv"
+
+
+def output_files(image: Path, output_dir: Path, options: BatchOptions) -> list[Path]:
+    """Every file a batch writes for ``image``: its labels exports, their sidecars and
+    (``points``) its points CSV."""
+    files = [f for o in output_paths(image, output_dir, options.formats) for f in (o, sidecar_path(o))]
+    return files + [points_path(image, output_dir)] if options.points else files
 
 
 #: how long to try reaching a scheduler given by address before saying it cannot be reached
 SCHEDULER_TIMEOUT_S = 15
-
-
-def points_path(labels_output: Path) -> Path:
-    """Where ``--points`` writes an image's points CSV, beside its first labels output."""
-    labels_output = Path(labels_output)
-    return labels_output.with_name(labels_output.name.split("_labels")[0] + "_points.csv")
 
 
 def _check_targets(images: Sequence[Path], output_dir: Path, options: BatchOptions, overwrite: bool) -> None:
@@ -293,11 +309,10 @@ def _check_targets(images: Sequence[Path], output_dir: Path, options: BatchOptio
     inputs = {p.resolve(): p for p in images}
     foreign = []
     for im in images:
-        outs = output_paths(im, output_dir, options.formats)
-        targets = [(t, read_sidecar(t) is not None) for o in outs for t in (o, sidecar_path(o))]
-        if options.points:  # ours if it was written with the labels beside it
-            targets.append((points_path(outs[0]), read_sidecar(outs[0]) is not None))
-        for t, ours in targets:
+        csv = points_path(im, output_dir)  # ours if it was written with the labels beside it
+        labels_ours = read_sidecar(output_paths(im, output_dir, options.formats)[0]) is not None
+        for t in output_files(im, output_dir, options):
+            ours = labels_ours if t == csv else read_sidecar(t) is not None
             if t.resolve() in inputs:
                 raise ValueError(f"{im}'s output {t.name} would replace the input image {inputs[t.resolve()]}; "
                                  "give another output folder with -o/--output")
@@ -519,7 +534,7 @@ def process_image(image_path: str, outputs: Sequence[str], options: BatchOptions
             names = [results[0].prompts[i] for i in points.prompt]
             feats = pd.DataFrame({"positive": points.positive.astype(bool), "object_id": points.object_id,
                                   "prompt": names})
-            csv = points_path(Path(outputs[0]))
+            csv = points_path(Path(image_path), Path(outputs[0]).parent)
             write_points_csv(csv, points.points, feats, overwrite=True)
             row["outputs"].append(str(csv))
         counts: dict[str, int] = {}
@@ -539,7 +554,7 @@ def process_image(image_path: str, outputs: Sequence[str], options: BatchOptions
 def _done_row(image: Path, outputs: list[Path], key: str, points: bool = False) -> dict | None:
     """The summary row of an image whose every output (and ``points``: its points CSV) is
     complete with ``key``, else None."""
-    if points and not points_path(outputs[0]).is_file():
+    if points and not points_path(image, outputs[0].parent).is_file():
         return None
     counts: dict[str, int] | None = None
     for out in outputs:
@@ -673,13 +688,13 @@ def run_batch(
     images = find_images(inputs)
     if not images:
         raise FileNotFoundError(f"no images found in {inputs!r} (looked for {', '.join(IMAGE_SUFFIXES)})")
-    stems: dict[str, Path] = {}
-    for im in images:
-        name = output_paths(im, output_dir, options.formats)[0].name
-        if name in stems:
-            raise ValueError(f"{stems[name]} and {im} would write the same outputs ({name}); "
-                             "rename one or run them into separate output folders")
-        stems[name] = im
+    writers: dict[str, Path] = {}
+    for im in images:  # every file, not just the first: a.png's and a_labels.png's must not meet either
+        for name in (f.name for f in output_files(im, output_dir, options)):
+            if name in writers:
+                raise ValueError(f"{writers[name]} and {im} would both write {name}; "
+                                 "rename one or run them into separate output folders")
+            writers[name] = im
     _check_output_dir(output_dir)
     _check_targets(images, output_dir, options, overwrite)
 
