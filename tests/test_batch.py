@@ -114,6 +114,40 @@ def test_exports_in_the_input_folder_are_not_inputs(tmp_path):
     assert [r["status"] for r in first.rows] == ["done"] and (tmp_path / "coins_labels.png").is_file()
     again = run_batch(tmp_path, tmp_path, opts, n_workers=1, processes=False)
     assert [(r["image"].rsplit("/", 1)[-1], r["status"]) for r in again.rows] == [("coins.png", "skipped")]
+    assert again.left_out == [{"path": str((tmp_path / "coins_labels.png").resolve()),
+                               "reason": "a napari-clipsam labels export (see coins_labels.png.json), "
+                                         "not an image to annotate"}]
+    with pytest.raises(FileNotFoundError, match=r"coins_labels.png is a napari-clipsam labels export"):
+        run_batch(tmp_path / "coins_labels.png", tmp_path / "o", opts, n_workers=1, processes=False)
+
+
+def test_a_json_beside_an_image_that_is_not_our_sidecar_leaves_it_an_input(tmp_path, capsys):
+    """A labelme annotation img.png.json (or a sidecar of ours that describes another file) does
+    not make img.png an export of ours: it is annotated, from a folder and named alone (it
+    vanished from the folder's rows, and alone it was 'no images found')."""
+    from napari_clipsam.__main__ import batch
+
+    iio.imwrite(tmp_path / "img.png", data.coins()[::4, ::4])
+    (tmp_path / "img.png.json").write_text('{"version": "5.2.1", "shapes": [], "imagePath": "img.png"}')
+    iio.imwrite(tmp_path / "cam.png", data.camera()[::4, ::4])
+    first = run_batch(tmp_path / "cam.png", tmp_path / "first", options(formats=(".tif",)), processes=False)
+    assert [r["status"] for r in first.rows] == ["done"]
+    shutil.copy(tmp_path / "first" / "cam_labels.tif.json", tmp_path / "cam.png.json")  # ours, about another file
+    opts = options(formats=(".tif",))
+    rows = run_batch(tmp_path, tmp_path / "out", opts, n_workers=1, processes=False).rows
+    assert [(Path(r["image"]).name, r["status"]) for r in rows] == [("cam.png", "done"), ("img.png", "done")]
+    alone = run_batch(tmp_path / "img.png", tmp_path / "alone", opts, processes=False)
+    assert [r["status"] for r in alone.rows] == ["done"] and not alone.left_out
+    assert read_labels(tmp_path / "alone" / "img_labels.tif").labels.shape == (76, 96)
+    # the CLI lists what it left out, with why
+    (tmp_path / "out" / "img_labels.tif").rename(tmp_path / "img_labels.tif")
+    (tmp_path / "out" / "img_labels.tif.json").rename(tmp_path / "img_labels.tif.json")
+    assert batch([str(tmp_path / "*.tif"), str(tmp_path / "img.png"), "-o", str(tmp_path / "cli"), "-p", "cat",
+                  "--no-progress", "--in-process", "--models-factory", "batch_models:tiny_models",
+                  "--input-size", "128"]) == 0
+    text = capsys.readouterr().out
+    assert f"left out (1):\n  {(tmp_path / 'img_labels.tif').resolve()}: a napari-clipsam labels export" in text
+    assert "1 done, 0 skipped" in text
 
 
 def test_a_changed_output_is_redone(folder, full_run, tmp_path):

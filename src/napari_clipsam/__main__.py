@@ -179,6 +179,12 @@ def batch(argv) -> int:
         print("\nerrors:")
         for r in result.failed:
             print(f"  {r['image']}: {r['error']}")
+    if result.left_out:  # inputs that are not images: said, never dropped unseen
+        print(f"\nleft out ({len(result.left_out)}):")
+        for d in result.left_out[:5]:
+            print(f"  {d['path']}: {d['reason']}")
+        if len(result.left_out) > 5:
+            print(f"  and {len(result.left_out) - 5} more")
     counts = {s: sum(r["status"] == s for r in result.rows) for s in ("done", "skipped", "failed")}
     print(f"{counts['done']} done, {counts['skipped']} skipped (already up to date), {failed} failed; "
           f"outputs in {args.output}")

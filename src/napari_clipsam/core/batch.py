@@ -44,7 +44,7 @@ from .export import (
 from .options import flag, whole_number
 from .progress import Task, as_task
 
-__all__ = ["IMAGE_SUFFIXES", "BatchOptions", "BatchResult", "ModelSpec", "batch_key", "find_images",
+__all__ = ["IMAGE_SUFFIXES", "BatchOptions", "BatchResult", "ModelSpec", "batch_key", "find_images", "find_inputs",
            "output_files", "output_paths", "points_path", "process_image", "read_image", "run_batch"]
 
 #: files a folder input contributes
@@ -244,7 +244,16 @@ def batch_key(options: BatchOptions, image_sha256: str) -> str:
 
 # ------------------------------------------------------------------ inputs and outputs
 def find_images(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
-    """A folder (its image files, sorted), a glob pattern, a file, or a list of these."""
+    """A folder (its image files, sorted), a glob pattern, a file, or a list of these; without
+    napari-clipsam's own labels exports among them (``find_inputs`` says which were left out)."""
+    return find_inputs(inputs)[0]
+
+
+def find_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[list[Path], list[dict]]:
+    """(the images of ``inputs``, the files left out as {"path", "reason"}): a file whose
+    sidecar is ours and describes it is a labels export of ours (``-o`` the input folder), not
+    an image to annotate. Any other JSON beside an image (a labelme ``img.png.json``) is not
+    ours and changes nothing."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     elif not isinstance(inputs, Iterable) or isinstance(inputs, (bytes, Mapping)):
@@ -264,10 +273,18 @@ def find_images(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list
         else:
             raise FileNotFoundError(f"no image, folder or glob match for {s!r}")
     seen: dict[Path, None] = {}
-    out = [p for p in out if not sidecar_path(p).is_file()]  # our own exports are not inputs
+    left_out: dict[Path, dict] = {}
     for p in out:
-        seen.setdefault(p.resolve(), None)
-    return list(seen)
+        q = p.resolve()
+        if q in seen or q in left_out:
+            continue
+        info = read_sidecar(p)
+        if info is not None and info.get("labels_file") == p.name:
+            left_out[q] = {"path": str(q), "reason": f"a napari-clipsam labels export (see {sidecar_path(p).name}), "
+                                                     "not an image to annotate"}
+        else:
+            seen[q] = None
+    return list(seen), list(left_out.values())
 
 
 def _output_stem(image: Path) -> str:
@@ -576,9 +593,12 @@ def _done_row(image: Path, outputs: list[Path], key: str, points: bool = False) 
 
 @dataclass
 class BatchResult:
-    """rows: one dict per image (image, status, objects, seconds, outputs, error)."""
+    """rows: one dict per image (image, status, objects, seconds, outputs, error).
+    left_out: the files among the inputs that are not images to annotate ({"path", "reason"}):
+    napari-clipsam's own labels exports."""
 
     rows: list[dict]
+    left_out: list[dict] = field(default_factory=list)
 
     @property
     def failed(self) -> list[dict]:
@@ -685,9 +705,11 @@ def run_batch(
     if not isinstance(options, BatchOptions):
         raise TypeError(f"options must be a BatchOptions(prompts=..., ...), got {type(options).__name__}")
     output_dir = Path(output_dir).expanduser()
-    images = find_images(inputs)
+    images, left_out = find_inputs(inputs)
     if not images:
-        raise FileNotFoundError(f"no images found in {inputs!r} (looked for {', '.join(IMAGE_SUFFIXES)})")
+        why = "; ".join(f"{d['path']} is {d['reason']}" for d in left_out[:3]) or \
+            f"looked for {', '.join(IMAGE_SUFFIXES)}"
+        raise FileNotFoundError(f"no images found in {inputs!r} ({why})")
     writers: dict[str, Path] = {}
     for im in images:  # every file, not just the first: a.png's and a_labels.png's must not meet either
         for name in (f.name for f in output_files(im, output_dir, options)):
@@ -770,7 +792,7 @@ def run_batch(
                         task.report("batch", finished, len(images), "images")
                 except ModelsUnavailable as exc:
                     client.cancel(futures)
-                    exc.result = BatchResult([rows[str(im)] for im in images if str(im) in rows])
+                    exc.result = BatchResult([rows[str(im)] for im in images if str(im) in rows], left_out)
                     raise
                 except BaseException:
                     client.cancel(futures)
@@ -783,4 +805,4 @@ def run_batch(
         task.on_progress = user_cb
         if bar is not None:
             bar.close()
-    return BatchResult([rows[str(im)] for im in images if str(im) in rows])
+    return BatchResult([rows[str(im)] for im in images if str(im) in rows], left_out)
