@@ -577,3 +577,51 @@ def test_two_inputs_that_would_write_one_output_are_refused_before_anything_runs
     with pytest.raises(ValueError, match=r"x.ome.tiff and .*x.png would both write x_labels.tif; rename one"):
         run_batch(tmp_path, out, options(formats=(".tif",), points=True), n_workers=1, processes=False)
     assert not out.exists() and B.LOAD_COUNTS == loads
+
+
+def _labels_of(path, tmp_path, **kw):
+    out = tmp_path / f"{Path(path).name}.labels.tif"
+    row = process_image(str(path), [str(out)], options(formats=(".tif",), **kw), "k")
+    assert row["status"] == "done", row["error"]
+    return read_labels(out).labels
+
+
+def test_channels_the_file_names_are_read_as_such(tmp_path):
+    """Grey+alpha (a PNG in mode LA, a TIFF with an alpha extra sample) is greyscale with its
+    alpha dropped, as RGBA's is; a TIFF's RGB samples are colour wherever the file keeps them
+    (planes first, 16 bits): each gives what the plain grey or RGB image gives. An LA PNG was
+    a stack of H slices W x 2 px."""
+    import tifffile
+    from PIL import Image
+
+    grey, rgb = data.camera()[::4, ::4], data.astronaut()[::4, ::4]
+    alpha = np.random.default_rng(0).integers(0, 256, grey.shape, dtype=np.uint8)  # alpha used: labels differ
+    iio.imwrite(tmp_path / "grey.png", grey)
+    iio.imwrite(tmp_path / "rgb.png", rgb)
+    Image.fromarray(np.dstack([grey, alpha]), "LA").save(tmp_path / "la.png")
+    tifffile.imwrite(tmp_path / "la.tif", np.dstack([grey, alpha]), photometric="minisblack",
+                     extrasamples=["unassalpha"])
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "rgb16.tif", rgb.astype(np.uint16) * 257, photometric="rgb")  # scales back to rgb
+    want_grey, want_rgb = _labels_of(tmp_path / "grey.png", tmp_path), _labels_of(tmp_path / "rgb.png", tmp_path)
+    assert want_grey.max() > 0 and want_rgb.max() > 0
+    for name in ("la.png", "la.tif"):
+        np.testing.assert_array_equal(_labels_of(tmp_path / name, tmp_path), want_grey, err_msg=name)
+    for name in ("planar.tif", "rgb16.tif"):
+        np.testing.assert_array_equal(_labels_of(tmp_path / name, tmp_path), want_rgb, err_msg=name)
+
+
+def test_a_last_axis_of_two_the_file_does_not_name_is_refused_with_what_to_do(tmp_path):
+    """Two unnamed samples (a TIFF's, an .npy's last axis) may be channels or planes 2 px wide:
+    refused, saying to pass channel_axis; with it, they are blended as channels."""
+    import tifffile
+
+    two = np.dstack([data.camera()[::4, ::4], data.coins()[:128, :128]])
+    tifffile.imwrite(tmp_path / "two.tif", two, photometric="minisblack", extrasamples=["unspecified"])
+    np.save(tmp_path / "two.npy", two)
+    for name in ("two.tif", "two.npy"):
+        row = process_image(str(tmp_path / name), [str(tmp_path / "o.tif")], options(formats=(".tif",)), "k")
+        assert row["status"] == "failed" and not (tmp_path / "o.tif").exists()
+        assert "image of shape (128, 128, 2): is the last axis 2 channel(s)" in row["error"]
+        assert "pass channel_axis=-1 (--channel-axis -1)" in row["error"]
+        assert _labels_of(tmp_path / name, tmp_path, channel_axis=-1).shape == (128, 128)

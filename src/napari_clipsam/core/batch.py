@@ -345,6 +345,19 @@ def _check_targets(images: Sequence[Path], output_dir: Path, options: BatchOptio
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """An image file as an array: tifffile for TIFF, numpy for .npy, imageio for the rest."""
+    return _read_image(path)[0]
+
+
+#: PIL modes whose bands imageio gives as the last axis: grey and alpha, or colour (palettes
+#: come as RGB(A)); other modes (CMYK, YCbCr, ...) are left to the shape rules of ``_planes``
+_PIL_GREY_ALPHA = ("LA", "La")
+_PIL_COLOUR = ("RGB", "RGBA", "RGBa", "RGBX", "P", "PA")
+
+
+def _read_image(path: str | os.PathLike) -> tuple[np.ndarray, tuple[int, str] | None]:
+    """(the image as ``read_image`` gives it, samples): samples is (axis, "grey+alpha" or
+    "colour") when the file itself says that axis holds a pixel's grey and alpha or its
+    colour (a PNG's mode, a TIFF's photometric and extra samples), else None."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no such image file: {p}")
@@ -354,16 +367,42 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if suffix in (".tif", ".tiff"):
         import tifffile
 
-        return tifffile.imread(p)
+        with tifffile.TiffFile(p) as tif:
+            img = tif.asarray()
+            series = tif.series[0] if tif.series else None
+            if series is None or len(series.axes) != img.ndim or "S" not in series.axes:
+                return img, None
+            axis, page = series.axes.index("S"), series.keyframe
+            n, photometric = img.shape[axis], int(page.photometric)
+            alpha = bool(page.extrasamples) and int(page.extrasamples[0]) in (1, 2)  # (un)associated alpha
+            if photometric == 2 and (n == 3 or (n == 4 and alpha)):  # RGB(A)
+                return img, (axis, "colour")
+            if photometric in (0, 1) and n == 2 and alpha:  # grey (min is white or black) and alpha
+                return img, (axis, "grey+alpha")
+            return img, None
     if suffix == ".npy":
-        return np.load(p, allow_pickle=False)
+        return np.load(p, allow_pickle=False), None
     import imageio.v3 as iio
 
-    return iio.imread(p)
+    img = iio.imread(p)
+    try:
+        from PIL import Image
+
+        with Image.open(p) as im:
+            mode = im.mode
+    except Exception:  # noqa: BLE001 - a file imageio reads and PIL does not: no samples known
+        return img, None
+    if img.ndim >= 3 and img.shape[-1] == 2 and mode in _PIL_GREY_ALPHA:
+        return img, (img.ndim - 1, "grey+alpha")
+    if img.ndim >= 3 and img.shape[-1] in (3, 4) and mode in _PIL_COLOUR:
+        return img, (img.ndim - 1, "colour")
+    return img, None
 
 
-def _planes(img: np.ndarray, options: BatchOptions):
-    """Yield (leading index, RGB uint8 plane or greyscale/RGB array for ``annotate``)."""
+def _planes(img: np.ndarray, options: BatchOptions, samples: tuple[int, str] | None = None):
+    """Yield (leading index, RGB uint8 plane or greyscale/RGB array for ``annotate``).
+    samples: what the file says one of its axes holds (``_read_image``); channel_axis, when
+    given, comes first."""
     from .image import _MAX_DEFAULT_CHANNELS, channels_to_rgb
 
     if options.channel_axis is not None:
@@ -389,6 +428,16 @@ def _planes(img: np.ndarray, options: BatchOptions):
         for idx in np.ndindex(*spatial[:-2]):
             yield idx, channels_to_rgb(img[idx], -1, list(options.channels) if options.channels else None)
         return
+    if samples is not None:  # the file says: alpha is dropped (as to_rgb_uint8 drops RGBA's), colour kept
+        axis, kind = samples
+        img = np.moveaxis(img, axis, -1)
+        img = img[..., 0] if kind == "grey+alpha" else img[..., :3]
+        spatial = img.shape if kind == "grey+alpha" else img.shape[:-1]
+        if len(spatial) < 2:
+            raise ValueError(f"image of shape {img.shape} has fewer than two spatial axes")
+        for idx in np.ndindex(*spatial[:-2]):
+            yield idx, img[idx]
+        return
     rgb = img.ndim >= 3 and img.shape[-1] in (3, 4) and img.dtype == np.uint8
     spatial = img.shape[:-1] if rgb else img.shape
     if len(spatial) < 2:
@@ -396,6 +445,10 @@ def _planes(img: np.ndarray, options: BatchOptions):
     if not rgb and img.ndim >= 3 and img.shape[-1] in (3, 4):
         raise ValueError(f"image of shape {img.shape} and dtype {img.dtype}: is the last axis colour? "
                          "pass channel_axis=-1 (and channels=) for multichannel data")
+    if img.ndim >= 3 and img.shape[-1] <= 2:  # a plane 1 or 2 px wide is a channel axis more likely
+        raise ValueError(f"image of shape {img.shape}: is the last axis {img.shape[-1]} channel(s), e.g. grey and "
+                         "alpha? the file does not say; pass channel_axis=-1 (--channel-axis -1) to use them "
+                         f"as channels (planes {img.shape[-1]} px wide cannot be annotated)")
     for idx in np.ndindex(*spatial[:-2]):
         yield idx, img[idx]
 
@@ -501,11 +554,11 @@ def process_image(image_path: str, outputs: Sequence[str], options: BatchOptions
         from .segment import SamSession
 
         try:
-            img = read_image(image_path)
+            img, samples = _read_image(image_path)
         except Exception as exc:  # noqa: BLE001 - any reader's error means the same to the user
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ValueError(f"cannot read {image_path} as an image ({first}); is the file complete?") from exc
-        planes = list(_planes(img, options))
+        planes = list(_planes(img, options, samples))
         labels_shape = tuple(i + 1 for i in planes[-1][0]) + tuple(np.shape(planes[-1][1])[:2])
         for out in outputs:  # before any work: a format that cannot hold them fails at once
             check_format_holds(out, labels_shape)
