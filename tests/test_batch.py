@@ -625,3 +625,23 @@ def test_a_last_axis_of_two_the_file_does_not_name_is_refused_with_what_to_do(tm
         assert "image of shape (128, 128, 2): is the last axis 2 channel(s)" in row["error"]
         assert "pass channel_axis=-1 (--channel-axis -1)" in row["error"]
         assert _labels_of(tmp_path / name, tmp_path, channel_axis=-1).shape == (128, 128)
+
+
+def test_an_option_the_loaded_models_cannot_honour_is_an_option_error(folder, tmp_path, capsys):
+    """--window below a factory's model's patch size is known once the models are loaded: the
+    batch stops with exit 2 naming --window (it read as 'the models could not be loaded')."""
+    from napari_clipsam.__main__ import batch
+
+    code = batch([str(folder / "c*.png"), "-o", str(tmp_path / "out"), "-p", "cat", "--window", "8",
+                  "--input-size", "128", "--models-factory", "batch_models:tiny_models", "--workers", "1",
+                  "--in-process", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 2 and "Traceback" not in captured.err
+    assert ("option --window (window=8) cannot be used with the loaded models: window must be at least the "
+            "patch size 16 px, got 8; change it and run again") in captured.err, captured.err
+    assert "could not be loaded" not in captured.err and "failed" not in captured.out
+    with pytest.raises(B.OptionUnusable, match=r"option depth=99 \(localizer_params\) cannot be used with the "
+                                               r"loaded models: GEM depth must be in 2\.\.") as caught:
+        run_batch(folder / "coins.png", tmp_path / "api", options(localizer_params={"depth": 99}), processes=False)
+    assert isinstance(caught.value, ValueError) and caught.value.result.rows == []
+    assert not list((tmp_path / "out").glob("*_labels*")) and not list((tmp_path / "api").glob("*_labels*"))

@@ -44,8 +44,9 @@ from .export import (
 from .options import flag, whole_number
 from .progress import Task, as_task
 
-__all__ = ["IMAGE_SUFFIXES", "BatchOptions", "BatchResult", "ModelSpec", "batch_key", "find_images", "find_inputs",
-           "output_files", "output_paths", "points_path", "process_image", "read_image", "run_batch"]
+__all__ = ["IMAGE_SUFFIXES", "BatchOptions", "BatchResult", "ModelSpec", "OptionUnusable", "batch_key",
+           "find_images", "find_inputs", "output_files", "output_paths", "points_path", "process_image",
+           "read_image", "run_batch"]
 
 #: files a folder input contributes
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".npy")
@@ -58,6 +59,35 @@ class ModelsUnavailable(RuntimeError):
     ``BatchResult`` of the images done (or skipped as up to date) before it stopped."""
 
     result = None
+
+
+class OptionUnusable(ValueError):
+    """An option the loaded models cannot honour (a window smaller than a factory's model's
+    patch): known only once a worker has the models, true for every image, so the batch stops
+    (the CLI exits 2) with the option named. ``result``: as ``ModelsUnavailable``'s."""
+
+    result = None
+
+
+#: the CLI's flags for the localizer options that have one
+_CLI_FLAGS = {"input_size": "--input-size", "window": "--window", "stride": "--stride", "templates": "--templates",
+              "background": "--background"}
+
+
+def _unusable_option(options: BatchOptions, exc: Exception) -> OptionUnusable:
+    """The localizer's refusal of ``options`` with the loaded models, naming the option: the
+    first one given that its message mentions ("window must be at least ...")."""
+    import re
+
+    kw = {k: v for k, v in options.localizer_kwargs().items() if v is not None}
+    name = next((w for w in re.findall(r"\w+", str(exc)) if w in kw), None)
+    if name is not None:
+        flag_ = f"{_CLI_FLAGS[name]} ({name}={kw[name]!r})" if name in _CLI_FLAGS else \
+            f"{name}={kw[name]!r} (localizer_params)"
+        what = f"option {flag_}"
+    else:
+        what = f"an option of the {options.method!r} localizer"
+    return OptionUnusable(f"{what} cannot be used with the loaded models: {exc}; change it and run again")
 
 
 @dataclass(frozen=True)
@@ -502,7 +532,11 @@ def _models_for(options: BatchOptions):
         if lkey not in entry["localizers"]:
             from .localizers import get_localizer
 
-            entry["localizers"][lkey] = get_localizer(options.method, clip, tokenizer, **options.localizer_kwargs())
+            try:
+                entry["localizers"][lkey] = get_localizer(options.method, clip, tokenizer,
+                                                          **options.localizer_kwargs())
+            except ValueError as exc:  # the options, not the models: say which
+                raise _unusable_option(options, exc) from exc
         return entry["localizers"][lkey], sam, clip_info, sam_info
 
 
@@ -564,6 +598,9 @@ def process_image(image_path: str, outputs: Sequence[str], options: BatchOptions
             check_format_holds(out, labels_shape)
         try:
             localizer, sam, clip_info, sam_info = _models_for(options)
+        except OptionUnusable as exc:
+            row["unusable_option"] = str(exc)  # no image can be done with it: the client stops the batch
+            raise
         except Exception:
             row["models_failed"] = True  # no image can be done: the client stops the batch
             raise
@@ -835,6 +872,8 @@ def run_batch(
                 try:
                     for fut in as_completed(futures):
                         row = fut.result()
+                        if row.get("unusable_option"):
+                            raise OptionUnusable(row["unusable_option"])
                         if row.pop("models_failed", False):
                             raise ModelsUnavailable(  # the images done meanwhile: ``.result``
                                 f"the models could not be loaded, so no image can be annotated ({row['error']}); "
@@ -843,7 +882,7 @@ def run_batch(
                         rows[row["image"]] = row
                         finished += 1
                         task.report("batch", finished, len(images), "images")
-                except ModelsUnavailable as exc:
+                except (ModelsUnavailable, OptionUnusable) as exc:
                     client.cancel(futures)
                     exc.result = BatchResult([rows[str(im)] for im in images if str(im) in rows], left_out)
                     raise
