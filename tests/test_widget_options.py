@@ -202,6 +202,11 @@ def test_the_form_scrolls_as_a_whole_instead_of_growing_the_window(qtbot, docked
     settle()
     bar = area.verticalScrollBar().value()
     assert bar > 0 and widget.tools_button.native.visibleRegion().boundingRect().height() > 0  # ... and reachable
+    for button in (widget.run_button, widget.cancel_button):  # in view whatever the scroll (they were a scroll away)
+        for value in (0, area.verticalScrollBar().maximum()):
+            area.verticalScrollBar().setValue(value)
+            settle()
+            assert button.native.visibleRegion().boundingRect().height() >= button.native.height() - 2
     assert widget.more.native.height() >= widget.more.native.sizeHint().height()  # More options unclipped
 
 

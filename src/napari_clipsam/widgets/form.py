@@ -357,12 +357,16 @@ class AnnotateForm(ScrollingForm):
         self.body.extend([self.image, self.prompts, self.method, self.threshold])
         self.body.native.layout().addWidget(self.more_options)
         self.body.extend([
-            self.run_button, self.cancel_button, self.error_details, self.new_object_button, self.flip_button,
+            self.error_details, self.new_object_button, self.flip_button,
             self.next_mask_button, self.semantic_button, self.export_button, self.tools_button, self.shortcuts,
         ])
-        # in view whatever the form's scroll: what a run is doing and why it failed (a few lines;
-        # the whole message is one click away, in the scrolling form under Run)
-        self.footer.extend([self.progress, self.status, self.error, self.error_details_button])
+        # in view whatever the form's scroll: Run and Cancel, what a run is doing and why it failed
+        # (a few lines; the whole message is one click away, in the scrolling form). With "More
+        # options" open or the tools docked below, Run was a scroll away on a laptop screen.
+        self.actions = Container(layout="horizontal", labels=False, widgets=[self.run_button, self.cancel_button])
+        self.actions.margins = (0, 0, 0, 0)
+        self.actions.label = ""
+        self.footer.extend([self.actions, self.progress, self.status, self.error, self.error_details_button])
         for label in (self.status, self.error):
             label.native.setProperty("max_lines", FOOTER_LINES)
         layout = self.body.native.layout()  # "More options" right under the first four fields
