@@ -869,3 +869,8 @@ def test_a_point_off_the_image_holds_back_only_its_own_object(qtbot, docked, mod
     np.testing.assert_array_equal(labels.data, oracle.labels(masks))
     new = [str(n.message) for n in notification_manager.records[n0:] if "napari-clipsam" in str(n.message)]
     assert new and f"object {oid_a}" in new[-1] and "outside the 300 x 451 image" in new[-1], new
+    assert "outside" in widget.error.value
+    moved[a] = (100.0, 40.0)  # back on the image: this edit goes through, and the error line goes
+    pts.data = moved
+    idle(qtbot, widget)
+    assert widget.error.value == "" and widget.status.value.startswith("updated:")

@@ -226,6 +226,11 @@ def test_script_misuse_of_use_models_and_export_labels_is_named(qtbot, run_widge
     widget.close_down()
     with pytest.raises(RuntimeError, match="widget was closed"):
         widget.export_labels(tmp_path / "y.tif")
+    for call in (widget.new_object, widget.flip_selected, widget.next_mask, widget.semantic_view,
+                 widget.open_tools):  # "run first" sent the user the wrong way
+        with pytest.raises(RuntimeError, match="widget was closed"):
+            call()
+    assert not widget.tools
 
 
 def test_a_bad_slice_of_an_all_slices_run_is_named(qtbot, docked):

@@ -82,6 +82,7 @@ class ClipSamWidget(AnnotateForm):
         self.localizer_wrapper = None
 
         self.closed = False
+        self._edit_error = False  # the error line shows a failed edit (the next edit that works clears it)
         self._ahead: Task | None = None
         self._ahead_timer = QTimer()
         self._ahead_timer.setSingleShot(True)
@@ -645,6 +646,9 @@ class ClipSamWidget(AnnotateForm):
             return
         n = RW.update_label_features(editor)
         self.show_status(f"updated: {n} objects")
+        if self._edit_error:  # an earlier edit's failure is over: this one went through
+            self._edit_error = False
+            self.clear_error()
 
     def labels_changed(self, labels_layer) -> None:
         """A panel changed an annotated labels layer (Verify's drop): its features and the
@@ -657,6 +661,7 @@ class ClipSamWidget(AnnotateForm):
         if self.closed:
             return
         self.show_error(short, details)
+        self._edit_error = True
         self.show_status("mask update failed: the labels were not changed")
         notify_error(f"napari-clipsam: {short}")
 
@@ -672,6 +677,9 @@ class ClipSamWidget(AnnotateForm):
             points_layer.bind_key(key, None, overwrite=True)
 
     def _editor_of_points(self, layer=None) -> LiveEditor | None:
+        if self.closed:
+            raise RuntimeError("this napari-clipsam widget was closed; open a new one (it goes on with the "
+                               "closed one's layers)")
         layer = layer if isinstance(layer, Points) else self.viewer.layers.selection.active
         for editor in self.editors:
             if editor.points_layer is layer and editor.layers_alive():
@@ -734,6 +742,8 @@ class ClipSamWidget(AnnotateForm):
     # ------------------------------------------------------------------ tools
     def open_tools(self) -> dict:
         """Dock the verify, few-shot probe and find-slice panels (tabbed, once each)."""
+        if self.closed:
+            raise RuntimeError("this napari-clipsam widget was closed; open a new one")
         from .probe_panel import ProbePanel
         from .slice_finder import SliceFinder
         from .verify_panel import VerifyPanel
