@@ -874,3 +874,25 @@ def test_a_point_off_the_image_holds_back_only_its_own_object(qtbot, docked, mod
     pts.data = moved
     idle(qtbot, widget)
     assert widget.error.value == "" and widget.status.value.startswith("updated:")
+
+
+def test_a_slice_run_after_a_crossing_plane_replaces_that_planes_masks_on_their_shared_line(qtbot, docked):
+    """Runs on a z-y plane, then on a z-slice that crosses it: the first plane's masks on their
+    shared voxels were counted as painted by hand (the status said 'kept N hand-painted
+    pixels' with nothing painted), and held back the slice's own masks."""
+    viewer, widget = docked
+    stack = np.stack([data.camera()[::4, ::4]] * 3)  # (3, 128, 128)
+    img = viewer.add_image(stack, name="st")
+    widget.image.value = img
+    widget.prompts.value = "cat"
+    viewer.dims.order = (2, 0, 1)  # shows z-y planes
+    widget.run()
+    idle(qtbot, widget)
+    labels = viewer.layers["st labels"]
+    x = int(viewer.dims.current_step[2])
+    assert labels.data[:, :, x].any() and labels.data[1, :, x].any(), widget.status.value  # the z-y plane at x
+    viewer.dims.order = (0, 1, 2)
+    viewer.dims.set_point(0, 1)
+    widget.run()
+    idle(qtbot, widget)
+    assert "done" in widget.status.value and "hand-painted" not in widget.status.value, widget.status.value

@@ -576,6 +576,35 @@ class ImageAnnotation:
         """An object id not in ``taken_ids()`` nor ``taken`` (``free_ids``)."""
         return free_ids(1, self.taken_ids() | {int(t) for t in taken}, limit)[0]
 
+    def written_by_others(self, plane: Plane, here: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(rows, cols, values) of ``plane``'s pixels (``here``: its labels now) that hold what
+        another annotated plane's objects wrote there: planes that cross (a z-slice and a
+        y-z plane, say) share a line of voxels. They are the plugin's, not painted by hand
+        (``PlaneAnnotation.replayed``); None if there are none."""
+        rows, cols = np.nonzero(np.asarray(here) != 0)
+        if not len(rows):
+            return None
+        voxel = plane.indices(rows, cols)
+        theirs = np.zeros(len(rows), bool)
+        for other, ann in self.planes.items():
+            if other == plane or not ann.objects:
+                continue
+            on = np.ones(len(rows), bool)
+            for ax, i in other.fixed:
+                on &= voxel[ax] == i
+            if not on.any():  # parallel planes share no voxel
+                continue
+            if set(other.fixed) & set(plane.fixed) == set(other.fixed) and (other.rows, other.cols) in (
+                    (plane.rows, plane.cols), (plane.cols, plane.rows)):
+                continue  # the same plane under another key: not another plane's pixels
+            at = np.flatnonzero(on)
+            written = ann.written()[voxel[other.rows][at], voxel[other.cols][at]]
+            theirs[at[written == np.asarray(here)[rows[at], cols[at]]]] = True
+        if not theirs.any():
+            return None
+        rows, cols = rows[theirs], cols[theirs]
+        return rows, cols, np.asarray(here)[rows, cols].astype(np.int32)
+
     def plane_of(self, coords: np.ndarray) -> PlaneAnnotation | None:
         """The annotated plane that (ndim,) image coordinates lie on, if any."""
         coords = np.asarray(coords, float).reshape(1, -1)
