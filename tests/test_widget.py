@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 from napari.layers import Image, Labels, Points
 
+from napari_clipsam.core.export import read_labels
+
 TIMEOUT = 120_000
 
 
@@ -132,6 +134,31 @@ def test_export_round_trip(qtbot, viewer_widget, tmp_path):
     assert not (tmp_path / "other.tif").exists()
     widget.export_labels(tmp_path / "chosen.tif", labels)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "chosen.tif"), labels.data)
+
+
+def test_ome_zarr_export_of_an_rgb_image_holds_its_pixels_and_the_labels(qtbot, viewer_widget, tmp_path):
+    """The widget's store is the batch's: the RGB image (colours as a c axis), the labels under
+    labels/clipsam; read back by ome-zarr's own reader."""
+    import zarr
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+    from skimage import data
+
+    viewer, widget = viewer_widget
+    _run(qtbot, widget, "cat")
+    labels = viewer.layers["chelsea labels"]
+    store = tmp_path / "cat.ome.zarr"
+    widget.export_labels(store)
+    nodes = list(Reader(parse_url(str(store)))())
+    image = nodes[0]
+    assert [a["name"] for a in image.metadata["axes"]] == ["c", "y", "x"]
+    np.testing.assert_array_equal(np.asarray(image.data[0]), np.moveaxis(data.chelsea(), -1, 0))
+    (label,) = [n for n in nodes if any(isinstance(s, Label) for s in n.specs)]
+    np.testing.assert_array_equal(np.asarray(label.data[0]), labels.data[None])  # c axis of size 1
+    group = zarr.open_group(str(store / "labels" / "clipsam"), mode="r")
+    np.testing.assert_array_equal(group[group.attrs["multiscales"][0]["datasets"][0]["path"]][0], labels.data)
+    assert zarr.open_group(str(store), mode="r").attrs["napari_clipsam"]["image_is_labels"] is False
+    np.testing.assert_array_equal(read_labels(store).labels, labels.data)
 
 
 def test_run_reads_no_pixels_on_the_gui_thread(qtbot, docked):

@@ -825,8 +825,9 @@ class ClipSamWidget(AnnotateForm):
 
     @staticmethod
     def _ome_image(editor, path):
-        """OME-Zarr exports carry the image itself (labels go under its labels/ group)."""
-        if editor is None or not str(path).lower().rstrip("/").endswith(".zarr") or editor.image_layer.rgb:
+        """OME-Zarr exports carry the image itself, RGB(A) included (``write_labels`` stores its
+        colours as a ``c`` axis; labels go under its labels/ group), as the batch writes it."""
+        if editor is None or not str(path).lower().rstrip("/").endswith(".zarr"):
             return None
         return np.asarray(editor.image_layer.data[0] if editor.image_layer.multiscale else editor.image_layer.data)
 
