@@ -497,6 +497,25 @@ def test_the_launcher_names_a_missing_image_before_opening_a_viewer(argv, messag
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_the_launcher_opens_an_image_given_from_home(tmp_path, monkeypatch):
+    """'~/x.png' as the shell leaves it when quoted: the image in the home folder is opened."""
+    from unittest import mock
+
+    import napari
+    import qtpy.QtCore
+
+    from napari_clipsam.__main__ import main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    iio.imwrite(tmp_path / "coins.png", data.coins()[::8, ::8])
+    viewer = mock.MagicMock()
+    monkeypatch.setattr(napari, "Viewer", lambda *a, **k: viewer)
+    monkeypatch.setattr(napari, "run", lambda *a, **k: None)
+    monkeypatch.setattr(qtpy.QtCore, "QTimer", mock.MagicMock())
+    main(["~/coins.png"])
+    viewer.open.assert_called_once_with(str(tmp_path / "coins.png"))
+
+
 def test_a_missing_points_csv_is_written_again_on_resume(tmp_path):
     iio.imwrite(tmp_path / "coins.png", data.coins()[::4, ::4])
     out = tmp_path / "out"

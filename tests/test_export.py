@@ -5,6 +5,7 @@ pairs of files that change together; the user's umask."""
 import json
 import os
 import warnings
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -665,3 +666,39 @@ def test_a_new_store_with_its_own_label_name_keeps_its_sidecar_when_read_by_that
         got = read_labels(tmp_path / "img.ome.zarr", label_name=name)
         assert got.classes == {3: "cell"} and got.provenance.get("method") == "gem", name
         np.testing.assert_array_equal(got.labels, labels)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A home folder of its own (HOME), and the working folder elsewhere: a literal '~' folder
+    would appear in the working folder."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    return home
+
+
+@pytest.mark.parametrize("suffix", ALL_SUFFIXES)
+def test_a_path_from_home_is_written_and_read_in_home(home, labels, suffix):
+    written = write_labels(f"~/day 2/out{suffix}", labels, classes=CLASSES)
+    assert written == [str(home / "day 2" / f"out{suffix}"), str(home / "day 2" / f"out{suffix}.json")]
+    back = read_labels(f"~/day 2/out{suffix}")
+    np.testing.assert_array_equal(back.labels, labels)
+    assert back.classes == CLASSES and back.path == written[0]
+    np.testing.assert_array_equal(read_labels(f"~/day 2/out{suffix}.json").labels, labels)  # the sidecar too
+    assert export.read_sidecar(f"~/day 2/out{suffix}")["objects"] == {str(k): v for k, v in CLASSES.items()}
+    assert sidecar_path(f"~/day 2/out{suffix}") == home / "day 2" / f"out{suffix}.json"
+    assert list(Path.cwd().iterdir()) == []  # no literal ./~
+
+
+def test_points_csv_and_probe_files_from_home(home):
+    from napari_clipsam.core.probe import LinearProbe
+
+    assert write_points_csv("~/p.csv", np.array([[1.0, 2.0]])) == [str(home / "p.csv")]
+    np.testing.assert_array_equal(read_points_csv("~/p.csv")[0], [[1.0, 2.0]])
+    probe = LinearProbe(["cell"], np.ones((1, 4)), np.zeros(1))
+    assert probe.save("~/probes/mine") == home / "probes" / "mine.probe.npz"
+    assert LinearProbe.load("~/probes/mine").classes == ["cell"]
+    assert list(Path.cwd().iterdir()) == []

@@ -268,3 +268,26 @@ def test_a_binary_csv_is_left_to_other_readers(tmp_path):
     path = tmp_path / "b.csv"
     path.write_bytes(b"\xff\xfe\x00\x81 not text")
     assert cio.get_reader(str(path)) is None
+
+
+def test_paths_from_home_are_read_and_written_in_home(tmp_path, labels, monkeypatch):
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    layer = labels_layer(labels)
+    assert cio.write_labels_layer("~/x.png", *layer.as_layer_data_tuple()[:2]) == [str(home / "x.png"),
+                                                                                   str(home / "x.png.json")]
+    assert cio.write_points_layer("~/p.csv", np.array([[1.0, 2.0]]),
+                                  {"features": {"positive": [True], "object_id": [1], "prompt": ["cat"]}}) \
+        == [str(home / "p.csv")]
+    for name in ("~/x.png", "~/x.png.json"):
+        reader = cio.get_reader(name)
+        assert reader is cio.read_export
+        (data, kwargs, kind), *_ = reader(name)
+        np.testing.assert_array_equal(data, labels)
+        assert kwargs["metadata"]["classes"] == CLASSES
+    (data, _, kind), = cio.get_reader("~/p.csv")("~/p.csv")
+    assert kind == "points" and data.tolist() == [[1.0, 2.0]]
+    assert list(cwd.iterdir()) == []  # no literal ./~

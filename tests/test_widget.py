@@ -102,7 +102,7 @@ def test_user_layer_with_same_name_is_never_overwritten(qtbot, viewer_widget):
     assert "chelsea labels [2]" in viewer.layers
 
 
-def test_export_round_trip(qtbot, viewer_widget, tmp_path):
+def test_export_round_trip(qtbot, viewer_widget, tmp_path, monkeypatch):
     import json
 
     import imageio.v3 as iio
@@ -134,6 +134,13 @@ def test_export_round_trip(qtbot, viewer_widget, tmp_path):
     assert not (tmp_path / "other.tif").exists()
     widget.export_labels(tmp_path / "chosen.tif", labels)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "chosen.tif"), labels.data)
+    # a path from the home folder, as typed: written there, not to a folder named '~'
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert widget.export_labels("~/cat.tif", labels) == [str(tmp_path / "home" / "cat.tif"),
+                                                        str(tmp_path / "home" / "cat.tif.json")]
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "home" / "cat.tif"), labels.data)
+    assert not (tmp_path / "~").exists()
 
 
 def test_ome_zarr_export_of_an_rgb_image_holds_its_pixels_and_the_labels(qtbot, viewer_widget, tmp_path):

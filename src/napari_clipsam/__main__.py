@@ -18,12 +18,16 @@ def _launcher(argv) -> None:
                         help="open one of the plugin's sample images")
     args = parser.parse_args(argv)
     import glob
+    import os
     from pathlib import Path
 
-    missing = [p for p in args.images if not Path(p).exists() and not glob.has_magic(p)]
+    from .core.paths import user_path
+
+    images = [os.fspath(user_path(p)) for p in args.images]  # '~/x.tif' quoted: the shell left the ~
+    missing = [p for p in images if not Path(p).exists() and not glob.has_magic(p)]
     if missing:
         hint = ("; to annotate images headless, the subcommand is 'napari-clipsam batch ...'"
-                if missing[0] == args.images[0] and not Path(missing[0]).suffix else "")
+                if missing[0] == images[0] and not Path(missing[0]).suffix else "")
         parser.error(f"no such file or folder: {', '.join(missing)}{hint}")
 
     print("napari-clipsam: starting napari and the plugin (the first start takes a while: torch, napari and "
@@ -35,7 +39,7 @@ def _launcher(argv) -> None:
     viewer.window.add_plugin_dock_widget("napari-clipsam", "Annotate from words")
     if args.sample:
         viewer.open_sample("napari-clipsam", args.sample)
-    for path in args.images:
+    for path in images:
         viewer.open(path)
     # the view was fitted to the canvas before the dock took its share of the window: fit it
     # again once the window is laid out (else the image opens cropped at the sides)

@@ -15,10 +15,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from .core.paths import user_path
 
 POSITIVE_COLOR = (0.0, 1.0, 0.0, 1.0)
 NEGATIVE_COLOR = (1.0, 0.0, 1.0, 1.0)
@@ -127,7 +128,7 @@ def get_reader(path):
         if len(path) != 1:
             return None
         path = path[0]
-    p = Path(os.fspath(path))
+    p = user_path(path)
     if not p.exists() or not _is_ours(p):
         return None
     return read_export
@@ -192,7 +193,7 @@ def read_export(path) -> list[tuple]:
 
     if isinstance(path, (list, tuple)):
         path = path[0]
-    p = Path(os.fspath(path))
+    p = user_path(path)
     if p.name.lower().endswith(".csv"):
         pts, feats = read_points_csv(p)
         if "prompt" in feats:

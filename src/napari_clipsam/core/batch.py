@@ -42,6 +42,7 @@ from .export import (
     write_labels,
 )
 from .options import flag, whole_number
+from .paths import user_path
 from .progress import Task, as_task
 
 __all__ = ["IMAGE_SUFFIXES", "BatchOptions", "BatchResult", "ModelSpec", "OptionUnusable", "batch_key",
@@ -125,8 +126,8 @@ class ModelSpec:
             if not isinstance(value, (str, os.PathLike)):
                 raise TypeError(f"the {what} must be a tag or a file path, got {value!r}")
             is_path = isinstance(value, os.PathLike) or what == "SAM checkpoint" or _looks_like_path(str(value))
-            if is_path and not Path(value).expanduser().is_file():
-                raise FileNotFoundError(f"{what} file not found: {Path(value).expanduser()}")
+            if is_path and not user_path(value).is_file():
+                raise FileNotFoundError(f"{what} file not found: {user_path(value)}")
 
     def check_weights(self) -> None:
         """Raise the ``WeightsError`` loading would raise in every worker, before any image
@@ -255,8 +256,8 @@ def _models_description(models) -> dict:
         d = asdict(models)
         for key in ("clip_pretrained", "sam_checkpoint"):  # a local file: its size and time too
             p = d.get(key)
-            if p and Path(p).expanduser().is_file():
-                st = Path(p).expanduser().stat()
+            if p and user_path(p).is_file():
+                st = user_path(p).stat()
                 d[key + "_stat"] = [st.st_size, st.st_mtime_ns]
         return d
     name = getattr(models, "__qualname__", None) or type(models).__qualname__
@@ -291,14 +292,14 @@ def find_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> tupl
     out: list[Path] = []
     for item in inputs:
         s = os.fspath(item)
-        p = Path(s).expanduser()
+        p = user_path(s)
         if p.is_dir() and not s.endswith(".zarr"):
             out += sorted(q for q in p.iterdir()
                           if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES and not q.name.startswith("."))
         elif p.exists():
             out.append(p)
         elif _glob.has_magic(s):
-            hits = sorted(Path(h) for h in _glob.glob(os.path.expanduser(s), recursive=True))
+            hits = sorted(Path(h) for h in _glob.glob(os.fspath(user_path(s)), recursive=True))
             out += [h for h in hits if h.is_file()]
         else:
             raise FileNotFoundError(f"no image, folder or glob match for {s!r}")
@@ -794,7 +795,7 @@ def run_batch(
         flag(name, value)
     if not isinstance(options, BatchOptions):
         raise TypeError(f"options must be a BatchOptions(prompts=..., ...), got {type(options).__name__}")
-    output_dir = Path(output_dir).expanduser()
+    output_dir = user_path(output_dir)
     images, left_out = find_inputs(inputs)
     if not images:
         why = "; ".join(f"{d['path']} is {d['reason']}" for d in left_out[:3]) or \

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .options import flag
+from .paths import user_path
 
 __all__ = [
     "LABEL_SUFFIXES",
@@ -167,7 +168,7 @@ def commit_files(moves: Sequence[tuple[Path, Path]]) -> None:
 
 def atomic_write(path: Path, write: Callable[[str], None], suffix: str = "") -> None:
     """Call ``write(tmp_path)`` then atomically move tmp_path to ``path`` (umask honoured)."""
-    path = Path(path)
+    path = user_path(path)
     tmp = _new_temp_file(path)
     try:
         write(str(tmp))
@@ -607,7 +608,7 @@ def _register_ome_label(store: Path, name: str) -> None:
 def sidecar_path(path: str | os.PathLike, label_name: str | None = None) -> Path:
     """The JSON sidecar of a labels export: ``<file>.json`` beside it (``out.tif.json``); for
     labels added to someone else's OME-Zarr image, ``<store>.<label_name>.json``."""
-    p = Path(path)
+    p = user_path(path)
     return p.with_name(p.name + (f".{label_name}" if label_name else "") + ".json")
 
 
@@ -643,7 +644,7 @@ def write_labels(
     A format that cannot hold the ids or the dimensions is refused with the format that can.
     Returns the written paths: the labels file (or store), then the sidecar if written.
     """
-    path = Path(path)
+    path = user_path(path)
     overwrite, sidecar = flag("overwrite", overwrite), flag("sidecar", sidecar)
     fmt = labels_format(path)
     arr = _check_labels(labels)
@@ -793,7 +794,7 @@ class LabelsFile:
 
 def read_sidecar(path: str | os.PathLike, label_name: str | None = None) -> dict | None:
     """The sidecar of the labels export ``path`` (or ``path`` itself if it is a sidecar), or None."""
-    p = Path(path)
+    p = user_path(path)
     for cand in (p, sidecar_path(p, label_name)):
         info = _load_sidecar(cand)
         if info is not None:
@@ -921,7 +922,7 @@ def read_labels(path: str | os.PathLike, *, label_name: str | None = None) -> La
     labels, classes, scores and the sidecar's provenance. Classes come from the sidecar,
     else from what the file holds itself (TIFF description, COCO categories, OME-Zarr
     ``image-label`` properties)."""
-    p = Path(path)
+    p = user_path(path)
     if not p.exists():
         raise FileNotFoundError(f"no such labels export: {p}")
     own = _load_sidecar(p)
@@ -1038,7 +1039,7 @@ def write_points_csv(path: str | os.PathLike, points, features=None, *, overwrit
     column per feature (ours: ``positive``, ``object_id``, ``prompt``), atomically."""
     import pandas as pd
 
-    path = Path(path)
+    path = user_path(path)
     overwrite = flag("overwrite", overwrite)
     if path.suffix.lower() != ".csv":
         raise ValueError(f"points are written as .csv (napari's points table), got {path.name!r}")
@@ -1077,6 +1078,7 @@ def read_points_csv(path: str | os.PathLike):
     """(points (N, D) float64, features DataFrame) from a napari points CSV."""
     import pandas as pd
 
+    path = user_path(path)
     try:
         df = pd.read_csv(path)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:

@@ -23,6 +23,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .paths import user_path
 from .progress import Task
 from .runtime import pick_device
 from .sam_backends import SAM2_CONFIGS, Sam2Backend, import_sam2, is_sam2_kind
@@ -113,7 +114,7 @@ def _half_encoder(module, dtype) -> None:
 
 def _looks_like_path(source: str) -> bool:
     return (os.sep in source or "/" in source or source.endswith((".pt", ".pth", ".bin", ".safetensors"))
-            or Path(source).is_file())
+            or user_path(source).is_file())
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -305,7 +306,7 @@ def load_clip(name: str = "ViT-B-16", pretrained: str | os.PathLike | None = "op
     if pretrained:
         src = os.fspath(pretrained)
         if isinstance(pretrained, os.PathLike) or _looks_like_path(src):
-            path = Path(src).expanduser()
+            path = user_path(src)
             if not path.is_file():
                 raise WeightsError(f"CLIP checkpoint file not found: {path}")
         else:
@@ -487,7 +488,7 @@ def load_sam(kind: str = "vit_b", checkpoint: str | os.PathLike | None = None, d
         builder = _sam_builder(kind)
     else:
         builder = _sam_builder(kind)
-        path = Path(checkpoint).expanduser() if checkpoint else fetch_sam_checkpoint(kind, task)
+        path = user_path(checkpoint) if checkpoint else fetch_sam_checkpoint(kind, task)
     if not path.is_file():
         raise WeightsError(f"SAM checkpoint file not found: {path}")
     expected = f"SAM {kind} checkpoint (a state dict of image_encoder.*, " + \

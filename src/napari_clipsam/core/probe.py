@@ -32,6 +32,7 @@ from .image import to_rgb_uint8
 from .localizers.base import MAX_SINGLE_PASS_TOKENS, Localizer, TokenSimilarityLocalizer
 from .localizers.prompts import check_prompts
 from .options import flag, unit_interval
+from .paths import user_path
 from .progress import Task, as_task
 
 __all__ = ["PROBE_SUFFIX", "LinearProbe", "ProbeLocalizer", "patch_features", "patch_targets", "probe_path",
@@ -139,7 +140,7 @@ class LinearProbe:
         """Write the probe to ``path`` (``.probe.npz`` added when missing: ``probe_path``);
         returns the path. An existing file is replaced only with ``overwrite=True``; a folder
         never."""
-        given = Path(path)
+        given = user_path(path)
         overwrite = flag("overwrite", overwrite)
         path = probe_path(given)
         for p in (given, path):
@@ -161,7 +162,7 @@ class LinearProbe:
     @classmethod
     def load(cls, path) -> LinearProbe:
         """Read a probe file (``path`` as saved: without ``.probe.npz``, it is added)."""
-        path = Path(path)
+        path = user_path(path)
         if not path.exists() and probe_path(path).is_file():
             path = probe_path(path)
         if not path.exists():
@@ -235,7 +236,7 @@ class ProbeLocalizer(TokenSimilarityLocalizer):
 def probe_path(path) -> Path:
     """Where a probe named ``path`` is stored: ``path`` itself if it ends in .npz, else with
     ``.probe.npz`` added (save and load agree on it)."""
-    path = Path(path)
+    path = user_path(path)
     return path if path.name.endswith(".npz") else path.with_name(path.name + PROBE_SUFFIX)
 
 

@@ -19,9 +19,10 @@ import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from importlib import metadata as _md
-from pathlib import Path
 
 import numpy as np
+
+from .paths import user_path
 
 __all__ = [
     "PACKAGES",
@@ -64,7 +65,7 @@ def weights_sha256(path: str | os.PathLike) -> str:
     """sha256 of a weights file, computed once per (path, size, mtime) in this process."""
     from .export import file_sha256
 
-    p = Path(path).expanduser().resolve()
+    p = user_path(path).resolve()
     st = p.stat()
     key = (str(p), st.st_size, st.st_mtime_ns)
     with _lock:
@@ -116,8 +117,8 @@ def clip_model_info(name: str, pretrained: str | os.PathLike | None, *, model=No
     path = None
     if pretrained:
         src = os.fspath(pretrained)
-        if Path(src).expanduser().is_file():
-            path = Path(src).expanduser()
+        if user_path(src).is_file():
+            path = user_path(src)
         else:
             try:
                 from .weights import clip_weights, find_cached
@@ -139,7 +140,7 @@ def sam_model_info(kind: str, checkpoint: str | os.PathLike | None = None, *, mo
     local file, or the weights in memory)."""
     info: dict = {"kind": str(kind), "checkpoint": None if checkpoint is None else os.fspath(checkpoint),
                   "sha256": None}
-    path = Path(checkpoint).expanduser() if checkpoint else None
+    path = user_path(checkpoint) if checkpoint else None
     if path is None:
         try:
             from .weights import SAM_CHECKPOINTS, find_cached, sam_weights

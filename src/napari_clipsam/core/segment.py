@@ -21,6 +21,7 @@ import numpy as np
 from .image import to_rgb_uint8
 from .models import check_finite_output
 from .options import whole_number
+from .paths import user_path
 from .points import PointPrompts, object_point_sets
 from .sam_backends import backend_for
 
@@ -87,7 +88,7 @@ class SamSession:
                 raise TypeError(f"{name} must be True or False, got {value!r}")
         if disk_cache is not None and not isinstance(disk_cache, (str, os.PathLike)):
             raise TypeError(f"disk_cache must be a folder path or None, got {disk_cache!r}")
-        if disk_cache is not None and Path(disk_cache).expanduser().is_file():
+        if disk_cache is not None and user_path(disk_cache).is_file():
             raise ValueError(f"disk_cache {disk_cache} is a file; give a folder for the embeddings")
         disk_cache_bytes = whole_number("disk_cache_bytes", disk_cache_bytes, 0)
         self.accelerate = bool(accelerate)
@@ -101,7 +102,7 @@ class SamSession:
             from .sam_speed import require_fast_bf16
 
             require_fast_bf16(self.backend.device)
-        self.disk_cache = None if disk_cache is None else Path(disk_cache).expanduser()
+        self.disk_cache = None if disk_cache is None else user_path(disk_cache)
         self.disk_cache_bytes = disk_cache_bytes
         self._fingerprint: str | None = None
         self._cache: OrderedDict[str, tuple] = OrderedDict()

@@ -64,6 +64,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+from .paths import user_path
 from .progress import Cancelled, Task
 
 __all__ = [
@@ -235,7 +236,7 @@ def clip_weights(name: str, tag: str) -> tuple[WeightsFile, ...]:
     if url:
         fn = os.path.basename(url)
         out.append(WeightsFile(label, url, fn, "clip", sha256=_url_sha256(url),
-                               legacy_paths=(str(Path("~/.cache/clip").expanduser() / fn),)))
+                               legacy_paths=(str(user_path("~/.cache/clip") / fn),)))
     if cfg.get("file"):
         out.append(WeightsFile(label, "", os.path.basename(cfg["file"]), "", legacy_paths=(cfg["file"],)))
     if not out:
@@ -275,7 +276,7 @@ def cache_dir() -> Path:
     """
     env = os.environ.get(ENV_CACHE)
     if env:
-        return Path(env).expanduser()
+        return user_path(env)
     import pooch
 
     return Path(pooch.os_cache("napari-clipsam"))
@@ -430,7 +431,7 @@ def find_cached(files: WeightsFile | Iterable[WeightsFile], problems: list[str] 
         if hit is not None:
             return hit
         for p in f.legacy_paths:
-            p = Path(p).expanduser()
+            p = user_path(p)
             if p.is_file():
                 try:
                     return verify_file(p, f.sha256, f.size, label=f.label, url=f.url)

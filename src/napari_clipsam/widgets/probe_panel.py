@@ -16,6 +16,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, PushBu
 from .. import core as _core  # noqa: F401  (the triton/Mesa guard before torch)
 from ..core.annotation import Plane
 from ..core.localizers import get_localizer
+from ..core.paths import user_path
 from ..core.probe import LinearProbe, probe_path, train_probe
 from . import layer_writer as LW
 from . import result_writer as RW
@@ -177,7 +178,7 @@ class ProbePanel(PanelBase):
         return path
 
     def load(self, *_) -> None:
-        if not self.path.value or not (Path(self.path.value).is_file() or probe_path(self.path.value).is_file()):
+        if not self.path.value or not (user_path(self.path.value).is_file() or probe_path(self.path.value).is_file()):
             self.fail("choose an existing probe file first")
             return
         try:
