@@ -702,3 +702,43 @@ def test_points_csv_and_probe_files_from_home(home):
     assert probe.save("~/probes/mine") == home / "probes" / "mine.probe.npz"
     assert LinearProbe.load("~/probes/mine").classes == ["cell"]
     assert list(Path.cwd().iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", ALL_SUFFIXES)
+def test_a_name_too_long_is_said_as_such_and_a_long_name_that_fits_is_written(tmp_path, labels, suffix):
+    import errno
+
+    long = tmp_path / ("a" * 300 + suffix)
+    with pytest.raises(OSError, match=rf"^cannot write labels to .*{suffix}: File name too long; check the name's "
+                                      rf"length: 'a+…a+{suffix}' has {300 + len(suffix)} bytes .* at most 255 "
+                                      "bytes a name; choose a shorter one$") as info:
+        write_labels(long, labels)
+    assert info.value.errno == errno.ENAMETOOLONG
+    with pytest.raises(OSError, match=r"^cannot read labels from .*: File name too long; check the name's length"):
+        read_labels(long)
+    sidecar_too_long = tmp_path / ("b" * (255 - len(suffix)) + suffix)  # the file's name fits, its sidecar's not
+    with pytest.raises(OSError, match=rf"'b+…b+{suffix}\.json' \(its sidecar\) has 260 bytes"):
+        write_labels(sidecar_too_long, labels)
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temporaries left
+    fits = tmp_path / ("c" * (250 - len(suffix)) + suffix)  # the sidecar just fits (255 bytes)
+    write_labels(fits, labels, classes=CLASSES)  # the temporary names are no longer than names may be
+    assert read_labels(fits).classes == CLASSES and hidden(tmp_path) == []
+
+
+def test_points_and_probe_files_say_what_is_wrong_with_their_path(tmp_path):
+    from napari_clipsam.core.probe import LinearProbe
+
+    long = "p" * 300
+    with pytest.raises(OSError, match=r"^cannot write points to .*\.csv: File name too long; check the name's length"):
+        write_points_csv(tmp_path / f"{long}.csv", np.zeros((1, 2)))
+    with pytest.raises(OSError, match=r"^cannot read points from .*\.csv: File name too long; check the name's"):
+        read_points_csv(tmp_path / f"{long}.csv")
+    with pytest.raises(FileNotFoundError, match=r"^cannot read points from .*none\.csv: No such file or directory; "
+                                                "check that the file exists and that you can read it$"):
+        read_points_csv(tmp_path / "none.csv")
+    probe = LinearProbe(["cell"], np.ones((1, 4)), np.zeros(1))
+    with pytest.raises(OSError, match=r"^cannot write the probe to .*\.probe\.npz: File name too long; check the"):
+        probe.save(tmp_path / long)
+    with pytest.raises(OSError, match=r"^cannot read the probe from .*: File name too long; check the name's length"):
+        LinearProbe.load(tmp_path / long)
+    assert list(tmp_path.iterdir()) == []

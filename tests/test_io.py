@@ -291,3 +291,7 @@ def test_paths_from_home_are_read_and_written_in_home(tmp_path, labels, monkeypa
     (data, _, kind), = cio.get_reader("~/p.csv")("~/p.csv")
     assert kind == "points" and data.tolist() == [[1.0, 2.0]]
     assert list(cwd.iterdir()) == []  # no literal ./~
+
+
+def test_a_path_the_system_refuses_is_left_to_other_readers(tmp_path):
+    assert cio.get_reader(str(tmp_path / ("a" * 300 + ".tif"))) is None  # not a traceback in napari's open

@@ -141,6 +141,8 @@ def test_export_round_trip(qtbot, viewer_widget, tmp_path, monkeypatch):
                                                         str(tmp_path / "home" / "cat.tif.json")]
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "home" / "cat.tif"), labels.data)
     assert not (tmp_path / "~").exists()
+    with pytest.raises(OSError, match=r"^cannot write labels to .*\.tif: File name too long; check the name's length"):
+        widget.export_labels(tmp_path / ("x" * 300 + ".tif"), labels)
 
 
 def test_ome_zarr_export_of_an_rgb_image_holds_its_pixels_and_the_labels(qtbot, viewer_widget, tmp_path):

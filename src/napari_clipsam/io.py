@@ -129,7 +129,10 @@ def get_reader(path):
             return None
         path = path[0]
     p = user_path(path)
-    if not p.exists() or not _is_ours(p):
+    try:
+        if not p.exists() or not _is_ours(p):
+            return None
+    except OSError:  # a path the system refuses (a name too long): not one this reader can open
         return None
     return read_export
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .options import flag
-from .paths import user_path
+from .paths import disk_error, user_path
 
 __all__ = [
     "LABEL_SUFFIXES",
@@ -73,10 +73,19 @@ _BIG_FORMATS = "use .npy or .zarr (OME-Zarr), which hold 64-bit ids"
 
 
 # ------------------------------------------------------------------ files: umask, atomic pairs
+#: the longest file name most file systems take (bytes); temporary names stay within it
+_NAME_MAX = 255
+
+
 def _temp_path(final: Path, tag: str = "tmp") -> Path:
-    """A fresh hidden name beside ``final`` (same folder, so renames stay on one filesystem)."""
+    """A fresh hidden name beside ``final`` (same folder, so renames stay on one filesystem),
+    no longer than a file name may be: a ``final`` near the limit is shortened in it."""
     suffix = "".join(final.suffixes[-2:]) if final.name.endswith(".ome.zarr") else final.suffix
-    return final.with_name(f".{final.name}.{tag}-{secrets.token_hex(4)}{suffix}")
+    tail = f".{tag}-{secrets.token_hex(4)}{suffix}"
+    name = final.name
+    while name and len(os.fsencode(f".{name}{tail}")) > _NAME_MAX:
+        name = name[:-1]
+    return final.with_name(f".{name}{tail}")
 
 
 def _new_temp_file(final: Path) -> Path:
@@ -642,9 +651,23 @@ def write_labels(
     overwrite: replace an existing export (and its sidecar); False raises FileExistsError.
 
     A format that cannot hold the ids or the dimensions is refused with the format that can.
-    Returns the written paths: the labels file (or store), then the sidecar if written.
+    Returns the written paths: the labels file (or store), then the sidecar if written. A
+    system error (disk full, no permission, a name too long) is an OSError of the same kind
+    saying "cannot write labels to <path>: <reason>; <what to check>".
     """
     path = user_path(path)
+    try:
+        return _write_labels(path, labels, classes=classes, scores=scores, provenance=provenance,
+                             metadata=metadata, image=image, axes=axes, label_name=label_name, sidecar=sidecar,
+                             overwrite=overwrite)
+    except OSError as exc:
+        if exc.errno is None:  # ours (FileExistsError, IsADirectoryError): already says what to do
+            raise
+        raise disk_error("write labels to", path, exc, related=((sidecar_path(path), "its sidecar"),)) from exc
+
+
+def _write_labels(path: Path, labels, *, classes, scores, provenance, metadata, image, axes, label_name, sidecar,
+                  overwrite) -> list[str]:
     overwrite, sidecar = flag("overwrite", overwrite), flag("sidecar", sidecar)
     fmt = labels_format(path)
     arr = _check_labels(labels)
@@ -714,20 +737,14 @@ def write_labels(
             moves.append((stmp, side))
             stmp.write_text(_sidecar_text(info))
             _fsync(stmp)
-    except BaseException as exc:
+    except BaseException:
         for tmp, _ in moves:
             _remove(tmp)
         if fmt == "ome-zarr" and inserting and "cleanup" in locals() and cleanup is not None:
             _remove(cleanup)
-        if isinstance(exc, OSError) and exc.errno is not None:  # the system's error names the temp file
-            raise _write_error(path, exc) from exc
-        raise
+        raise  # write_labels restates a system error (it names the temp file)
     try:
         commit_files(moves)
-    except OSError as exc:
-        if exc.errno is None:
-            raise
-        raise _write_error(path, exc) from exc
     finally:
         if fmt == "ome-zarr" and inserting and cleanup is not None:
             _remove(cleanup)
@@ -736,13 +753,6 @@ def write_labels(
     if inserting:
         _register_ome_label(path, label_name)
     return [str(path)] + ([str(side)] if sidecar else [])
-
-
-def _write_error(path: Path, exc: OSError) -> OSError:
-    """``exc`` restated for the export ``path`` (same OSError subclass, by errno)."""
-    reason = exc.strerror or str(exc) or type(exc).__name__
-    return OSError(exc.errno, f"cannot write labels to {path}: {reason}; check that its folder is a folder you "
-                   "can write to and that the disk has space")
 
 
 def _finite(o):
@@ -921,8 +931,18 @@ def read_labels(path: str | os.PathLike, *, label_name: str | None = None) -> La
     """Read one of our exports (labels file, OME-Zarr store, COCO file or sidecar) back:
     labels, classes, scores and the sidecar's provenance. Classes come from the sidecar,
     else from what the file holds itself (TIFF description, COCO categories, OME-Zarr
-    ``image-label`` properties)."""
+    ``image-label`` properties). A system error (no permission, a name too long) is an OSError
+    of the same kind saying "cannot read labels from <path>: <reason>; <what to check>"."""
     p = user_path(path)
+    try:
+        return _read_labels(p, path, label_name)
+    except OSError as exc:
+        if exc.errno is None:  # ours (a missing export or companion file): already says what to do
+            raise
+        raise disk_error("read labels from", p, exc, related=((sidecar_path(p), "its sidecar"),)) from exc
+
+
+def _read_labels(p: Path, path, label_name: str | None) -> LabelsFile:
     if not p.exists():
         raise FileNotFoundError(f"no such labels export: {p}")
     own = _load_sidecar(p)
@@ -946,7 +966,7 @@ def read_labels(path: str | os.PathLike, *, label_name: str | None = None) -> La
             import warnings
 
             warnings.warn(f"the sidecar of {p} describes {info['labels_file']}, not this file: its classes, "
-                          "scores and provenance are not used", stacklevel=2)
+                          "scores and provenance are not used", stacklevel=3)
             info = None
     try:
         fmt = labels_format(p)
@@ -958,7 +978,7 @@ def read_labels(path: str | os.PathLike, *, label_name: str | None = None) -> La
         import warnings
 
         warnings.warn(f"the sidecar of {p} describes another version of that file (its sha256 differs): its "
-                      "classes, scores and provenance are not used", stacklevel=2)
+                      "classes, scores and provenance are not used", stacklevel=3)
         info = None
     try:
         labels, classes, scores = _read_format(p, fmt, label_name or (info or {}).get("label_name"))
@@ -967,7 +987,8 @@ def read_labels(path: str | os.PathLike, *, label_name: str | None = None) -> La
             raise ValueError(f"it holds no labels image (shape {labels.shape})")
         labels = _as_label_ids(labels, p)
     except Exception as exc:  # noqa: BLE001 - a damaged file fails in each library its own way (zlib, zarr, ...)
-        if isinstance(exc, FileNotFoundError) or (isinstance(exc, ValueError) and str(p) in str(exc)):
+        if isinstance(exc, FileNotFoundError) or (isinstance(exc, ValueError) and str(p) in str(exc)) \
+                or (isinstance(exc, OSError) and exc.errno is not None):  # the system's error: read_labels says it
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValueError(f"cannot read labels from {p} ({type(exc).__name__}: {first}); is the file complete "
@@ -979,7 +1000,7 @@ def read_labels(path: str | os.PathLike, *, label_name: str | None = None) -> La
             except (TypeError, ValueError) as exc:  # written by hand or another tool: the labels still open
                 import warnings
 
-                warnings.warn(f"the sidecar of {p} has damaged '{key}' ({exc}); they are not used", stacklevel=2)
+                warnings.warn(f"the sidecar of {p} has damaged '{key}' ({exc}); they are not used", stacklevel=3)
                 continue
             if key == "objects":
                 classes = value or classes
@@ -1037,9 +1058,18 @@ def _read_format(p: Path, fmt: str, label_name: str | None) -> tuple[np.ndarray,
 def write_points_csv(path: str | os.PathLike, points, features=None, *, overwrite: bool = False) -> list[str]:
     """Write points as napari's points CSV: ``index``, ``axis-0``.. ``axis-{D-1}``, then one
     column per feature (ours: ``positive``, ``object_id``, ``prompt``), atomically."""
+    path = user_path(path)
+    try:
+        return _write_points_csv(path, points, features, overwrite)
+    except OSError as exc:
+        if exc.errno is None:  # ours (FileExistsError): already says what to do
+            raise
+        raise disk_error("write points to", path, exc) from exc
+
+
+def _write_points_csv(path: Path, points, features, overwrite) -> list[str]:
     import pandas as pd
 
-    path = user_path(path)
     overwrite = flag("overwrite", overwrite)
     if path.suffix.lower() != ".csv":
         raise ValueError(f"points are written as .csv (napari's points table), got {path.name!r}")
@@ -1081,6 +1111,10 @@ def read_points_csv(path: str | os.PathLike):
     path = user_path(path)
     try:
         df = pd.read_csv(path)
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise disk_error("read points from", path, exc) from exc
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise ValueError(f"cannot read {path} as a points table: {str(exc).splitlines()[0] if str(exc) else exc!r}"
                          ) from exc

@@ -32,7 +32,7 @@ from .image import to_rgb_uint8
 from .localizers.base import MAX_SINGLE_PASS_TOKENS, Localizer, TokenSimilarityLocalizer
 from .localizers.prompts import check_prompts
 from .options import flag, unit_interval
-from .paths import user_path
+from .paths import disk_error, user_path
 from .progress import Task, as_task
 
 __all__ = ["PROBE_SUFFIX", "LinearProbe", "ProbeLocalizer", "patch_features", "patch_targets", "probe_path",
@@ -139,10 +139,18 @@ class LinearProbe:
     def save(self, path, *, overwrite: bool = False) -> Path:
         """Write the probe to ``path`` (``.probe.npz`` added when missing: ``probe_path``);
         returns the path. An existing file is replaced only with ``overwrite=True``; a folder
-        never."""
+        never. A system error is an OSError saying "cannot write the probe to <path>: ..."."""
         given = user_path(path)
         overwrite = flag("overwrite", overwrite)
         path = probe_path(given)
+        try:
+            return self._save(given, path, overwrite)
+        except OSError as exc:
+            if exc.errno is None:  # ours (FileExistsError, IsADirectoryError): already says what to do
+                raise
+            raise disk_error("write the probe to", path, exc) from exc
+
+    def _save(self, given: Path, path: Path, overwrite: bool) -> Path:
         for p in (given, path):
             if p.is_dir():
                 example = p / ("probe" + PROBE_SUFFIX)
@@ -163,6 +171,15 @@ class LinearProbe:
     def load(cls, path) -> LinearProbe:
         """Read a probe file (``path`` as saved: without ``.probe.npz``, it is added)."""
         path = user_path(path)
+        try:
+            return cls._load(path)
+        except OSError as exc:
+            if exc.errno is None:  # ours (no probe file at ...): already says what to do
+                raise
+            raise disk_error("read the probe from", path, exc) from exc
+
+    @classmethod
+    def _load(cls, path: Path) -> LinearProbe:
         if not path.exists() and probe_path(path).is_file():
             path = probe_path(path)
         if not path.exists():
@@ -172,6 +189,8 @@ class LinearProbe:
                 meta = json.loads(str(z["meta"]))
                 weight, bias = z["weight"], z["bias"]
         except Exception as exc:  # noqa: BLE001 - zip, key, JSON and type errors mean the same to the user
+            if isinstance(exc, OSError) and exc.errno is not None:  # the system's error: load says it
+                raise
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ValueError(f"{path} is not a napari-clipsam probe file, or it is damaged ({first}); "
                              "train the probe again or choose another file") from exc

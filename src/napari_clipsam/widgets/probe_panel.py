@@ -170,15 +170,20 @@ class ProbePanel(PanelBase):
         except FileExistsError:
             self.fail(f"{target.name} exists and is not a probe file; choose another file name")
             return None
-        except OSError as exc:
-            self.fail(f"could not write the probe: {exc}")
+        except OSError as exc:  # "cannot write the probe to <path>: <reason>; <what to check>"
+            self.fail(str(exc))
             return None
         self._written.add(Path(path).resolve())
         self.show_status(f"saved {path.name}")
         return path
 
     def load(self, *_) -> None:
-        if not self.path.value or not (user_path(self.path.value).is_file() or probe_path(self.path.value).is_file()):
+        try:
+            found = bool(self.path.value) and (user_path(self.path.value).is_file()
+                                               or probe_path(self.path.value).is_file())
+        except OSError:  # a name the system refuses (too long): loading says so
+            found = True
+        if not found:
             self.fail("choose an existing probe file first")
             return
         try:
