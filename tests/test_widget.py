@@ -248,9 +248,77 @@ def test_export_dialog_gives_a_typed_name_the_chosen_formats_suffix(qtbot, viewe
         (tmp_path / name).unlink()
     widget.export_button.clicked.emit()
     assert "id 99 (painted by hand) has no class and is exported without one" in widget.status.value
+    # the name typed again: the file is not the one Qt asked about, so the widget asks itself
+    from qtpy.QtWidgets import QMessageBox
+
+    questions, answers = [], [QMessageBox.StandardButton.No, QMessageBox.StandardButton.Yes]
+
+    def question(parent, title, text, *args):
+        questions.append(text)
+        return answers.pop(0)
+
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(question))
     (tmp_path / "cells.png").write_bytes(b"mine")
     widget.export_button.clicked.emit()
-    assert (tmp_path / "cells.png").read_bytes() == b"mine" and "already exists" in widget.error.value
+    assert (tmp_path / "cells.png").read_bytes() == b"mine" and widget.error.value == ""  # declined: kept
+    assert len(questions) == 1 and "cells.png already exists" in questions[0] and "cells.png.json" in questions[0]
+    assert widget.status.value == "export cancelled: cells.png was left as it is"
+    widget.export_button.clicked.emit()  # confirmed: replaced
+    np.testing.assert_array_equal(iio.imread(tmp_path / "cells.png"), viewer.layers["chelsea labels"].data)
+    assert len(questions) == 2 and widget.status.value.startswith("exported cells.png")
+
+
+def test_export_dialog_refuses_a_suffix_it_cannot_write_and_asks_only_what_qt_did_not(qtbot, viewer_widget,
+                                                                                      tmp_path, monkeypatch):
+    """'cells.csv' is refused with the formats (not written as cells.csv.tif); a name with a
+    suffix we write that Qt's dialog confirmed is not asked about again; a dotted name without
+    a file type gets the chosen format's suffix."""
+    import tifffile
+    from napari.utils.notifications import notification_manager
+    from qtpy.QtWidgets import QFileDialog, QMessageBox
+
+    viewer, widget = viewer_widget
+    _run(qtbot, widget, "cat")
+    typed = []
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        staticmethod(lambda *a: (str(tmp_path / typed[-1]), "TIFF (*.tif *.tiff)")))
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(lambda *a: pytest.fail("asked again")))
+    n = len(notification_manager.records)
+    typed.append("cells.csv")
+    widget.export_button.clicked.emit()
+    assert list(tmp_path.iterdir()) == []
+    message = ("cannot export labels as .csv (cells.csv): choose TIFF (.tif), PNG (.png), NumPy (.npy), COCO JSON "
+               "(.json) or OME-Zarr (.ome.zarr) in the dialog, or type the name without a suffix to get the chosen "
+               "format's")
+    assert widget.error.value == message
+    assert [str(r.message) for r in notification_manager.records[n:]] == [f"napari-clipsam: {message}"]
+    with pytest.raises(ValueError, match=r"cannot write labels as '\.csv' .*; use one of \.tif, \.tiff, \.png"):
+        widget.export_labels(tmp_path / "cells.csv")  # the API: a ValueError naming the formats
+    assert list(tmp_path.iterdir()) == []
+    typed.append("cells.tif")
+    (tmp_path / "cells.tif").write_bytes(b"old")  # Qt's dialog asked about this very file: replaced
+    widget.export_button.clicked.emit()
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "cells.tif"), viewer.layers["chelsea labels"].data)
+    typed.append("chelsea v1.2")
+    widget.export_button.clicked.emit()
+    assert (tmp_path / "chelsea v1.2.tif").is_file() and widget.error.value == ""
+
+
+def test_export_before_any_run_says_so_without_opening_the_dialog(qtbot, viewer_widget, monkeypatch):
+    from napari.utils.notifications import notification_manager
+    from qtpy.QtWidgets import QFileDialog
+
+    viewer, widget = viewer_widget
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a: pytest.fail("the dialog opened")))
+    n = len(notification_manager.records)
+    widget.export_button.clicked.emit()
+    said = [str(r.message) for r in notification_manager.records[n:]]
+    assert said == ["napari-clipsam: nothing to export: 'chelsea' has no labels yet. Press Run first, then Export "
+                    "labels…"]
+    assert widget.status.value == "nothing to export: 'chelsea' has no labels yet; press Run first"
+    viewer.layers.clear()  # no image at all
+    widget.export_button.clicked.emit()
+    assert "nothing to export: there are no labels yet" in str(notification_manager.records[-1].message)
 
 
 def test_long_prompts_get_short_distinct_layer_names(qtbot, viewer_widget):

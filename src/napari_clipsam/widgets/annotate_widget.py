@@ -804,8 +804,7 @@ class ClipSamWidget(AnnotateForm):
         editor = None
         if labels_layer is None:
             image = self.image.value
-            editor = self.editor_for(image) if image is not None else next(
-                (e for e in reversed(self.editors) if e.layers_alive()), None)
+            editor = self._editor_to_export()
             if editor is None:
                 what = f"for '{image.name}'" if image is not None else "yet"
                 raise ValueError(f"no labels {what} to export: run on it first, or pass the labels layer, "
@@ -823,6 +822,14 @@ class ClipSamWidget(AnnotateForm):
                             image=self._ome_image(editor, path), overwrite=overwrite,
                             metadata={"layer": labels_layer.name, "plugin": "napari-clipsam"})
 
+    def _editor_to_export(self):
+        """The editor whose labels Export labels… writes: the chosen image's, or with no image
+        chosen the last run's still in the viewer; None when there are none."""
+        image = self.image.value
+        if image is not None:
+            return self.editor_for(image)
+        return next((e for e in reversed(self.editors) if e.layers_alive()), None)
+
     @staticmethod
     def _ome_image(editor, path):
         """OME-Zarr exports carry the image itself, RGB(A) included (``write_labels`` stores its
@@ -832,28 +839,64 @@ class ClipSamWidget(AnnotateForm):
         return np.asarray(editor.image_layer.data[0] if editor.image_layer.multiscale else editor.image_layer.data)
 
     def _export_dialog(self) -> None:
-        from qtpy.QtWidgets import QFileDialog
+        import re
 
-        from ..core.export import LABEL_SUFFIXES
+        from qtpy.QtWidgets import QFileDialog, QMessageBox
+
+        from ..core.export import LABEL_SUFFIXES, sidecar_path
 
         image = self.image.value
+        if self.closed:
+            return
+        if self._editor_to_export() is None:  # said before the dialog, not after the user chose a file
+            what = f"'{image.name}' has no labels yet" if image is not None else "there are no labels yet"
+            self.show_status(f"nothing to export: {what}; press Run first")
+            show_info(f"napari-clipsam: nothing to export: {what}. Press Run first, then Export labels…")
+            return
         start = f"{image.name} labels.tif" if image is not None else "labels.tif"
-        # Qt's save dialog asks before replacing an existing file: its answer is the overwrite choice
+        # Qt's save dialog asks before replacing the file it returns
         path, chosen = QFileDialog.getSaveFileName(self.native, "Export labels", start, ";;".join(EXPORT_FILTERS))
         if not path:
             return
-        added = not path.lower().endswith(LABEL_SUFFIXES)
-        if added:  # a name typed without a suffix: the chosen filter's (Qt did not ask about that file)
-            path += EXPORT_FILTERS.get(chosen, ".tif")
+        name = Path(path).name
+        if not name.lower().endswith(LABEL_SUFFIXES):
+            suffix = Path(path).suffix
+            if re.fullmatch(r"\.(?=[0-9]*[A-Za-z])[A-Za-z0-9]{1,5}", suffix):  # a file type (.csv), not '... v1.2'
+                self._export_failed(f"cannot export labels as {suffix} ({name}): choose TIFF (.tif), PNG (.png), "
+                                    "NumPy (.npy), COCO JSON (.json) or OME-Zarr (.ome.zarr) in the dialog, or "
+                                    "type the name without a suffix to get the chosen format's")
+                return
+            path += EXPORT_FILTERS.get(chosen, ".tif")  # a name typed without a suffix: the chosen filter's
+            asked = False  # Qt asked about the name typed, not about this file
+        else:
+            asked = _exists(Path(path))
+        final = Path(path)
+        if not asked and (_exists(final) or _exists(sidecar_path(final))):
+            there = final if _exists(final) else sidecar_path(final)
+            into = (" (an OME-Zarr image made elsewhere is not replaced: the labels are added to it)"
+                    if final.is_dir() else "")
+            answer = QMessageBox.question(
+                self.native, "Replace export?",
+                f"{there.name} already exists in {there.parent}.\nReplace {final.name} and its sidecar "
+                f"{sidecar_path(final).name}{into}?", QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                QMessageBox.StandardButton.No)
+            if answer != QMessageBox.StandardButton.Yes:
+                self.show_status(f"export cancelled: {there.name} was left as it is")
+                return
         try:
-            written = self.export_labels(path, overwrite=not added)
+            written = self.export_labels(path, overwrite=True)
         except (ValueError, OSError) as exc:
-            self.show_error(f"export failed: {str(exc).splitlines()[0]}", str(exc))
+            self._export_failed(f"export failed: {str(exc).splitlines()[0]}", str(exc))
             return
         self.clear_error()
         note = self._unclassified_note()
         self.show_status(f"exported {Path(written[0]).name}{note}")
         show_info(f"napari-clipsam: wrote {', '.join(written)}{note}")
+
+    def _export_failed(self, short: str, details: str = "") -> None:
+        self.show_status("export failed: nothing was written")
+        self.show_error(short, details)
+        notify_error(f"napari-clipsam: {short}")
 
     def _unclassified_note(self) -> str:
         """'; ids 99, 100 have no class ...' for the exported labels' ids that no class names
@@ -882,6 +925,15 @@ class ClipSamWidget(AnnotateForm):
 #: the export dialog's filters and the suffix each gives a name typed without one
 EXPORT_FILTERS = {"TIFF (*.tif *.tiff)": ".tif", "PNG (*.png)": ".png", "NumPy (*.npy)": ".npy",
                   "COCO JSON (*.json)": ".json", "OME-Zarr (*.ome.zarr *.zarr)": ".ome.zarr"}
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()``, False for a path the system refuses (a name too long): writing it
+    says what is wrong."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 class _ParentWatch(QObject):
