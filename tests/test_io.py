@@ -295,3 +295,26 @@ def test_paths_from_home_are_read_and_written_in_home(tmp_path, labels, monkeypa
 
 def test_a_path_the_system_refuses_is_left_to_other_readers(tmp_path):
     assert cio.get_reader(str(tmp_path / ("a" * 300 + ".tif"))) is None  # not a traceback in napari's open
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("chelsea labels.tif", "chelsea"),  # the name the widget's Export suggests
+    ("coins_labels.ome.zarr", "coins"),  # the batch's
+    ("cells v1.2 labels.npy", "cells v1.2"),  # dots in the name stay
+    ("my labels of cells.png", "my labels of cells"),  # only a trailing ' labels' is the layer's own
+    ("labels.json", ""),
+])
+def test_reopened_exports_get_back_the_names_their_layers_had(tmp_path, labels, name, expected):
+    """An export of '<image> labels' reopens as '<image> labels' and '<image> points' (not
+    '<image> labels labels'); opening it beside the layers it came from, napari keeps every
+    name unique."""
+    from napari.components import ViewerModel
+
+    write_labels(tmp_path / name, labels, classes=CLASSES, provenance={"points": POINTS})
+    want = [f"{expected} labels".strip(), f"{expected} points".strip()]
+    viewer = ViewerModel()
+    added = viewer.open(str(tmp_path / name), plugin="napari-clipsam")
+    assert [layer.name for layer in added] == want
+    again = viewer.open(str(tmp_path / name), plugin="napari-clipsam")  # the same names are taken now
+    assert [layer.name for layer in again] == [f"{w} [1]" for w in want]
+    assert len({layer.name for layer in viewer.layers}) == 4

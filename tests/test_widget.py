@@ -220,6 +220,12 @@ def test_exports_carry_the_final_points_and_reopen_with_them(qtbot, viewer_widge
             np.testing.assert_array_equal(back.features[column].to_numpy(), pts.features[column].to_numpy())
         assert back.features["prompt"].astype(str).tolist() == pts.features["prompt"].astype(str).tolist()
         assert viewer.layers[f"{stem} labels"].metadata["provenance"]["method"] == "gem"
+    # the name Export suggests: its layers come back with the names they had (napari numbers
+    # them, as the originals are still open)
+    widget.export_labels(tmp_path / "chelsea labels.tif")
+    added = viewer.open(str(tmp_path / "chelsea labels.tif"), plugin="napari-clipsam")
+    assert [layer.name for layer in added] == ["chelsea labels [1]", "chelsea points [1]"]
+    np.testing.assert_array_equal(added[0].data, labels.data)
 
 
 def test_export_dialog_gives_a_typed_name_the_chosen_formats_suffix(qtbot, viewer_widget, tmp_path, monkeypatch):

@@ -206,17 +206,35 @@ def read_export(path) -> list[tuple]:
         return [(pts, {"name": p.stem, "features": feats, "face_color": colors}, "points")]
     exp = read_labels(p)
     labels = exp.labels
-    stem = Path(exp.path).name.split(".")[0]
+    stem = layer_stem(exp.path)
     ids = [int(i) for i in np.unique(labels) if i != 0]
     features = features_table(exp.classes, exp.scores, ids=sorted(set(ids) | set(exp.classes)), background=True)
     meta = {"classes": dict(exp.classes), "scores": dict(exp.scores), "provenance": exp.provenance,
             "source_file": exp.path}
-    layers = [(labels, {"name": f"{stem} labels", "features": features, "metadata": meta}, "labels")]
+    layers = [(labels, {"name": f"{stem} labels".strip(), "features": features, "metadata": meta}, "labels")]
     if exp.points:
-        pl = _points_layer(exp.points, f"{stem} points", labels.ndim, exp.path)
+        pl = _points_layer(exp.points, f"{stem} points".strip(), labels.ndim, exp.path)
         if pl is not None:
             layers.append(pl)
     return layers
+
+
+def layer_stem(path) -> str:
+    """The name an export's layers are named after: the file's name without its format's
+    suffix and without a trailing ' labels' / '_labels' (the widget suggests '<image>
+    labels.tif', the batch writes '<image>_labels.tif'), so that reading an export back gives
+    '<image> labels' and '<image> points', the names the layers had; '' for 'labels.tif'."""
+    from .core.export import LABEL_SUFFIXES
+
+    name = Path(path).name
+    for suffix in sorted(LABEL_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            name = name[:-len(suffix)]
+            break
+    for tail in (" labels", "_labels"):
+        if name.endswith(tail):
+            return name[:-len(tail)]
+    return "" if name == "labels" else name
 
 
 def pd_categorical(values):
