@@ -247,3 +247,23 @@ def test_a_bad_slice_of_an_all_slices_run_is_named(qtbot, docked):
     assert [layer.name for layer in viewer.layers] == ["stack"]
     assert widget.error.value.startswith("slice 2/3 (axis 0 = 1): "), widget.error.value
     assert "NaN" in widget.error.value
+
+
+def test_an_export_while_an_edit_is_being_decoded_is_refused_not_half_written(qtbot, run_widget, tmp_path):
+    """The file held the labels before the edit while its sidecar described the edited points
+    (a provenance that contradicts its own file). Refused until the masks are updated."""
+    from napari_clipsam.core.export import read_labels
+
+    viewer, widget = run_widget
+    pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
+    moved = pts.data.copy()
+    moved[0] = [250.0, 400.0]
+    pts.data = moved
+    assert widget.is_busy
+    with pytest.raises(ValueError, match="being updated after an edit"):
+        widget.export_labels(tmp_path / "race.tif")
+    assert not (tmp_path / "race.tif").exists()
+    idle(qtbot, widget)
+    widget.export_labels(tmp_path / "race.tif")
+    back = read_labels(tmp_path / "race.tif")
+    np.testing.assert_array_equal(back.labels, labels.data)

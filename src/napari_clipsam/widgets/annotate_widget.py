@@ -815,6 +815,9 @@ class ClipSamWidget(AnnotateForm):
         if not isinstance(labels_layer, Labels):
             raise ValueError(f"'{getattr(labels_layer, 'name', labels_layer)}' is not a labels layer "
                              f"(it is a {type(labels_layer).__name__}); pass a labels layer or its name")
+        if editor is not None and editor.busy:  # the file would miss the edit, its sidecar describe it
+            raise ValueError(f"the masks of '{editor.image_layer.name}' are being updated after an edit: export "
+                             "once the status says 'updated' (from a script: when widget.is_busy is False)")
         data = np.asarray(labels_layer.data)
         classes, scores = classes_from_features(labels_layer.features, labels_layer.metadata.get("classes", {}))
         prov = provenance(editor, data, classes, scores) if editor is not None else None
