@@ -171,3 +171,30 @@ def test_a_session_decodes_through_its_cache(image):
         assert np.array_equal(mask, masks[0]) and score == float(scores[0])
     assert session.backend.decoder_cache.hits >= 1
     assert "predict_masks" not in vars(sam.mask_decoder)
+
+
+def test_the_upscaling_as_matrix_products_is_the_modules_result(predictor, image, monkeypatch):
+    """The two transposed convolutions run as matrix products only where a check on this
+    device found them bit-exact; forced on, the reordering must still give the modules' result
+    (to rounding), so the check is all that stands between the two."""
+    from napari_clipsam.core import sam_decoder
+
+    predictor.set_image(image)
+    cache = DecoderCache()
+    prompt = PROMPTS[1]
+    expected = outputs(predictor, prompt)
+    assert_identical(outputs(predictor, prompt, cache), expected)
+    assert cache._deconv is not None  # the check ran (its answer is the device's)
+    monkeypatch.setattr(DecoderCache, "deconv_exact", lambda *a, **k: True)
+    forced = outputs(predictor, prompt, DecoderCache())
+    for f, e in zip(forced, expected):
+        np.testing.assert_allclose(f, e, rtol=1e-5, atol=1e-5 * np.abs(e).max())
+    conv = torch.nn.ConvTranspose2d(4, 3, 3, stride=2)  # not a 2 x 2 block per pixel: never a product
+    assert not sam_decoder._is_pixel_shuffle_conv(conv)
+    pixel = torch.nn.ConvTranspose2d(4, 3, 2, stride=2)
+    rows = torch.randn(6 * 5, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(sam_decoder._deconv_rows(pixel, rows, 6, 5),
+                                   pixel(rows.T.reshape(1, 4, 6, 5)))
+        x = torch.randn(1, 4, 6, 5)
+        torch.testing.assert_close(sam_decoder._deconv_channels_first(pixel, x), pixel(x))

@@ -84,12 +84,33 @@ class DecoderCache:
     def __init__(self):
         self.entry: dict | None = None
         self.dense_pe: tuple | None = None  # (key, the prompt encoder's get_dense_pe())
+        self._deconv: tuple | None = None  # (key, whether the matrix-product upscaling is bit-exact here)
         self.hits = 0
         self.misses = 0
 
     def clear(self) -> None:
         self.entry = None
         self.dense_pe = None
+        self._deconv = None
+
+    def deconv_exact(self, decoder, dc1, dc2, chw: tuple, device, dtype) -> bool:
+        """Whether ``_deconv_rows``/``_deconv_channels_first`` give exactly what ``dc1``/``dc2``
+        give on this device and dtype: tried once on random inputs of the real sizes (for
+        these weights), since only the matrix-product kernels' summation order decides it."""
+        key = (decoder, tuple(_tensor_id(t) for m in (dc1, dc2) for t in (m.weight, m.bias)), chw, device, dtype)
+        if self._deconv is not None and self._deconv[0] == key:
+            return self._deconv[1]
+        ok = _is_pixel_shuffle_conv(dc1) and _is_pixel_shuffle_conv(dc2)
+        if ok:
+            c, h, w = chw
+            g = torch.Generator().manual_seed(0)
+            rows = torch.randn(h * w, dc1.in_channels, generator=g).to(device, dtype)
+            mid = torch.randn(1, dc2.in_channels, 2 * h, 2 * w, generator=g).to(device, dtype)
+            image = rows.view(1, h * w, dc1.in_channels).transpose(1, 2).view(1, dc1.in_channels, h, w)
+            ok = (dc1.in_channels == c and torch.equal(_deconv_rows(dc1, rows, h, w), dc1(image))
+                  and torch.equal(_deconv_channels_first(dc2, mid), dc2(mid)))
+        self._deconv = (key, ok)
+        return ok
 
     def get_dense_pe(self, prompt_encoder) -> torch.Tensor:
         """``prompt_encoder.get_dense_pe()``, the same tensor while its inputs are unchanged
@@ -178,6 +199,52 @@ def _transformer(transformer, family: str, side: dict, tokens):
     return transformer.norm_final_attn(queries), keys
 
 
+def _is_pixel_shuffle_conv(m) -> bool:
+    """A transposed convolution whose 2 x 2 kernel moves by 2: each input pixel makes its own
+    2 x 2 output block, so it is one matrix product (and a reordering)."""
+    return (isinstance(m, torch.nn.ConvTranspose2d) and tuple(m.kernel_size) == (2, 2) and tuple(m.stride) == (2, 2)
+            and tuple(m.padding) == (0, 0) and tuple(m.output_padding) == (0, 0) and tuple(m.dilation) == (1, 1)
+            and m.groups == 1 and m.bias is not None and m.padding_mode == "zeros")
+
+
+def _deconv_rows(conv, rows: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``conv`` (``_is_pixel_shuffle_conv``) of the (h * w, C_in) row-major image ``rows``, as the
+    (1, C_out, 2h, 2w) contiguous tensor the module gives."""
+    cin, cout = conv.weight.shape[:2]
+    y = (rows @ conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)).view(h, w, 2, 2, cout) + conv.bias
+    return y.permute(4, 0, 2, 1, 3).reshape(1, cout, 2 * h, 2 * w)
+
+
+def _deconv_channels_first(conv, x: torch.Tensor) -> torch.Tensor:
+    """``conv`` of a contiguous (1, C_in, h, w) tensor, as the module gives it."""
+    _, cin, h, w = x.shape
+    cout = conv.weight.shape[1]
+    y = (conv.weight.permute(2, 3, 1, 0).reshape(4 * cout, cin) @ x.view(cin, h * w)).view(2, 2, cout, h, w)
+    y = y + conv.bias.view(1, 1, cout, 1, 1)
+    return y.permute(2, 3, 0, 4, 1).reshape(1, cout, 2 * h, 2 * w)
+
+
+def _upscale(decoder, family: str, cache: DecoderCache, keys, shape, high_res):
+    """The library's mask upscaling of the transformer's image tokens ``keys`` (1, N, C). Its
+    two transposed convolutions run as matrix products where that gives the same bits on this
+    device (``DecoderCache.deconv_exact`` checks once per decoder and weights; the convolution
+    copies its input, strided here, and is slower than the product on a CPU)."""
+    b, c, h, w = shape
+    src = keys.transpose(1, 2).view(b, c, h, w)
+    dc1, ln1, act1, dc2, act2 = decoder.output_upscaling
+    hr = family == "sam2" and decoder.use_high_res_features
+    exact = b == 1 and cache.deconv_exact(decoder, dc1, dc2, (c, h, w), keys.device, keys.dtype)
+    x = _deconv_rows(dc1, keys[0], h, w) if exact else dc1(src)
+    if hr:
+        feat_s0, feat_s1 = high_res
+        x = x + feat_s1
+    x = act1(ln1(x))
+    x = _deconv_channels_first(dc2, x) if exact and x.is_contiguous() else dc2(x)
+    if hr:
+        x = x + feat_s0
+    return act2(x)
+
+
 def _applies(decoder, classes, image_embeddings, sparse, kwargs) -> bool:
     family, two_way, block, attention = classes
     t = decoder.transformer
@@ -194,7 +261,11 @@ def _applies(decoder, classes, image_embeddings, sparse, kwargs) -> bool:
         return False
     if family == "sam2" and set(kwargs) - {"repeat_image", "high_res_features"}:
         return False
-    return True
+    if family == "sam2" and decoder.use_high_res_features and not kwargs.get("high_res_features"):
+        return False
+    up = decoder.output_upscaling
+    return isinstance(up, torch.nn.Sequential) and len(up) == 5 and all(
+        isinstance(up[i], torch.nn.ConvTranspose2d) for i in (0, 3))
 
 
 def _fast_predict_masks(decoder, cache: DecoderCache, classes, image_embeddings, image_pe,
@@ -217,14 +288,7 @@ def _fast_predict_masks(decoder, cache: DecoderCache, classes, image_embeddings,
     iou_token_out = hs[:, s, :]
     mask_tokens_out = hs[:, s + 1: (s + 1 + decoder.num_mask_tokens), :]
 
-    src = src.transpose(1, 2).view(b, c, h, w)
-    if family == "sam2" and decoder.use_high_res_features:
-        dc1, ln1, act1, dc2, act2 = decoder.output_upscaling
-        feat_s0, feat_s1 = kwargs.get("high_res_features")
-        upscaled = act1(ln1(dc1(src) + feat_s1))
-        upscaled = act2(dc2(upscaled) + feat_s0)
-    else:
-        upscaled = decoder.output_upscaling(src)
+    upscaled = _upscale(decoder, family, cache, src, (b, c, h, w), kwargs.get("high_res_features"))
     hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :])
                             for i in range(decoder.num_mask_tokens)], dim=1)
     b, c, h, w = upscaled.shape
