@@ -175,8 +175,8 @@ def _describe_keys(keys, n: int = 3) -> str:
 def _unreadable(path: Path, exc: BaseException, expected: str) -> WeightsError:
     """The file could not be read as a checkpoint at all (torch/safetensors/zip failure)."""
     return WeightsError(
-        f"{path.name} is not a readable {expected}: the file may be truncated or not a checkpoint, download it "
-        f"again. File {path}; {type(exc).__name__}: {str(exc).strip()[:200]}"
+        f"{path.name} is not a readable {expected.split(' (')[0]}: download it again (it may be truncated, or not "
+        f"a checkpoint). File {path}, expected a {expected}; {type(exc).__name__}: {str(exc).strip()[:200]}"
     )
 
 
