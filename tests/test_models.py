@@ -132,6 +132,28 @@ def test_load_sam_truncated(tiny_kind, sam_file, tmp_path):
     assert first.startswith("cut.pth is not a readable SAM tiny checkpoint: download it again")  # what to do, first
 
 
+class _NotATensor:  # a pickled object torch's weights-only loader refuses
+    pass
+
+
+def test_a_web_page_a_folder_or_a_pickle_of_objects_given_as_a_checkpoint_say_what_they_are(tiny_kind, tiny_clip,
+                                                                                          tmp_path):
+    page = tmp_path / "sam_vit_b.pth"
+    page.write_text("<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>...</body></html>")
+    with pytest.raises(WeightsError, match=r"^sam_vit_b.pth is a web page \(HTML\), not a SAM tiny checkpoint: "
+                                           "download the file itself"):
+        models.load_sam(tiny_kind, page, device="cpu")
+    for load in (lambda p: models.load_sam(tiny_kind, p, device="cpu"),
+                 lambda p: models.load_clip(tiny_clip[0], p, device="cpu")):
+        with pytest.raises(WeightsError, match="is a folder: choose the checkpoint file inside it"):
+            load(tmp_path)
+    objects = tmp_path / "objects.pth"
+    torch.save({"model": _NotATensor()}, objects)
+    with pytest.raises(WeightsError) as err:
+        models.load_sam(tiny_kind, objects, device="cpu")
+    assert "refused to unpickle" in str(err.value) and "weights_only" not in str(err.value)  # no unsafe advice
+
+
 def test_load_sam_not_a_checkpoint(tiny_kind, tmp_path):
     bad = tmp_path / "notes.pth"
     bad.write_text("these are not weights\n")
@@ -285,6 +307,29 @@ def test_load_clip_matches_reference_features(clip_fp32):
     gem = get_localizer("gem", model, tok)
     got = gem.text_features(list(z["meta/prompts"])).numpy()
     assert np.abs(got - z["gem/text_features"]).max() < 1e-5
+
+
+def test_another_clip_file_suggests_models_of_both_its_towers_plain_names_first(tiny_clip, monkeypatch):
+    """A file matched on its vision tower only named CoCa / Hugging Face text models first
+    (open_clip's list order) and, chosen one of those, said "(..., coca_x, ...), not coca_x"."""
+    import copy
+
+    import open_clip
+
+    name, path = tiny_clip
+    cfg = json.loads((REF / "clip_config.json").read_text())
+    other_text = copy.deepcopy(cfg)
+    other_text["text_cfg"]["width"] = 2 * cfg["text_cfg"]["width"]  # the same vision tower, another text tower
+    variant = copy.deepcopy(cfg)
+    variant["quick_gelu"] = True
+    for key, c in (("aaa_coca-tiny", other_text), ("aab-tiny-variant-quickgelu", variant)):
+        monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, key, c)
+    with pytest.raises(WeightsError, match="another architecture") as err:
+        models.load_clip("aaa_coca-tiny", path, device="cpu")
+    first = str(err.value).split(". ")[0]
+    named = first.split("(")[1].split(")")[0].split(", ")
+    assert named[0] == name and "aaa_coca-tiny" not in named, first  # the plain name first, never the chosen one
+    assert "aab-tiny-variant-quickgelu" in named and "not aaa_coca-tiny" in first
 
 
 def test_load_clip_truncated(tiny_clip, tmp_path):

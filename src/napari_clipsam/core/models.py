@@ -172,11 +172,29 @@ def _describe_keys(keys, n: int = 3) -> str:
     return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
+def _not_a_file(path: Path, what: str) -> WeightsError:
+    if path.is_dir():
+        return WeightsError(f"{what} checkpoint {path} is a folder: choose the checkpoint file inside it")
+    return WeightsError(f"{what} checkpoint file not found: {path}")
+
+
 def _unreadable(path: Path, exc: BaseException, expected: str) -> WeightsError:
     """The file could not be read as a checkpoint at all (torch/safetensors/zip failure)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512).lstrip().lower()
+    except OSError:
+        head = b""
+    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
+        return WeightsError(
+            f"{path.name} is a web page (HTML), not a {expected.split(' (')[0]}: download the file itself (the link "
+            f"may have led to a sign-in or download page). File {path}")
+    reason = str(exc).strip()
+    if "weights only load failed" in reason.lower():  # torch's advice there is to unpickle untrusted code
+        reason = "torch refused to unpickle it: it holds more than tensors, or is not a checkpoint"
     return WeightsError(
         f"{path.name} is not a readable {expected.split(' (')[0]}: download it again (it may be truncated, or not "
-        f"a checkpoint). File {path}, expected a {expected}; {type(exc).__name__}: {str(exc).strip()[:200]}"
+        f"a checkpoint). File {path}, expected a {expected}; {type(exc).__name__}: {reason[:200]}"
     )
 
 
@@ -215,19 +233,37 @@ def _clip_arch(state: dict) -> tuple[str, list[str]] | None:
     grid = int(round((int(pos.shape[0]) - 1) ** 0.5))
     size, embed = grid * patch, int(proj.shape[1])
     found = f"vision width {width}, patch {patch}, {layers} layers, {size} px, embed dim {embed}"
+    tokens, text_pos = state.get("token_embedding.weight"), state.get("positional_embedding")
+    text = None  # (context length, vocabulary, width, layers) of a plain open_clip text tower
+    if hasattr(tokens, "shape") and hasattr(text_pos, "shape") and len(tokens.shape) == 2 and len(text_pos.shape) == 2:
+        text = (int(text_pos.shape[0]), int(tokens.shape[0]), int(tokens.shape[1]),
+                len({k.split(".")[2] for k in state if k.startswith("transformer.resblocks.")}))
     names = []
     try:
         import open_clip
 
         for name in open_clip.list_models():
             cfg = open_clip.get_model_config(name) or {}
-            v = cfg.get("vision_cfg", {})
+            v, t = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
             if (v.get("width"), v.get("patch_size"), v.get("layers"), v.get("image_size"), cfg.get("embed_dim")) \
-                    == (width, patch, layers, size, embed):
-                names.append(name)
+                    != (width, patch, layers, size, embed):
+                continue
+            if text is not None and (t.get("context_length", 77), t.get("vocab_size", 49408), t.get("width"),
+                                     t.get("layers")) != text:
+                continue  # another text tower (CoCa, a Hugging Face text model, ...)
+            names.append(name)
     except Exception:  # noqa: BLE001 - a guess only
         names = []
+    offered = {n for n, _ in _clip_choices()}
+    # the widget's own names first, then plain names before variants (quickgelu, -plus, ...)
+    names.sort(key=lambda n: (n not in offered, n.count("-"), len(n), n))
     return found, names
+
+
+def _clip_choices():
+    from .weights import CLIP_CHOICES
+
+    return CLIP_CHOICES
 
 
 def _mismatch(path: Path, exc: BaseException, name: str, model=None, state: dict | None = None
@@ -242,8 +278,9 @@ def _mismatch(path: Path, exc: BaseException, name: str, model=None, state: dict
         arch = _clip_arch(state)
     if not diff:
         diff = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])[:400]
-    if arch and arch[1]:
-        first = f"{path.name} is a checkpoint for another architecture ({', '.join(arch[1][:3])}), not {name}: " \
+    others = [n for n in arch[1] if n != name] if arch else []
+    if others:
+        first = f"{path.name} is a checkpoint for another architecture ({', '.join(others[:3])}), not {name}: " \
                 "choose that model"
     else:
         first = f"{path.name} is a checkpoint for another architecture, not {name}: choose the model it was made for"
@@ -308,7 +345,7 @@ def load_clip(name: str = "ViT-B-16", pretrained: str | os.PathLike | None = "op
         if isinstance(pretrained, os.PathLike) or _looks_like_path(src):
             path = user_path(src)
             if not path.is_file():
-                raise WeightsError(f"CLIP checkpoint file not found: {path}")
+                raise _not_a_file(path, "CLIP")
         else:
             tag_cfg = open_clip.get_pretrained_cfg(name, src) or {}
             path = fetch(clip_weights(name, src), task=task)
@@ -490,7 +527,7 @@ def load_sam(kind: str = "vit_b", checkpoint: str | os.PathLike | None = None, d
         builder = _sam_builder(kind)
         path = user_path(checkpoint) if checkpoint else fetch_sam_checkpoint(kind, task)
     if not path.is_file():
-        raise WeightsError(f"SAM checkpoint file not found: {path}")
+        raise _not_a_file(path, "SAM")
     expected = f"SAM {kind} checkpoint (a state dict of image_encoder.*, " + \
         ("sam_prompt_encoder.*, sam_mask_decoder.*, ...)" if is_sam2_kind(kind)
          else "prompt_encoder.*, mask_decoder.*)")
