@@ -126,6 +126,31 @@ def test_coco_of_other_tools_polygons(tmp_path):
     assert back.classes == {9: "box"} and back.labels[4, 4] == 9 and back.labels[0, 0] == 0
 
 
+def test_coco_annotations_without_a_usable_mask_are_left_out_and_named(tmp_path):
+    """Detection results (a box, no segmentation), an empty or malformed polygon and an RLE of
+    another size made a whole third-party file unreadable (KeyError, IndexError, 'input type is
+    not supported') or were placed at the top left: the usable ones are read, the others named."""
+    from pycocotools import mask as mask_utils
+
+    small = mask_utils.encode(np.asfortranarray(np.ones((20, 30), np.uint8)))
+    data = {"images": [{"id": 1, "height": 40, "width": 50}], "categories": [{"id": 7, "name": "cell"}],
+            "annotations": [
+                {"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0},
+                {"id": 2, "image_id": 1, "category_id": 7, "segmentation": []},
+                {"id": 3, "image_id": 1, "category_id": 7, "segmentation": [[1, 2, 3]]},
+                {"id": 4, "image_id": 1, "category_id": 7,
+                 "segmentation": {"size": [20, 30], "counts": small["counts"].decode("ascii")}},
+                {"id": 5, "image_id": 1, "category_id": 7, "segmentation": [[10, 10, 20, 10, 20, 20, 10, 20]]}]}
+    (tmp_path / "theirs.json").write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match=r"4 of 5 annotations hold no mask") as caught:
+        back = read_labels(tmp_path / "theirs.json")
+    said = next(str(w.message) for w in caught if "hold no mask" in str(w.message))
+    assert "id 1: a box only" in said and "id 2: an empty or malformed polygon" in said
+    assert "id 3: an empty or malformed polygon" in said and " ..." in said  # the first three named
+    assert back.classes == {5: "cell"} and back.labels[15, 15] == 5
+    assert set(np.unique(back.labels).tolist()) == {0, 5}  # nothing at the top left
+
+
 def test_coco_annotation_ids_that_start_at_0_or_repeat_each_get_a_label(tmp_path):
     square = [[1, 1, 3, 1, 3, 3, 1, 3]]
     data = {"images": [{"id": 1, "height": 12, "width": 12}], "categories": [{"id": 1, "name": "cell"}],

@@ -867,30 +867,70 @@ def _read_coco(path: Path) -> tuple[np.ndarray, dict[int, str], dict[int, float]
         raise ValueError(f"{path} declares an image of {height} x {width} pixels; napari-clipsam reads COCO files of "
                          f"images up to {MAX_COCO_PIXELS:,} pixels")
     labels = np.zeros((height, width), np.int64)
-    names = {c["id"]: c["name"] for c in data["categories"]}
+    names = {c.get("id"): str(c.get("name", "object")) for c in data["categories"] if isinstance(c, dict)}
     classes, scores = {}, {}
+    skipped = []  # (annotation id, why): annotations of other tools' files that hold no usable mask
     for k, ann in enumerate(data["annotations"], start=1):
-        seg = ann["segmentation"]
-        if isinstance(seg, list):  # polygons (other tools' files)
-            rle = mask_utils.merge(mask_utils.frPyObjects(seg, labels.shape[0], labels.shape[1]))
-        elif isinstance(seg.get("counts"), list):  # uncompressed RLE
-            rle = mask_utils.frPyObjects(seg, labels.shape[0], labels.shape[1])
-        else:
-            rle = {"size": seg["size"], "counts": seg["counts"].encode("ascii")}
+        try:
+            rle = _coco_rle(ann, height, width)
+            mask = mask_utils.decode(rle)
+            box = mask_utils.toBbox(rle)
+        except Exception as exc:  # noqa: BLE001 - pycocotools raises bare Exceptions on bad counts
+            why = str(exc) if isinstance(exc, ValueError) else f"an RLE pycocotools cannot read ({exc})"
+            skipped.append((ann.get("id", k) if isinstance(ann, dict) else k, why))
+            continue
         try:
             oid = int(ann.get("id", k))
         except (TypeError, ValueError):
             oid = 0
         if oid <= 0 or oid in classes:  # other tools' ids may start at 0 or repeat: one label per annotation
             oid = max([k, *classes]) + 1 if classes else k
-        mask = mask_utils.decode(rle)
-        c0, r0, w, h = (int(np.floor(v)) for v in mask_utils.toBbox(rle))  # paint within the box only
+        c0, r0, w, h = (int(np.floor(v)) for v in box)  # paint within the box only
         r1, c1 = r0 + h + 1, c0 + w + 1
         labels[r0:r1, c0:c1][mask[r0:r1, c0:c1] != 0] = oid
-        classes[oid] = names.get(ann["category_id"], "object")
+        classes[oid] = names.get(ann.get("category_id"), "object")
         if "score" in ann:
             scores[oid] = float(ann["score"])
+    if skipped:
+        import warnings
+
+        shown = "; ".join(f"id {i}: {why}" for i, why in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
+        warnings.warn(f"{path}: {len(skipped)} of {len(data['annotations'])} annotations hold no mask this reader "
+                      f"can use and were left out ({shown})", stacklevel=4)
     return labels.astype(_smallest_uint(int(labels.max()))), classes, scores
+
+
+def _coco_rle(ann, height: int, width: int) -> dict:
+    """An annotation's mask as pycocotools RLE, or a ValueError saying why it has none (a box
+    only, as detection results are; an empty or malformed polygon; an RLE of another size)."""
+    from pycocotools import mask as mask_utils
+
+    seg = ann.get("segmentation") if isinstance(ann, dict) else None
+    if seg is None:
+        raise ValueError("a box only, no segmentation" if isinstance(ann, dict) and "bbox" in ann
+                         else "no segmentation")
+    if isinstance(seg, list):  # polygons (other tools' files)
+        polygons = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
+        if not polygons or len(polygons) != len(seg):
+            raise ValueError("an empty or malformed polygon (a polygon is x, y pairs, at least 3 points)")
+        try:
+            return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+        except Exception as exc:  # noqa: BLE001 - pycocotools raises bare Exceptions
+            raise ValueError(f"a polygon pycocotools cannot read ({exc})") from None
+    if not isinstance(seg, dict) or "counts" not in seg or "size" not in seg:
+        raise ValueError("a segmentation that is neither polygons nor RLE")
+    try:
+        size = [int(v) for v in seg["size"]]
+    except (TypeError, ValueError):
+        size = None
+    if size != [height, width]:
+        raise ValueError(f"an RLE mask of size {seg['size']}, not the image's {height} x {width}")
+    try:
+        if isinstance(seg["counts"], list):  # uncompressed RLE
+            return mask_utils.frPyObjects(seg, height, width)
+        return {"size": size, "counts": str(seg["counts"]).encode("ascii")}
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"an RLE pycocotools cannot read ({exc})") from None
 
 
 def _find_ome_label(path: Path, label_name: str | None):
