@@ -152,6 +152,13 @@ def test_reader_opens_labels_we_added_to_another_ome_zarr_image(tmp_path, labels
     (data, kwargs, kind), = cio.get_reader(str(store))(str(store))
     np.testing.assert_array_equal(data, labels)
     assert kwargs["metadata"]["classes"] == CLASSES
+    # the store moved without its sidecar (which lies beside it): still ours, by its labels/clipsam
+    moved = tmp_path / "moved" / "img.ome.zarr"
+    moved.parent.mkdir()
+    store.rename(moved)
+    (data, kwargs, kind), = cio.get_reader(str(moved))(str(moved))
+    np.testing.assert_array_equal(data, labels)
+    assert kwargs["metadata"]["classes"] == CLASSES  # the store's own class table
 
 
 def test_reader_opens_the_sidecar_and_coco(tmp_path, labels):

@@ -86,6 +86,21 @@ def write_points_layer(path: str, data, meta: dict) -> list[str]:
 
 
 # ------------------------------------------------------------------ reader
+def _has_our_labels(group: Path) -> bool:
+    """Whether ``group`` is an OME-Zarr labels image (the plugin's ``labels/clipsam``, written
+    into another tool's store: its sidecar lies outside the store and may not have come along)."""
+    for meta in (".zattrs", "zarr.json"):
+        f = group / meta
+        if f.is_file():
+            try:
+                attrs = json.loads(f.read_text())
+            except (OSError, ValueError):
+                return False
+            attrs = attrs.get("attributes", attrs)
+            return "image-label" in attrs.get("ome", attrs)
+    return False
+
+
 def _is_ours(path: Path) -> bool:
     from .core.export import OME_LABEL_NAME, _ome_root_attrs, is_coco, read_sidecar, sidecar_path
 
@@ -100,7 +115,8 @@ def _is_ours(path: Path) -> bool:
     if name.endswith(".zarr"):
         attrs = _ome_root_attrs(path)
         return bool(attrs and attrs.get("napari_clipsam")) or sidecar_path(path).is_file() \
-            or sidecar_path(path, OME_LABEL_NAME).is_file()
+            or sidecar_path(path, OME_LABEL_NAME).is_file() \
+            or (attrs is not None and _has_our_labels(path / "labels" / OME_LABEL_NAME))
     if name.endswith(".json"):
         if read_sidecar(path) is not None:
             return True
