@@ -896,3 +896,31 @@ def test_a_slice_run_after_a_crossing_plane_replaces_that_planes_masks_on_their_
     widget.run()
     idle(qtbot, widget)
     assert "done" in widget.status.value and "hand-painted" not in widget.status.value, widget.status.value
+
+
+def test_after_an_undo_the_status_and_the_labels_features_count_what_it_put_back(qtbot, docked):
+    viewer, widget = docked
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    _run(qtbot, widget, img, "cat")
+    labels, boxes = viewer.layers["chelsea labels"], viewer.layers["chelsea boxes"]
+    boxes.add_rectangles(np.array([[250.0, 380.0], [290.0, 440.0]]))  # a new object of its own
+    idle(qtbot, widget)
+    n = len(np.unique(labels.data)) - 1
+    assert widget.status.value == f"updated: {n} objects"
+    labels.undo()
+    idle(qtbot, widget)
+    shown = set(np.unique(labels.data).tolist()) - {0}
+    assert len(shown) == n - 1 and widget.status.value == f"updated: {n - 1} objects", widget.status.value
+    assert set(labels.features["index"][labels.features["index"] > 0]) == shown
+
+
+def test_a_point_added_on_a_slice_never_run_says_what_it_waits_for(qtbot, docked):
+    viewer, widget = docked
+    img = viewer.add_image(_stack(), name="stack")
+    viewer.dims.set_point(0, 2)
+    _run(qtbot, widget, img, "cat")
+    pts = viewer.layers["stack points"]
+    viewer.dims.set_point(0, 4)
+    pts.add(np.array([[4.0, 60.0, 60.0]]))
+    idle(qtbot, widget)
+    assert widget.status.value.startswith("this slice has not been annotated yet"), widget.status.value

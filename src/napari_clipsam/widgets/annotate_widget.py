@@ -122,7 +122,7 @@ class ClipSamWidget(AnnotateForm):
             points = kept.layer("points", self.viewer)
             editor = LiveEditor(self.viewer, image, points, labels, kept.layer("boxes", self.viewer), kept.state,
                                 self.sam_queue, kept.pixels or (lambda plane, lay=image: plane_rgb(lay, plane, [])),
-                                on_applied=self._after_edit, on_error=self._edit_failed,
+                                on_applied=self._after_edit, on_error=self._edit_failed, on_note=self.show_status,
                                 displayed=lambda lay=image: displayed_plane(self.viewer, lay), history=kept.history)
             editor.record = kept.record
             editor.session_opener = self._session_opener
@@ -549,7 +549,7 @@ class ClipSamWidget(AnnotateForm):
                             ann.hand_over()
                 state = state or ImageAnnotation(shape, session)
                 editor = LiveEditor(self.viewer, image_layer, points, labels, boxes, state, self.sam_queue, pixels,
-                                    on_applied=self._after_edit, on_error=self._edit_failed,
+                                    on_applied=self._after_edit, on_error=self._edit_failed, on_note=self.show_status,
                                     displayed=lambda lay=image_layer: displayed_plane(self.viewer, lay),
                                     history=kept.history if kept is not None else None)
                 self.editors.append(editor)

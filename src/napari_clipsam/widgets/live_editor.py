@@ -44,7 +44,7 @@ class LiveEditor:
     def __init__(self, viewer, image_layer, points_layer, labels_layer, boxes_layer, state: ImageAnnotation,
                  queue: SamQueue, pixels: Callable, *, on_applied: Callable[[LiveEditor], None],
                  on_error: Callable[[str, str], None], displayed: Callable[[], object],
-                 history: dict | None = None):
+                 history: dict | None = None, on_note: Callable[[str], None] | None = None):
         self.viewer = viewer
         self.image_layer = image_layer
         self.points_layer = points_layer
@@ -55,6 +55,7 @@ class LiveEditor:
         self.pixels = pixels  # Plane -> RGB uint8 of the image layer's plane, as now shown
         self.on_applied = on_applied
         self.on_error = on_error
+        self.on_note = on_note  # a status line for the user (not an error)
         self.displayed = displayed  # () -> the Plane the viewer shows now
         self.sticky_object: int | None = None  # "New object": added points join this object
         self.requested_candidates: dict[int, int] = {}  # "Next mask": object id -> candidate
@@ -274,6 +275,7 @@ class LiveEditor:
         data = self.labels_layer.data
         for ann, region in self._regions(box):
             ann.adopt(ann.plane.take(data), region)
+        self.on_applied(self)  # the labels' features and the status follow what the undo put back
 
     def _on_pixels(self, _event=None) -> None:
         self.state.pixels_changed = True
@@ -333,6 +335,9 @@ class LiveEditor:
         feats = layer.features.copy()
         ndim = len(self.state.shape)
         ann = self._shown_annotation()
+        if ann is None and self.on_note is not None:
+            self.on_note("this slice has not been annotated yet: points added here get masks once it is; press "
+                         "Run on it (Run keeps a hidden copy of points it replaces)")
         for i in indices:
             if i >= len(layer.data):
                 continue
