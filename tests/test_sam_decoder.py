@@ -159,6 +159,27 @@ def test_what_it_does_not_know_runs_the_library_unchanged(image):
             assert cache.hits + cache.misses == hits
 
 
+def test_inference_mode_and_autocast_run_the_library_unchanged(image):
+    """Inference tensors keep no version counter (reading it raised), and under autocast the
+    cached projections would have had another dtype (the next plain call mixed bf16 and fp32)."""
+    sam = sam1()
+    predictor = SamPredictor(sam)
+    cache = DecoderCache()
+    xy, labels, _, _ = PROMPTS[1]
+    with torch.inference_mode():
+        predictor.set_image(image)
+        want = predictor.predict(xy, labels, multimask_output=False, return_logits=True)
+        with cached_decoding(sam, cache):
+            got = predictor.predict(xy, labels, multimask_output=False, return_logits=True)
+    assert_identical(got, want)
+    predictor.set_image(image)
+    coords = torch.as_tensor(predictor.transform.apply_coords(xy, predictor.original_size), dtype=torch.float)
+    with cached_decoding(sam, cache), torch.autocast("cpu", dtype=torch.bfloat16):
+        predictor.predict_torch(coords[None], torch.as_tensor(labels)[None], multimask_output=False)
+    assert cache.hits + cache.misses == 0
+    assert_identical(outputs(predictor, PROMPTS[1], cache), outputs(predictor, PROMPTS[1]))
+
+
 def test_a_session_decodes_through_its_cache(image):
     sam = sam1()
     session = SamSession(sam)

@@ -17,9 +17,12 @@ same two-way transformer) redo, on every point edit, work that depends only on t
 block, and its prompt encoder's ``get_dense_pe()`` compute its (constant) encoding once.
 Everything else is the library's own modules and operations, in the same order and on the
 same memory layouts: the masks and scores are bit-for-bit the library's (the tests compare
-with ``torch.equal``), so this is always on, unlike ``sam_speed``'s encoder. Anything it
-does not know (a batch of prompt sets, a mask prompt that changes, gradients, training mode,
-subclassed modules) runs the library's own ``predict_masks`` unchanged.
+with ``torch.equal``), so this is always on, unlike ``sam_speed``'s encoder. A mask prompt's
+dense embedding is part of the key (another mask prompt is another entry). Anything it does
+not know (a batch of prompt sets, gradients, inference mode, autocast, training mode,
+subclassed modules) runs the library's own ``predict_masks`` unchanged. The key sees in-place
+changes through the version counters that torch keeps (``load_state_dict``, ``mul_``, a new
+``set_image``), not writes through a tensor's ``.data``, which bypass them.
 """
 
 from __future__ import annotations
@@ -115,6 +118,10 @@ class DecoderCache:
     def get_dense_pe(self, prompt_encoder) -> torch.Tensor:
         """``prompt_encoder.get_dense_pe()``, the same tensor while its inputs are unchanged
         (it depends only on the positional encoding's matrix and the embedding size)."""
+        matrix = prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+        if torch.is_inference_mode_enabled() or torch.is_autocast_enabled(matrix.device.type):
+            # an inference tensor could not be keyed later; autocast computes it in another precision
+            return type(prompt_encoder).get_dense_pe(prompt_encoder)
         key = (prompt_encoder, _tensor_id(prompt_encoder.pe_layer.positional_encoding_gaussian_matrix),
                tuple(prompt_encoder.image_embedding_size))
         if self.dense_pe is None or self.dense_pe[0] != key:
@@ -249,6 +256,11 @@ def _applies(decoder, classes, image_embeddings, sparse, kwargs) -> bool:
     family, two_way, block, attention = classes
     t = decoder.transformer
     if torch.is_grad_enabled() or decoder.training or type(t) is not two_way or not len(t.layers):
+        return False
+    # inference tensors keep no version counter (the cache's key), and autocast changes the
+    # dtypes the cached projections would have: the library's own code then
+    if torch.is_inference_mode_enabled() or image_embeddings.is_inference() or sparse.is_inference() \
+            or torch.is_autocast_enabled(image_embeddings.device.type):
         return False
     if image_embeddings.shape[0] != 1 or sparse.shape[0] != 1 or image_embeddings.dim() != 4:
         return False
