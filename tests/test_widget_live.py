@@ -5,6 +5,7 @@ widget's own objects or session."""
 import threading
 
 import numpy as np
+import torch
 from skimage import data
 
 from sam_oracle import Oracle, expected_labels, object_prompts
@@ -924,3 +925,72 @@ def test_a_point_added_on_a_slice_never_run_says_what_it_waits_for(qtbot, docked
     pts.add(np.array([[4.0, 60.0, 60.0]]))
     idle(qtbot, widget)
     assert widget.status.value.startswith("this slice has not been annotated yet"), widget.status.value
+
+
+def test_a_background_point_takes_a_prompt_of_its_slice_not_the_last_runs_of_another(qtbot, docked):
+    """The points layer's default prompt is the last run's ('sofa', on another slice): a point
+    added on the background of the 'cat' slice got it, and every mask update was refused."""
+    viewer, widget = docked
+    img = viewer.add_image(_stack(), name="stack")
+    viewer.dims.set_point(0, 4)
+    _run(qtbot, widget, img, "sofa")
+    viewer.dims.set_point(0, 2)
+    _run(qtbot, widget, img, "cat")
+    pts, labels = viewer.layers["stack points"], viewer.layers["stack labels"]
+    defaults = pts.feature_defaults.copy()
+    defaults["prompt"] = "sofa"  # as after a run whose first positive point is on the 'sofa' slice
+    pts.feature_defaults = defaults
+    row, col = np.argwhere(labels.data[2] == 0)[0]
+    pts.add(np.array([[2.0, row, col]], float))
+    idle(qtbot, widget)
+    assert widget.error.value == "" and pts.features["prompt"].iloc[-1] == "cat"
+    assert widget.status.value.startswith("updated:"), widget.status.value
+
+
+def test_a_reopened_widget_decodes_with_the_sam_its_run_recorded(qtbot, docked, models, tmp_path, monkeypatch):
+    """The recorded kind and checkpoint file, not what the SAM boxes of the new widget say."""
+    viewer, widget = docked
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    mine = tmp_path / "my_sam.pth"
+    torch.save(models[1].state_dict(), mine)
+    widget.models.given.pop("sam")  # the run loads SAM by kind and file, as a user's does
+    monkeypatch.setattr(widget.models, "sam", lambda kind, path=None, task=None: models[1])
+    monkeypatch.setattr(widget.models, "check_offline", lambda *a, **k: None)
+    widget.sam_model.value, widget.sam_file.value = "vit_b", mine
+    _run(qtbot, widget, img, "cat")
+    assert widget.editors[0].record["sam"]["checkpoint"] == str(mine)
+    viewer.window.remove_dock_widget(widget.native)
+    _, fresh = viewer.window.add_plugin_dock_widget("napari-clipsam", "Annotate from words")
+    fresh.use_models(clip=models[0])
+    asked = []
+    monkeypatch.setattr(fresh.models, "sam", lambda kind, path=None, task=None: asked.append((kind, path))
+                        or models[1])
+    fresh.sam_file.value = None  # what the new widget's boxes say now does not matter
+    _move_first_positive(viewer.layers["chelsea points"], (60, 80))
+    idle(qtbot, fresh)
+    assert asked and asked[0] == ("vit_b", str(mine)), asked
+    assert fresh.status.value.startswith("updated:")
+
+
+def test_points_edited_before_the_close_or_while_closed_are_kept_by_the_reopened_widgets_rerun(
+        qtbot, docked, models):
+    viewer, widget = docked
+    img = viewer.add_image(data.chelsea(), name="chelsea")
+    _run(qtbot, widget, img, "cat")
+    pts = viewer.layers["chelsea points"]
+    _move_first_positive(pts, (40, 60))  # edited before the close
+    idle(qtbot, widget)
+    viewer.window.remove_dock_widget(widget.native)
+    fresh = None
+    for edits_while_closed in (False, True):
+        if edits_while_closed:  # the first reopened widget closes again; moved while none is open
+            viewer.window.remove_dock_widget(fresh.native)
+            _move_first_positive(pts, (70, 90))
+        _, fresh = viewer.window.add_plugin_dock_widget("napari-clipsam", "Annotate from words")
+        fresh.use_models(clip=models[0], sam=models[1])
+        edited = np.array(pts.data, copy=True)
+        assert fresh.prompts.value == "cat"  # the run's prompts, as the closed widget had them
+        fresh.run()  # no edit since the reopening
+        idle(qtbot, fresh)
+        kept = [lay for lay in viewer.layers if lay.name.startswith("chelsea points (as you edited them)")]
+        np.testing.assert_array_equal(kept[-1].data, edited)

@@ -9,6 +9,7 @@ cancelled or failed run leaves the viewer as it was. Each annotated image gets a
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -125,10 +126,16 @@ class ClipSamWidget(AnnotateForm):
                                 on_applied=self._after_edit, on_error=self._edit_failed, on_note=self.show_status,
                                 displayed=lambda lay=image: displayed_plane(self.viewer, lay), history=kept.history)
             editor.record = kept.record
-            editor.session_opener = self._session_opener
-            kind = ((kept.record or {}).get("sam") or {}).get("kind")
-            if kind in self.sam_model.choices:  # the SAM its masks came from, not this widget's default
-                self.sam_model.value = kind
+            editor.user_edits = kept.edits(self.viewer)  # a re-run keeps a copy of them
+            if kept.state.planes and not self.prompts.value.strip():  # the last run's prompts, as it had them
+                self.prompts.value = "\n".join(max(kept.state.planes.values(), key=lambda a: a.generation).prompts)
+            sam = (kept.record or {}).get("sam") or {}
+            if sam.get("kind") in self.sam_model.choices:  # the SAM its masks came from, not this widget's default
+                self.sam_model.value = sam["kind"]
+            # edits decode with the SAM the run recorded (kind and checkpoint file), whatever the boxes say now
+            recorded = sam.get("kind") not in (None, "given by script")  # a script's model: use_models again
+            editor.session_opener = functools.partial(self._session_opener, sam["kind"], sam.get("checkpoint")) \
+                if recorded else self._session_opener
             self.editors.append(editor)
             self._bind_keys(points)
             names.append(f"'{image.name}'")
@@ -136,13 +143,16 @@ class ClipSamWidget(AnnotateForm):
             self.show_status(f"went on with {', '.join(names)} from the closed widget: edit the points as before "
                              "(SAM loads at the first edit)")
 
-    def _session_opener(self):
-        """The function that opens a SAM session with the model now chosen (run in a worker)."""
-        kind, path = self.sam_model.value, self.sam_file.value
+    def _session_opener(self, kind=None, path=None):
+        """The function that opens a SAM session (run in a worker): of ``kind`` and checkpoint
+        ``path`` (default: the model now chosen), or the model a script gave."""
+        if kind is None:
+            kind, path = self.sam_model.value, self.sam_file.value
+        in_use = [e.state.session for e in self.editors]  # read here, on the GUI thread
 
         def open_session():
-            sam = self.models.sam(kind, path, None)
-            return self.models.session(sam, [e.state.session for e in self.editors])
+            sam = self.models.sam(kind, path or None, None)
+            return self.models.session(sam, in_use)
         return open_session
 
     # ------------------------------------------------------------------ lifetime

@@ -13,6 +13,8 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass
 
+import numpy as np
+
 #: labels layer -> Kept (gone with the layer)
 _kept: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -26,6 +28,8 @@ class Kept:
     image: weakref.ref | None = None  #: the image layer it annotated
     pixels: object = None  #: Plane -> the RGB pixels it embedded (``LiveEditor.pixels``)
     record: dict | None = None  #: what its last run was made with (``LiveEditor.record``)
+    user_edits: set = None  #: ``LiveEditor.user_edits`` then
+    rows: dict = None  #: "points"/"boxes" -> their rows then (to tell edits made while no widget was open)
 
     def layer(self, which: str, viewer):
         """The kept points or boxes layer if it is still in ``viewer`` and the plugin's."""
@@ -35,15 +39,45 @@ class Kept:
         layer = ref() if ref is not None else None
         return layer if layer is not None and layer in viewer.layers and LW.is_ours(layer) else None
 
+    def edits(self, viewer) -> set:
+        """The layers the user changed since the plugin last wrote them: before the widget
+        closed, or since (their rows differ from those kept)."""
+        out = set(self.user_edits or ())
+        for which, rows in (self.rows or {}).items():
+            layer = self.layer(which, viewer)
+            if layer is not None and not _same_rows(_rows(layer), rows):
+                out.add(which)
+        return out
+
+
+def _rows(layer):
+    """A points or shapes layer's rows and what the plugin reads of them (copies)."""
+    data = [np.array(d, copy=True) for d in layer.data] if hasattr(layer, "shape_type") else \
+        np.array(layer.data, copy=True)
+    cols = [c for c in ("positive", "object_id", "prompt") if c in layer.features]
+    return data, layer.features[cols].copy()
+
+
+def _same_rows(a, b) -> bool:
+    (da, fa), (db, fb) = a, b
+    if isinstance(da, list):
+        same = len(da) == len(db) and all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(da, db))
+    else:
+        same = da.shape == db.shape and np.array_equal(da, db)
+    return same and fa.equals(fb)
+
+
 
 def keep(editor, *, with_layers: bool) -> None:
     """Keep ``editor``'s state for its labels layer (``with_layers``: and its points and boxes
     layers, which the next run then updates instead of making new ones)."""
     editor.state.session = None
     points, boxes = (editor.points_layer, editor.boxes_layer) if with_layers else (None, None)
+    rows = {which: _rows(layer) for which, layer in (("points", points), ("boxes", boxes)) if layer is not None}
     _kept[editor.labels_layer] = Kept(editor.state, weakref.ref(points) if points is not None else None,
                                       weakref.ref(boxes) if boxes is not None else None, editor.history(),
-                                      weakref.ref(editor.image_layer), editor.pixels, editor.record)
+                                      weakref.ref(editor.image_layer), editor.pixels, editor.record,
+                                      set(editor.user_edits), rows)
 
 
 def resumable(viewer) -> list:

@@ -352,6 +352,9 @@ class LiveEditor:
                     feats.loc[i, "prompt"] = ann.prompts[ann.objects[oid].prompt]
                 else:
                     oid = self.free_id(feats["object_id"].to_numpy(int))
+            if ann is not None and feats.loc[i, "prompt"] not in ann.prompts:
+                # the layer's default came from another plane's run: a prompt of this plane's
+                feats.loc[i, "prompt"] = ann.prompts[0]
             feats.loc[i, "object_id"] = int(oid)
         layer.features = feats
         defaults = layer.feature_defaults.copy()
@@ -384,6 +387,8 @@ class LiveEditor:
                     feats.loc[i, "prompt"] = str(pf["prompt"].iloc[int(np.flatnonzero(inside)[0])])
             if not oid:
                 oid = self.free_id(feats["object_id"].to_numpy(int))
+            if ann is not None and feats.loc[i, "prompt"] not in ann.prompts:
+                feats.loc[i, "prompt"] = ann.prompts[0]  # the default came from another plane's run
             feats.loc[i, "object_id"] = oid
         layer.features = feats
 
@@ -465,10 +470,11 @@ class LiveEditor:
 
         def decode():
             nonlocal session
+            opened = None  # a session opened here: the GUI thread keeps it (``_delivered``)
             if session is None:
                 if open_session is None:
                     raise RuntimeError("no SAM model is loaded for this image: press Run")
-                session = self.state.session = open_session()
+                session = opened = open_session()
             out, refused = [], []
             for ann, generation, wanted, todo in jobs:
                 key = ann.key
@@ -493,7 +499,7 @@ class LiveEditor:
                     obj.set_mask(mask, score, picked)
                     del mask
                 out.append((ann, generation, wanted, key))
-            return out, refused
+            return out, refused, opened
 
         self._future = self.queue.submit(decode)
         self._future.add_done_callback(self._delivered)
@@ -511,7 +517,9 @@ class LiveEditor:
             self.on_error(problem, problem)  # the data changed shape during the decode: nothing painted
         elif self.layers_alive():
             applied = 0
-            done, refused = future.result()
+            done, refused, opened = future.result()
+            if opened is not None and self.state.session is None:
+                self.state.session = opened
             for ann, generation, wanted, key in done:
                 if ann.generation != generation or self.state.planes.get(ann.plane) is not ann:
                     continue  # a re-run replaced this plane's objects: stale, never painted
