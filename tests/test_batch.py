@@ -626,8 +626,14 @@ def test_channels_the_file_names_are_read_as_such(tmp_path):
     assert want_grey.max() > 0 and want_rgb.max() > 0
     for name in ("la.png", "la.tif"):
         np.testing.assert_array_equal(_labels_of(tmp_path / name, tmp_path), want_grey, err_msg=name)
-    for name in ("planar.tif", "rgb16.tif"):
-        np.testing.assert_array_equal(_labels_of(tmp_path / name, tmp_path), want_rgb, err_msg=name)
+    np.testing.assert_array_equal(_labels_of(tmp_path / "rgb16.tif", tmp_path), want_rgb)
+    # three separate planes are three slices, even where the file says RGB: tifffile stores a
+    # (3, Y, X) z-stack that way by default (a stack read as one RGB image lost two slices)
+    zstack = np.stack([grey, data.coins()[:grey.shape[0], :grey.shape[1]], grey[::-1]])
+    with pytest.warns(DeprecationWarning):
+        tifffile.imwrite(tmp_path / "zstack3.tif", zstack)
+    assert _labels_of(tmp_path / "zstack3.tif", tmp_path).shape == zstack.shape
+    assert _labels_of(tmp_path / "planar.tif", tmp_path, channel_axis=0).shape == rgb.shape[:2]
 
 
 def test_a_last_axis_of_two_the_file_does_not_name_is_refused_with_what_to_do(tmp_path):

@@ -404,6 +404,10 @@ def _read_image(path: str | os.PathLike) -> tuple[np.ndarray, tuple[int, str] | 
             if series is None or len(series.axes) != img.ndim or "S" not in series.axes:
                 return img, None
             axis, page = series.axes.index("S"), series.keyframe
+            if axis != img.ndim - 1:
+                # planar samples: tifffile writes a (3, Y, X) stack so by default (photometric RGB,
+                # with a warning), and z-stacks of 3 slices are common; the shape rules decide
+                return img, None
             n, photometric = img.shape[axis], int(page.photometric)
             alpha = bool(page.extrasamples) and int(page.extrasamples[0]) in (1, 2)  # (un)associated alpha
             if photometric == 2 and (n == 3 or (n == 4 and alpha)):  # RGB(A)
