@@ -58,3 +58,28 @@ def test_parallel_planes_and_the_same_plane_share_nothing():
     same = Plane(3, 0, 1, ((2, 5),))
     assert state.written_by_others(same, same.take(labels)) is None
     assert state.written_by_others(Plane(3, 1, 2, ((0, 1),)), np.zeros((20, 30), np.int32)) is None
+
+
+def test_what_a_crossing_plane_wrote_on_the_shared_line_is_redrawn_by_the_other_not_kept_as_painted():
+    """Later writes win on the shared voxels, both ways: after the slice erased the z-y plane's
+    object on their line, the z-y plane's next update redrew it there (it counted the erased
+    voxels as hand-painted and kept them at 0); the user's two voxels stay as painted."""
+    state, labels = _annotated()
+    zy = Plane(3, 0, 1, ((2, 5),))
+    z1 = Plane(3, 1, 2, ((0, 1),))
+    here = z1.take(labels)
+    ann = PlaneAnnotation(z1, here.shape, "", ["cell"])
+    ann.replayed = state.written_by_others(z1, here)
+    state.planes[z1] = ann
+    update = ann.update(lambda r: z1.take(labels)[r[0]:r[2], r[1]:r[3]], {})
+    labels[z1.indices(update.rows, update.cols)] = update.values
+    state.note_crossing_writes(z1, labels)
+    assert not labels[1, 4:13, 5][[0, 1, 3, 4, 5, 6, 7, 8]].any()  # erased on the line by the slice
+    theirs = state.planes[zy]
+    mask = np.zeros((3, 20), bool)
+    mask[:, 4:13] = True
+    update = theirs.update(lambda r: zy.take(labels)[r[0]:r[2], r[1]:r[3]], {7: _object(7, mask)})
+    labels[zy.indices(update.rows, update.cols)] = update.values
+    assert update.kept == 0
+    line = labels[1, :, 5]
+    assert (line[[4, 5, 7, 8, 9, 10, 11, 12]] == 7).all() and line[6] == 42 and line[15] == 99

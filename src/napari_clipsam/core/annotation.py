@@ -605,6 +605,50 @@ class ImageAnnotation:
         rows, cols = rows[theirs], cols[theirs]
         return rows, cols, np.asarray(here)[rows, cols].astype(np.int32)
 
+    def note_crossing_writes(self, plane: Plane, data) -> None:
+        """``plane``'s annotation has just been painted into ``data`` (the labels layer): on the
+        voxels it shares with planes that cross it, what it wrote (but where either plane's user
+        painted) is now those planes' ``replayed`` pixels: the plugin's, redrawn by their next
+        update (else their next update took them for hand-painting and kept them)."""
+        ann = self.planes.get(plane)
+        if ann is None:
+            return
+        written = None
+        for other, theirs in self.planes.items():
+            if other == plane:
+                continue
+            fixed = dict(other.fixed)
+            row = col = None
+            crossing = True
+            for ax, i in plane.fixed:  # the other plane's pixels that lie on ``plane``
+                if ax in fixed:
+                    crossing &= fixed[ax] == i
+                elif ax == other.rows:
+                    row = i
+                elif ax == other.cols:
+                    col = i
+            if not crossing or (row is None and col is None):
+                continue  # parallel, or the same voxels under another view
+            h, w = theirs.shape
+            rows = np.full(w, row) if row is not None and col is None else \
+                (np.arange(h) if row is None else np.array([row]))
+            cols = np.arange(w) if row is not None and col is None else \
+                (np.full(h, col) if row is None else np.array([col]))
+            voxel = other.indices(rows, cols)
+            if written is None:
+                written = ann.written()
+            pr, pc = voxel[plane.rows], voxel[plane.cols]
+            now = np.asarray(data[voxel])
+            ours = (now == written[pr, pc]) & ~ann.is_user(pr, pc) & ~theirs.is_user(rows, cols)
+            if not ours.any():
+                continue
+            new = (rows[ours].astype(np.intp), cols[ours].astype(np.intp), now[ours].astype(np.int64))
+            if theirs.replayed is not None:  # pixels replayed before stay, the new values win
+                old_r, old_c, old_v = theirs.replayed
+                keep = ~np.isin(old_r * w + old_c, new[0] * w + new[1])
+                new = tuple(np.concatenate([o[keep], n]) for o, n in zip((old_r, old_c, old_v), new))
+            theirs.replayed = new
+
     def plane_of(self, coords: np.ndarray) -> PlaneAnnotation | None:
         """The annotated plane that (ndim,) image coordinates lie on, if any."""
         coords = np.asarray(coords, float).reshape(1, -1)

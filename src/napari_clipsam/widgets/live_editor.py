@@ -549,9 +549,12 @@ class LiveEditor:
         """``layer_writer.paint`` into this editor's labels layer, as the plugin's own write."""
         self._writing = True
         try:
-            return LW.paint(self.labels_layer, ann, objects)
+            kept = LW.paint(self.labels_layer, ann, objects)
         finally:
             self._writing = False
+        if len(self.state.planes) > 1:  # planes that cross this one: its masks on their shared voxels
+            self.state.note_crossing_writes(ann.plane, self.labels_layer.data)
+        return kept
 
     # ------------------------------------------------------------------ object actions
     def new_object(self) -> int:
