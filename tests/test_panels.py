@@ -177,6 +177,10 @@ def test_probe_trained_saved_loaded_same_heatmap(qtbot, tmp_path, docked, monkey
     assert LinearProbe.load(path).info["note"] == "another probe"
     monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: pytest.fail("asked again"))
     assert other.save() == path  # its own file now: saving again replaces it without asking
+    third = ProbePanel(viewer, widget)  # from a script: no modal question, a refusal unless overwrite=True
+    third.probe, third.path.value = other.probe, path
+    assert third.save() is None and "exists: nothing was saved" in third.status.value
+    assert third.save(overwrite=True) == path
     viewer.layers.remove("test probe [cell]")
     other.target.value = test
     other.apply_button.clicked.emit()

@@ -69,7 +69,7 @@ class ProbePanel(PanelBase):
                      self.target, self.slices, self.slice_axis, self.apply_button])
         self.pick_default_labels()  # the run's labels, as Verify shows them
         self.train_button.changed.connect(self.train)
-        self.save_button.changed.connect(self.save)
+        self.save_button.changed.connect(lambda *_: self.save(overwrite=None))  # the button asks
         self.load_button.changed.connect(self.load)
         self.apply_button.changed.connect(self.apply)
         self.probe: LinearProbe | None = None
@@ -140,11 +140,11 @@ class ProbePanel(PanelBase):
         self.show_status(f"probe trained on {probe.info['patches']} patches ({counts} objects)")
 
     # ------------------------------------------------------------------ files
-    def save(self, *_, overwrite: bool | None = None) -> Path | None:
+    def save(self, *_, overwrite: bool | None = False) -> Path | None:
         """Save the probe to 'probe file'. A probe file this panel did not write is replaced
-        only with ``overwrite=True`` or, where ``overwrite`` is None (the button), once the user
-        says so (a name typed into the field never went through the file dialog's question);
-        any other file is never replaced."""
+        only with ``overwrite=True`` or, with ``overwrite=None`` (what the Save button passes),
+        once the user says so in a question (a name typed into the field never went through the
+        file dialog's); any other file is never replaced."""
         if self.probe is None:
             self.fail("train or load a probe first")
             return None
