@@ -305,9 +305,14 @@ def test_export_dialog_refuses_a_suffix_it_cannot_write_and_asks_only_what_qt_di
     (tmp_path / "cells.tif").write_bytes(b"old")  # Qt's dialog asked about this very file: replaced
     widget.export_button.clicked.emit()
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "cells.tif"), viewer.layers["chelsea labels"].data)
-    typed.append("chelsea v1.2")
+    for name in ("chelsea v1.2", "scan.v2", "cells.final"):  # dotted names, not file types
+        typed.append(name)
+        widget.export_button.clicked.emit()
+        assert (tmp_path / f"{name}.tif").is_file() and widget.error.value == "", name
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        staticmethod(lambda *a: (str(tmp_path / "plate.ome"), "OME-Zarr (*.ome.zarr *.zarr)")))
     widget.export_button.clicked.emit()
-    assert (tmp_path / "chelsea v1.2.tif").is_file() and widget.error.value == ""
+    assert (tmp_path / "plate.ome.zarr").is_dir() and widget.error.value == ""
 
 
 def test_export_before_any_run_says_so_without_opening_the_dialog(qtbot, viewer_widget, monkeypatch):

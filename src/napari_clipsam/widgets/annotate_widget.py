@@ -34,6 +34,13 @@ from .model_cache import ModelCache
 from .run_support import annotate_via_queue, provenance, run_record
 from .runner import Runner
 
+#: suffixes of file types that labels cannot be exported as (typed in the export dialog, refused
+#: with the formats that can); any other dotted ending is part of the name
+_OTHER_FILE_TYPES = frozenset(
+    ".csv .tsv .txt .xlsx .xls .jpg .jpeg .gif .bmp .webp .svg .pdf .h5 .hdf5 .nii .gz .mrc .czi .lif .nd2 "
+    ".ims .lsm .vsi .oib .oir .ics .dcm .roi .zip .pkl .pt .pth .npz .mat .xml .yaml .yml .html .md .geojson "
+    ".jp2 .jxl .heic .avif .ppm .pgm".split())
+
 #: the most prompts one run takes (one heatmap layer each; napari's adding a layer costs ~0.1-0.4 s
 #: of the GUI thread, more as layers pile up)
 MAX_PROMPTS = 32
@@ -852,7 +859,6 @@ class ClipSamWidget(AnnotateForm):
         return np.asarray(editor.image_layer.data[0] if editor.image_layer.multiscale else editor.image_layer.data)
 
     def _export_dialog(self) -> None:
-        import re
 
         from qtpy.QtWidgets import QFileDialog, QMessageBox
 
@@ -874,12 +880,13 @@ class ClipSamWidget(AnnotateForm):
         name = Path(path).name
         if not name.lower().endswith(LABEL_SUFFIXES):
             suffix = Path(path).suffix
-            if re.fullmatch(r"\.(?=[0-9]*[A-Za-z])[A-Za-z0-9]{1,5}", suffix):  # a file type (.csv), not '... v1.2'
+            if suffix.lower() in _OTHER_FILE_TYPES:  # a file type (.csv): not '... v1.2', 'scan.v2', 'cells.final'
                 self._export_failed(f"cannot export labels as {suffix} ({name}): choose TIFF (.tif), PNG (.png), "
                                     "NumPy (.npy), COCO JSON (.json) or OME-Zarr (.ome.zarr) in the dialog, or "
                                     "type the name without a suffix to get the chosen format's")
                 return
-            path += EXPORT_FILTERS.get(chosen, ".tif")  # a name typed without a suffix: the chosen filter's
+            add = EXPORT_FILTERS.get(chosen, ".tif")  # a name typed without a suffix: the chosen filter's
+            path += add[len(".ome"):] if add == ".ome.zarr" and path.lower().endswith(".ome") else add
             asked = False  # Qt asked about the name typed, not about this file
         else:
             asked = _exists(Path(path))
