@@ -92,7 +92,8 @@ class ProbePanel(PanelBase):
         classes, _ = layer_classes(layer)
         if not classes:
             raise ValueError(f"'{layer.name}' has no classified objects: a probe learns classes. Annotate with Run "
-                             "(its labels carry each object's prompt), or give the layer a features table with "
+                             "(its labels carry each object's prompt; pixels you paint with an object's id take "
+                             "its class), or from a script give the layer a features table with "
                              "'index' and 'class' columns, e.g. layer.features = {'index': [1, 2], "
                              "'class': ['cell', 'cell']}")
         editor = next((e for e in self.main.editors if e.labels_layer is layer), None)
