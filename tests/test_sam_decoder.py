@@ -219,3 +219,24 @@ def test_the_upscaling_as_matrix_products_is_the_modules_result(predictor, image
                                    pixel(rows.T.reshape(1, 4, 6, 5)))
         x = torch.randn(1, 4, 6, 5)
         torch.testing.assert_close(sam_decoder._deconv_channels_first(pixel, x), pixel(x))
+
+
+@pytest.mark.parametrize("change", ["matmul precision", "channels-last weights"])
+def test_a_setting_or_layout_that_changes_the_kernels_bits_is_checked_again(image, change):
+    """The probe's answer held across a change of float32 matmul precision (then 355 mask
+    pixels of a full-size decoder flipped), and compared values, not layouts (channels-last
+    weights give LayerNorm2d another summation order): each must give the library's bits."""
+    sam = sam1()
+    predictor = SamPredictor(sam)
+    predictor.set_image(image)
+    cache = DecoderCache()
+    assert_identical(outputs(predictor, PROMPTS[1], cache), outputs(predictor, PROMPTS[1]))
+    before = torch.get_float32_matmul_precision()
+    try:
+        if change == "matmul precision":
+            torch.set_float32_matmul_precision("medium")
+        else:
+            sam.mask_decoder.to(memory_format=torch.channels_last)
+        assert_identical(outputs(predictor, PROMPTS[1], cache), outputs(predictor, PROMPTS[1]))
+    finally:
+        torch.set_float32_matmul_precision(before)

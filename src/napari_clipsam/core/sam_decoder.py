@@ -51,6 +51,12 @@ def _library_classes(decoder):
     return family, t.TwoWayTransformer, t.TwoWayAttentionBlock, t.Attention
 
 
+def _matmul_settings() -> tuple:
+    """torch's global matmul settings: they change what the kernels compute (TF32, bf16 passes)."""
+    return (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32)
+
+
 def _tensor_id(t: torch.Tensor) -> tuple:
     """What identifies a tensor's current contents while a reference to it is held (its
     storage cannot be reused, and an in-place change bumps the version counter)."""
@@ -100,7 +106,8 @@ class DecoderCache:
         """Whether ``_deconv_rows``/``_deconv_channels_first`` give exactly what ``dc1``/``dc2``
         give on this device and dtype: tried once on random inputs of the real sizes (for
         these weights), since only the matrix-product kernels' summation order decides it."""
-        key = (decoder, tuple(_tensor_id(t) for m in (dc1, dc2) for t in (m.weight, m.bias)), chw, device, dtype)
+        key = (decoder, tuple(_tensor_id(t) for m in (dc1, dc2) for t in (m.weight, m.bias)), chw, device, dtype,
+               _matmul_settings())
         if self._deconv is not None and self._deconv[0] == key:
             return self._deconv[1]
         ok = _is_pixel_shuffle_conv(dc1) and _is_pixel_shuffle_conv(dc2)
@@ -110,8 +117,12 @@ class DecoderCache:
             rows = torch.randn(h * w, dc1.in_channels, generator=g).to(device, dtype)
             mid = torch.randn(1, dc2.in_channels, 2 * h, 2 * w, generator=g).to(device, dtype)
             image = rows.view(1, h * w, dc1.in_channels).transpose(1, 2).view(1, dc1.in_channels, h, w)
-            ok = (dc1.in_channels == c and torch.equal(_deconv_rows(dc1, rows, h, w), dc1(image))
-                  and torch.equal(_deconv_channels_first(dc2, mid), dc2(mid)))
+            ref1, ref2 = dc1(image), dc2(mid)
+            # the same values in the same (contiguous) layout: the next module (LayerNorm2d) sums in
+            # another order over a channels-last tensor (channels-last weights, some devices)
+            ok = (dc1.in_channels == c and ref1.is_contiguous() and ref2.is_contiguous()
+                  and torch.equal(_deconv_rows(dc1, rows, h, w), ref1)
+                  and torch.equal(_deconv_channels_first(dc2, mid), ref2))
         self._deconv = (key, ok)
         return ok
 
@@ -132,7 +143,7 @@ class DecoderCache:
         first = decoder.transformer.layers[0]
         to_image, to_token = first.cross_attn_token_to_image, first.cross_attn_image_to_token
         params = (to_image.k_proj, to_image.v_proj, to_token.q_proj)
-        weights = tuple(_tensor_id(p) for m in params for p in (m.weight, m.bias))
+        weights = (tuple(_tensor_id(p) for m in params for p in (m.weight, m.bias)), _matmul_settings())
         e = self.entry
         if (e is not None and e["decoder"] is decoder and e["weights"] == weights
                 and e["embedding_id"] == _tensor_id(image_embeddings)
