@@ -83,3 +83,31 @@ def test_what_a_crossing_plane_wrote_on_the_shared_line_is_redrawn_by_the_other_
     assert update.kept == 0
     line = labels[1, :, 5]
     assert (line[[4, 5, 7, 8, 9, 10, 11, 12]] == 7).all() and line[6] == 42 and line[15] == 99
+
+
+def test_a_first_run_on_a_crossing_plane_keeps_what_the_user_painted_or_erased_on_the_other():
+    """A voxel the user erased on the z-y plane, and one painted with object 7's id that its
+    mask later grew to cover, are the user's: the z-slice's first run painted over the first
+    and took the second for the plugin's."""
+    state, labels = _annotated()
+    zy = Plane(3, 0, 1, ((2, 5),))
+    z1 = Plane(3, 1, 2, ((0, 1),))
+    labels[1, 8, 5] = 0  # erased by hand
+    labels[1, 14, 5] = 7  # painted with object 7's id
+    theirs = state.planes[zy]
+    theirs.note_painting(zy.take(labels))
+    grown = np.zeros((3, 20), bool)
+    grown[:, 4:16] = True  # object 7's mask now covers y = 14 too
+    theirs.objects = {7: _object(7, grown)}
+    here = z1.take(labels)
+    rows, cols, _ = state.written_by_others(z1, here)
+    assert (14, 5) not in set(zip(rows.tolist(), cols.tolist()))  # the user's, not the plugin's
+    ann = PlaneAnnotation(z1, here.shape, "", ["cell"])
+    ann.replayed = (rows, cols, here[rows, cols])
+    ann.mark_user(*state.users_on_crossing(z1), here[state.users_on_crossing(z1)])
+    everything = _object(3, np.ones(here.shape, bool))  # the slice's object covers the line
+    update = ann.update(lambda r: here[r[0]:r[2], r[1]:r[3]], {3: everything})
+    labels[z1.indices(update.rows, update.cols)] = update.values
+    line = labels[1, :, 5]
+    assert line[8] == 0 and line[14] == 7 and line[6] == 42 and line[15] == 99  # the user's, all kept
+    assert (line[[4, 5, 7, 9, 10, 11, 12]] == 3).all()  # the plugin's, redrawn by the later plane

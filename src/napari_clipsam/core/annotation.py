@@ -247,6 +247,19 @@ class PlaneAnnotation:
     #: the user's pixels and their values when ``settle`` ran (for ``adopt``)
     _settled: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
+    def mark_user(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
+        """Pixels (rows, cols), holding ``values``, are the user's from now on (whatever the
+        plugin wrote there)."""
+        rows, cols = np.asarray(rows, np.intp), np.asarray(cols, np.intp)
+        if not len(rows):
+            return
+        region = (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1)
+        users = np.zeros((region[2] - region[0], region[3] - region[1]), bool)
+        users[rows - region[0], cols - region[1]] = True
+        held = np.zeros(users.shape, np.int64)
+        held[rows - region[0], cols - region[1]] = values
+        self._remember_user(region, users, held)
+
     def _user_region(self, region) -> np.ndarray:
         r0, c0, r1, c1 = region
         if self.user_painted is None:
@@ -550,6 +563,16 @@ def free_ids(count: int, taken: Iterable[int], limit: int = 2**31 - 1) -> list[i
     return out
 
 
+def _crossing_line(shape: tuple[int, int], row: int | None, col: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """A plane's pixels (rows, cols) on a crossing plane: row ``row``, column ``col``, or their one pixel."""
+    h, w = shape
+    if row is not None and col is None:
+        return np.full(w, row), np.arange(w)
+    if row is None:
+        return np.arange(h), np.full(h, col)
+    return np.array([row]), np.array([col])
+
+
 @dataclass
 class ImageAnnotation:
     """Every annotated plane of one image, the SAM session its planes decode against, and
@@ -598,12 +621,44 @@ class ImageAnnotation:
                     (plane.rows, plane.cols), (plane.cols, plane.rows)):
                 continue  # the same plane under another key: not another plane's pixels
             at = np.flatnonzero(on)
-            written = ann.written()[voxel[other.rows][at], voxel[other.cols][at]]
-            theirs[at[written == np.asarray(here)[rows[at], cols[at]]]] = True
+            orow, ocol = voxel[other.rows][at], voxel[other.cols][at]
+            written = ann.written()[orow, ocol]
+            # what that plane wrote and the user did not paint there (painting with an object's
+            # id that its mask later covered is the user's still)
+            theirs[at[(written == np.asarray(here)[rows[at], cols[at]]) & ~ann.is_user(orow, ocol)]] = True
         if not theirs.any():
             return None
         rows, cols = rows[theirs], cols[theirs]
         return rows, cols, np.asarray(here)[rows, cols].astype(np.int32)
+
+    def users_on_crossing(self, plane: Plane) -> tuple[np.ndarray, np.ndarray] | None:
+        """(rows, cols) of ``plane``'s pixels that a crossing annotated plane knows as painted
+        (or erased) by the user: a plane annotated for the first time keeps them as the user's."""
+        out_r, out_c = [], []
+        for other, theirs in self.planes.items():
+            if other == plane or theirs.user_painted is None:
+                continue
+            fixed = dict(other.fixed)
+            row = col = None
+            crossing = True
+            for ax, i in plane.fixed:
+                if ax in fixed:
+                    crossing &= fixed[ax] == i
+                elif ax == other.rows:
+                    row = i
+                elif ax == other.cols:
+                    col = i
+            if not crossing or (row is None and col is None):
+                continue
+            rows, cols = _crossing_line(theirs.shape, row, col)
+            users = theirs.is_user(rows, cols)
+            if users.any():
+                voxel = other.indices(rows[users], cols[users])
+                out_r.append(voxel[plane.rows])
+                out_c.append(voxel[plane.cols])
+        if not out_r:
+            return None
+        return np.concatenate(out_r).astype(np.intp), np.concatenate(out_c).astype(np.intp)
 
     def note_crossing_writes(self, plane: Plane, data) -> None:
         """``plane``'s annotation has just been painted into ``data`` (the labels layer): on the
@@ -630,10 +685,7 @@ class ImageAnnotation:
             if not crossing or (row is None and col is None):
                 continue  # parallel, or the same voxels under another view
             h, w = theirs.shape
-            rows = np.full(w, row) if row is not None and col is None else \
-                (np.arange(h) if row is None else np.array([row]))
-            cols = np.arange(w) if row is not None and col is None else \
-                (np.full(h, col) if row is None else np.array([col]))
+            rows, cols = _crossing_line(theirs.shape, row, col)
             voxel = other.indices(rows, cols)
             if written is None:
                 written = ann.written()

@@ -211,6 +211,9 @@ def _write_run_steps(editor, results):
                 known = {oid for a in state.planes.values() for oid in a.objects}
                 ann.painted_ids = {int(v) for v in pd.unique(here[here != 0])} - known
                 ann.replayed = state.written_by_others(plane, here)  # where a crossing plane's masks lie
+            users = state.users_on_crossing(plane)  # painted or erased by hand, as a crossing plane knows
+            if users is not None:
+                ann.mark_user(*users, here[users])
         ids = sorted({*result.objects, *(int(o) for o in result.points.object_id if o > 0), *result.boxes})
         mapping = dict(zip(ids, free_ids(len(ids), state.taken_ids(besides=plane) | ann.painted_ids,
                                          LW.id_limit(editor.labels_layer))))
