@@ -994,3 +994,16 @@ def test_points_edited_before_the_close_or_while_closed_are_kept_by_the_reopened
         idle(qtbot, fresh)
         kept = [lay for lay in viewer.layers if lay.name.startswith("chelsea points (as you edited them)")]
         np.testing.assert_array_equal(kept[-1].data, edited)
+
+
+def test_a_reopened_widget_loads_the_official_sam_as_run_does_not_a_second_copy():
+    """A run on official weights records their cache file: edits of a reopened widget loaded
+    SAM under that path while Run loads it as the kind alone, two copies in memory."""
+    from napari_clipsam.core.weights import SAM_CHECKPOINTS
+    from napari_clipsam.widgets.annotate_widget import _own_checkpoint
+
+    official = SAM_CHECKPOINTS["vit_b"]
+    assert _own_checkpoint({"kind": "vit_b", "checkpoint": "/cache/sam/sam_vit_b_01ec64.pth",
+                            "sha256": official.sha256}) is None
+    assert _own_checkpoint({"kind": "vit_b", "checkpoint": "/data/my_sam.pth", "sha256": "ab" * 32}) == \
+        "/data/my_sam.pth"

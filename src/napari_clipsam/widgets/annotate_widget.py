@@ -141,7 +141,7 @@ class ClipSamWidget(AnnotateForm):
                 self.sam_model.value = sam["kind"]
             # edits decode with the SAM the run recorded (kind and checkpoint file), whatever the boxes say now
             recorded = sam.get("kind") not in (None, "given by script")  # a script's model: use_models again
-            editor.session_opener = functools.partial(self._session_opener, sam["kind"], sam.get("checkpoint")) \
+            editor.session_opener = functools.partial(self._session_opener, sam["kind"], _own_checkpoint(sam)) \
                 if recorded else self._session_opener
             self.editors.append(editor)
             self._bind_keys(points)
@@ -945,6 +945,18 @@ class ClipSamWidget(AnnotateForm):
 #: the export dialog's filters and the suffix each gives a name typed without one
 EXPORT_FILTERS = {"TIFF (*.tif *.tiff)": ".tif", "PNG (*.png)": ".png", "NumPy (*.npy)": ".npy",
                   "COCO JSON (*.json)": ".json", "OME-Zarr (*.ome.zarr *.zarr)": ".ome.zarr"}
+
+
+def _own_checkpoint(sam_record: dict) -> str | None:
+    """The checkpoint file a run's SAM record names, or None where it is the kind's official
+    weights (the record names their cache file; loaded as None, as Run loads them, the model in
+    memory is the same one, not a second copy)."""
+    from ..core.weights import SAM_CHECKPOINTS
+
+    official = SAM_CHECKPOINTS.get(sam_record.get("kind"))
+    if official is not None and sam_record.get("sha256") and sam_record.get("sha256") == official.sha256:
+        return None
+    return sam_record.get("checkpoint")
 
 
 def _exists(path: Path) -> bool:
