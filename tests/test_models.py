@@ -334,6 +334,20 @@ def test_another_clip_file_suggests_models_of_both_its_towers_plain_names_first(
     assert named[0] != "aab-tiny-variant-quickgelu"
 
 
+def test_a_clip_file_of_the_chosen_shapes_that_does_not_load_says_it_is_damaged(tiny_clip, tmp_path):
+    """One key missing from a file of the chosen model's shapes: it named a variant with the
+    same shapes as 'another architecture' to choose instead."""
+    name, path = tiny_clip
+    state = torch.load(path, weights_only=True)
+    state.pop(next(k for k in state if k.startswith("visual.transformer.resblocks.0.")))
+    torch.save(state, tmp_path / "one_missing.pt")
+    with pytest.raises(WeightsError) as err:
+        models.load_clip(name, tmp_path / "one_missing.pt", device="cpu")
+    first = str(err.value).split(". ")[0]
+    assert first == (f"one_missing.pt has the shapes of {name} but does not load as it: the file is incomplete or "
+                     "damaged, or saved from a changed model; download it again"), first
+
+
 def test_load_clip_truncated(tiny_clip, tmp_path):
     name, path = tiny_clip
     bad = truncated(path, tmp_path / "clip_cut.pt")

@@ -279,7 +279,10 @@ def _mismatch(path: Path, exc: BaseException, name: str, model=None, state: dict
     if not diff:
         diff = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])[:400]
     others = [n for n in arch[1] if n != name] if arch else []
-    if others:
+    if arch and name in arch[1]:  # its towers are the chosen model's: what differs is missing or damaged
+        first = f"{path.name} has the shapes of {name} but does not load as it: the file is incomplete or " \
+                "damaged, or saved from a changed model; download it again"
+    elif others:
         first = f"{path.name} is a checkpoint for another architecture ({', '.join(others[:3])}), not {name}: " \
                 "choose that model"
     else:
