@@ -151,6 +151,21 @@ def test_coco_annotations_without_a_usable_mask_are_left_out_and_named(tmp_path)
     assert set(np.unique(back.labels).tolist()) == {0, 5}  # nothing at the top left
 
 
+def test_coco_categories_and_scores_of_odd_types_are_read_as_no_class_or_no_score(tmp_path):
+    """A category named null became the class 'None'; a list category_id or a text score made
+    the whole file unreadable."""
+    square = [[1, 1, 3, 1, 3, 3, 1, 3]]
+    data = {"images": [{"id": 1, "height": 12, "width": 12}],
+            "categories": [{"id": 1, "name": None}, {"id": 2, "name": "cell"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": square, "score": "high"},
+                            {"id": 2, "image_id": 1, "category_id": [2], "segmentation": [[6, 6, 9, 6, 9, 9, 6, 9]]},
+                            {"id": 3, "image_id": 1, "category_id": 2, "segmentation": [[6, 1, 9, 1, 9, 3, 6, 3]],
+                             "score": 0.5}]}
+    (tmp_path / "odd.json").write_text(json.dumps(data))
+    back = read_labels(tmp_path / "odd.json")
+    assert back.classes == {1: "object", 2: "object", 3: "cell"} and back.scores == {3: 0.5}
+
+
 def test_coco_annotation_ids_that_start_at_0_or_repeat_each_get_a_label(tmp_path):
     square = [[1, 1, 3, 1, 3, 3, 1, 3]]
     data = {"images": [{"id": 1, "height": 12, "width": 12}], "categories": [{"id": 1, "name": "cell"}],

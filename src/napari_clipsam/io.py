@@ -96,8 +96,11 @@ def _has_our_labels(group: Path) -> bool:
                 attrs = json.loads(f.read_text())
             except (OSError, ValueError):
                 return False
+            if not isinstance(attrs, dict):
+                return False
             attrs = attrs.get("attributes", attrs)
-            return "image-label" in attrs.get("ome", attrs)
+            attrs = attrs.get("ome", attrs) if isinstance(attrs, dict) else None
+            return isinstance(attrs, dict) and "image-label" in attrs
     return False
 
 

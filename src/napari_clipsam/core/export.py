@@ -867,7 +867,8 @@ def _read_coco(path: Path) -> tuple[np.ndarray, dict[int, str], dict[int, float]
         raise ValueError(f"{path} declares an image of {height} x {width} pixels; napari-clipsam reads COCO files of "
                          f"images up to {MAX_COCO_PIXELS:,} pixels")
     labels = np.zeros((height, width), np.int64)
-    names = {c.get("id"): str(c.get("name", "object")) for c in data["categories"] if isinstance(c, dict)}
+    names = {c.get("id"): str(c["name"]) for c in data["categories"]
+             if isinstance(c, dict) and isinstance(c.get("name"), str) and c["name"]}
     classes, scores = {}, {}
     skipped = []  # (annotation id, why): annotations of other tools' files that hold no usable mask
     for k, ann in enumerate(data["annotations"], start=1):
@@ -888,9 +889,13 @@ def _read_coco(path: Path) -> tuple[np.ndarray, dict[int, str], dict[int, float]
         c0, r0, w, h = (int(np.floor(v)) for v in box)  # paint within the box only
         r1, c1 = r0 + h + 1, c0 + w + 1
         labels[r0:r1, c0:c1][mask[r0:r1, c0:c1] != 0] = oid
-        classes[oid] = names.get(ann.get("category_id"), "object")
-        if "score" in ann:
-            scores[oid] = float(ann["score"])
+        category = ann.get("category_id")
+        classes[oid] = names.get(category, "object") if isinstance(category, (int, str)) else "object"
+        try:
+            if ann.get("score") is not None:
+                scores[oid] = float(ann["score"])
+        except (TypeError, ValueError):
+            pass  # a score that is no number: the object without one
     if skipped:
         import warnings
 

@@ -39,7 +39,8 @@ from .runner import Runner
 _OTHER_FILE_TYPES = frozenset(
     ".csv .tsv .txt .xlsx .xls .jpg .jpeg .gif .bmp .webp .svg .pdf .h5 .hdf5 .nii .gz .mrc .czi .lif .nd2 "
     ".ims .lsm .vsi .oib .oir .ics .dcm .roi .zip .pkl .pt .pth .npz .mat .xml .yaml .yml .html .md .geojson "
-    ".jp2 .jxl .heic .avif .ppm .pgm".split())
+    ".jp2 .jxl .heic .avif .ppm .pgm .parquet .feather .arrow .tar .xz .bz2 .7z .rar .svs .ndpi .scn .exr "
+    ".docx .doc .pptx .ods .odt .rtf .log .ini .toml .jsonl .ndjson .sqlite .db .zarr2 .n5 .klb .lsm2".split())
 
 #: the most prompts one run takes (one heatmap layer each; napari's adding a layer costs ~0.1-0.4 s
 #: of the GUI thread, more as layers pile up)

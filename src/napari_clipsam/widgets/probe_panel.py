@@ -164,7 +164,7 @@ class ProbePanel(PanelBase):
                 overwrite = _confirm_replace(self, target)
             if not overwrite:
                 self.fail(f"{target.name} exists: nothing was saved. Choose another file name, or confirm "
-                          "replacing it")
+                          "replacing it (from a script: save(overwrite=True))")
                 return None
         try:
             path = self.probe.save(self.path.value, overwrite=is_probe)
