@@ -100,3 +100,30 @@ def test_offline_names_every_missing_weights_file_at_once(qtbot, make_napari_vie
     details = w.error_details.value
     assert "CLIP ViT-B-16 / openai" in details and "sam_tiny.pth" in details, details
     assert [layer.name for layer in viewer.layers] == ["chelsea"]
+
+
+def test_two_bad_local_checkpoints_are_named_together_before_loading_either(qtbot, make_napari_viewer,
+                                                                           tmp_path, served_sam):
+    """A corrupt CLIP file and a web page saved as the SAM file: the CLIP error came alone, and
+    the SAM one only at the next run, after CLIP had loaded again (slow with real weights)."""
+    import zipfile
+
+    viewer = make_napari_viewer()
+    viewer.add_image(data.chelsea(), name="chelsea")
+    w = ClipSamWidget(viewer)
+    clip = tmp_path / "clip.pt"
+    with zipfile.ZipFile(clip, "w") as z:
+        z.writestr("archive/data.pkl", b"x" * 10_000)
+    clip.write_bytes(clip.read_bytes()[:-200])  # cut short: no central directory
+    page = tmp_path / "sam.pth"
+    page.write_text("<!DOCTYPE html><html><body>Sign in</body></html>")
+    w.clip_model.value = "ViT-B-16 / openai"
+    w.clip_file.value, w.sam_model.value, w.sam_file.value = clip, "tiny", page
+    w.prompts.value = "cat"
+    w.run()
+    qtbot.waitUntil(lambda: not w.is_running, timeout=TIMEOUT)
+    details = w.error_details.value
+    assert "2 checkpoint files cannot be used" in details, details
+    assert "clip.pt is not a readable CLIP checkpoint: download it again (it is cut short)" in details
+    assert "sam.pth is a web page (HTML), not a SAM checkpoint" in details
+    assert [layer.name for layer in viewer.layers] == ["chelsea"]

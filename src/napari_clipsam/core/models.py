@@ -172,6 +172,39 @@ def _describe_keys(keys, n: int = 3) -> str:
     return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
+def checkpoint_problem(path, what: str) -> str | None:
+    """What is plainly wrong with the local checkpoint file ``path`` for ``what`` ("CLIP",
+    "SAM"), found without loading it: missing, a folder, a web page saved under its name, a
+    zip cut short. None when nothing is (loading may still find more)."""
+    p = user_path(path)
+    if not p.is_file():
+        return str(_not_a_file(p, what))
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(512)
+    except OSError as exc:
+        return f"cannot read the {what} checkpoint {p}: {exc.strerror or exc}"
+    if head.lstrip().lower().startswith(_HTML_STARTS):
+        return f"{p.name} is a web page (HTML), not a {what} checkpoint: download the file itself"
+    if head[:4] == b"PK\x03\x04" and not zipfile.is_zipfile(p):
+        return f"{p.name} is not a readable {what} checkpoint: download it again (it is cut short)"
+    return None
+
+
+def checkpoints_problems(files: dict) -> None:
+    """Raise one ``WeightsError`` naming every plainly wrong file of ``files`` ({"CLIP": path,
+    "SAM": path}; None paths skipped), before either model is loaded (loading CLIP first named
+    only its own, and a bad SAM file was found only after CLIP had loaded)."""
+    problems = [msg for what, path in files.items() if path and (msg := checkpoint_problem(path, what))]
+    if len(problems) == 1:
+        raise WeightsError(problems[0])
+    if problems:
+        raise WeightsError(f"{len(problems)} checkpoint files cannot be used: " + "; ".join(problems))
+
+
+_HTML_STARTS = (b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")
+
+
 def _not_a_file(path: Path, what: str) -> WeightsError:
     if path.is_dir():
         return WeightsError(f"{what} checkpoint {path} is a folder: choose the checkpoint file inside it")
@@ -185,7 +218,7 @@ def _unreadable(path: Path, exc: BaseException, expected: str) -> WeightsError:
             head = fh.read(512).lstrip().lower()
     except OSError:
         head = b""
-    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
+    if head.startswith(_HTML_STARTS):
         return WeightsError(
             f"{path.name} is a web page (HTML), not a {expected.split(' (')[0]}: download the file itself (the link "
             f"may have led to a sign-in or download page). File {path}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from ..core.models import check_offline_weights, load_clip, load_sam
+from ..core.models import check_offline_weights, checkpoints_problems, load_clip, load_sam
 from ..core.progress import Task
 from ..core.segment import SamSession
 
@@ -65,14 +65,17 @@ class ModelCache:
 
     def check_offline(self, clip_label: str, clip_path, sam_kind: str, sam_path) -> None:
         """Offline, one error naming every official weights file the next loads need and that
-        is not cached (loading CLIP would name only its own); models given or already in
-        memory need nothing."""
+        is not cached (loading CLIP would name only its own), and one naming every local file
+        that plainly cannot be used; models given or already in memory need nothing."""
         name = tag = None
         if "clip" not in self.given:
             name, tag = (s.strip() for s in clip_label.split("/", 1))
             if self._clip is not None and self._clip[0] == (name, str(clip_path) if clip_path else tag):
                 name = None
         kind = None if "sam" in self.given or self.loaded_sam(sam_kind, sam_path) is not None else sam_kind
+        # local files: what is plainly wrong with either, both named, before loading anything
+        checkpoints_problems({"CLIP": clip_path if name is not None else None,
+                              "SAM": sam_path if kind is not None else None})
         check_offline_weights(name, None if clip_path else tag, kind, sam_path)
 
     def sam(self, kind: str, path=None, task: Task | None = None):
