@@ -397,3 +397,23 @@ def test_deleting_the_labels_layer_during_a_rerun_is_not_reported_as_point_edits
     idle(qtbot, widget)
     assert "done" in widget.status.value and "point edits" not in widget.status.value, widget.status.value
     assert "chelsea labels" in viewer.layers
+
+
+def test_a_rerun_after_the_image_was_renamed_and_its_points_deleted_goes_on_with_its_labels(qtbot, viewer_widget):
+    """A renamed image's labels were looked for under the new name only: the run made a second
+    labels layer and left the painting in the old one, which nothing followed any more."""
+    viewer, widget = viewer_widget
+    widget.prompts.value = "cat"
+    widget.run()
+    idle(qtbot, widget)
+    labels = viewer.layers["chelsea labels"]
+    painted = (np.full(400, 0), *np.mgrid[0:20, 0:20].reshape(2, -1))[1:]
+    labels.data_setitem(painted, 99)
+    viewer.layers["chelsea"].name = "renamed"
+    viewer.layers.remove("chelsea points")
+    widget.run()
+    idle(qtbot, widget)
+    assert "done" in widget.status.value and "hand-painted pixels" in widget.status.value, widget.status.value
+    names = _names(viewer)
+    assert sum("labels" in n for n in names) == 1 and viewer.layers["renamed labels"] is labels, names
+    assert (labels.data[painted] == 99).all()

@@ -541,8 +541,7 @@ class ClipSamWidget(AnnotateForm):
                 editor = None
             if editor is None:
                 shape = spatial_shape(image_layer)
-                kept = KS.take(LW.find_ours(self.viewer, "labels", LW.labels_name(image_layer.name), image_layer),
-                               shape)
+                kept = KS.take(LW.find_labels_of(self.viewer, image_layer), shape)
                 old_points = kept.layer("points", self.viewer) if kept is not None else None
                 prompts = list(results[-1][1].prompts)
                 points, labels, boxes = yield from RW.new_layer_steps(

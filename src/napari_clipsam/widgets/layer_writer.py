@@ -83,6 +83,16 @@ def find_ours(viewer, kind: str, name: str, image_layer=None, fits: Callable | N
     return next((layer for layer in candidates if matches(layer)), None)
 
 
+def find_labels_of(viewer, image_layer):
+    """Our labels layer for ``image_layer``: the one under its name, else one made for that
+    very image under an earlier name (the image was renamed since), or None."""
+    found = find_ours(viewer, "labels", labels_name(image_layer.name), image_layer)
+    if found is not None:
+        return found
+    return next((lay for lay in viewer.layers if is_ours(lay) and isinstance(lay, LAYER_TYPES["labels"])
+                 and lay.metadata.get("image_id") == id(image_layer)), None)
+
+
 def _fits(layer, kind: str, data, kwargs) -> bool:
     """Whether ``data`` may replace ``layer``'s: a labels layer only by labels of its shape
     (what the user painted on other pixels is never wiped), points and shapes of its ndim."""

@@ -147,13 +147,14 @@ def new_layer_steps(viewer, image_layer, prompts: list[str], *, points=None, box
     name = image_layer.name
     shape = spatial_shape(image_layer)
     geo = LW.placement(image_layer)
-    labels = LW.find_ours(viewer, "labels", LW.labels_name(name), image_layer)
+    labels = LW.find_labels_of(viewer, image_layer)  # under an earlier name too: the image was renamed
     if labels is None or tuple(labels.data.shape) != shape:
         labels = LW.upsert_layer(viewer, "labels", LW.labels_name(name), np.zeros(shape, np.int32),
                                  image_layer=image_layer, **geo)
         yield
     else:
-        LW.place(labels, geo)  # reused: where the image is now
+        LW.place(labels, geo)  # reused: where the image is now, under its name now
+        LW.follow_image_name(viewer, labels, LW.labels_name(name))
     if points is not None and boxes is not None:
         return points, labels, boxes  # the caller places them where the image is
     points = points if points is not None else LW.upsert_layer(
