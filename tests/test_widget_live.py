@@ -1007,3 +1007,16 @@ def test_a_reopened_widget_loads_the_official_sam_as_run_does_not_a_second_copy(
                             "sha256": official.sha256}) is None
     assert _own_checkpoint({"kind": "vit_b", "checkpoint": "/data/my_sam.pth", "sha256": "ab" * 32}) == \
         "/data/my_sam.pth"
+
+
+def test_a_reopened_widget_takes_the_chosen_images_last_prompts(qtbot, docked, models):
+    viewer, widget = docked
+    cat = viewer.add_image(data.chelsea(), name="chelsea")
+    _run(qtbot, widget, cat, "cat\nsofa")
+    astro = viewer.add_image(data.astronaut()[::2, ::2], name="astro")
+    _run(qtbot, widget, astro, "person")
+    viewer.window.remove_dock_widget(widget.native)
+    viewer.layers.selection.active = astro
+    _, fresh = viewer.window.add_plugin_dock_widget("napari-clipsam", "Annotate from words")
+    assert fresh.image.value is astro or fresh.image.value == astro
+    assert fresh.prompts.value == "person", fresh.prompts.value  # not chelsea's 'cat' and 'sofa'

@@ -121,7 +121,7 @@ class ClipSamWidget(AnnotateForm):
         """Go on editing what a closed widget annotated in this viewer (its image, labels and
         points layers still there): its editors are made again at once, so point edits, the
         keys and the buttons work as before; SAM loads at the first edit that needs it."""
-        names = []
+        names, last = [], []  # (generation, prompts, image layer) of each image's last run
         for labels, kept in KS.resumable(self.viewer):
             image = kept.image()
             if KS.take(labels, spatial_shape(image)) is None:
@@ -135,8 +135,6 @@ class ClipSamWidget(AnnotateForm):
                                 displayed=lambda lay=image: displayed_plane(self.viewer, lay), history=kept.history)
             editor.record = kept.record
             editor.user_edits = kept.edits(self.viewer)  # a re-run keeps a copy of them
-            if kept.state.planes and not self.prompts.value.strip():  # the last run's prompts, as it had them
-                self.prompts.value = "\n".join(max(kept.state.planes.values(), key=lambda a: a.generation).prompts)
             sam = (kept.record or {}).get("sam") or {}
             if sam.get("kind") in self.sam_model.choices:  # the SAM its masks came from, not this widget's default
                 self.sam_model.value = sam["kind"]
@@ -147,6 +145,12 @@ class ClipSamWidget(AnnotateForm):
             self.editors.append(editor)
             self._bind_keys(points)
             names.append(f"'{image.name}'")
+            if kept.state.planes:
+                newest = max(kept.state.planes.values(), key=lambda a: a.generation)
+                last.append((newest.generation, newest.prompts, image))
+        if last and not self.prompts.value.strip():  # the chosen image's last prompts, else the newest run's
+            chosen = [entry for entry in last if entry[2] is self.image.value or entry[2] == self.image.value]
+            self.prompts.value = "\n".join(max(chosen or last, key=lambda entry: entry[0])[1])
         if names:
             self.show_status(f"went on with {', '.join(names)} from the closed widget: edit the points as before "
                              "(SAM loads at the first edit)")
