@@ -193,6 +193,7 @@ def test_the_form_scrolls_as_a_whole_instead_of_growing_the_window(qtbot, docked
     widget.error_details_button.clicked.emit()  # Details…: the whole message, up to DETAILS_HEIGHT tall
     settle()
     assert widget.error_details.visible and widget.error_details_button.text == "Hide details"
+    assert not widget.error_details.native.visibleRegion().isEmpty()  # scrolled into view (it stayed below)
     assert widget.error_details.native.height() >= 115  # it was 75 px: four lines of a long message
     assert window.height() == height  # not past the screen's edge
     assert widget.status.native.visibleRegion().boundingRect().height() > 0  # the status stays in view

@@ -425,6 +425,16 @@ class AnnotateForm(ScrollingForm):
             # the window must grow past the screen for it (it scrolls inside then)
             box.setMinimumHeight(min(need, DETAILS_HEIGHT))  # in the scrolling form: never grows the window
             self.scroll_area.ensureWidgetVisible(box)
+            # once the form's layout has placed the box (it had no place yet: nothing scrolled
+            # into view when the form was short, with More options open or the tools docked)
+            QTimer.singleShot(0, self._show_details_box)
+
+    def _show_details_box(self) -> None:
+        try:
+            if self.error_details.visible:
+                self.scroll_area.ensureWidgetVisible(self.error_details.native, 0, 0)
+        except RuntimeError:  # the form was closed meanwhile
+            pass
 
     def clear_error(self) -> None:
         self.error.value = ""
