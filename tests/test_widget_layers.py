@@ -417,3 +417,14 @@ def test_a_rerun_after_the_image_was_renamed_and_its_points_deleted_goes_on_with
     names = _names(viewer)
     assert sum("labels" in n for n in names) == 1 and viewer.layers["renamed labels"] is labels, names
     assert (labels.data[painted] == 99).all()
+
+
+def test_removing_an_annotated_image_says_its_layers_no_longer_follow_edits(qtbot, viewer_widget):
+    viewer, widget = viewer_widget
+    widget.prompts.value = "cat"
+    widget.run()
+    idle(qtbot, widget)
+    viewer.layers.remove("chelsea")
+    assert widget.status.value == ("'chelsea' was removed: its points and labels no longer follow edits "
+                                   "(they stay as they are)")
+    assert "chelsea points" in _names(viewer) and "chelsea labels" in _names(viewer)

@@ -261,6 +261,9 @@ class ClipSamWidget(AnnotateForm):
                     # the labels stay: the next run on them takes this state up, so it knows which
                     # pixels the plugin wrote (replaced) and which the user painted (kept)
                     KS.keep(editor, with_layers=False)
+                if layer is editor.image_layer and editor.points_layer in self.viewer.layers:
+                    self.show_status(f"'{layer.name}' was removed: its points and labels no longer follow edits "
+                                     "(they stay as they are)")
 
     # ------------------------------------------------------------------ models
     def use_models(self, clip=None, sam=None) -> None:
