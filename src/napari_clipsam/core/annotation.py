@@ -563,10 +563,24 @@ def free_ids(count: int, taken: Iterable[int], limit: int = 2**31 - 1) -> list[i
     return out
 
 
-def _crossing_line(shape: tuple[int, int], row: int | None, col: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """A plane's pixels (rows, cols) on a crossing plane: row ``row``, column ``col``, or their one pixel."""
+def _crossing_line(plane: Plane, other: Plane, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(rows, cols) of ``other``'s pixels (its plane of ``shape``) that lie on ``plane``: a row,
+    a column or one pixel where the two cross; None for parallel planes and for the same voxels
+    under another view."""
+    fixed = dict(other.fixed)
+    row = col = None
+    for ax, i in plane.fixed:
+        if ax in fixed:
+            if fixed[ax] != i:
+                return None  # parallel: no voxel in common
+        elif ax == other.rows:
+            row = i
+        elif ax == other.cols:
+            col = i
     h, w = shape
-    if row is not None and col is None:
+    if row is None and col is None:
+        return None
+    if col is None:
         return np.full(w, row), np.arange(w)
     if row is None:
         return np.arange(h), np.full(h, col)
@@ -638,19 +652,10 @@ class ImageAnnotation:
         for other, theirs in self.planes.items():
             if other == plane or theirs.user_painted is None:
                 continue
-            fixed = dict(other.fixed)
-            row = col = None
-            crossing = True
-            for ax, i in plane.fixed:
-                if ax in fixed:
-                    crossing &= fixed[ax] == i
-                elif ax == other.rows:
-                    row = i
-                elif ax == other.cols:
-                    col = i
-            if not crossing or (row is None and col is None):
+            line = _crossing_line(plane, other, theirs.shape)
+            if line is None:
                 continue
-            rows, cols = _crossing_line(theirs.shape, row, col)
+            rows, cols = line
             users = theirs.is_user(rows, cols)
             if users.any():
                 voxel = other.indices(rows[users], cols[users])
@@ -672,20 +677,11 @@ class ImageAnnotation:
         for other, theirs in self.planes.items():
             if other == plane:
                 continue
-            fixed = dict(other.fixed)
-            row = col = None
-            crossing = True
-            for ax, i in plane.fixed:  # the other plane's pixels that lie on ``plane``
-                if ax in fixed:
-                    crossing &= fixed[ax] == i
-                elif ax == other.rows:
-                    row = i
-                elif ax == other.cols:
-                    col = i
-            if not crossing or (row is None and col is None):
-                continue  # parallel, or the same voxels under another view
-            h, w = theirs.shape
-            rows, cols = _crossing_line(theirs.shape, row, col)
+            line = _crossing_line(plane, other, theirs.shape)
+            if line is None:
+                continue
+            w = theirs.shape[1]
+            rows, cols = line
             voxel = other.indices(rows, cols)
             if written is None:
                 written = ann.written()
