@@ -89,19 +89,10 @@ def write_points_layer(path: str, data, meta: dict) -> list[str]:
 def _has_our_labels(group: Path) -> bool:
     """Whether ``group`` is an OME-Zarr labels image (the plugin's ``labels/clipsam``, written
     into another tool's store: its sidecar lies outside the store and may not have come along)."""
-    for meta in (".zattrs", "zarr.json"):
-        f = group / meta
-        if f.is_file():
-            try:
-                attrs = json.loads(f.read_text())
-            except (OSError, ValueError):
-                return False
-            if not isinstance(attrs, dict):
-                return False
-            attrs = attrs.get("attributes", attrs)
-            attrs = attrs.get("ome", attrs) if isinstance(attrs, dict) else None
-            return isinstance(attrs, dict) and "image-label" in attrs
-    return False
+    from .core.export import zarr_attrs
+
+    found = zarr_attrs(group)
+    return found is not None and "image-label" in found[1]
 
 
 def _is_ours(path: Path) -> bool:

@@ -525,10 +525,9 @@ def _write_ome_store(tmp_dir: Path, arr: np.ndarray, classes: dict, scores: dict
     _write_ome_labels(root, arr, axes, name, classes, scores, fmt, channel)
 
 
-def _ome_root_attrs(path: Path) -> dict | None:
-    """The root attributes of an OME-Zarr image at ``path`` (zarr v2 or v3), or None."""
-    if not path.is_dir():
-        return None
+def zarr_attrs(path: Path) -> tuple[dict, dict] | None:
+    """(attributes, their OME part) of the zarr group at ``path`` (zarr v2 ``.zattrs`` or v3
+    ``zarr.json``) read as text, without zarr; None where there are none or they are no object."""
     for meta in (".zattrs", "zarr.json"):
         f = path / meta
         if f.is_file():
@@ -536,10 +535,19 @@ def _ome_root_attrs(path: Path) -> dict | None:
                 attrs = json.loads(f.read_text())
             except (OSError, ValueError):
                 return None
-            attrs = attrs.get("attributes", attrs)
-            ome = attrs.get("ome", attrs)
-            return {**ome, "napari_clipsam": attrs.get("napari_clipsam")} if "multiscales" in ome else None
+            attrs = attrs.get("attributes", attrs) if isinstance(attrs, dict) else None
+            ome = attrs.get("ome", attrs) if isinstance(attrs, dict) else None
+            return (attrs, ome) if isinstance(ome, dict) else None
     return None
+
+
+def _ome_root_attrs(path: Path) -> dict | None:
+    """The root attributes of an OME-Zarr image at ``path`` (zarr v2 or v3), or None."""
+    found = zarr_attrs(path) if path.is_dir() else None
+    if found is None or "multiscales" not in found[1]:
+        return None
+    attrs, ome = found
+    return {**ome, "napari_clipsam": attrs.get("napari_clipsam")}
 
 
 def _adds_to_image(path: Path, label_name: str) -> bool:
