@@ -23,6 +23,13 @@ not know (a batch of prompt sets, gradients, inference mode, autocast, training 
 subclassed modules) runs the library's own ``predict_masks`` unchanged. The key sees in-place
 changes through the version counters that torch keeps (``load_state_dict``, ``mul_``, a new
 ``set_image``), not writes through a tensor's ``.data``, which bypass them.
+
+The mask upscaling's two transposed convolutions (2 x 2 kernels moving by 2) run as matrix
+products where ``DecoderCache.deconv_exact`` found them bit-exact on the device, in the
+library's memory layout and under torch's current matmul settings; else the modules run.
+Threads that share one model stay correct: the patch is the first thread's, every cached
+entry is checked against its key before use, and a call after the patch is gone runs the
+library's code.
 """
 
 from __future__ import annotations
