@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 from skimage import data
 
-from widget_helpers import idle
+from widget_helpers import idle, run_and_wait
 
 
 def _run(qtbot, widget, layer, prompts="cat"):
@@ -403,9 +403,7 @@ def test_a_rerun_after_the_image_was_renamed_and_its_points_deleted_goes_on_with
     """A renamed image's labels were looked for under the new name only: the run made a second
     labels layer and left the painting in the old one, which nothing followed any more."""
     viewer, widget = viewer_widget
-    widget.prompts.value = "cat"
-    widget.run()
-    idle(qtbot, widget)
+    run_and_wait(qtbot, widget, "cat")
     labels = viewer.layers["chelsea labels"]
     painted = (np.full(400, 0), *np.mgrid[0:20, 0:20].reshape(2, -1))[1:]
     labels.data_setitem(painted, 99)
@@ -421,9 +419,7 @@ def test_a_rerun_after_the_image_was_renamed_and_its_points_deleted_goes_on_with
 
 def test_removing_an_annotated_image_says_its_layers_no_longer_follow_edits(qtbot, viewer_widget):
     viewer, widget = viewer_widget
-    widget.prompts.value = "cat"
-    widget.run()
-    idle(qtbot, widget)
+    run_and_wait(qtbot, widget, "cat")
     viewer.layers.remove("chelsea")
     assert widget.status.value == ("'chelsea' was removed: its points and labels no longer follow edits "
                                    "(they stay as they are)")

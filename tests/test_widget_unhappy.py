@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from napari.utils.notifications import notification_manager
 
-from widget_helpers import TIMEOUT, idle
+from widget_helpers import TIMEOUT, idle, run_and_wait
 
 
 @pytest.fixture
@@ -50,9 +50,7 @@ def test_a_points_prompt_that_names_no_prompt_of_the_run_is_named_not_read_as_th
     """A typo in a point's prompt made its object the first prompt's class, silently (and it
     was exported so); a name that differs only in case or spaces is that prompt."""
     viewer, widget = viewer_widget
-    widget.prompts.value = "cat\nsofa"
-    widget.run()
-    idle(qtbot, widget)
+    run_and_wait(qtbot, widget, "cat\nsofa")
     pts, labels = viewer.layers["chelsea points"], viewer.layers["chelsea labels"]
     feats = pts.features.copy()
     sofa = int(np.flatnonzero((feats["prompt"] == "sofa") & feats["positive"] & (feats["object_id"] > 0))[0])

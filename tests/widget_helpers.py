@@ -10,6 +10,14 @@ def idle(qtbot, widget) -> None:
     qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT)
 
 
+def run_and_wait(qtbot, widget, prompts: str) -> None:
+    """Type ``prompts``, press Run on the chosen image and wait until the run and its mask
+    updates are over."""
+    widget.prompts.value = prompts
+    widget.run()
+    idle(qtbot, widget)
+
+
 def assert_next_mask_cycles(qtbot, widget, points_layer, labels_layer, row: int, best: int, expected) -> None:
     """Selecting point ``row`` and pressing Next mask three times shows SAM's candidates
     best + 1, best + 2, best + 3 (mod 3): each time the labels equal ``expected(candidate)``

@@ -618,32 +618,25 @@ class ImageAnnotation:
         another annotated plane's objects wrote there: planes that cross (a z-slice and a
         y-z plane, say) share a line of voxels. They are the plugin's, not painted by hand
         (``PlaneAnnotation.replayed``); None if there are none."""
-        rows, cols = np.nonzero(np.asarray(here) != 0)
-        if not len(rows):
-            return None
-        voxel = plane.indices(rows, cols)
-        theirs = np.zeros(len(rows), bool)
-        for other, ann in self.planes.items():
-            if other == plane or not ann.objects:
+        here = np.asarray(here)
+        out_r, out_c = [], []
+        for other, theirs in self.planes.items():
+            line = None if other == plane or not theirs.objects else _crossing_line(plane, other, theirs.shape)
+            if line is None:
                 continue
-            on = np.ones(len(rows), bool)
-            for ax, i in other.fixed:
-                on &= voxel[ax] == i
-            if not on.any():  # parallel planes share no voxel
-                continue
-            if set(other.fixed) & set(plane.fixed) == set(other.fixed) and (other.rows, other.cols) in (
-                    (plane.rows, plane.cols), (plane.cols, plane.rows)):
-                continue  # the same plane under another key: not another plane's pixels
-            at = np.flatnonzero(on)
-            orow, ocol = voxel[other.rows][at], voxel[other.cols][at]
-            written = ann.written()[orow, ocol]
+            rows, cols = line
+            voxel = other.indices(rows, cols)
+            pr, pc = voxel[plane.rows], voxel[plane.cols]
+            now = here[pr, pc]
             # what that plane wrote and the user did not paint there (painting with an object's
             # id that its mask later covered is the user's still)
-            theirs[at[(written == np.asarray(here)[rows[at], cols[at]]) & ~ann.is_user(orow, ocol)]] = True
-        if not theirs.any():
+            mine = (now != 0) & (now == theirs.written()[rows, cols]) & ~theirs.is_user(rows, cols)
+            out_r.append(pr[mine])
+            out_c.append(pc[mine])
+        if not out_r or not sum(len(r) for r in out_r):
             return None
-        rows, cols = rows[theirs], cols[theirs]
-        return rows, cols, np.asarray(here)[rows, cols].astype(np.int32)
+        rows, cols = np.concatenate(out_r).astype(np.intp), np.concatenate(out_c).astype(np.intp)
+        return rows, cols, here[rows, cols].astype(np.int32)
 
     def users_on_crossing(self, plane: Plane) -> tuple[np.ndarray, np.ndarray] | None:
         """(rows, cols) of ``plane``'s pixels that a crossing annotated plane knows as painted

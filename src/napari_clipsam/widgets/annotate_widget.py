@@ -52,9 +52,9 @@ def _snapshot(layer) -> dict:
     snap = dict(name=layer.name, ndim=layer.ndim, features=layer.features.copy(),
                 **{k: np.array(getattr(layer, k), copy=True) for k in ("scale", "translate", "rotate", "shear")})
     if hasattr(layer, "shape_type"):
-        return dict(snap, kind="shapes", data=[np.array(d, copy=True) for d in layer.data],
-                    shape_type=list(layer.shape_type), edge_color=np.array(layer.edge_color, copy=True))
-    return dict(snap, kind="points", data=np.array(layer.data, copy=True), size=np.array(layer.size, copy=True))
+        return dict(snap, kind="shapes", data=LW.rows_copy(layer), shape_type=list(layer.shape_type),
+                    edge_color=np.array(layer.edge_color, copy=True))
+    return dict(snap, kind="points", data=LW.rows_copy(layer), size=np.array(layer.size, copy=True))
 
 
 class ClipSamWidget(AnnotateForm):

@@ -13,8 +13,6 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass
 
-import numpy as np
-
 #: labels layer -> Kept (gone with the layer)
 _kept: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -52,20 +50,16 @@ class Kept:
 
 def _rows(layer):
     """A points or shapes layer's rows and what the plugin reads of them (copies)."""
-    data = [np.array(d, copy=True) for d in layer.data] if hasattr(layer, "shape_type") else \
-        np.array(layer.data, copy=True)
+    from . import layer_writer as LW
+
     cols = [c for c in ("positive", "object_id", "prompt") if c in layer.features]
-    return data, layer.features[cols].copy()
+    return LW.rows_copy(layer), layer.features[cols].copy()
 
 
 def _same_rows(a, b) -> bool:
-    (da, fa), (db, fb) = a, b
-    if isinstance(da, list):
-        same = len(da) == len(db) and all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(da, db))
-    else:
-        same = da.shape == db.shape and np.array_equal(da, db)
-    return same and fa.equals(fb)
+    from . import layer_writer as LW
 
+    return LW.same_rows(a[0], b[0]) and a[1].equals(b[1])
 
 
 def keep(editor, *, with_layers: bool) -> None:

@@ -170,6 +170,21 @@ def point_colors(positive: np.ndarray) -> np.ndarray:
     return np.where(positive[:, None], POSITIVE_COLOR, NEGATIVE_COLOR)
 
 
+def rows_copy(layer):
+    """A copy of a points layer's (N, D) rows, or of a shapes layer's list of vertex arrays."""
+    if hasattr(layer, "shape_type"):
+        return [np.array(d, copy=True) for d in layer.data]
+    return np.array(layer.data, copy=True)
+
+
+def same_rows(a, b) -> bool:
+    """Whether two ``rows_copy`` results hold the same rows."""
+    if isinstance(a, list) or isinstance(b, list):
+        return isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and all(
+            x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, b))
+    return a.shape == b.shape and np.array_equal(a, b)
+
+
 def recolor(points_layer) -> None:
     """Positive points green, negative ones magenta (the setter, which refreshes the layer,
     only when a colour changes: a moved point keeps its colours)."""

@@ -40,6 +40,13 @@ def _keep_newest(records: dict, n: int) -> None:
         del records[next(iter(records))]
 
 
+def _own_prompt(features, row: int, ann) -> None:
+    """An added row's prompt is one of the shown plane's (``ann``; None: not annotated): the
+    layer's default may come from another plane's run."""
+    if ann is not None and features.loc[row, "prompt"] not in ann.prompts:
+        features.loc[row, "prompt"] = ann.prompts[0]
+
+
 class LiveEditor:
     def __init__(self, viewer, image_layer, points_layer, labels_layer, boxes_layer, state: ImageAnnotation,
                  queue: SamQueue, pixels: Callable, *, on_applied: Callable[[LiveEditor], None],
@@ -352,9 +359,7 @@ class LiveEditor:
                     feats.loc[i, "prompt"] = ann.prompts[ann.objects[oid].prompt]
                 else:
                     oid = self.free_id(feats["object_id"].to_numpy(int))
-            if ann is not None and feats.loc[i, "prompt"] not in ann.prompts:
-                # the layer's default came from another plane's run: a prompt of this plane's
-                feats.loc[i, "prompt"] = ann.prompts[0]
+            _own_prompt(feats, i, ann)
             feats.loc[i, "object_id"] = int(oid)
         layer.features = feats
         defaults = layer.feature_defaults.copy()
@@ -387,8 +392,7 @@ class LiveEditor:
                     feats.loc[i, "prompt"] = str(pf["prompt"].iloc[int(np.flatnonzero(inside)[0])])
             if not oid:
                 oid = self.free_id(feats["object_id"].to_numpy(int))
-            if ann is not None and feats.loc[i, "prompt"] not in ann.prompts:
-                feats.loc[i, "prompt"] = ann.prompts[0]  # the default came from another plane's run
+            _own_prompt(feats, i, ann)
             feats.loc[i, "object_id"] = oid
         layer.features = feats
 
